@@ -1,0 +1,318 @@
+package conn
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+)
+
+// An answer is an incoming Bootstrap or Call, from its arrival until we
+// have sent its Return and received its Finish. It is the call's
+// capnp.Returner.
+//
+// Calls are delivered by the connection actor, in the order they arrive,
+// straight into the target capability's hook (a server's queue, an actor's
+// mailbox, another connection): delivery never blocks, and one delivery
+// point per connection is what keeps E-order across pipelined and direct
+// calls. The capability executes the call; the export actor owns its
+// lifetime.
+type answer struct {
+	c      *Conn
+	id     uint32
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Written by the callee (any goroutine) before Return.
+	msg     *capnp.Message // the Return message, once results are allocated
+	ret     rpccp.Return
+	results capnp.Struct
+	err     error
+
+	// Owned by the connection actor.
+	pc             capnp.PipelineCaller // from RecvCall; takes pipelined calls until Return
+	returned       bool
+	finished       bool
+	releaseResults bool     // the Finish asked us to release the result caps
+	resultExports  []uint32 // export id per cap-table index of the results (noExport if none)
+}
+
+const noExport = ^uint32(0)
+
+// answerReturned: the callee called Return.
+type answerReturned struct{ a *answer }
+
+func (s *state) newAnswer(id uint32) (*answer, error) {
+	if _, dup := s.answers[id]; dup {
+		return nil, fmt.Errorf("%w: question %d is already in flight", ErrDuplicateID, id)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &answer{c: s.c, id: id, ctx: ctx, cancel: cancel}
+	s.answers[id] = a
+	return a, nil
+}
+
+// AllocResults implements capnp.Returner.
+func (a *answer) AllocResults(sz capnp.ObjectSize) (capnp.Struct, error) {
+	msg, m := newMessage()
+	ret, err := m.NewReturn()
+	if err != nil {
+		msg.Release()
+		return capnp.Struct{}, err
+	}
+	ret.SetAnswerId(a.id)
+	payload, err := ret.NewResults()
+	if err != nil {
+		msg.Release()
+		return capnp.Struct{}, err
+	}
+	st, err := capnp.NewStruct(payload.Segment(), sz)
+	if err == nil {
+		err = payload.SetContent(st.ToPtr())
+	}
+	if err != nil {
+		msg.Release()
+		return capnp.Struct{}, err
+	}
+	a.msg, a.ret, a.results = msg, ret, st
+	return st, nil
+}
+
+// PrepareReturn implements capnp.Returner.
+func (a *answer) PrepareReturn(e error) { a.err = e }
+
+// Return implements capnp.Returner: the connection sends the Return.
+func (a *answer) Return() {
+	if a.c.post(answerReturned{a: a}) != nil && a.msg != nil {
+		a.msg.Release()
+	}
+}
+
+// ReleaseResults implements capnp.Returner. The results stay ours until
+// the peer's Finish.
+func (a *answer) ReleaseResults() {}
+
+// handleBootstrap answers a Bootstrap with our bootstrap capability.
+func (s *state) handleBootstrap(m rpccp.Message) error {
+	bs, err := m.Bootstrap()
+	if err != nil {
+		return fmt.Errorf("%w: bootstrap: %v", ErrMalformedFrame, err)
+	}
+	a, err := s.newAnswer(bs.QuestionId())
+	if err != nil {
+		return err
+	}
+	if boot := s.c.opts.Bootstrap; boot.IsValid() {
+		if _, a.err = a.AllocResults(capnp.ObjectSize{}); a.err == nil {
+			id := a.msg.CapTable().Add(boot.AddRef())
+			payload, _ := a.ret.Results()
+			a.err = payload.SetContent(capnp.NewInterface(payload.Segment(), id).ToPtr())
+		}
+	} else {
+		a.err = exc.New(exc.Failed, "capnp", "this vat serves no bootstrap capability")
+	}
+	s.answerReturned(a)
+	return nil
+}
+
+// handleCall delivers an incoming call to its target.
+func (s *state) handleCall(msg *capnp.Message, m rpccp.Message) (keep bool, err error) {
+	call, err := m.Call()
+	if err != nil {
+		return false, fmt.Errorf("%w: call: %v", ErrMalformedFrame, err)
+	}
+	a, err := s.newAnswer(call.QuestionId())
+	if err != nil {
+		return false, err
+	}
+	method := capnp.Method{InterfaceID: call.InterfaceId(), MethodID: call.MethodId()}
+	if len(s.answers) > s.c.opts.MaxAnswers {
+		a.err = exc.New(exc.Overloaded, "capnp", fmt.Sprintf("%v: more than %d calls in flight", ErrTooManyQuestions, s.c.opts.MaxAnswers))
+		s.answerReturned(a)
+		return false, nil
+	}
+	if call.SendResultsTo().Which() != rpccp.Call_sendResultsTo_Which_caller {
+		a.err = exc.New(exc.Unimplemented, "capnp", "results can only be sent to the caller")
+		s.answerReturned(a)
+		return false, nil
+	}
+	params, err := call.Params()
+	if err != nil {
+		return false, fmt.Errorf("%w: call params: %v", ErrMalformedFrame, err)
+	}
+	if err := s.decodeCapTable(msg, params); err != nil {
+		return false, err
+	}
+	content, err := params.Content()
+	if err != nil {
+		return false, fmt.Errorf("%w: call params content: %v", ErrMalformedFrame, err)
+	}
+	target, err := call.Target()
+	if err != nil {
+		return false, fmt.Errorf("%w: call target: %v", ErrMalformedFrame, err)
+	}
+	var once sync.Once
+	recv := capnp.Recv{
+		Method:      method,
+		Args:        content.Struct(),
+		ReleaseArgs: func() { once.Do(msg.Release) },
+		Returner:    a,
+	}
+	switch target.Which() {
+	case rpccp.MessageTarget_Which_importedCap:
+		e := s.exports.get(target.ImportedCap())
+		if e == nil {
+			return false, fmt.Errorf("%w: call on export %d, which we do not export (released?)", ErrUnknownID, target.ImportedCap())
+		}
+		a.pc = e.client.RecvCall(a.ctx, recv)
+	case rpccp.MessageTarget_Which_promisedAnswer:
+		pa, err := target.PromisedAnswer()
+		if err != nil {
+			return false, fmt.Errorf("%w: call target: %v", ErrMalformedFrame, err)
+		}
+		pans := s.answers[pa.QuestionId()]
+		if pans == nil || pans == a {
+			return false, fmt.Errorf("%w: call pipelined on question %d, which is not in flight", ErrUnknownID, pa.QuestionId())
+		}
+		transform, err := decodeTransform(pa)
+		if err != nil {
+			return false, err
+		}
+		a.pc = s.deliverPipelined(pans, transform, recv)
+	default:
+		return false, fmt.Errorf("%w: call target of unknown kind %d", ErrMalformedFrame, target.Which())
+	}
+	return true, nil
+}
+
+// deliverPipelined delivers a call made on a capability inside the answer
+// to another call: into that call's pipeline while it runs, or to the
+// capability in its results once it has returned.
+func (s *state) deliverPipelined(pans *answer, transform []capnp.PipelineOp, r capnp.Recv) capnp.PipelineCaller {
+	if !pans.returned && pans.pc != nil {
+		return pans.pc.PipelineRecv(r.Returner.(*answer).ctx, transform, r)
+	}
+	c, err := s.resultCap(pans, transform)
+	if err != nil {
+		r.Reject(err)
+		return nil
+	}
+	return c.RecvCall(r.Returner.(*answer).ctx, r)
+}
+
+// resultCap returns (borrowed) the capability at transform in a's results.
+func (s *state) resultCap(a *answer, transform []capnp.PipelineOp) (capnp.Client, error) {
+	if a.err != nil {
+		return capnp.Client{}, a.err
+	}
+	if !a.returned || a.msg == nil {
+		return capnp.Client{}, exc.New(exc.Failed, "capnp", "pipelined call on an answer with no results")
+	}
+	content, err := a.ret.Results()
+	if err != nil {
+		return capnp.Client{}, err
+	}
+	root, err := content.Content()
+	if err != nil {
+		return capnp.Client{}, err
+	}
+	p, err := capnp.Transform(root, transform)
+	if err != nil {
+		return capnp.Client{}, err
+	}
+	iface := p.Interface()
+	if p.IsValid() && !iface.IsValid() {
+		return capnp.Client{}, exc.New(exc.Failed, "capnp", "pipelined call on a field that is not a capability")
+	}
+	return iface.Client(), nil
+}
+
+// answerReturned sends the Return for a.
+func (s *state) answerReturned(a *answer) {
+	if s.ended || a.returned {
+		if a.msg != nil {
+			a.msg.Release()
+		}
+		return
+	}
+	a.returned = true
+	a.pc = nil
+	if a.err == nil && a.msg == nil {
+		_, a.err = a.AllocResults(capnp.ObjectSize{}) // an empty result struct
+	}
+	if a.err == nil {
+		payload, _ := a.ret.Results()
+		exports, err := s.encodeCapTableIDs(payload, a.msg)
+		if err != nil {
+			a.err = err
+		}
+		a.resultExports = exports
+	}
+	if a.err != nil {
+		if a.msg != nil {
+			a.msg.Release()
+		}
+		var m rpccp.Message
+		a.msg, m = newMessage()
+		ret, _ := m.NewReturn()
+		ret.SetAnswerId(a.id)
+		e, _ := ret.NewException()
+		encodeException(e, a.err)
+		a.ret = ret
+		a.resultExports = nil
+	}
+	// The results stay ours (the writer must not release them): calls
+	// pipelined on them arrive until the peer's Finish.
+	s.c.out.push(a.msg, true)
+	if a.finished {
+		s.dropAnswer(a)
+		delete(s.answers, a.id)
+	}
+}
+
+// handleFinish: the peer is done with one of its questions (our answer).
+func (s *state) handleFinish(m rpccp.Message) error {
+	f, err := m.Finish()
+	if err != nil {
+		return fmt.Errorf("%w: finish: %v", ErrMalformedFrame, err)
+	}
+	a := s.answers[f.QuestionId()]
+	if a == nil {
+		return fmt.Errorf("%w: finish for question %d, which is not in flight", ErrUnknownID, f.QuestionId())
+	}
+	if a.finished {
+		return fmt.Errorf("%w: second finish for question %d", ErrDuplicateID, a.id)
+	}
+	a.finished = true
+	a.releaseResults = f.ReleaseResultCaps()
+	if !a.returned {
+		a.cancel() // the callee sees its context cancelled; its Return comes later
+		return nil
+	}
+	s.dropAnswer(a)
+	delete(s.answers, a.id)
+	return nil
+}
+
+// dropAnswer releases what a returned answer still holds: the references
+// its results gave the peer (if the Finish asked for it) and the results'
+// capabilities.
+func (s *state) dropAnswer(a *answer) {
+	a.cancel()
+	if a.releaseResults && !s.ended {
+		for _, id := range a.resultExports {
+			if id != noExport {
+				_ = s.releaseExport(id, 1)
+			}
+		}
+	}
+	a.resultExports = nil
+	if a.msg != nil {
+		// Only the cap table: the writer may still be encoding the bytes,
+		// and the garbage collector takes the segments.
+		a.msg.CapTable().Reset()
+	}
+}

@@ -1,0 +1,601 @@
+package conn
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	"capnproto.org/go/capnp/v3/server"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+	"github.com/asynkron/protoactor-go/actor"
+)
+
+// An export is a capability of ours that the peer holds references to.
+// It is an actor, a child of the connection, alive while the peer's
+// reference count is above zero; stopping it releases the capability.
+type export struct {
+	c        *Conn
+	id       uint32
+	client   capnp.Client // our reference
+	key      any          // identity, for reusing the id when sent again
+	wireRefs uint32
+	promise  bool
+	pid      *actor.PID
+
+	stopResolve context.CancelFunc // export actor only
+}
+
+// exportResolved: an exported promise has resolved (export actor → conn).
+type exportResolved struct{ e *export }
+
+// Receive is the export actor.
+func (e *export) Receive(ctx actor.Context) {
+	switch ctx.Message().(type) {
+	case *actor.Started:
+		if e.promise {
+			rctx, cancel := context.WithCancel(context.Background())
+			e.stopResolve = cancel
+			client := e.client.AddRef()
+			go func() {
+				defer client.Release()
+				if client.Resolve(rctx) == nil {
+					_ = e.c.post(exportResolved{e: e})
+				}
+			}()
+		}
+	case *actor.Stopping:
+		if e.stopResolve != nil {
+			e.stopResolve()
+		}
+		e.client.Release()
+	}
+}
+
+// exportKeyOf returns an identity for the capability behind brand, or
+// nil when it has none we can trust (then every send exports anew).
+func exportKeyOf(b capnp.Brand) any {
+	v := b.Value
+	if x, ok := server.IsServer(b); ok {
+		v = x // the implementation behind a generated server
+	}
+	if rv := reflect.ValueOf(v); rv.IsValid() && rv.Kind() == reflect.Pointer && !rv.IsNil() {
+		return v
+	}
+	return nil
+}
+
+// describeCap writes the descriptor of c (ours to send to the peer) into
+// d, exporting c if it is neither the peer's own capability nor one of its
+// answers. It returns the export id, or noExport.
+func (s *state) describeCap(d rpccp.CapDescriptor, c capnp.Client) (uint32, error) {
+	if !c.IsValid() {
+		d.SetNone()
+		return noExport, nil
+	}
+	snap := c.Snapshot()
+	brand := snap.Brand()
+	isPromise := snap.IsPromise()
+	snap.Release()
+	switch h := brand.Value.(type) {
+	case *importHook:
+		if h.c == s.c {
+			if _, ok := s.imports[h.id]; ok {
+				d.SetReceiverHosted(h.id)
+				return noExport, nil
+			}
+		}
+	case capnp.PipelineClient:
+		if q := s.byAnswer[h.Answer()]; q != nil && q.sent && !q.finishSent {
+			pa, err := d.NewReceiverAnswer()
+			if err != nil {
+				return noExport, err
+			}
+			pa.SetQuestionId(q.id)
+			return noExport, encodeTransform(pa, h.Transform())
+		}
+	}
+	key := exportKeyOf(brand)
+	if key != nil {
+		if id, ok := s.exportKey[key]; ok {
+			e := s.exports.get(id)
+			e.wireRefs++
+			setExportDescriptor(d, e)
+			return id, nil
+		}
+	}
+	if s.exports.len() >= s.c.opts.MaxExports {
+		return noExport, exc.New(exc.Overloaded, "capnp", fmt.Sprintf("%v (limit %d)", ErrTooManyExports, s.c.opts.MaxExports))
+	}
+	e := &export{c: s.c, client: c.AddRef(), key: key, wireRefs: 1, promise: isPromise}
+	e.id = s.exports.add(e)
+	if key != nil {
+		s.exportKey[key] = e.id
+	}
+	e.pid = s.ctx.Spawn(actor.PropsFromProducer(func() actor.Actor { return e }))
+	setExportDescriptor(d, e)
+	return e.id, nil
+}
+
+func setExportDescriptor(d rpccp.CapDescriptor, e *export) {
+	if e.promise {
+		d.SetSenderPromise(e.id)
+	} else {
+		d.SetSenderHosted(e.id)
+	}
+}
+
+// encodeCapTable writes the descriptors of msg's cap table into payload.
+func (s *state) encodeCapTable(payload rpccp.Payload, msg *capnp.Message) error {
+	_, err := s.encodeCapTableIDs(payload, msg)
+	return err
+}
+
+// encodeCapTableIDs is encodeCapTable, returning the export id per entry.
+// On error, the references taken so far are given back.
+func (s *state) encodeCapTableIDs(payload rpccp.Payload, msg *capnp.Message) ([]uint32, error) {
+	ct := msg.CapTable()
+	n := ct.Len()
+	if n == 0 {
+		return nil, nil
+	}
+	list, err := payload.NewCapTable(int32(n))
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]uint32, n)
+	for i := 0; i < n; i++ {
+		if ids[i], err = s.describeCap(list.At(i), ct.At(i)); err != nil {
+			for _, id := range ids[:i] {
+				if id != noExport {
+					_ = s.releaseExport(id, 1)
+				}
+			}
+			return nil, err
+		}
+	}
+	return ids, nil
+}
+
+// decodeCapTable turns payload's descriptors into clients in msg's cap
+// table.
+func (s *state) decodeCapTable(msg *capnp.Message, payload rpccp.Payload) error {
+	list, err := payload.CapTable()
+	if err != nil {
+		return fmt.Errorf("%w: cap table: %v", ErrMalformedFrame, err)
+	}
+	caps := make([]capnp.Client, list.Len())
+	for i := range caps {
+		if caps[i], err = s.importCap(list.At(i)); err != nil {
+			for _, c := range caps[:i] {
+				c.Release()
+			}
+			return err
+		}
+	}
+	msg.CapTable().Reset(caps...)
+	return nil
+}
+
+// importCap returns a client for a descriptor the peer sent.
+func (s *state) importCap(d rpccp.CapDescriptor) (capnp.Client, error) {
+	switch d.Which() {
+	case rpccp.CapDescriptor_Which_none:
+		return capnp.Client{}, nil
+	case rpccp.CapDescriptor_Which_senderHosted:
+		return s.addImport(d.SenderHosted(), false), nil
+	case rpccp.CapDescriptor_Which_senderPromise:
+		return s.addImport(d.SenderPromise(), true), nil
+	case rpccp.CapDescriptor_Which_receiverHosted:
+		e := s.exports.get(d.ReceiverHosted())
+		if e == nil {
+			return capnp.Client{}, fmt.Errorf("%w: descriptor names export %d, which we do not export", ErrUnknownID, d.ReceiverHosted())
+		}
+		return e.client.AddRef(), nil
+	case rpccp.CapDescriptor_Which_receiverAnswer:
+		pa, err := d.ReceiverAnswer()
+		if err != nil {
+			return capnp.Client{}, fmt.Errorf("%w: receiverAnswer: %v", ErrMalformedFrame, err)
+		}
+		a := s.answers[pa.QuestionId()]
+		if a == nil {
+			return capnp.Client{}, fmt.Errorf("%w: descriptor names answer %d, which is not in flight", ErrUnknownID, pa.QuestionId())
+		}
+		transform, err := decodeTransform(pa)
+		if err != nil {
+			return capnp.Client{}, err
+		}
+		if !a.returned && a.pc != nil {
+			return capnp.NewClient(&pipelineHook{pc: a.pc, transform: transform}), nil
+		}
+		c, err := s.resultCap(a, transform)
+		if err != nil {
+			return capnp.ErrorClient(err), nil
+		}
+		return c.AddRef(), nil
+	default:
+		return capnp.ErrorClient(exc.New(exc.Unimplemented, "capnp", "third-party capabilities are not supported")), nil
+	}
+}
+
+// pipelineHook is a capability inside the answer to a call we are still
+// executing (a receiverAnswer descriptor): calls go into that call's
+// pipeline.
+type pipelineHook struct {
+	pc        capnp.PipelineCaller
+	transform []capnp.PipelineOp
+}
+
+func (h *pipelineHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	return h.pc.PipelineSend(ctx, h.transform, s)
+}
+func (h *pipelineHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
+	return h.pc.PipelineRecv(ctx, h.transform, r)
+}
+func (h *pipelineHook) Brand() capnp.Brand { return capnp.Brand{Value: h} }
+func (h *pipelineHook) Shutdown()          {}
+func (h *pipelineHook) String() string     { return "capnp answer pipeline" }
+
+// An importEntry is a capability of the peer that we hold.
+type importEntry struct {
+	hook      *importHook
+	client    *capnp.WeakClient
+	wireRefs  uint32                         // descriptors received, to give back in Release
+	resolver  capnp.Resolver[capnp.Client] // set while a promise is unresolved
+	callsSent bool                           // a call targeted it (embargo needed on local resolution)
+}
+
+// importHook is the capnp.ClientHook of an import: calls become Call
+// messages on this connection.
+type importHook struct {
+	c  *Conn
+	id uint32
+}
+
+// importShutdown: the last local reference to an import is gone.
+type importShutdown struct{ hook *importHook }
+
+func (h *importHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	return h.c.sendCall(ctx, callTarget{importID: h.id}, s)
+}
+func (h *importHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
+	return h.c.forwardRecv(ctx, callTarget{importID: h.id}, r)
+}
+func (h *importHook) Brand() capnp.Brand { return capnp.Brand{Value: h} }
+func (h *importHook) Shutdown()          { _ = h.c.post(importShutdown{hook: h}) }
+func (h *importHook) String() string {
+	return fmt.Sprintf("capnp import %d from %s", h.id, h.c.opts.Peer)
+}
+
+func (s *state) addImport(id uint32, promise bool) capnp.Client {
+	ie := s.imports[id]
+	if ie != nil {
+		ie.wireRefs++
+		if c, ok := ie.client.AddRef(); ok {
+			return c
+		}
+		// The last client is gone but its Release is still in our mailbox:
+		// a new hook takes over the entry and its count.
+	} else {
+		ie = &importEntry{wireRefs: 1}
+		s.imports[id] = ie
+	}
+	h := &importHook{c: s.c, id: id}
+	ie.hook = h
+	var c capnp.Client
+	if promise {
+		c, ie.resolver = capnp.NewPromisedClient(h)
+	} else {
+		c = capnp.NewClient(h)
+	}
+	w := c.WeakRef()
+	ie.client = &w
+	return c
+}
+
+func (s *state) importShutdown(h *importHook) {
+	ie := s.imports[h.id]
+	if ie == nil || ie.hook != h {
+		return
+	}
+	delete(s.imports, h.id)
+	out, m := newMessage()
+	rel, err := m.NewRelease()
+	if err != nil {
+		out.Release()
+		return
+	}
+	rel.SetId(h.id)
+	rel.SetReferenceCount(ie.wireRefs)
+	s.send(out)
+}
+
+// releaseExport drops n of the peer's references to export id.
+func (s *state) releaseExport(id uint32, n uint32) error {
+	e := s.exports.get(id)
+	if e == nil {
+		return fmt.Errorf("%w: release of export %d, which we do not export", ErrUnknownID, id)
+	}
+	if n > e.wireRefs {
+		return fmt.Errorf("%w: release of %d references to export %d, which has %d", ErrMalformedFrame, n, id, e.wireRefs)
+	}
+	e.wireRefs -= n
+	if e.wireRefs == 0 {
+		s.exports.remove(id)
+		if e.key != nil && s.exportKey[e.key] == id {
+			delete(s.exportKey, e.key)
+		}
+		s.ctx.Stop(e.pid)
+	}
+	return nil
+}
+
+func (s *state) handleRelease(m rpccp.Message) error {
+	rel, err := m.Release()
+	if err != nil {
+		return fmt.Errorf("%w: release: %v", ErrMalformedFrame, err)
+	}
+	return s.releaseExport(rel.Id(), rel.ReferenceCount())
+}
+
+// exportResolved sends the Resolve for an exported promise.
+func (s *state) exportResolved(e *export) {
+	if s.exports.get(e.id) != e {
+		return // released meanwhile
+	}
+	out, m := newMessage()
+	res, err := m.NewResolve()
+	if err != nil {
+		out.Release()
+		return
+	}
+	res.SetPromiseId(e.id)
+	d, err := res.NewCap()
+	if err == nil {
+		_, err = s.describeCap(d, e.client)
+	}
+	if err != nil {
+		ex, _ := res.NewException()
+		encodeException(ex, err)
+	}
+	e.promise = false
+	s.send(out)
+}
+
+// handleResolve: a promise the peer exported to us has resolved.
+func (s *state) handleResolve(msg *capnp.Message, m rpccp.Message) error {
+	res, err := m.Resolve()
+	if err != nil {
+		return fmt.Errorf("%w: resolve: %v", ErrMalformedFrame, err)
+	}
+	var c capnp.Client
+	var rerr error
+	local := false
+	switch res.Which() {
+	case rpccp.Resolve_Which_cap:
+		d, err := res.Cap()
+		if err != nil {
+			return fmt.Errorf("%w: resolve cap: %v", ErrMalformedFrame, err)
+		}
+		if c, err = s.importCap(d); err != nil {
+			return err
+		}
+		w := d.Which()
+		local = w == rpccp.CapDescriptor_Which_receiverHosted || w == rpccp.CapDescriptor_Which_receiverAnswer
+	case rpccp.Resolve_Which_exception:
+		e, err := res.Exception()
+		if err != nil {
+			return fmt.Errorf("%w: resolve exception: %v", ErrMalformedFrame, err)
+		}
+		rerr = decodeException(e)
+	default:
+		return fmt.Errorf("%w: resolve of unknown kind %d", ErrMalformedFrame, res.Which())
+	}
+	ie := s.imports[res.PromiseId()]
+	if ie == nil || ie.resolver == nil {
+		// We have released the promise already (or it was not one): what
+		// the Resolve carries is not wanted.
+		c.Release()
+		return nil
+	}
+	resolver := ie.resolver
+	ie.resolver = nil
+	if rerr != nil {
+		resolver.Reject(rerr)
+		return nil
+	}
+	if local && ie.callsSent {
+		// Calls we sent to the promise are on their way back to us; new
+		// calls must wait behind them (E-order): embargo.
+		c = s.embargo(c, func(t rpccp.MessageTarget) { t.SetImportedCap(res.PromiseId()) })
+	}
+	resolver.Fulfill(c)
+	return nil
+}
+
+// An embargo holds calls to a local capability until the calls sent
+// earlier on the path that led to it have come back (Disembargo).
+type embargo struct {
+	target   capnp.Client
+	resolver capnp.Resolver[capnp.Client]
+}
+
+// embargo returns a client that queues calls until the peer echoes the
+// Disembargo sent now on the target that setTarget writes; then they go to
+// target.
+func (s *state) embargo(target capnp.Client, setTarget func(rpccp.MessageTarget)) capnp.Client {
+	p, r := capnp.NewLocalPromise[capnp.Client]()
+	id := s.embargoes.add(&embargo{target: target, resolver: r})
+	out, m := newMessage()
+	d, err := m.NewDisembargo()
+	if err == nil {
+		var t rpccp.MessageTarget
+		if t, err = d.NewTarget(); err == nil {
+			setTarget(t)
+			d.Context().SetSenderLoopback(id)
+		}
+	}
+	if err != nil {
+		out.Release()
+		s.embargoes.remove(id)
+		r.Fulfill(target)
+		return p
+	}
+	s.send(out)
+	return p
+}
+
+// embargoResults embargoes the capabilities of q's results that are ours
+// and were reached by calls pipelined on q.
+func (s *state) embargoResults(q *question, msg *capnp.Message, content capnp.Ptr) {
+	if len(q.pipelined) == 0 {
+		return
+	}
+	ct := msg.CapTable()
+	done := map[capnp.CapabilityID]bool{}
+	for _, path := range q.pipelined {
+		p, err := capnp.Transform(content, path)
+		if err != nil {
+			continue
+		}
+		iface := p.Interface()
+		if !iface.IsValid() || !ct.Contains(iface) || done[iface.Capability()] {
+			continue
+		}
+		idx := iface.Capability()
+		done[idx] = true
+		c := ct.At(int(idx))
+		if !c.IsValid() || s.isOurImport(c) {
+			continue
+		}
+		qid, path := q.id, path
+		ct.Set(idx, s.embargo(c, func(t rpccp.MessageTarget) {
+			pa, err := t.NewPromisedAnswer()
+			if err == nil {
+				pa.SetQuestionId(qid)
+				_ = encodeTransform(pa, path)
+			}
+		}))
+	}
+}
+
+// isOurImport reports whether c is a capability of the peer, imported on
+// this connection.
+func (s *state) isOurImport(c capnp.Client) bool {
+	snap := c.Snapshot()
+	defer snap.Release()
+	h, ok := snap.Brand().Value.(*importHook)
+	return ok && h.c == s.c
+}
+
+// disembargoReply is a receiverLoopback Disembargo queued behind the calls
+// the connection forwarded before it (actor → itself).
+type disembargoReply struct{ msg *capnp.Message }
+
+func (s *state) handleDisembargo(m rpccp.Message) error {
+	d, err := m.Disembargo()
+	if err != nil {
+		return fmt.Errorf("%w: disembargo: %v", ErrMalformedFrame, err)
+	}
+	switch d.Context().Which() {
+	case rpccp.Disembargo_context_Which_senderLoopback:
+		tgt, err := d.Target()
+		if err != nil {
+			return fmt.Errorf("%w: disembargo target: %v", ErrMalformedFrame, err)
+		}
+		var c capnp.Client
+		switch tgt.Which() {
+		case rpccp.MessageTarget_Which_importedCap:
+			e := s.exports.get(tgt.ImportedCap())
+			if e == nil {
+				return fmt.Errorf("%w: disembargo on export %d, which we do not export", ErrUnknownID, tgt.ImportedCap())
+			}
+			c = e.client
+		case rpccp.MessageTarget_Which_promisedAnswer:
+			pa, err := tgt.PromisedAnswer()
+			if err != nil {
+				return fmt.Errorf("%w: disembargo target: %v", ErrMalformedFrame, err)
+			}
+			a := s.answers[pa.QuestionId()]
+			if a == nil || !a.returned {
+				return fmt.Errorf("%w: disembargo on question %d, which has no answer", ErrUnknownID, pa.QuestionId())
+			}
+			transform, err := decodeTransform(pa)
+			if err != nil {
+				return err
+			}
+			if c, err = s.resultCap(a, transform); err != nil {
+				return fmt.Errorf("%w: disembargo target: %v", ErrMalformedFrame, err)
+			}
+		default:
+			return fmt.Errorf("%w: disembargo target of unknown kind", ErrMalformedFrame)
+		}
+		snap := c.Snapshot()
+		h, ok := snap.Brand().Value.(*importHook)
+		snap.Release()
+		if !ok || h.c != s.c {
+			return fmt.Errorf("%w: senderLoopback disembargo on a capability that does not point back to the sender", ErrMalformedFrame)
+		}
+		out, om := newMessage()
+		rd, _ := om.NewDisembargo()
+		t, _ := rd.NewTarget()
+		t.SetImportedCap(h.id)
+		rd.Context().SetReceiverLoopback(d.Context().SenderLoopback())
+		// Behind the calls already forwarded to that import, which sit in
+		// our mailbox as callOut messages.
+		s.ctx.Send(s.ctx.Self(), disembargoReply{msg: out})
+	case rpccp.Disembargo_context_Which_receiverLoopback:
+		id := d.Context().ReceiverLoopback()
+		e := s.embargoes.get(id)
+		if e == nil {
+			return fmt.Errorf("%w: disembargo for embargo %d, which we did not send", ErrUnknownID, id)
+		}
+		s.embargoes.remove(id)
+		e.resolver.Fulfill(e.target)
+	default:
+		return s.replyUnimplemented(m)
+	}
+	return nil
+}
+
+// handleUnimplemented: the peer did not understand something we sent.
+func (s *state) handleUnimplemented(m rpccp.Message) error {
+	inner, err := m.Unimplemented()
+	if err != nil {
+		return fmt.Errorf("%w: unimplemented: %v", ErrMalformedFrame, err)
+	}
+	failQuestion := func(id uint32) {
+		q := s.questions.get(id)
+		if q == nil || q.returned {
+			return
+		}
+		q.returned, q.finishSent = true, true // the peer never knew it
+		s.ctx.Send(q.pid, settleQuestion{err: exc.New(exc.Unimplemented, "capnp", "the peer does not implement this message")})
+		if q.released {
+			s.retireQuestion(q)
+		}
+	}
+	switch inner.Which() {
+	case rpccp.Message_Which_call:
+		if call, err := inner.Call(); err == nil {
+			failQuestion(call.QuestionId())
+		}
+	case rpccp.Message_Which_bootstrap:
+		if bs, err := inner.Bootstrap(); err == nil {
+			failQuestion(bs.QuestionId())
+		}
+	case rpccp.Message_Which_resolve:
+		if res, err := inner.Resolve(); err == nil && res.Which() == rpccp.Resolve_Which_cap {
+			if d, err := res.Cap(); err == nil {
+				switch d.Which() {
+				case rpccp.CapDescriptor_Which_senderHosted:
+					_ = s.releaseExport(d.SenderHosted(), 1)
+				case rpccp.CapDescriptor_Which_senderPromise:
+					_ = s.releaseExport(d.SenderPromise(), 1)
+				}
+			}
+		}
+	}
+	return nil
+}

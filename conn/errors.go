@@ -1,0 +1,42 @@
+package conn
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinels of package conn. Check them with errors.Is.
+var (
+	// ErrFrameTooLarge: a frame's declared size is above Limits.MaxFrameSize.
+	ErrFrameTooLarge = errors.New("frame too large")
+	// ErrTooManySegments: a frame declares more than Limits.MaxSegments segments.
+	ErrTooManySegments = errors.New("too many segments in frame")
+	// ErrMalformedFrame: a frame or the message in it cannot be decoded.
+	ErrMalformedFrame = errors.New("malformed frame")
+	// ErrUnknownID: the peer named a question, answer, export or import id
+	// that is not in our tables.
+	ErrUnknownID = errors.New("unknown id")
+	// ErrDuplicateID: the peer reused an id that is still in use.
+	ErrDuplicateID = errors.New("duplicate id")
+	// ErrTooManyQuestions: the peer has more calls in flight than
+	// Options.MaxAnswers allows.
+	ErrTooManyQuestions = errors.New("too many calls in flight")
+	// ErrTooManyExports: the connection would export more than
+	// Options.MaxExports capabilities.
+	ErrTooManyExports = errors.New("too many exported capabilities")
+	// ErrClosed: the connection has ended; the reason is in Conn.Err.
+	ErrClosed = errors.New("connection closed")
+)
+
+// FrameError reports a bad frame: what was wrong and the figures involved.
+type FrameError struct {
+	Err    error  // one of the sentinels above
+	Detail string // e.g. "declared 70000000 bytes, limit 67108864"
+}
+
+func (e *FrameError) Error() string { return e.Err.Error() + ": " + e.Detail }
+func (e *FrameError) Unwrap() error { return e.Err }
+
+func frameErrorf(sentinel error, format string, args ...any) error {
+	return &FrameError{Err: sentinel, Detail: fmt.Sprintf(format, args...)}
+}

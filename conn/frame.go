@@ -1,0 +1,131 @@
+package conn
+
+import (
+	"bufio"
+	"encoding/binary"
+	"io"
+
+	"capnproto.org/go/capnp/v3"
+)
+
+// Limits bound what a peer can make us read. Zero fields take the defaults.
+type Limits struct {
+	// MaxFrameSize is the largest frame accepted, header included.
+	// Default 64 MiB.
+	MaxFrameSize uint64
+	// MaxSegments is the most segments one frame may declare. Default 512.
+	MaxSegments int
+	// TraverseLimit bounds the bytes a message may make us traverse
+	// (amplification attacks). Default: 8 × MaxFrameSize.
+	TraverseLimit uint64
+	// DepthLimit bounds pointer nesting. Default 64.
+	DepthLimit uint
+}
+
+// Default limits.
+const (
+	DefaultMaxFrameSize = 64 << 20
+	DefaultMaxSegments  = 512
+	DefaultDepthLimit   = 64
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxFrameSize == 0 {
+		l.MaxFrameSize = DefaultMaxFrameSize
+	}
+	if l.MaxSegments == 0 {
+		l.MaxSegments = DefaultMaxSegments
+	}
+	if l.TraverseLimit == 0 {
+		l.TraverseLimit = 8 * l.MaxFrameSize
+	}
+	if l.DepthLimit == 0 {
+		l.DepthLimit = DefaultDepthLimit
+	}
+	return l
+}
+
+// readFrame reads one standard stream frame (segment table, then segments)
+// and returns the message in it. It never allocates more than the frame's
+// declared size, and only after checking that size against lim.
+func readFrame(r *bufio.Reader, lim Limits) (*capnp.Message, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err // io.EOF here is a clean end between frames
+	}
+	nseg := uint64(binary.LittleEndian.Uint32(hdr[:])) + 1
+	if nseg > uint64(lim.MaxSegments) {
+		return nil, frameErrorf(ErrTooManySegments, "declared %d segments, limit %d", nseg, lim.MaxSegments)
+	}
+	tableLen := nseg * 4
+	if nseg%2 == 0 {
+		tableLen += 4 // padding to a word boundary
+	}
+	table := make([]byte, tableLen)
+	if _, err := io.ReadFull(r, table); err != nil {
+		return nil, unexpectedEOF(err)
+	}
+	total := 4 + tableLen
+	sizes := make([]uint64, nseg)
+	for i := range sizes {
+		words := uint64(binary.LittleEndian.Uint32(table[i*4:]))
+		sizes[i] = words * 8
+		total += sizes[i]
+		if total > lim.MaxFrameSize {
+			return nil, frameErrorf(ErrFrameTooLarge, "frame of at least %d bytes, limit %d", total, lim.MaxFrameSize)
+		}
+	}
+	body := make([]byte, total-4-tableLen)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, unexpectedEOF(err)
+	}
+	segs := make([][]byte, nseg)
+	off := uint64(0)
+	for i, sz := range sizes {
+		segs[i] = body[off : off+sz : off+sz]
+		off += sz
+	}
+	if sizes[0] == 0 {
+		return nil, frameErrorf(ErrMalformedFrame, "empty first segment")
+	}
+	msg, _ := capnp.NewMultiSegmentMessage(segs)
+	msg.TraverseLimit = lim.TraverseLimit
+	msg.DepthLimit = lim.DepthLimit
+	return msg, nil
+}
+
+func unexpectedEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// appendFrame appends msg in stream framing to dst.
+func appendFrame(dst []byte, msg *capnp.Message) ([]byte, error) {
+	n := msg.NumSegments()
+	segs := make([][]byte, 0, 8)
+	for i := int64(0); i < n; i++ {
+		s, err := msg.Segment(capnp.SegmentID(i))
+		if err != nil {
+			return dst, err
+		}
+		segs = append(segs, s.Data())
+	}
+	return appendSegments(dst, segs), nil
+}
+
+// appendSegments appends a frame holding segs to dst.
+func appendSegments(dst []byte, segs [][]byte) []byte {
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(segs)-1))
+	for _, s := range segs {
+		dst = binary.LittleEndian.AppendUint32(dst, uint32(len(s)/8))
+	}
+	if len(segs)%2 == 0 {
+		dst = append(dst, 0, 0, 0, 0)
+	}
+	for _, s := range segs {
+		dst = append(dst, s...)
+	}
+	return dst
+}

@@ -1,0 +1,445 @@
+package conn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+	"github.com/asynkron/protoactor-go/actor"
+)
+
+// A question is one outgoing Bootstrap or Call. It is an actor, a child of
+// the connection, from the moment the call is sent until both its Return
+// has arrived and its Finish has been sent; the actor settles the caller's
+// promise, off the connection's goroutine.
+type question struct {
+	c      *Conn
+	method capnp.Method
+	p      *capnp.Promise
+	target callTarget
+
+	// Set by the caller before the question is posted.
+	msg       *capnp.Message // the outgoing Call (nil for Bootstrap)
+	call      rpccp.Call
+	bootstrap bool
+	stopWatch func() bool
+
+	settled atomic.Bool // the promise has been (or is being) resolved
+
+	// Owned by the connection actor.
+	id         uint32
+	pid        *actor.PID
+	sent       bool
+	canceled   error // set if cancelled before it was sent
+	returned   bool
+	finishSent bool
+	released   bool
+	results    *capnp.Message
+	pipelined  [][]capnp.PipelineOp // transforms of calls pipelined on the answer
+}
+
+// callTarget is where a call goes: an import of this connection, or a
+// capability inside a question's answer (promise pipelining).
+type callTarget struct {
+	importID  uint32
+	parent    *question
+	transform []capnp.PipelineOp
+}
+
+// Messages about questions.
+type (
+	callOut          struct{ q *question }            // caller: send this question
+	cancelQuestion   struct{ q *question; err error } // caller's context is done
+	releaseQuestion  struct{ q *question }            // caller released the answer
+	settleQuestion   struct {                          // connection → question actor
+		ptr capnp.Ptr
+		err error
+	}
+)
+
+func newQuestion(c *Conn, m capnp.Method, tgt *callTarget) *question {
+	q := &question{c: c, method: m}
+	if tgt != nil {
+		q.target = *tgt
+	}
+	q.p = capnp.NewPromise(m, q, nil)
+	return q
+}
+
+// watch sends Finish at once when ctx is cancelled before the Return.
+// It costs no goroutine: context.AfterFunc runs only on cancellation.
+func (q *question) watch(ctx context.Context) {
+	if ctx.Done() == nil {
+		return
+	}
+	q.stopWatch = context.AfterFunc(ctx, func() {
+		_ = q.c.post(cancelQuestion{q: q, err: ctx.Err()})
+	})
+}
+
+// release is the caller's ReleaseFunc for the answer: it sends Finish
+// (cancelling the call if it has not returned) and frees the results.
+func (q *question) release() {
+	if q.c.post(releaseQuestion{q: q}) != nil {
+		q.settle(capnp.Ptr{}, q.c.errDisconnected())
+	}
+	q.p.ReleaseClients()
+}
+
+// settle resolves the caller's promise once; later calls do nothing.
+func (q *question) settle(ptr capnp.Ptr, err error) bool {
+	if !q.settled.CompareAndSwap(false, true) {
+		return false
+	}
+	q.p.Resolve(ptr, err)
+	return true
+}
+
+// Receive is the question actor.
+func (q *question) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case settleQuestion:
+		q.settle(m.ptr, m.err)
+	case *actor.Stopping:
+		// The connection ended (or the question finished): a caller still
+		// waiting learns it will get no answer.
+		q.settle(capnp.Ptr{}, q.c.errDisconnected())
+	}
+}
+
+// PipelineSend implements capnp.PipelineCaller: a call on a capability
+// inside this question's not-yet-known answer.
+func (q *question) PipelineSend(ctx context.Context, transform []capnp.PipelineOp, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	return q.c.sendCall(ctx, callTarget{parent: q, transform: transform}, s)
+}
+
+// PipelineRecv implements capnp.PipelineCaller for calls that arrive as
+// capnp.Recv (forwarded from elsewhere).
+func (q *question) PipelineRecv(ctx context.Context, transform []capnp.PipelineOp, r capnp.Recv) capnp.PipelineCaller {
+	return q.c.forwardRecv(ctx, callTarget{parent: q, transform: transform}, r)
+}
+
+// sendCall builds a Call on the caller's goroutine (PlaceArgs must run
+// before Send returns) and posts it to the connection actor.
+func (c *Conn) sendCall(ctx context.Context, tgt callTarget, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	msg, m := newMessage()
+	call, err := m.NewCall()
+	if err != nil {
+		msg.Release()
+		return capnp.ErrorAnswer(s.Method, err), func() {}
+	}
+	call.SetInterfaceId(s.Method.InterfaceID)
+	call.SetMethodId(s.Method.MethodID)
+	params, err := call.NewParams()
+	if err == nil {
+		var args capnp.Struct
+		if args, err = capnp.NewStruct(params.Segment(), s.ArgsSize); err == nil {
+			if err = params.SetContent(args.ToPtr()); err == nil && s.PlaceArgs != nil {
+				err = s.PlaceArgs(args)
+			}
+		}
+	}
+	if err != nil {
+		msg.Release()
+		return capnp.ErrorAnswer(s.Method, exc.WrapError("place args", err)), func() {}
+	}
+	q := newQuestion(c, s.Method, &tgt)
+	q.msg, q.call = msg, call
+	q.watch(ctx)
+	if err := c.post(callOut{q: q}); err != nil {
+		if q.stopWatch != nil {
+			q.stopWatch()
+		}
+		msg.Release()
+		return capnp.ErrorAnswer(s.Method, err), func() {}
+	}
+	return q.p.Answer(), q.release
+}
+
+// forwardRecv turns a received call (capnp.Recv) into an outgoing Call on
+// this connection and copies the answer back into r's Returner.
+func (c *Conn) forwardRecv(ctx context.Context, tgt callTarget, r capnp.Recv) capnp.PipelineCaller {
+	ans, release := c.sendCall(ctx, tgt, capnp.Send{
+		Method:   r.Method,
+		ArgsSize: r.Args.Size(),
+		PlaceArgs: func(args capnp.Struct) error {
+			err := args.CopyFrom(r.Args)
+			r.ReleaseArgs()
+			return err
+		},
+	})
+	go func() {
+		defer release()
+		res, err := ans.Struct()
+		if err == nil {
+			var out capnp.Struct
+			if out, err = r.Returner.AllocResults(res.Size()); err == nil {
+				err = out.CopyFrom(res)
+			}
+		}
+		r.Returner.PrepareReturn(err)
+		r.Returner.Return()
+	}()
+	return ans
+}
+
+// sendCall (actor side) assigns the question its id, encodes the target
+// and the capabilities in the params, starts the question actor and
+// queues the message.
+func (s *state) sendCall(q *question) {
+	if q.canceled != nil {
+		s.rejectUnsent(q, q.canceled)
+		return
+	}
+	var out *capnp.Message
+	if q.bootstrap {
+		var m rpccp.Message
+		out, m = newMessage()
+		bs, err := m.NewBootstrap()
+		if err != nil {
+			out.Release()
+			s.rejectUnsent(q, err)
+			return
+		}
+		q.id = s.questions.add(q)
+		bs.SetQuestionId(q.id)
+	} else {
+		out = q.msg
+		if err := s.encodeTarget(q); err != nil {
+			out.Release()
+			s.rejectUnsent(q, err)
+			return
+		}
+		params, _ := q.call.Params()
+		if err := s.encodeCapTable(params, out); err != nil {
+			out.Release()
+			s.rejectUnsent(q, err)
+			return
+		}
+		q.id = s.questions.add(q)
+		q.call.SetQuestionId(q.id)
+	}
+	q.msg = nil
+	q.sent = true
+	q.pid = s.ctx.Spawn(actor.PropsFromProducer(func() actor.Actor { return q }))
+	s.byAnswer[q.p.Answer()] = q
+	s.send(out)
+}
+
+// rejectUnsent fails a question that never reached the wire.
+func (s *state) rejectUnsent(q *question, err error) {
+	if q.stopWatch != nil {
+		q.stopWatch()
+	}
+	q.msg = nil
+	go q.settle(capnp.Ptr{}, err) // never on the actor's goroutine: Resolve may block
+}
+
+func (s *state) encodeTarget(q *question) error {
+	tgt, err := q.call.NewTarget()
+	if err != nil {
+		return err
+	}
+	if pq := q.target.parent; pq != nil {
+		if pq.c != s.c {
+			return errNotOurs
+		}
+		if !pq.sent || pq.finishSent {
+			return exc.New(exc.Failed, "capnp", "pipelined call on an answer that was already released")
+		}
+		pa, err := tgt.NewPromisedAnswer()
+		if err != nil {
+			return err
+		}
+		pa.SetQuestionId(pq.id)
+		if err := encodeTransform(pa, q.target.transform); err != nil {
+			return err
+		}
+		pq.pipelined = append(pq.pipelined, q.target.transform)
+		return nil
+	}
+	ie, ok := s.imports[q.target.importID]
+	if !ok {
+		return exc.New(exc.Failed, "capnp", "call on a released capability")
+	}
+	ie.callsSent = true
+	tgt.SetImportedCap(q.target.importID)
+	return nil
+}
+
+func encodeTransform(pa rpccp.PromisedAnswer, transform []capnp.PipelineOp) error {
+	ops, err := pa.NewTransform(int32(len(transform)))
+	if err != nil {
+		return err
+	}
+	for i, op := range transform {
+		ops.At(i).SetGetPointerField(op.Field)
+	}
+	return nil
+}
+
+func decodeTransform(pa rpccp.PromisedAnswer) ([]capnp.PipelineOp, error) {
+	ops, err := pa.Transform()
+	if err != nil {
+		return nil, err
+	}
+	if ops.Len() == 0 {
+		return nil, nil
+	}
+	out := make([]capnp.PipelineOp, 0, ops.Len())
+	for i := 0; i < ops.Len(); i++ {
+		op := ops.At(i)
+		switch op.Which() {
+		case rpccp.PromisedAnswer_Op_Which_noop:
+		case rpccp.PromisedAnswer_Op_Which_getPointerField:
+			out = append(out, capnp.PipelineOp{Field: op.GetPointerField()})
+		default:
+			return nil, fmt.Errorf("%w: unknown transform op %d", ErrMalformedFrame, op.Which())
+		}
+	}
+	return out, nil
+}
+
+// cancelQuestion: the caller's context ended before the Return.
+func (s *state) cancelQuestion(q *question, err error) {
+	if !q.sent {
+		q.canceled = err
+		return
+	}
+	if q.returned || q.finishSent {
+		return
+	}
+	s.sendFinish(q, true)
+	s.ctx.Send(q.pid, settleQuestion{err: err})
+}
+
+// releaseQuestion: the caller is done with the answer.
+func (s *state) releaseQuestion(q *question) {
+	if !q.sent {
+		q.canceled = errors.New("answer released before the call was sent")
+		return
+	}
+	if q.released {
+		return
+	}
+	q.released = true
+	if !q.finishSent {
+		s.sendFinish(q, !q.returned)
+		if !q.returned {
+			s.ctx.Send(q.pid, settleQuestion{err: exc.New(exc.Failed, "capnp", "answer released before it arrived")})
+		}
+	}
+	s.retireQuestion(q)
+}
+
+// sendFinish tells the peer we are done with question q. releaseResultCaps
+// is true when we will not import the capabilities of its results (the
+// Return has not arrived).
+func (s *state) sendFinish(q *question, releaseResultCaps bool) {
+	q.finishSent = true
+	out, m := newMessage()
+	f, err := m.NewFinish()
+	if err != nil {
+		out.Release()
+		return
+	}
+	f.SetQuestionId(q.id)
+	f.SetReleaseResultCaps(releaseResultCaps)
+	f.SetRequireEarlyCancellationWorkaround(false)
+	s.send(out)
+}
+
+// retireQuestion removes q once its Return has arrived and its Finish has
+// been sent; its actor stops.
+func (s *state) retireQuestion(q *question) {
+	if !q.returned || !q.finishSent {
+		return
+	}
+	if s.questions.get(q.id) == q {
+		s.questions.remove(q.id)
+	}
+	delete(s.byAnswer, q.p.Answer())
+	if q.stopWatch != nil {
+		q.stopWatch()
+	}
+	if q.results != nil {
+		q.results.Release()
+		q.results = nil
+	}
+	s.ctx.Stop(q.pid)
+}
+
+// handleReturn: the answer to one of our questions.
+func (s *state) handleReturn(msg *capnp.Message, m rpccp.Message) (keep bool, err error) {
+	ret, err := m.Return()
+	if err != nil {
+		return false, fmt.Errorf("%w: return: %v", ErrMalformedFrame, err)
+	}
+	q := s.questions.get(ret.AnswerId())
+	if q == nil {
+		return false, fmt.Errorf("%w: return for question %d, which is not in flight", ErrUnknownID, ret.AnswerId())
+	}
+	if q.returned {
+		return false, fmt.Errorf("%w: second return for question %d", ErrDuplicateID, q.id)
+	}
+	q.returned = true
+	if q.stopWatch != nil {
+		q.stopWatch()
+	}
+	if q.finishSent {
+		// Cancelled or released before the answer came: nothing of it is
+		// imported (our Finish asked the peer to release its caps).
+		s.retireQuestion(q)
+		return false, nil
+	}
+	var settle settleQuestion
+	switch ret.Which() {
+	case rpccp.Return_Which_results:
+		payload, err := ret.Results()
+		if err != nil {
+			return false, fmt.Errorf("%w: return results: %v", ErrMalformedFrame, err)
+		}
+		if err := s.decodeCapTable(msg, payload); err != nil {
+			return false, err
+		}
+		content, err := payload.Content()
+		if err != nil {
+			return false, fmt.Errorf("%w: return content: %v", ErrMalformedFrame, err)
+		}
+		s.embargoResults(q, msg, content)
+		q.results = msg
+		keep = true
+		settle.ptr = content
+	case rpccp.Return_Which_exception:
+		e, err := ret.Exception()
+		if err != nil {
+			return false, fmt.Errorf("%w: return exception: %v", ErrMalformedFrame, err)
+		}
+		settle.err = decodeException(e)
+	case rpccp.Return_Which_canceled:
+		settle.err = exc.New(exc.Failed, "capnp", "call canceled by the peer")
+	default:
+		// We never ask for results to be sent elsewhere nor take them from
+		// another question, so these are protocol violations.
+		return false, fmt.Errorf("%w: return of kind %d for a call that asked for results to the caller", ErrMalformedFrame, ret.Which())
+	}
+	s.ctx.Send(q.pid, settle)
+	return keep, nil
+}
+
+// decodeException turns a wire Exception into a Go error whose exc.Type
+// is the exception's type.
+func decodeException(e rpccp.Exception) error {
+	reason, _ := e.Reason()
+	return &exc.Exception{Type: exc.Type(e.Type()), Prefix: "remote", Cause: errors.New(reason)}
+}
+
+// encodeException writes err into e: its exc.Type and its message.
+func encodeException(e rpccp.Exception, err error) {
+	e.SetType(rpccp.Exception_Type(exc.TypeOf(err)))
+	_ = e.SetReason(err.Error())
+}
