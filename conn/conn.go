@@ -109,7 +109,7 @@ type Conn struct {
 	opts      Options
 	transport Transport
 	root      *actor.RootContext
-	pid       *actor.PID
+	pid       atomic.Pointer[actor.PID] // set by Spawn and by the actor's Started
 	started   time.Time
 
 	// mu guards the following. Senders hold it for reading while they
@@ -144,12 +144,12 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 	c.out.init()
 	st := newState(c)
 	props := actor.PropsFromProducer(func() actor.Actor { return st })
-	c.pid = spawner.Spawn(props)
+	c.pid.Store(spawner.Spawn(props))
 	return c
 }
 
 // PID is the connection actor's process id.
-func (c *Conn) PID() *actor.PID { return c.pid }
+func (c *Conn) PID() *actor.PID { return c.pid.Load() }
 
 // Peer is the remote side's name as given in Options.
 func (c *Conn) Peer() string { return c.opts.Peer }
@@ -218,7 +218,7 @@ func (c *Conn) post(msg any) error {
 	if c.closed {
 		return c.errDisconnected()
 	}
-	c.root.Send(c.pid, msg)
+	c.root.Send(c.pid.Load(), msg)
 	return nil
 }
 

@@ -46,6 +46,7 @@ func (s *state) Receive(ctx actor.Context) {
 	defer func() { s.ctx = nil }()
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
+		s.c.pid.Store(ctx.Self())
 		s.c.reader.Add(1)
 		s.c.writer.Add(1)
 		go s.c.readLoop()

@@ -12,9 +12,9 @@ interface Echo {
   echo @0 (text :Text) -> (text :Text);
   # Returns its argument.
 
-  fail @1 (type :UInt8, message :Text) -> ();
+  fail @1 (type :UInt8, reason :Text) -> ();
   # Always throws an exception of the given type (0 failed, 1 overloaded,
-  # 2 disconnected, 3 unimplemented) with the given message.
+  # 2 disconnected, 3 unimplemented) with the given reason.
 
   self @2 (tag :Text) -> (echo :Echo);
   # Returns an Echo whose echo() prefixes results with `tag`; used for

@@ -1,0 +1,149 @@
+package actors
+
+import (
+	"context"
+	"fmt"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	"capnproto.org/go/capnp/v3/server"
+	"github.com/asynkron/protoactor-go/actor"
+)
+
+// Call is the message an actor-implemented capability receives for each
+// call made on it. The actor reads Args, optionally allocates results with
+// AllocResults and fills them, then calls Return exactly once (from any
+// goroutine, at any later time). Calls arrive in the order they were made.
+type Call struct {
+	Method capnp.Method
+	ctx    context.Context
+	recv   capnp.Recv
+	aq     *capnp.AnswerQueue
+	res    capnp.Struct
+	done   bool
+}
+
+// Context is the call's context: cancelled when the caller gives up.
+func (c *Call) Context() context.Context { return c.ctx }
+
+// Args returns the call's parameters; cast them with the generated
+// type, e.g. echo.Echo_echo_Params(call.Args()).
+func (c *Call) Args() capnp.Struct { return c.recv.Args }
+
+// AllocResults allocates the results struct of the given size (the
+// generated …_Results type's size), once.
+func (c *Call) AllocResults(sz capnp.ObjectSize) (capnp.Struct, error) {
+	var err error
+	c.res, err = c.recv.Returner.AllocResults(sz)
+	return c.res, err
+}
+
+// Return answers the call: with the results allocated (or empty ones)
+// when err is nil, else with err as an exception (its exc.Type is kept).
+func (c *Call) Return(err error) {
+	if c.done {
+		return
+	}
+	c.done = true
+	c.recv.ReleaseArgs()
+	c.recv.Returner.PrepareReturn(err)
+	if err != nil {
+		c.aq.Reject(err)
+	} else {
+		c.aq.Fulfill(c.res.ToPtr())
+	}
+	c.recv.Returner.Return()
+	c.recv.Returner.ReleaseResults()
+}
+
+// ActorClient returns a capability implemented by the actor pid: each call
+// arrives there as a *Call message. Spawn the actor with CapabilityProps
+// so that a panic while handling a call answers that call with a "failed"
+// exception.
+func ActorClient(system *actor.ActorSystem, pid *actor.PID) capnp.Client {
+	return capnp.NewClient(&actorHook{root: system.Root, pid: pid})
+}
+
+type actorHook struct {
+	root *actor.RootContext
+	pid  *actor.PID
+}
+
+func (h *actorHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	msg, seg := capnp.NewSingleSegmentMessage(nil)
+	args, err := capnp.NewRootStruct(seg, s.ArgsSize)
+	if err == nil && s.PlaceArgs != nil {
+		err = s.PlaceArgs(args)
+	}
+	if err != nil {
+		msg.Release()
+		return capnp.ErrorAnswer(s.Method, err), func() {}
+	}
+	ret := new(capnp.StructReturner)
+	pc := h.Recv(ctx, capnp.Recv{Method: s.Method, Args: args, ReleaseArgs: msg.Release, Returner: ret})
+	return ret.Answer(s.Method, pc)
+}
+
+func (h *actorHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
+	aq := capnp.NewAnswerQueue(r.Method)
+	h.root.Send(h.pid, &Call{Method: r.Method, ctx: ctx, recv: r, aq: aq})
+	return aq
+}
+
+func (h *actorHook) Brand() capnp.Brand { return capnp.Brand{Value: h} }
+func (h *actorHook) Shutdown()          {}
+func (h *actorHook) String() string     { return "actor capability " + h.pid.String() }
+
+// CapabilityProps returns props for an actor that implements a capability:
+// a panic while it handles a *Call answers that call with a "failed"
+// exception, then goes on to the actor's supervisor as usual.
+func CapabilityProps(producer actor.Producer, opts ...actor.PropsOption) *actor.Props {
+	opts = append(opts, actor.WithReceiverMiddleware(answerPanics))
+	return actor.PropsFromProducer(producer, opts...)
+}
+
+func answerPanics(next actor.ReceiverFunc) actor.ReceiverFunc {
+	return func(ctx actor.ReceiverContext, env *actor.MessageEnvelope) {
+		call, ok := env.Message.(*Call)
+		if !ok {
+			next(ctx, env)
+			return
+		}
+		defer func() {
+			if r := recover(); r != nil {
+				call.Return(panicError(call.Method, r))
+				panic(r)
+			}
+		}()
+		next(ctx, env)
+	}
+}
+
+func panicError(m capnp.Method, r any) error {
+	return exc.New(exc.Failed, "", fmt.Sprintf("panic in %s: %v", m.String(), r))
+}
+
+// NewServer is capnp's server.New with every method guarded: a panic in a
+// method answers that call with a "failed" exception (and is logged with
+// its stack) instead of ending the process. Use it in place of a generated
+// …_ServerToClient:
+//
+//	client := actors.NewServer(echo.Echo_Methods(nil, impl), impl)
+func NewServer(methods []server.Method, impl any) capnp.Client {
+	guarded := make([]server.Method, len(methods))
+	for i, m := range methods {
+		impl := m.Impl
+		method := m.Method
+		m.Impl = func(ctx context.Context, call *server.Call) (err error) {
+			defer func() {
+				if r := recover(); r != nil {
+					err = panicError(method, r)
+				}
+			}()
+			return impl(ctx, call)
+		}
+		guarded[i] = m
+	}
+	sd, _ := impl.(server.Shutdowner)
+	return capnp.NewClient(server.New(guarded, impl, sd))
+}

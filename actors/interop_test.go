@@ -1,0 +1,241 @@
+package actors_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	"capnproto.org/go/capnp/v3/rpc"
+
+	"github.com/vatactor/vatactor/actors"
+	"github.com/vatactor/vatactor/internal/interop"
+)
+
+// runEchoSuite makes every kind of call the interop tests require on an
+// Echo capability, whichever engine serves it and whichever makes the calls.
+func runEchoSuite(t *testing.T, e interop.Echo) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	t.Run("plain call", func(t *testing.T) {
+		f, release := e.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("hello") })
+		defer release()
+		res, err := f.Struct()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := res.Text(); got != "hello" {
+			t.Fatalf("echo = %q, want hello", got)
+		}
+	})
+
+	t.Run("pipelined two levels deep", func(t *testing.T) {
+		// self("a").echo.self("b").echo.echo("x") — the second and third
+		// calls are made on answers that have not arrived.
+		f1, r1 := e.Self(ctx, func(p interop.Echo_self_Params) error { return p.SetTag("a:") })
+		defer r1()
+		f2, r2 := f1.Echo().Self(ctx, func(p interop.Echo_self_Params) error { return p.SetTag("b:") })
+		defer r2()
+		f3, r3 := f2.Echo().Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("x") })
+		defer r3()
+		res, err := f3.Struct()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := res.Text(); got != "a:b:x" {
+			t.Fatalf("pipelined echo = %q, want a:b:x", got)
+		}
+	})
+
+	t.Run("capability in results", func(t *testing.T) {
+		f, release := e.Self(ctx, func(p interop.Echo_self_Params) error { return p.SetTag("r:") })
+		defer release()
+		res, err := f.Struct()
+		if err != nil {
+			t.Fatal(err)
+		}
+		child := res.Echo().AddRef()
+		defer child.Release()
+		for i := 0; i < 3; i++ {
+			f, rel := child.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("y") })
+			r, err := f.Struct()
+			if err != nil {
+				rel()
+				t.Fatal(err)
+			}
+			if got, _ := r.Text(); got != "r:y" {
+				t.Fatalf("child echo = %q", got)
+			}
+			rel()
+		}
+	})
+
+	t.Run("capability in params called back", func(t *testing.T) {
+		cb := interop.Callback_ServerToClient(interop.CallbackFunc(func(s string) (string, error) {
+			return strings.ToUpper(s) + "!", nil
+		}))
+		defer cb.Release()
+		f, release := e.CallBack(ctx, func(p interop.Echo_callBack_Params) error {
+			if err := p.SetText("ping"); err != nil {
+				return err
+			}
+			return p.SetCallback(cb.AddRef())
+		})
+		defer release()
+		res, err := f.Struct()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := res.Text(); got != "PING!" {
+			t.Fatalf("callBack = %q, want PING!", got)
+		}
+	})
+
+	t.Run("exception types", func(t *testing.T) {
+		for _, typ := range []exc.Type{exc.Failed, exc.Overloaded, exc.Disconnected, exc.Unimplemented} {
+			f, release := e.Fail(ctx, func(p interop.Echo_fail_Params) error {
+				p.SetType(uint8(typ))
+				return p.SetReason("boom " + typ.String())
+			})
+			_, err := f.Struct()
+			release()
+			if err == nil {
+				t.Fatalf("fail(%v) returned no error", typ)
+			}
+			if got := exc.TypeOf(err); got != typ {
+				t.Errorf("fail(%v): error type %v (%v)", typ, got, err)
+			}
+			if !strings.Contains(err.Error(), "boom "+typ.String()) {
+				t.Errorf("fail(%v): error %q lost the reason", typ, err)
+			}
+		}
+	})
+
+	t.Run("release observed by the server", func(t *testing.T) {
+		live := func() uint32 {
+			f, release := e.LiveCounters(ctx, nil)
+			defer release()
+			r, err := f.Struct()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r.N()
+		}
+		before := live()
+		f, release := e.NewCounter(ctx, nil)
+		res, err := f.Struct()
+		if err != nil {
+			t.Fatal(err)
+		}
+		counter := res.Counter().AddRef()
+		release()
+		for want := uint32(1); want <= 2; want++ {
+			nf, nrel := counter.Next(ctx, nil)
+			nr, err := nf.Struct()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if nr.N() != want {
+				t.Fatalf("next = %d, want %d", nr.N(), want)
+			}
+			nrel()
+		}
+		if got := live(); got != before+1 {
+			t.Fatalf("live counters = %d while held, want %d", got, before+1)
+		}
+		counter.Release()
+		deadline := time.Now().Add(10 * time.Second)
+		for live() != before {
+			if time.Now().After(deadline) {
+				t.Fatalf("counter not released on the server: live = %d, want %d", live(), before)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
+// TestInteropVatToVat: our client vat against our server vat, over TCP.
+func TestInteropVatToVat(t *testing.T) {
+	srvImpl := interop.NewEchoServer()
+	server := actors.Spawn(actors.Options{Name: "server", Bootstrap: capnp.Client(srvImpl.Client(actors.NewServer))})
+	defer server.Stop()
+	addr, err := server.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := actors.Spawn(actors.Options{Name: "client"})
+	defer client.Stop()
+	boot, _, err := client.Dial(context.Background(), "tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer boot.Release()
+	runEchoSuite(t, interop.Echo(boot))
+}
+
+// TestInteropGoCapnpServer: our client vat against go-capnp's rpc.Conn
+// serving Echo, over TCP.
+func TestInteropGoCapnpServer(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	srvImpl := interop.NewEchoServer()
+	served := make(chan *rpc.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			close(served)
+			return
+		}
+		served <- rpc.NewConn(rpc.NewStreamTransport(c), &rpc.Options{
+			BootstrapClient: capnp.Client(srvImpl.Client(interop.PlainServer)),
+		})
+	}()
+	client := actors.Spawn(actors.Options{Name: "client"})
+	boot, _, err := client.Dial(context.Background(), "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runEchoSuite(t, interop.Echo(boot))
+	boot.Release()
+	client.Stop()
+	if rc := <-served; rc != nil {
+		select {
+		case <-rc.Done():
+		case <-time.After(5 * time.Second):
+			t.Error("go-capnp server did not see the connection end")
+		}
+		rc.Close()
+	}
+}
+
+// TestInteropGoCapnpClient: go-capnp's rpc.Conn as the client of our
+// server vat, over TCP.
+func TestInteropGoCapnpClient(t *testing.T) {
+	srvImpl := interop.NewEchoServer()
+	server := actors.Spawn(actors.Options{Name: "server", Bootstrap: capnp.Client(srvImpl.Client(actors.NewServer))})
+	defer server.Stop()
+	addr, err := server.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := rpc.NewConn(rpc.NewStreamTransport(nc), nil)
+	boot := rc.Bootstrap(context.Background())
+	runEchoSuite(t, interop.Echo(boot))
+	boot.Release()
+	if err := rc.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		t.Logf("go-capnp close: %v", err)
+	}
+}
