@@ -241,9 +241,9 @@ func (h *pipelineHook) String() string     { return "capnp answer pipeline" }
 type importEntry struct {
 	hook      *importHook
 	client    *capnp.WeakClient
-	wireRefs  uint32                         // descriptors received, to give back in Release
+	wireRefs  uint32                       // descriptors received, to give back in Release
 	resolver  capnp.Resolver[capnp.Client] // set while a promise is unresolved
-	callsSent bool                           // a call targeted it (embargo needed on local resolution)
+	callsSent bool                         // a call targeted it (embargo needed on local resolution)
 }
 
 // importHook is the capnp.ClientHook of an import: calls become Call

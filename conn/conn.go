@@ -234,12 +234,12 @@ type (
 // sendQueue is the writer's input: the actor appends, the writer takes
 // everything queued in one batch.
 type sendQueue struct {
-	mu      sync.Mutex
-	items   []*capnp.Message
-	keep    []bool // keep[i]: the actor still owns items[i] after writing
-	closing bool   // writer flushes and exits
-	halfClose bool // writer calls CloseWrite after the last flush
-	wake    chan struct{}
+	mu        sync.Mutex
+	items     []*capnp.Message
+	keep      []bool // keep[i]: the actor still owns items[i] after writing
+	closing   bool   // writer flushes and exits
+	halfClose bool   // writer calls CloseWrite after the last flush
+	wake      chan struct{}
 }
 
 func (q *sendQueue) init() { q.wake = make(chan struct{}, 1) }

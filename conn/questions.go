@@ -52,10 +52,13 @@ type callTarget struct {
 
 // Messages about questions.
 type (
-	callOut          struct{ q *question }            // caller: send this question
-	cancelQuestion   struct{ q *question; err error } // caller's context is done
-	releaseQuestion  struct{ q *question }            // caller released the answer
-	settleQuestion   struct {                          // connection → question actor
+	callOut        struct{ q *question } // caller: send this question
+	cancelQuestion struct {
+		q   *question
+		err error
+	} // caller's context is done
+	releaseQuestion struct{ q *question } // caller released the answer
+	settleQuestion  struct {              // connection → question actor
 		ptr capnp.Ptr
 		err error
 	}
