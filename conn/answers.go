@@ -64,6 +64,7 @@ func (a *answer) AllocResults(sz capnp.ObjectSize) (capnp.Struct, error) {
 		return capnp.Struct{}, err
 	}
 	ret.SetAnswerId(a.id)
+	ret.SetReleaseParamCaps(false) // we send Release for param caps ourselves
 	payload, err := ret.NewResults()
 	if err != nil {
 		msg.Release()
@@ -259,6 +260,7 @@ func (s *state) answerReturned(a *answer) {
 		a.msg, m = newMessage()
 		ret, _ := m.NewReturn()
 		ret.SetAnswerId(a.id)
+		ret.SetReleaseParamCaps(false)
 		e, _ := ret.NewException()
 		encodeException(e, a.err)
 		a.ret = ret

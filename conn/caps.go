@@ -126,14 +126,9 @@ func setExportDescriptor(d rpccp.CapDescriptor, e *export) {
 	}
 }
 
-// encodeCapTable writes the descriptors of msg's cap table into payload.
-func (s *state) encodeCapTable(payload rpccp.Payload, msg *capnp.Message) error {
-	_, err := s.encodeCapTableIDs(payload, msg)
-	return err
-}
-
-// encodeCapTableIDs is encodeCapTable, returning the export id per entry.
-// On error, the references taken so far are given back.
+// encodeCapTableIDs writes the descriptors of msg's cap table into payload
+// and returns the export id of each entry (noExport for none). On error,
+// the references taken so far are given back.
 func (s *state) encodeCapTableIDs(payload rpccp.Payload, msg *capnp.Message) ([]uint32, error) {
 	ct := msg.CapTable()
 	n := ct.Len()

@@ -127,6 +127,7 @@ type Conn struct {
 	done   chan struct{}
 
 	stats atomic.Pointer[Stats] // last published table counts
+	trace bool                  // log every message at debug level
 }
 
 // Spawn starts a connection actor over t as a child of spawner (a vat's
@@ -142,6 +143,7 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 		done:      make(chan struct{}),
 	}
 	c.out.init()
+	c.trace = opts.Logger.Enabled(context.Background(), slog.LevelDebug)
 	st := newState(c)
 	props := actor.PropsFromProducer(func() actor.Actor { return st })
 	c.pid.Store(spawner.Spawn(props))
@@ -317,6 +319,13 @@ func (c *Conn) writeLoop() {
 		keep, c.out.keep = c.out.keep, keep[:0]
 		closing, half := c.out.closing, c.out.halfClose
 		c.out.mu.Unlock()
+		if c.trace {
+			for _, m := range batch {
+				if rm, err := rpccp.ReadRootMessage(m); err == nil {
+					c.opts.Logger.Debug("capnp send", "peer", c.opts.Peer, "msg", DescribeMessage(rm))
+				}
+			}
+		}
 		if len(batch) > 0 && !failed {
 			if err := c.transport.SendMessages(batch); err != nil {
 				failed = true

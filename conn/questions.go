@@ -31,15 +31,16 @@ type question struct {
 	settled atomic.Bool // the promise has been (or is being) resolved
 
 	// Owned by the connection actor.
-	id         uint32
-	pid        *actor.PID
-	sent       bool
-	canceled   error // set if cancelled before it was sent
-	returned   bool
-	finishSent bool
-	released   bool
-	results    *capnp.Message
-	pipelined  [][]capnp.PipelineOp // transforms of calls pipelined on the answer
+	id           uint32
+	pid          *actor.PID
+	sent         bool
+	canceled     error // set if cancelled before it was sent
+	returned     bool
+	finishSent   bool
+	released     bool
+	results      *capnp.Message
+	paramExports []uint32             // export id per cap of the params (noExport if none)
+	pipelined    [][]capnp.PipelineOp // transforms of calls pipelined on the answer
 }
 
 // callTarget is where a call goes: an import of this connection, or a
@@ -218,11 +219,13 @@ func (s *state) sendCall(q *question) {
 			return
 		}
 		params, _ := q.call.Params()
-		if err := s.encodeCapTable(params, out); err != nil {
+		ids, err := s.encodeCapTableIDs(params, out)
+		if err != nil {
 			out.Release()
 			s.rejectUnsent(q, err)
 			return
 		}
+		q.paramExports = ids
 		q.id = s.questions.add(q)
 		q.call.SetQuestionId(q.id)
 	}
@@ -393,6 +396,18 @@ func (s *state) handleReturn(msg *capnp.Message, m rpccp.Message) (keep bool, er
 	if q.stopWatch != nil {
 		q.stopWatch()
 	}
+	if ret.ReleaseParamCaps() {
+		// The peer drops its references to the caps of our params with
+		// this Return, instead of sending Release for them.
+		for _, id := range q.paramExports {
+			if id != noExport {
+				if err := s.releaseExport(id, 1); err != nil {
+					return false, err
+				}
+			}
+		}
+	}
+	q.paramExports = nil
 	if q.finishSent {
 		// Cancelled or released before the answer came: nothing of it is
 		// imported (our Finish asked the peer to release its caps).

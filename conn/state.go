@@ -111,6 +111,9 @@ func (s *state) handleFrame(msg *capnp.Message) {
 		s.protocolError(fmt.Errorf("%w: %v", ErrMalformedFrame, err))
 		return
 	}
+	if s.c.trace {
+		s.c.opts.Logger.Debug("capnp recv", "peer", s.c.opts.Peer, "msg", DescribeMessage(m))
+	}
 	keep := false // handlers that hand msg on set this
 	switch m.Which() {
 	case rpccp.Message_Which_bootstrap:
