@@ -396,23 +396,11 @@ func (s *state) handleReturn(msg *capnp.Message, m rpccp.Message) (keep bool, er
 	if q.stopWatch != nil {
 		q.stopWatch()
 	}
-	if ret.ReleaseParamCaps() {
-		// The peer drops its references to the caps of our params with
-		// this Return, instead of sending Release for them.
-		for _, id := range q.paramExports {
-			if id != noExport {
-				if err := s.releaseExport(id, 1); err != nil {
-					return false, err
-				}
-			}
-		}
-	}
-	q.paramExports = nil
 	if q.finishSent {
 		// Cancelled or released before the answer came: nothing of it is
 		// imported (our Finish asked the peer to release its caps).
 		s.retireQuestion(q)
-		return false, nil
+		return false, s.releaseParamCaps(q, ret)
 	}
 	var settle settleQuestion
 	switch ret.Which() {
@@ -445,8 +433,30 @@ func (s *state) handleReturn(msg *capnp.Message, m rpccp.Message) (keep bool, er
 		// another question, so these are protocol violations.
 		return false, fmt.Errorf("%w: return of kind %d for a call that asked for results to the caller", ErrMalformedFrame, ret.Which())
 	}
+	// Only now, after the results may have named them: the peer drops its
+	// references to our params' caps with this Return instead of sending
+	// Release for them.
+	if err := s.releaseParamCaps(q, ret); err != nil {
+		return keep, err
+	}
 	s.ctx.Send(q.pid, settle)
 	return keep, nil
+}
+
+func (s *state) releaseParamCaps(q *question, ret rpccp.Return) error {
+	ids := q.paramExports
+	q.paramExports = nil
+	if !ret.ReleaseParamCaps() {
+		return nil
+	}
+	for _, id := range ids {
+		if id != noExport {
+			if err := s.releaseExport(id, 1); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // decodeException turns a wire Exception into a Go error whose exc.Type
