@@ -57,7 +57,12 @@ func (s *state) Receive(ctx actor.Context) {
 	case inFrame:
 		s.handleFrame(m.msg)
 	case readerDone:
-		s.end(classifyReadError(m.err, s.stats().Idle()))
+		reason := classifyReadError(m.err, s.stats().Idle())
+		if pe, ok := reason.(supervisor.ProtocolError); ok {
+			s.protocolError(pe.Err) // a bad frame: the peer is told why
+		} else {
+			s.end(reason)
+		}
 	case writerDone:
 		s.end(supervisor.TransportError{Err: m.err})
 	case closeNow:
