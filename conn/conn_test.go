@@ -26,6 +26,7 @@ func TestMain(m *testing.M) {
 // only until Shutdown returns, but a few of protoactor's timers are slower.
 var goleakOptions = []goleak.Option{
 	goleak.IgnoreAnyFunction("github.com/asynkron/protoactor-go/actor.(*deadLetterProcess).init.func1"),
+	goleak.IgnoreAnyFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"),
 }
 
 // harness drives one connection actor over an in-memory pipe: the test is
