@@ -82,8 +82,21 @@ func (a *answer) AllocResults(sz capnp.ObjectSize) (capnp.Struct, error) {
 	return st, nil
 }
 
-// PrepareReturn implements capnp.Returner.
-func (a *answer) PrepareReturn(e error) { a.err = e }
+// PrepareReturn implements capnp.Returner. It runs on the callee's
+// goroutine before the results are shared with pipelined callers, so the
+// cap descriptor list is allocated here: the connection later fills it in
+// place, and the message is never grown while others read it.
+func (a *answer) PrepareReturn(e error) {
+	a.err = e
+	if e == nil && a.msg != nil {
+		if n := a.msg.CapTable().Len(); n > 0 {
+			payload, _ := a.ret.Results()
+			if _, err := payload.NewCapTable(int32(n)); err != nil {
+				a.err = err
+			}
+		}
+	}
+}
 
 // Return implements capnp.Returner: the connection sends the Return.
 func (a *answer) Return() {

@@ -135,9 +135,12 @@ func (s *state) encodeCapTableIDs(payload rpccp.Payload, msg *capnp.Message) ([]
 	if n == 0 {
 		return nil, nil
 	}
-	list, err := payload.NewCapTable(int32(n))
-	if err != nil {
-		return nil, err
+	list, err := payload.CapTable()
+	if err != nil || list.Len() != n {
+		// Not prepared by PrepareReturn (a Call's params, a Bootstrap).
+		if list, err = payload.NewCapTable(int32(n)); err != nil {
+			return nil, err
+		}
 	}
 	ids := make([]uint32, n)
 	for i := 0; i < n; i++ {
