@@ -195,7 +195,7 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message) (keep bool, err 
 		if err != nil {
 			return false, err
 		}
-		a.pc = s.deliverPipelined(pans, transform, recv)
+		a.pc = s.deliverPipelined(a.ctx, pans, transform, recv)
 	default:
 		return false, fmt.Errorf("%w: call target of unknown kind %d", ErrMalformedFrame, target.Which())
 	}
@@ -205,16 +205,16 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message) (keep bool, err 
 // deliverPipelined delivers a call made on a capability inside the answer
 // to another call: into that call's pipeline while it runs, or to the
 // capability in its results once it has returned.
-func (s *state) deliverPipelined(pans *answer, transform []capnp.PipelineOp, r capnp.Recv) capnp.PipelineCaller {
+func (s *state) deliverPipelined(ctx context.Context, pans *answer, transform []capnp.PipelineOp, r capnp.Recv) capnp.PipelineCaller {
 	if !pans.returned && pans.pc != nil {
-		return pans.pc.PipelineRecv(r.Returner.(*answer).ctx, transform, r)
+		return pans.pc.PipelineRecv(ctx, transform, r)
 	}
 	c, err := s.resultCap(pans, transform)
 	if err != nil {
 		r.Reject(err)
 		return nil
 	}
-	return c.RecvCall(r.Returner.(*answer).ctx, r)
+	return c.RecvCall(ctx, r)
 }
 
 // resultCap returns (borrowed) the capability at transform in a's results.

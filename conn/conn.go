@@ -110,7 +110,6 @@ type Conn struct {
 	transport Transport
 	root      *actor.RootContext
 	pid       atomic.Pointer[actor.PID] // set by Spawn and by the actor's Started
-	started   time.Time
 
 	// mu guards the following. Senders hold it for reading while they
 	// post to the actor, so that once end has set closed under the write
@@ -119,7 +118,6 @@ type Conn struct {
 	mu     sync.RWMutex
 	closed bool
 	reason supervisor.Reason
-	final  Stats
 
 	out    sendQueue
 	reader sync.WaitGroup
@@ -139,7 +137,6 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 		opts:      opts,
 		transport: t,
 		root:      root,
-		started:   time.Now(),
 		done:      make(chan struct{}),
 	}
 	c.out.init()

@@ -108,19 +108,6 @@ func (h *harness) expect(prefix string) rpccp.Message {
 	return m
 }
 
-// quiet returns true if nothing arrives within d.
-func (h *harness) quiet(d time.Duration) {
-	h.t.Helper()
-	select {
-	case msg := <-h.in:
-		if msg != nil {
-			m, _ := rpccp.ReadRootMessage(msg)
-			h.t.Fatalf("unexpected message %q", DescribeMessage(m))
-		}
-	case <-time.After(d):
-	}
-}
-
 func echoParams(call rpccp.Call, text string) error {
 	p, err := call.NewParams()
 	if err != nil {

@@ -202,7 +202,6 @@ func (s *state) end(reason supervisor.Reason) {
 	c.mu.Lock()
 	c.closed = true
 	c.reason = reason
-	c.final = final
 	c.mu.Unlock()
 	c.stats.Store(&final)
 
