@@ -8,6 +8,8 @@ import (
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+
+	"github.com/vatactor/vatactor/supervisor"
 )
 
 // An answer is an incoming Bootstrap or Call, from its arrival until we
@@ -38,6 +40,8 @@ type answer struct {
 	finished       bool
 	releaseResults bool     // the Finish asked us to release the result caps
 	resultExports  []uint32 // export id per cap-table index of the results (noExport if none)
+	releaseParams  bool     // the params' caps were never imported: the Return asks the peer to release them
+	epitaph        *supervisor.Epitaph // refused while draining: the exception carries our epitaph
 }
 
 const noExport = ^uint32(0)
@@ -119,6 +123,10 @@ func (s *state) handleBootstrap(m rpccp.Message) error {
 	if err != nil {
 		return err
 	}
+	if s.phase == phaseDraining {
+		s.refusedDraining(a)
+		return nil
+	}
 	if boot := s.c.opts.Bootstrap; boot.IsValid() {
 		if _, a.err = a.AllocResults(capnp.ObjectSize{}); a.err == nil {
 			id := a.msg.CapTable().Add(boot.AddRef())
@@ -143,13 +151,19 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message) (keep bool, err 
 		return false, err
 	}
 	method := capnp.Method{InterfaceID: call.InterfaceId(), MethodID: call.MethodId()}
+	if s.phase == phaseDraining {
+		s.refusedDraining(a)
+		return false, nil
+	}
 	if len(s.answers) > s.c.opts.MaxAnswers {
 		a.err = exc.New(exc.Overloaded, "capnp", fmt.Sprintf("%v: more than %d calls in flight", ErrTooManyQuestions, s.c.opts.MaxAnswers))
+		a.releaseParams = true
 		s.answerReturned(a)
 		return false, nil
 	}
 	if call.SendResultsTo().Which() != rpccp.Call_sendResultsTo_Which_caller {
 		a.err = exc.New(exc.Unimplemented, "capnp", "results can only be sent to the caller")
+		a.releaseParams = true
 		s.answerReturned(a)
 		return false, nil
 	}
@@ -246,7 +260,7 @@ func (s *state) resultCap(a *answer, transform []capnp.PipelineOp) (capnp.Client
 
 // answerReturned sends the Return for a.
 func (s *state) answerReturned(a *answer) {
-	if s.ended || a.returned {
+	if a.returned {
 		if a.msg != nil {
 			a.msg.Release()
 		}
@@ -273,15 +287,18 @@ func (s *state) answerReturned(a *answer) {
 		a.msg, m = newMessage()
 		ret, _ := m.NewReturn()
 		ret.SetAnswerId(a.id)
-		ret.SetReleaseParamCaps(false)
+		ret.SetReleaseParamCaps(a.releaseParams)
 		e, _ := ret.NewException()
 		encodeException(e, a.err)
+		if a.epitaph != nil {
+			_ = setEpitaph(e, *a.epitaph)
+		}
 		a.ret = ret
 		a.resultExports = nil
 	}
 	// The results stay ours (the writer must not release them): calls
 	// pipelined on them arrive until the peer's Finish.
-	s.c.out.push(a.msg, true)
+	s.queue(a.msg, true)
 	if a.finished {
 		s.dropAnswer(a)
 		delete(s.answers, a.id)
@@ -317,7 +334,7 @@ func (s *state) handleFinish(m rpccp.Message) error {
 // capabilities.
 func (s *state) dropAnswer(a *answer) {
 	a.cancel()
-	if a.releaseResults && !s.ended {
+	if a.releaseResults && s.phase < phaseClosing {
 		for _, id := range a.resultExports {
 			if id != noExport {
 				_ = s.releaseExport(id, 1)

@@ -22,7 +22,9 @@ type export struct {
 	key      any          // identity, for reusing the id when sent again
 	wireRefs uint32
 	promise  bool
+	seq      uint64 // creation order
 	pid      *actor.PID
+	stopped  chan struct{} // set before a stop: closed when the actor has stopped
 
 	stopResolve context.CancelFunc // export actor only
 }
@@ -50,6 +52,10 @@ func (e *export) Receive(ctx actor.Context) {
 			e.stopResolve()
 		}
 		e.client.Release()
+	case *actor.Stopped:
+		if e.stopped != nil {
+			close(e.stopped)
+		}
 	}
 }
 
@@ -113,6 +119,8 @@ func (s *state) describeCap(d rpccp.CapDescriptor, c capnp.Client) (uint32, erro
 	if key != nil {
 		s.exportKey[key] = e.id
 	}
+	s.seq++
+	e.seq = s.seq
 	e.pid = s.ctx.Spawn(actor.PropsFromProducer(func() actor.Actor { return e }))
 	setExportDescriptor(d, e)
 	return e.id, nil
@@ -298,14 +306,19 @@ func (s *state) importShutdown(h *importHook) {
 		return
 	}
 	delete(s.imports, h.id)
+	s.sendRelease(h.id, ie.wireRefs)
+}
+
+// sendRelease gives n references to import id back to the peer.
+func (s *state) sendRelease(id, n uint32) {
 	out, m := newMessage()
 	rel, err := m.NewRelease()
 	if err != nil {
 		out.Release()
 		return
 	}
-	rel.SetId(h.id)
-	rel.SetReferenceCount(ie.wireRefs)
+	rel.SetId(id)
+	rel.SetReferenceCount(n)
 	s.send(out)
 }
 

@@ -32,7 +32,8 @@ import (
 	"github.com/vatactor/vatactor/supervisor"
 )
 
-// Options configures a connection. The zero value is usable.
+// Options configures a connection. The zero value is usable; every wait
+// has a default and a doc saying what its expiry does.
 type Options struct {
 	// Bootstrap is the capability served to the peer's Bootstrap requests.
 	// The connection takes its own reference; the caller keeps theirs.
@@ -47,17 +48,41 @@ type Options struct {
 	// that would export more fails (a call's Return becomes an exception).
 	// Default 65536.
 	MaxExports int
-	// Logger receives the connection's logs. Default: discard.
+	// Logger receives the connection's logs. Default: discard. Expected
+	// ends are logged at debug level, unexpected ones at info; nothing the
+	// peer does is logged as an error of ours.
 	Logger *slog.Logger
 	// Role is "client" (we dialed) or "server" (we accepted); for logs and
-	// lifecycle messages.
+	// lifecycle events.
 	Role string
-	// Peer names the other side (its address); for logs.
+	// Peer names the other side (its address); for logs and events.
 	Peer string
+
+	// DrainTimeout bounds the drain phase of Shutdown: calls still in
+	// flight when it expires are cut short (our questions are cancelled,
+	// the peer's calls are abandoned). Default 5s.
+	DrainTimeout time.Duration
+	// StopTimeout bounds the wait for each question or export actor to
+	// stop; an actor that takes longer is left to stop on its own and
+	// counted in Report.StuckActors. Default 1s.
+	StopTimeout time.Duration
+	// WriteTimeout bounds the flush of what is queued (the epitaph last)
+	// before the half-close; when it expires (the peer stopped reading)
+	// the socket is closed at once. Default 5s.
+	WriteTimeout time.Duration
 	// LingerTimeout bounds how long a closing connection keeps reading
 	// (and discarding) after its half-close, waiting for the peer's EOF,
 	// before it closes the socket. Default 2s.
 	LingerTimeout time.Duration
+	// IdleTimeout, when positive, shuts the connection down gracefully
+	// (epitaph OK, "idle timeout") once all its tables have stayed empty
+	// for that long. Default 0: never.
+	IdleTimeout time.Duration
+
+	// OnEvent, if set, receives every lifecycle event of the connection,
+	// on the connection actor's goroutine: it must not block. The same
+	// events are sent to the actor's parent as messages.
+	OnEvent func(Event)
 }
 
 // Defaults for Options.
@@ -65,6 +90,9 @@ const (
 	DefaultMaxAnswers = 8192
 	DefaultMaxExports = 65536
 
+	DefaultDrainTimeout  = 5 * time.Second
+	DefaultStopTimeout   = 1 * time.Second
+	DefaultWriteTimeout  = 5 * time.Second
 	DefaultLingerTimeout = 2 * time.Second
 )
 
@@ -76,6 +104,15 @@ func (o Options) withDefaults() Options {
 	if o.MaxExports <= 0 {
 		o.MaxExports = DefaultMaxExports
 	}
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = DefaultDrainTimeout
+	}
+	if o.StopTimeout <= 0 {
+		o.StopTimeout = DefaultStopTimeout
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = DefaultWriteTimeout
+	}
 	if o.LingerTimeout <= 0 {
 		o.LingerTimeout = DefaultLingerTimeout
 	}
@@ -83,14 +120,6 @@ func (o Options) withDefaults() Options {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return o
-}
-
-// Down is sent to the connection actor's parent when the connection has
-// ended, after its reader and writer have stopped.
-type Down struct {
-	Conn   *Conn
-	Reason supervisor.Reason
-	Stats  Stats
 }
 
 // Stats counts the entries of a connection's tables.
@@ -103,6 +132,11 @@ func (s Stats) Idle() bool {
 	return s.Questions == 0 && s.Answers == 0 && s.Exports == 0 && s.Imports == 0 && s.Embargoes == 0
 }
 
+func (s Stats) String() string {
+	return fmt.Sprintf("questions=%d answers=%d exports=%d imports=%d embargoes=%d",
+		s.Questions, s.Answers, s.Exports, s.Imports, s.Embargoes)
+}
+
 // Conn is the handle of one connection actor. Its methods are safe to call
 // from any goroutine.
 type Conn struct {
@@ -110,19 +144,24 @@ type Conn struct {
 	transport Transport
 	root      *actor.RootContext
 	pid       atomic.Pointer[actor.PID] // set by Spawn and by the actor's Started
+	start     time.Time
 
 	// mu guards the following. Senders hold it for reading while they
-	// post to the actor, so that once end has set closed under the write
-	// lock, every message posted before is in the mailbox ahead of the
-	// actor's final message.
+	// post to the actor, so that once closing has set closed under the
+	// write lock, every message posted before is in the mailbox ahead of
+	// the closer's last message.
 	mu     sync.RWMutex
-	closed bool
-	reason supervisor.Reason
+	closed bool              // the actor accepts no more messages from outside
+	reason supervisor.Reason // the first reason recorded
+	report Report            // complete once done is closed
 
 	out    sendQueue
 	reader sync.WaitGroup
 	writer sync.WaitGroup
 	done   chan struct{}
+
+	hurryOnce sync.Once
+	hurry     chan struct{} // closed when a Shutdown's context ends: skip every wait
 
 	stats atomic.Pointer[Stats] // last published table counts
 	trace bool                  // log every message at debug level
@@ -137,7 +176,9 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 		opts:      opts,
 		transport: t,
 		root:      root,
+		start:     time.Now(),
 		done:      make(chan struct{}),
+		hurry:     make(chan struct{}),
 	}
 	c.out.init()
 	c.trace = opts.Logger.Enabled(context.Background(), slog.LevelDebug)
@@ -156,14 +197,24 @@ func (c *Conn) Peer() string { return c.opts.Peer }
 // Role is "client" or "server" as given in Options.
 func (c *Conn) Role() string { return c.opts.Role }
 
-// Done is closed when the connection has ended and its goroutines stopped.
+// Done is closed when the connection has ended, its socket is closed and
+// its goroutines have stopped.
 func (c *Conn) Done() <-chan struct{} { return c.done }
 
-// Err returns why the connection ended, or nil while it is open.
+// Err returns why the connection ended (or is ending), or nil while it is
+// open.
 func (c *Conn) Err() supervisor.Reason {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.reason
+}
+
+// Report returns what the connection's end did; it is complete once Done
+// is closed.
+func (c *Conn) Report() Report {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.report
 }
 
 // Stats returns the table counts as last published by the actor.
@@ -192,13 +243,56 @@ func (c *Conn) Bootstrap(ctx context.Context) capnp.Client {
 	return bc
 }
 
-// Close ends the connection now: calls in flight fail with a disconnected
-// exception and the socket is closed. It returns the reason the connection
-// ended with (LocalShutdown unless something else ended it first).
+// Shutdown closes the connection gracefully, in this order:
+//
+//  1. drain: new calls are refused both ways with a disconnected error
+//     that wraps ErrNotProcessed (safe to retry); calls in flight finish,
+//     for at most DrainTimeout;
+//  2. stopQuestions: our questions still in flight are cancelled (Finish
+//     sent) and their callers get a disconnected error; the question
+//     actors stop, newest first;
+//  3. stopExports: export actors stop newest first, each releasing its
+//     capability;
+//  4. releaseImports: Release for everything still imported;
+//  5. sendEpitaph, closeWrite: the epitaph is sent as the last message
+//     (to a peer that is one of ours, or always when its code is not OK),
+//     then the write side is shut down (FIN) once everything is flushed,
+//     within WriteTimeout;
+//  6. linger: the connection reads and discards until the peer's EOF,
+//     for at most LingerTimeout;
+//  7. closeSocket: the socket is closed, Down is sent to the parent.
+//
+// The peer ending the connection meanwhile (EOF, epitaph, Abort) skips to
+// step 2 and sends nothing but the FIN. When ctx ends, every remaining
+// wait is skipped and Shutdown returns ctx's error with the report; the
+// connection still closes. Calling Shutdown again, or after the
+// connection has ended, waits for the end and returns the same report.
+func (c *Conn) Shutdown(ctx context.Context, ep supervisor.Epitaph) (Report, error) {
+	_ = c.post(shutdownReq{epitaph: ep, drain: true})
+	stop := context.AfterFunc(ctx, c.hurryNow)
+	<-c.done
+	if !stop() && ctx.Err() != nil {
+		return c.Report(), fmt.Errorf("conn: shutdown cut short: %w", ctx.Err())
+	}
+	return c.Report(), nil
+}
+
+// Close ends the connection without draining: calls in flight fail with a
+// disconnected error (ours are cancelled, the peer's abandoned), then the
+// same steps as Shutdown from stopQuestions on, with an OK epitaph. It
+// returns the reason the connection ended with (LocalShutdown unless
+// something else ended it first).
 func (c *Conn) Close() error {
-	_ = c.post(closeNow{})
+	_ = c.post(shutdownReq{epitaph: supervisor.Epitaph{Code: supervisor.OK}})
 	<-c.done
 	return c.Err()
+}
+
+// hurryNow makes every remaining wait of the connection's end return at
+// once.
+func (c *Conn) hurryNow() {
+	c.hurryOnce.Do(func() { close(c.hurry) })
+	_ = c.post(hurry{})
 }
 
 // errDisconnected is what calls get once the connection is gone.
@@ -223,30 +317,54 @@ func (c *Conn) post(msg any) error {
 
 // Actor messages. Each is handled by state.Receive.
 type (
-	inFrame    struct{ msg *capnp.Message } // reader: a frame arrived
-	readerDone struct{ err error }          // reader: RecvMessage failed
-	writerDone struct{ err error }          // writer: SendMessages failed
-	closeNow   struct{}                     // user: Close
-	finalize   struct{}                     // self: the mailbox holds nothing more to handle
+	inFrame    struct{ f Frame }     // reader: a frame arrived
+	readerDone struct{ err error }   // reader: RecvFrame failed
+	writerDone struct{ err error }   // writer: SendFrames failed
+	shutdownReq struct {             // user: Shutdown or Close
+		epitaph supervisor.Epitaph
+		drain   bool
+	}
+	hurry         struct{}                  // user: Shutdown's context ended
+	drainDeadline struct{}                  // timer: DrainTimeout expired
+	idleDeadline  struct{ gen uint64 }      // timer: IdleTimeout expired
+	socketClosed  struct {                  // closer: the socket is closed
+		hard                                 bool
+		flushCut, lingerCut                  bool
+		closeWriteStart, lingerStart, closeStart time.Time
+	}
 )
+
+func (m socketClosed) closeWriteNote() string {
+	switch {
+	case m.hard:
+		return "socket failed or hard close"
+	case m.flushCut:
+		return "the peer stopped reading: closed without FIN"
+	}
+	return "flushed, FIN sent"
+}
+
+// outItem is one frame in the send queue.
+type outItem struct {
+	f    Frame
+	keep bool // the actor still owns f.Msg after writing
+}
 
 // sendQueue is the writer's input: the actor appends, the writer takes
 // everything queued in one batch.
 type sendQueue struct {
 	mu        sync.Mutex
-	items     []*capnp.Message
-	keep      []bool // keep[i]: the actor still owns items[i] after writing
-	closing   bool   // writer flushes and exits
-	halfClose bool   // writer calls CloseWrite after the last flush
+	items     []outItem
+	closing   bool // writer flushes and exits
+	halfClose bool // writer calls CloseWrite after the last flush
 	wake      chan struct{}
 }
 
 func (q *sendQueue) init() { q.wake = make(chan struct{}, 1) }
 
-func (q *sendQueue) push(m *capnp.Message, keep bool) {
+func (q *sendQueue) push(f Frame, keep bool) {
 	q.mu.Lock()
-	q.items = append(q.items, m)
-	q.keep = append(q.keep, keep)
+	q.items = append(q.items, outItem{f: f, keep: keep})
 	q.mu.Unlock()
 	select {
 	case q.wake <- struct{}{}:
@@ -266,75 +384,57 @@ func (q *sendQueue) close(halfClose bool) {
 }
 
 // readLoop is the reader goroutine: frames in, actor messages out.
-// After the connection has ended it keeps reading and discarding (linger)
-// until the peer's EOF or the socket's close.
+// Once the actor accepts no more messages it keeps reading and discarding
+// (linger) until the peer's EOF or the socket's close.
 func (c *Conn) readLoop() {
 	defer c.reader.Done()
 	for {
-		msg, err := c.transport.RecvMessage()
+		f, err := c.transport.RecvFrame()
 		if err != nil {
 			_ = c.post(readerDone{err: err})
 			return
 		}
-		if c.post(inFrame{msg: msg}) != nil {
-			msg.Release()
+		if c.post(inFrame{f: f}) != nil {
+			f.Msg.Release()
 		}
 	}
-}
-
-// closeSocket runs once the connection has ended: it waits for the writer's
-// last flush (and half-close), lingers for the peer's EOF at most
-// LingerTimeout so that unread data never turns the close into a reset,
-// closes the socket and closes Done once both goroutines have exited.
-func (c *Conn) closeSocket(now bool) {
-	c.writer.Wait()
-	if !now {
-		lingered := make(chan struct{})
-		go func() { c.reader.Wait(); close(lingered) }()
-		t := time.NewTimer(c.opts.LingerTimeout)
-		select {
-		case <-lingered:
-		case <-t.C:
-		}
-		t.Stop()
-	}
-	_ = c.transport.Close()
-	c.reader.Wait()
-	close(c.done)
 }
 
 // writeLoop is the writer goroutine: it takes everything queued and writes
-// it in one batch, until the queue is closed and empty.
+// it in one batch, until the queue is closed and empty. It is the only
+// caller of SendFrames and CloseWrite.
 func (c *Conn) writeLoop() {
 	defer c.writer.Done()
-	var batch []*capnp.Message
-	var keep []bool
+	var batch []outItem
+	frames := make([]Frame, 0, 16)
 	failed := false
 	for range c.out.wake {
 		c.out.mu.Lock()
 		batch, c.out.items = c.out.items, batch[:0]
-		keep, c.out.keep = c.out.keep, keep[:0]
 		closing, half := c.out.closing, c.out.halfClose
 		c.out.mu.Unlock()
-		if c.trace {
-			for _, m := range batch {
-				if rm, err := rpccp.ReadRootMessage(m); err == nil {
-					c.opts.Logger.Debug("capnp send", "peer", c.opts.Peer, "msg", DescribeMessage(rm))
+		frames = frames[:0]
+		for _, it := range batch {
+			frames = append(frames, it.f)
+			if c.trace {
+				if rm, err := rpccp.ReadRootMessage(it.f.Msg); err == nil {
+					c.opts.Logger.Debug("capnp send", "peer", c.opts.Peer, "msg", DescribeMessage(rm), "sidecar", it.f.Sidecar != nil)
 				}
 			}
 		}
-		if len(batch) > 0 && !failed {
-			if err := c.transport.SendMessages(batch); err != nil {
+		if len(frames) > 0 && !failed {
+			if err := c.transport.SendFrames(frames); err != nil {
 				failed = true
 				_ = c.post(writerDone{err: err})
 			}
 		}
-		for i, m := range batch {
-			if !keep[i] {
-				m.Release()
+		for i, it := range batch {
+			if !it.keep {
+				it.f.Msg.Release()
 			}
-			batch[i] = nil
+			batch[i] = outItem{}
 		}
+		clear(frames)
 		if closing {
 			if half && !failed {
 				_ = c.transport.CloseWrite()
@@ -342,6 +442,44 @@ func (c *Conn) writeLoop() {
 			return
 		}
 	}
+}
+
+// closeSocket runs once the actor has queued its last message:
+// closeWrite (wait for the writer's flush and FIN, at most WriteTimeout),
+// linger (wait for the peer's EOF, at most LingerTimeout), then close the
+// socket. hard skips both waits. It returns the actor's socketClosed.
+func (c *Conn) closeSocket(hard bool) socketClosed {
+	m := socketClosed{hard: hard, closeWriteStart: time.Now()}
+	if !hard {
+		m.flushCut = !c.waitFor(&c.writer, c.opts.WriteTimeout)
+	}
+	m.lingerStart = time.Now()
+	if !hard && !m.flushCut {
+		m.lingerCut = !c.waitFor(&c.reader, c.opts.LingerTimeout)
+	}
+	m.closeStart = time.Now()
+	_ = c.transport.Close()
+	c.writer.Wait()
+	c.reader.Wait()
+	return m
+}
+
+// waitFor waits for wg at most d, or until the connection is hurried; it
+// reports whether wg finished.
+func (c *Conn) waitFor(wg *sync.WaitGroup, d time.Duration) bool {
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-finished:
+		return true
+	case <-t.C:
+	case <-c.hurry:
+	}
+	_ = c.transport.Close() // unblocks the goroutine waited for
+	<-finished
+	return false
 }
 
 // classifyReadError turns the reader's error into the connection's reason.

@@ -49,11 +49,11 @@ func newHarness(t *testing.T, bootstrap capnp.Client) *harness {
 	go func() {
 		defer close(h.in)
 		for {
-			m, err := b.RecvMessage()
+			f, err := b.RecvFrame()
 			if err != nil {
 				return
 			}
-			h.in <- m
+			h.in <- f.Msg
 		}
 	}()
 	t.Cleanup(func() {
@@ -74,7 +74,7 @@ func (h *harness) send(fill func(m rpccp.Message) error) {
 	if err := fill(m); err != nil {
 		h.t.Fatal(err)
 	}
-	if err := h.peer.SendMessages([]*capnp.Message{msg}); err != nil {
+	if err := h.peer.SendFrames([]Frame{{Msg: msg}}); err != nil {
 		h.t.Fatal(err)
 	}
 }

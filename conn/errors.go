@@ -3,6 +3,8 @@ package conn
 import (
 	"errors"
 	"fmt"
+
+	"capnproto.org/go/capnp/v3/exc"
 )
 
 // Sentinels of package conn. Check them with errors.Is.
@@ -26,7 +28,28 @@ var (
 	ErrTooManyExports = errors.New("too many exported capabilities")
 	// ErrClosed: the connection has ended; the reason is in Conn.Err.
 	ErrClosed = errors.New("connection closed")
+	// ErrNotProcessed marks a call that failed with disconnected without
+	// being processed: refused by a draining connection (ours or the
+	// peer's), or left unanswered by a peer that drained before its
+	// epitaph. It is safe to retry.
+	ErrNotProcessed = errors.New("call not processed, safe to retry")
+	// ErrOutcomeUnknown marks a call that failed with disconnected after
+	// it was sent: the peer may or may not have processed it.
+	ErrOutcomeUnknown = errors.New("call may have been processed")
 )
+
+// notProcessed returns a disconnected exception that wraps ErrNotProcessed.
+func notProcessed(format string, args ...any) error {
+	return &exc.Exception{Type: exc.Disconnected, Prefix: "disconnected",
+		Cause: fmt.Errorf("%w: "+format, append([]any{ErrNotProcessed}, args...)...)}
+}
+
+// outcomeUnknown returns a disconnected exception that wraps
+// ErrOutcomeUnknown.
+func outcomeUnknown(format string, args ...any) error {
+	return &exc.Exception{Type: exc.Disconnected, Prefix: "disconnected",
+		Cause: fmt.Errorf("%w: "+format, append([]any{ErrOutcomeUnknown}, args...)...)}
+}
 
 // FrameError reports a bad frame: what was wrong and the figures involved.
 type FrameError struct {

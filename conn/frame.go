@@ -46,16 +46,17 @@ func (l Limits) withDefaults() Limits {
 }
 
 // readFrame reads one standard stream frame (segment table, then segments)
-// and returns the message in it. It never allocates more than the frame's
-// declared size, and only after checking that size against lim.
-func readFrame(r *bufio.Reader, lim Limits) (*capnp.Message, error) {
+// and returns the message in it, without its sidecar segment if it has one.
+// It never allocates more than the frame's declared size, and only after
+// checking that size against lim.
+func readFrame(r *bufio.Reader, lim Limits) (Frame, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, err // io.EOF here is a clean end between frames
+		return Frame{}, err // io.EOF here is a clean end between frames
 	}
 	nseg := uint64(binary.LittleEndian.Uint32(hdr[:])) + 1
 	if nseg > uint64(lim.MaxSegments) {
-		return nil, frameErrorf(ErrTooManySegments, "declared %d segments, limit %d", nseg, lim.MaxSegments)
+		return Frame{}, frameErrorf(ErrTooManySegments, "declared %d segments, limit %d", nseg, lim.MaxSegments)
 	}
 	tableLen := nseg * 4
 	if nseg%2 == 0 {
@@ -63,7 +64,7 @@ func readFrame(r *bufio.Reader, lim Limits) (*capnp.Message, error) {
 	}
 	table := make([]byte, tableLen)
 	if _, err := io.ReadFull(r, table); err != nil {
-		return nil, unexpectedEOF(err)
+		return Frame{}, unexpectedEOF(err)
 	}
 	total := 4 + tableLen
 	sizes := make([]uint64, nseg)
@@ -72,12 +73,12 @@ func readFrame(r *bufio.Reader, lim Limits) (*capnp.Message, error) {
 		sizes[i] = words * 8
 		total += sizes[i]
 		if total > lim.MaxFrameSize {
-			return nil, frameErrorf(ErrFrameTooLarge, "frame of at least %d bytes, limit %d", total, lim.MaxFrameSize)
+			return Frame{}, frameErrorf(ErrFrameTooLarge, "frame of at least %d bytes, limit %d", total, lim.MaxFrameSize)
 		}
 	}
 	body := make([]byte, total-4-tableLen)
 	if _, err := io.ReadFull(r, body); err != nil {
-		return nil, unexpectedEOF(err)
+		return Frame{}, unexpectedEOF(err)
 	}
 	segs := make([][]byte, nseg)
 	off := uint64(0)
@@ -86,12 +87,21 @@ func readFrame(r *bufio.Reader, lim Limits) (*capnp.Message, error) {
 		off += sz
 	}
 	if sizes[0] == 0 {
-		return nil, frameErrorf(ErrMalformedFrame, "empty first segment")
+		return Frame{}, frameErrorf(ErrMalformedFrame, "empty first segment")
 	}
-	msg, _ := capnp.NewMultiSegmentMessage(segs)
-	msg.TraverseLimit = lim.TraverseLimit
-	msg.DepthLimit = lim.DepthLimit
-	return msg, nil
+	var f Frame
+	if last := segs[len(segs)-1]; len(segs) > 1 && isSidecar(last) {
+		sc, err := decodeSidecar(last, lim)
+		if err != nil {
+			return Frame{}, err
+		}
+		f.Sidecar = sc
+		segs = segs[:len(segs)-1]
+	}
+	f.Msg, _ = capnp.NewMultiSegmentMessage(segs)
+	f.Msg.TraverseLimit = lim.TraverseLimit
+	f.Msg.DepthLimit = lim.DepthLimit
+	return f, nil
 }
 
 func unexpectedEOF(err error) error {
@@ -101,16 +111,24 @@ func unexpectedEOF(err error) error {
 	return err
 }
 
-// appendFrame appends msg in stream framing to dst.
-func appendFrame(dst []byte, msg *capnp.Message) ([]byte, error) {
-	n := msg.NumSegments()
+// appendFrame appends f in stream framing to dst: the message's segments,
+// then the sidecar segment if f has one.
+func appendFrame(dst []byte, f Frame) ([]byte, error) {
+	n := f.Msg.NumSegments()
 	segs := make([][]byte, 0, 8)
 	for i := int64(0); i < n; i++ {
-		s, err := msg.Segment(capnp.SegmentID(i))
+		s, err := f.Msg.Segment(capnp.SegmentID(i))
 		if err != nil {
 			return dst, err
 		}
 		segs = append(segs, s.Data())
+	}
+	if f.Sidecar != nil {
+		sc, err := encodeSidecar(f.Sidecar)
+		if err != nil {
+			return dst, err
+		}
+		segs = append(segs, sc)
 	}
 	return appendSegments(dst, segs), nil
 }

@@ -48,11 +48,11 @@ func TestOversizedFrameOverTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
-	msg, err := readFrame(bufio.NewReader(peer), Limits{}.withDefaults())
+	fr, err := readFrame(bufio.NewReader(peer), Limits{}.withDefaults())
 	if err != nil {
 		t.Fatalf("reading the Abort: %v", err)
 	}
-	m, _ := rpccp.ReadRootMessage(msg)
+	m, _ := rpccp.ReadRootMessage(fr.Msg)
 	if d := DescribeMessage(m); !strings.HasPrefix(d, "abort failed") || !strings.Contains(d, ErrFrameTooLarge.Error()) {
 		t.Fatalf("got %q, want an abort naming %q", d, ErrFrameTooLarge)
 	}
@@ -80,7 +80,7 @@ func TestFrameRoundTrip(t *testing.T) {
 	msg, m := newMessage()
 	f, _ := m.NewFinish()
 	f.SetQuestionId(7)
-	b, err := appendFrame(nil, msg)
+	b, err := appendFrame(nil, Frame{Msg: msg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,9 +92,57 @@ func TestFrameRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gm, _ := rpccp.ReadRootMessage(got)
+	if got.Sidecar != nil {
+		t.Fatalf("a frame without sidecar read back with one: %+v", got.Sidecar)
+	}
+	gm, _ := rpccp.ReadRootMessage(got.Msg)
 	if d := DescribeMessage(gm); d != "finish q7 releaseResultCaps=true" {
 		t.Fatalf("round trip: %q", d)
+	}
+}
+
+// The sidecar is one extra last segment; its bytes are the ones the
+// README documents, and it reads back apart from the message.
+func TestSidecarBytes(t *testing.T) {
+	msg, m := newMessage()
+	f, _ := m.NewFinish()
+	f.SetQuestionId(7)
+	sc := &Sidecar{Features: ourFeatures, TraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+	b, err := appendFrame(nil, Frame{Msg: msg, Sidecar: sc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, _ := msg.Marshal()
+	if got := binary.LittleEndian.Uint32(b); got != 1 {
+		t.Fatalf("segment count-1 = %d, want 1 (message + sidecar)", got)
+	}
+	seg0 := binary.LittleEndian.Uint32(b[4:])
+	if want := binary.LittleEndian.Uint32(plain[4:]); seg0 != want {
+		t.Fatalf("segment 0 is %d words, want %d as without sidecar", seg0, want)
+	}
+	side := b[16+8*int(seg0):] // header (4 + 2×4 + 4 padding) then segment 0
+	if len(side) != 8*int(binary.LittleEndian.Uint32(b[8:])) {
+		t.Fatalf("sidecar segment size mismatch")
+	}
+	// Word 0: struct pointer, offset 0, 2 data words, 2 pointers.
+	if got, want := binary.LittleEndian.Uint64(side), uint64(2)<<32|uint64(2)<<48; got != want {
+		t.Fatalf("sidecar root pointer = %#x, want %#x", got, want)
+	}
+	if string(side[8:16]) != "VATACTOR" {
+		t.Fatalf("magic bytes = %q, want VATACTOR", side[8:16])
+	}
+	if got := binary.LittleEndian.Uint64(side[16:]); got != 1 {
+		t.Fatalf("features = %#x, want 1 (epitaphs)", got)
+	}
+	got, err := readFrame(bufio.NewReader(bytes.NewReader(b)), Limits{}.withDefaults())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Sidecar == nil || *got.Sidecar != *sc {
+		t.Fatalf("sidecar read back as %+v, want %+v", got.Sidecar, sc)
+	}
+	if got.Msg.NumSegments() != 1 {
+		t.Fatalf("message has %d segments, want the sidecar stripped", got.Msg.NumSegments())
 	}
 }
 
@@ -104,16 +152,16 @@ func FuzzReadFrame(f *testing.F) {
 	msg, m := newMessage()
 	c, _ := m.NewCall()
 	c.SetQuestionId(1)
-	seed, _ := appendFrame(nil, msg)
+	seed, _ := appendFrame(nil, Frame{Msg: msg, Sidecar: &Sidecar{Features: ourFeatures, TraceState: "k=v"}})
 	f.Add(seed)
 	f.Add([]byte{0, 0, 0, 0, 1, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		lim := Limits{MaxFrameSize: 1 << 16}.withDefaults()
-		msg, err := readFrame(bufio.NewReader(bytes.NewReader(data)), lim)
+		fr, err := readFrame(bufio.NewReader(bytes.NewReader(data)), lim)
 		if err != nil {
 			return
 		}
-		if m, err := rpccp.ReadRootMessage(msg); err == nil {
+		if m, err := rpccp.ReadRootMessage(fr.Msg); err == nil {
 			_ = DescribeMessage(m)
 		}
 	})
@@ -143,12 +191,12 @@ func FuzzConnMessages(f *testing.F) {
 		c := Spawn(sys.Root, sys.Root, a, Options{LingerTimeout: 10 * time.Millisecond})
 		go func() {
 			for {
-				if _, err := b.RecvMessage(); err != nil {
+				if _, err := b.RecvFrame(); err != nil {
 					return
 				}
 			}
 		}()
-		if err := b.SendMessages([]*capnp.Message{msg}); err != nil {
+		if err := b.SendFrames([]Frame{{Msg: msg}}); err != nil {
 			t.Skip()
 		}
 		c.Close()

@@ -32,7 +32,10 @@ type question struct {
 
 	// Owned by the connection actor.
 	id           uint32
+	seq          uint64 // creation order
 	pid          *actor.PID
+	stopErr      error         // set before a stop: what a caller still waiting gets
+	stopped      chan struct{} // set before a stop: closed when the actor has stopped
 	sent         bool
 	canceled     error // set if cancelled before it was sent
 	returned     bool
@@ -111,7 +114,15 @@ func (q *question) Receive(ctx actor.Context) {
 	case *actor.Stopping:
 		// The connection ended (or the question finished): a caller still
 		// waiting learns it will get no answer.
-		q.settle(capnp.Ptr{}, q.c.errDisconnected())
+		err := q.stopErr
+		if err == nil {
+			err = q.c.errDisconnected()
+		}
+		q.settle(capnp.Ptr{}, err)
+	case *actor.Stopped:
+		if q.stopped != nil {
+			close(q.stopped)
+		}
 	}
 }
 
@@ -231,6 +242,8 @@ func (s *state) sendCall(q *question) {
 	}
 	q.msg = nil
 	q.sent = true
+	s.seq++
+	q.seq = s.seq
 	q.pid = s.ctx.Spawn(actor.PropsFromProducer(func() actor.Actor { return q }))
 	s.byAnswer[q.p.Answer()] = q
 	s.send(out)
@@ -461,8 +474,13 @@ func (s *state) releaseParamCaps(q *question, ret rpccp.Return) error {
 
 // decodeException turns a wire Exception into a Go error whose exc.Type
 // is the exception's type.
+// An exception that carries an epitaph is a call refused by a draining
+// peer: it wraps ErrNotProcessed.
 func decodeException(e rpccp.Exception) error {
 	reason, _ := e.Reason()
+	if ep, ok, _ := epitaphOf(e); ok {
+		return notProcessed("refused by the peer (epitaph %v): %s", ep, reason)
+	}
 	return &exc.Exception{Type: exc.Type(e.Type()), Prefix: "remote", Cause: errors.New(reason)}
 }
 

@@ -3,12 +3,14 @@ package conn
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/vatactor/vatactor/conn/wire"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -26,8 +28,23 @@ type state struct {
 	embargoes idTable[*embargo]
 
 	byAnswer map[*capnp.Answer]*question // for receiverAnswer descriptors
+	seq      uint64                      // creation order of questions and exports
 
-	ended bool
+	// Lifecycle.
+	phase            phase
+	peerOurs         bool                // the peer sent a sidecar that reads epitaphs
+	sidecarSent      bool                // our first frame carried our sidecar
+	peerGone         bool                // the peer ended (or the socket failed): write nothing but FIN
+	peerNotProcessed *supervisor.Epitaph // the peer's epitaph: its unanswered calls were never processed
+	epitaph          supervisor.Epitaph  // ours, sent by sendEpitaph
+	abortWith        error               // a protocol error, sent instead of the epitaph
+	report           Report
+	drainStart       time.Time
+	drainTimer       *time.Timer
+	idle             bool
+	idleGen          uint64
+	idleTimer        *time.Timer
+	stopping         bool // stopped from outside: close synchronously
 }
 
 func newState(c *Conn) *state {
@@ -37,6 +54,7 @@ func newState(c *Conn) *state {
 		exportKey: make(map[any]uint32),
 		imports:   make(map[uint32]*importEntry),
 		byAnswer:  make(map[*capnp.Answer]*question),
+		idle:      true,
 	}
 }
 
@@ -44,7 +62,18 @@ func newState(c *Conn) *state {
 func (s *state) Receive(ctx actor.Context) {
 	s.ctx = ctx
 	defer func() { s.ctx = nil }()
-	switch m := ctx.Message().(type) {
+	msg := ctx.Message()
+	if s.phase >= phaseClosing {
+		switch m := msg.(type) {
+		case socketClosed:
+			s.socketClosed(m)
+		case *actor.Stopping, *actor.Stopped, *actor.Restarting, readerDone, writerDone, hurry:
+		default:
+			s.afterClose(msg)
+		}
+		return
+	}
+	switch m := msg.(type) {
 	case *actor.Started:
 		s.c.pid.Store(ctx.Self())
 		s.c.reader.Add(1)
@@ -54,20 +83,37 @@ func (s *state) Receive(ctx actor.Context) {
 		if bs := s.c.opts.Bootstrap; bs.IsValid() {
 			s.c.opts.Bootstrap = bs.AddRef()
 		}
+		s.emit(Up{Conn: s.c, Peer: s.c.opts.Peer, Role: s.c.opts.Role})
+		s.armIdle()
 	case inFrame:
-		s.handleFrame(m.msg)
+		s.handleFrame(m.f)
 	case readerDone:
-		reason := classifyReadError(m.err, s.stats().Idle())
-		if pe, ok := reason.(supervisor.ProtocolError); ok {
-			s.protocolError(pe.Err) // a bad frame: the peer is told why
-		} else {
-			s.end(reason)
+		switch reason := classifyReadError(m.err, s.stats().Idle()).(type) {
+		case supervisor.ProtocolError:
+			s.protocolError(reason.Err) // a bad frame: the peer is told why
+		case supervisor.PeerEOF:
+			s.peerEnded(reason)
+		default:
+			s.transportFailed(m.err)
 		}
 	case writerDone:
-		s.end(supervisor.TransportError{Err: m.err})
-	case closeNow:
-		s.end(supervisor.LocalShutdown{Epitaph: supervisor.Epitaph{Code: supervisor.OK}})
+		s.transportFailed(m.err)
+	case shutdownReq:
+		s.shutdown(m.epitaph, m.drain)
+	case hurry, drainDeadline:
+		if s.phase == phaseDraining {
+			s.endDrain(true, "")
+		}
+	case idleDeadline:
+		s.idleExpired(m.gen)
 	case callOut:
+		if s.phase == phaseDraining {
+			if m.q.msg != nil {
+				m.q.msg.Release()
+			}
+			s.rejectUnsent(m.q, errLocalDraining())
+			break
+		}
 		s.sendCall(m.q)
 	case cancelQuestion:
 		s.cancelQuestion(m.q, m.err)
@@ -81,13 +127,24 @@ func (s *state) Receive(ctx actor.Context) {
 		s.exportResolved(m.e)
 	case disembargoReply:
 		s.send(m.msg)
-	case finalize:
-		ctx.Stop(ctx.Self())
-	case *actor.Stopping, *actor.Stopped, *actor.Restarting:
+	case *actor.Stopping:
+		// Stopped from outside (the parent or the actor system) before
+		// the connection ended: close the socket now.
+		s.record(supervisor.LocalShutdown{Epitaph: supervisor.Epitaph{Code: supervisor.Canceled, Message: "connection actor stopped"}})
+		s.stopping = true
+		s.close(true)
+		return
+	case *actor.Stopped, *actor.Restarting:
 	}
-	if !s.ended {
+	if s.phase == phaseDraining {
+		if q, a := s.inFlight(); q+a == 0 {
+			s.endDrain(false, "")
+		}
+	}
+	if s.phase < phaseClosing {
 		st := s.stats()
 		s.c.stats.Store(&st)
+		s.noteIdle(st)
 	}
 }
 
@@ -102,13 +159,25 @@ func (s *state) stats() Stats {
 }
 
 // send queues an outgoing message; the writer releases it once written.
-func (s *state) send(msg *capnp.Message) { s.c.out.push(msg, false) }
+func (s *state) send(msg *capnp.Message) { s.queue(msg, false) }
+
+// queue puts msg in the send queue. keep: the actor still owns msg after
+// it is written. The first frame of the connection carries our sidecar,
+// which tells the peer that we read epitaphs.
+func (s *state) queue(msg *capnp.Message, keep bool) {
+	f := Frame{Msg: msg}
+	if !s.sidecarSent {
+		s.sidecarSent = true
+		f.Sidecar = &Sidecar{Features: ourFeatures}
+	}
+	s.c.out.push(f, keep)
+}
 
 // handleFrame dispatches one incoming message by its type.
-func (s *state) handleFrame(msg *capnp.Message) {
-	if s.ended {
-		msg.Release()
-		return
+func (s *state) handleFrame(f Frame) {
+	msg := f.Msg
+	if f.Sidecar.Has(wire.Feature_epitaphs) {
+		s.peerOurs = true
 	}
 	m, err := rpccp.ReadRootMessage(msg)
 	if err != nil {
@@ -162,96 +231,21 @@ func (s *state) replyUnimplemented(m rpccp.Message) error {
 	return nil
 }
 
+// handleAbort: the peer's last message. With an epitaph in its details it
+// is a PeerEpitaph, otherwise a PeerAbort. It is never answered with an
+// Abort.
 func (s *state) handleAbort(m rpccp.Message) {
 	e, err := m.Abort()
-	reason := supervisor.PeerAbort{Type: "failed", Reason: "(unreadable abort)"}
-	if err == nil {
-		reason.Type = exc.Type(e.Type()).String()
-		reason.Reason, _ = e.Reason()
-	}
-	s.end(reason)
-}
-
-// protocolError ends the connection with an Abort that names the problem.
-func (s *state) protocolError(err error) {
-	if s.ended {
+	if err != nil {
+		s.peerEnded(supervisor.PeerAbort{Type: "failed", Reason: "(unreadable abort: " + err.Error() + ")"})
 		return
 	}
-	s.c.opts.Logger.Warn("capnp: protocol error, aborting connection", "peer", s.c.opts.Peer, "err", err)
-	out, om := newMessage()
-	if e, aerr := om.NewAbort(); aerr == nil {
-		e.SetType(rpccp.Exception_Type_failed)
-		_ = e.SetReason(err.Error())
-		s.send(out)
-	} else {
-		out.Release()
-	}
-	s.end(supervisor.ProtocolError{Err: err})
-}
-
-// end records the connection's reason, fails everything in flight and
-// stops the actor. The first reason wins.
-func (s *state) end(reason supervisor.Reason) {
-	if s.ended {
+	if ep, ok, _ := epitaphOf(e); ok {
+		s.peerEnded(supervisor.PeerEpitaph{Epitaph: ep})
 		return
 	}
-	s.ended = true
-	c := s.c
-	final := s.stats()
-
-	c.mu.Lock()
-	c.closed = true
-	c.reason = reason
-	c.mu.Unlock()
-	c.stats.Store(&final)
-
-	if reason.Expected() {
-		c.opts.Logger.Debug("capnp: connection ended", "peer", c.opts.Peer, "reason", reason)
-	} else {
-		c.opts.Logger.Info("capnp: connection failed", "peer", c.opts.Peer, "reason", reason)
-	}
-
-	disc := c.errDisconnected()
-	// Answers: cancel what runs, drop results.
-	for id, a := range s.answers {
-		a.cancel()
-		if a.returned {
-			s.dropAnswer(a)
-		}
-		delete(s.answers, id)
-	}
-	// Imports: promises learn they will never resolve.
-	for id, ie := range s.imports {
-		if ie.resolver != nil {
-			ie.resolver.Reject(disc)
-			ie.resolver = nil
-		}
-		delete(s.imports, id)
-	}
-	// Embargoes: calls queued behind them fail.
-	s.embargoes.each(func(_ uint32, e *embargo) { e.resolver.Reject(disc) })
-	s.embargoes = idTable[*embargo]{}
-	// Exports: their actors stop with the connection and release their
-	// capabilities then; the table is dropped now.
-	s.exports = idTable[*export]{}
-	s.exportKey = nil
-	// Questions: their actors settle their promises with disc as they stop.
-	s.questions = idTable[*question]{}
-	s.byAnswer = nil
-	if bs := c.opts.Bootstrap; bs.IsValid() {
-		bs.Release()
-	}
-
-	// Flush what is queued (an Abort that names a protocol error), then
-	// half-close unless the socket already failed; linger; close.
-	_, transportFailed := reason.(supervisor.TransportError)
-	c.out.close(!transportFailed)
-	go c.closeSocket(transportFailed)
-
-	if parent := s.ctx.Parent(); parent != nil {
-		s.ctx.Send(parent, Down{Conn: c, Reason: reason, Stats: final})
-	}
-	s.ctx.Send(s.ctx.Self(), finalize{})
+	reason, _ := e.Reason()
+	s.peerEnded(supervisor.PeerAbort{Type: exc.Type(e.Type()).String(), Reason: reason})
 }
 
 var errNotOurs = errors.New("not a capability of this connection")

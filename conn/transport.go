@@ -10,15 +10,15 @@ import (
 	"capnproto.org/go/capnp/v3"
 )
 
-// Transport moves whole Cap'n Proto messages. The connection actor's reader
-// goroutine is the only caller of RecvMessage; its writer goroutine is the
-// only caller of SendMessages and CloseWrite.
+// Transport moves whole frames: a Cap'n Proto message and its sidecar. The
+// connection actor's reader goroutine is the only caller of RecvFrame; its
+// writer goroutine is the only caller of SendFrames and CloseWrite.
 type Transport interface {
-	// RecvMessage blocks until the next message arrives. It returns io.EOF
-	// when the peer has closed its write side cleanly between messages.
-	RecvMessage() (*capnp.Message, error)
-	// SendMessages writes msgs in order, in as few writes as it can.
-	SendMessages(msgs []*capnp.Message) error
+	// RecvFrame blocks until the next frame arrives. It returns io.EOF
+	// when the peer has closed its write side cleanly between frames.
+	RecvFrame() (Frame, error)
+	// SendFrames writes frames in order, in as few writes as it can.
+	SendFrames(frames []Frame) error
 	// CloseWrite shuts down the write side (TCP FIN) where the transport
 	// has one; otherwise it closes.
 	CloseWrite() error
@@ -39,15 +39,15 @@ type streamTransport struct {
 	buf []byte // writer goroutine only
 }
 
-func (t *streamTransport) RecvMessage() (*capnp.Message, error) {
+func (t *streamTransport) RecvFrame() (Frame, error) {
 	return readFrame(t.r, t.lim)
 }
 
-func (t *streamTransport) SendMessages(msgs []*capnp.Message) error {
+func (t *streamTransport) SendFrames(frames []Frame) error {
 	buf := t.buf[:0]
-	for _, m := range msgs {
+	for _, f := range frames {
 		var err error
-		if buf, err = appendFrame(buf, m); err != nil {
+		if buf, err = appendFrame(buf, f); err != nil {
 			return err
 		}
 	}
@@ -72,10 +72,10 @@ func (t *streamTransport) CloseWrite() error {
 
 func (t *streamTransport) Close() error { return t.c.Close() }
 
-// NewPipe returns two connected in-memory Transports that pass messages
-// without encoding them. It is for tests of the connection's state machine:
-// no socket, no framing, and every message the other side sends can be read
-// back with RecvMessage.
+// NewPipe returns two connected in-memory Transports that pass frames
+// without framing them. It is for tests of the connection's state machine:
+// no socket, and every frame the other side sends can be read back with
+// RecvFrame.
 func NewPipe() (Transport, Transport) {
 	a2b := newMsgQueue()
 	b2a := newMsgQueue()
@@ -86,12 +86,12 @@ type pipeEnd struct {
 	in, out *msgQueue
 }
 
-func (p *pipeEnd) RecvMessage() (*capnp.Message, error) { return p.in.pop() }
-func (p *pipeEnd) SendMessages(msgs []*capnp.Message) error {
-	for _, m := range msgs {
+func (p *pipeEnd) RecvFrame() (Frame, error) { return p.in.pop() }
+func (p *pipeEnd) SendFrames(frames []Frame) error {
+	for _, f := range frames {
 		// Re-decode from bytes so the receiver owns an independent copy,
 		// as it would after a real wire.
-		b, err := m.Marshal()
+		b, err := f.Msg.Marshal()
 		if err != nil {
 			return err
 		}
@@ -99,7 +99,12 @@ func (p *pipeEnd) SendMessages(msgs []*capnp.Message) error {
 		if err != nil {
 			return err
 		}
-		if err := p.out.push(cp); err != nil {
+		var sc *Sidecar
+		if f.Sidecar != nil {
+			c := *f.Sidecar
+			sc = &c
+		}
+		if err := p.out.push(Frame{Msg: cp, Sidecar: sc}); err != nil {
 			return err
 		}
 	}
@@ -117,7 +122,7 @@ var errPipeClosed = errors.New("pipe closed")
 type msgQueue struct {
 	mu     sync.Mutex
 	cond   *sync.Cond
-	q      []*capnp.Message
+	q      []Frame
 	closed error
 }
 
@@ -127,29 +132,29 @@ func newMsgQueue() *msgQueue {
 	return m
 }
 
-func (m *msgQueue) push(msg *capnp.Message) error {
+func (m *msgQueue) push(f Frame) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed != nil {
 		return errPipeClosed
 	}
-	m.q = append(m.q, msg)
+	m.q = append(m.q, f)
 	m.cond.Signal()
 	return nil
 }
 
-func (m *msgQueue) pop() (*capnp.Message, error) {
+func (m *msgQueue) pop() (Frame, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for len(m.q) == 0 && m.closed == nil {
 		m.cond.Wait()
 	}
 	if len(m.q) > 0 {
-		msg := m.q[0]
+		f := m.q[0]
 		m.q = m.q[1:]
-		return msg, nil
+		return f, nil
 	}
-	return nil, m.closed
+	return Frame{}, m.closed
 }
 
 func (m *msgQueue) closeWith(err error) {

@@ -13,6 +13,7 @@ gen() { # gen DIR SCHEMA: writes DIR/<schema>.capnp.go
   local dir=$1 schema=$2
   (cd "$(dirname "$schema")" && PATH="$bin:$PATH" capnp compile -I "$std" -ogo:"$OLDPWD/$dir" "$(basename "$schema")")
 }
+gen conn/wire conn/wire/vatactor.capnp
 gen internal/interop internal/interop/interop.capnp
 gen samples/calculator/calculator samples/calculator/calculator.capnp
-gofmt -l -w internal samples >/dev/null
+gofmt -l -w conn/wire internal samples >/dev/null
