@@ -38,9 +38,9 @@ type answer struct {
 	pc             capnp.PipelineCaller // from RecvCall; takes pipelined calls until Return
 	returned       bool
 	finished       bool
-	releaseResults bool     // the Finish asked us to release the result caps
-	resultExports  []uint32 // export id per cap-table index of the results (noExport if none)
-	releaseParams  bool     // the params' caps were never imported: the Return asks the peer to release them
+	releaseResults bool                // the Finish asked us to release the result caps
+	resultExports  []uint32            // export id per cap-table index of the results (noExport if none)
+	releaseParams  bool                // the params' caps were never imported: the Return asks the peer to release them
 	epitaph        *supervisor.Epitaph // refused while draining: the exception carries our epitaph
 }
 

@@ -317,19 +317,19 @@ func (c *Conn) post(msg any) error {
 
 // Actor messages. Each is handled by state.Receive.
 type (
-	inFrame    struct{ f Frame }     // reader: a frame arrived
-	readerDone struct{ err error }   // reader: RecvFrame failed
-	writerDone struct{ err error }   // writer: SendFrames failed
-	shutdownReq struct {             // user: Shutdown or Close
+	inFrame     struct{ f Frame }   // reader: a frame arrived
+	readerDone  struct{ err error } // reader: RecvFrame failed
+	writerDone  struct{ err error } // writer: SendFrames failed
+	shutdownReq struct {            // user: Shutdown or Close
 		epitaph supervisor.Epitaph
 		drain   bool
 	}
-	hurry         struct{}                  // user: Shutdown's context ended
-	drainDeadline struct{}                  // timer: DrainTimeout expired
-	idleDeadline  struct{ gen uint64 }      // timer: IdleTimeout expired
-	socketClosed  struct {                  // closer: the socket is closed
-		hard                                 bool
-		flushCut, lingerCut                  bool
+	hurry         struct{}             // user: Shutdown's context ended
+	drainDeadline struct{}             // timer: DrainTimeout expired
+	idleDeadline  struct{ gen uint64 } // timer: IdleTimeout expired
+	socketClosed  struct {             // closer: the socket is closed
+		hard                                     bool
+		flushCut, lingerCut                      bool
 		closeWriteStart, lingerStart, closeStart time.Time
 	}
 )
