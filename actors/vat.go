@@ -17,6 +17,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/vatactor/vatactor/conn"
+	"github.com/vatactor/vatactor/supervisor"
 )
 
 // Options configures a vat. The zero value is a vat with no bootstrap
@@ -35,7 +36,19 @@ type Options struct {
 	System *actor.ActorSystem
 	// Logger receives the vat's and its connections' logs. Default: discard.
 	Logger *slog.Logger
+	// StopTimeout bounds the graceful shutdown of each connection during
+	// Vat.Shutdown; when it expires the connection's remaining waits are
+	// skipped and its socket closed. Default 10s.
+	StopTimeout time.Duration
+	// OnEvent, if set, receives the lifecycle events of every connection
+	// of the vat (conn.Up, conn.Busy, conn.Idle, conn.PhaseDone,
+	// conn.ActorStopped, conn.Down), on the connection actor's goroutine:
+	// it must not block.
+	OnEvent func(conn.Event)
 }
+
+// DefaultStopTimeout is the default of Options.StopTimeout.
+const DefaultStopTimeout = 10 * time.Second
 
 // ErrStopped is returned by a vat's methods once it has stopped.
 var ErrStopped = errors.New("vat stopped")
@@ -47,10 +60,11 @@ type Vat struct {
 	ownSystem bool
 	pid       *actor.PID
 
-	mu        sync.Mutex // guards the following
-	stopped   bool
-	listeners []net.Listener
-	accepting sync.WaitGroup
+	mu          sync.Mutex // guards the following
+	stopped     bool
+	listeners   []net.Listener
+	subscribers []*actor.PID
+	accepting   sync.WaitGroup
 }
 
 // QuietSystem returns a new actor system whose own logger is silent.
@@ -67,6 +81,9 @@ func Spawn(opts Options) *Vat {
 	}
 	if opts.Name == "" {
 		opts.Name = "vat"
+	}
+	if opts.StopTimeout <= 0 {
+		opts.StopTimeout = DefaultStopTimeout
 	}
 	v := &Vat{opts: opts, system: opts.System}
 	if v.system == nil {
@@ -177,7 +194,8 @@ func (v *Vat) serve(nc net.Conn, role string) (*conn.Conn, error) {
 // listConns asks the vat actor for its connections in start order.
 type listConns struct{}
 
-// Conns returns the vat's open connections, oldest first.
+// Conns returns the vat's connections that have not ended yet, oldest
+// first.
 func (v *Vat) Conns() []*conn.Conn {
 	res, err := v.system.Root.RequestFuture(v.pid, listConns{}, 10*time.Second).Result()
 	if err != nil {
@@ -187,15 +205,63 @@ func (v *Vat) Conns() []*conn.Conn {
 	return cs
 }
 
-// Stop stops the vat: listeners first, then connections in reverse start
-// order (each closed, calls in flight failing with disconnected), then the
-// bootstrap capability, then the vat actor (and its actor system if the
-// vat started it). Stop waits for every goroutine of the vat to exit.
+// Subscribe sends every lifecycle event of the vat's connections (see
+// Options.OnEvent) to pid as a message, from now on.
+func (v *Vat) Subscribe(pid *actor.PID) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.subscribers = append(v.subscribers, pid)
+}
+
+// Report is what a vat's shutdown did: one report per connection, in the
+// order they were closed (newest first).
+type Report struct {
+	Conns []conn.Report
+	Took  time.Duration
+}
+
+// CutShort reports whether any connection's end was cut short.
+func (r Report) CutShort() bool {
+	for _, c := range r.Conns {
+		if c.CutShort() {
+			return true
+		}
+	}
+	return false
+}
+
+// Shutdown stops the vat gracefully, in this order:
+//
+//  1. listeners are closed and their accept loops waited for; Dial and
+//     Serve fail with ErrStopped from now on;
+//  2. connections shut down one at a time, newest first, each with
+//     conn.Conn.Shutdown and epitaph ep, bounded by Options.StopTimeout
+//     and by ctx (past either, its remaining waits are skipped and its
+//     socket closed: the hard close);
+//  3. the bootstrap capability is released;
+//  4. the vat actor stops (and its actor system, if the vat started it).
+//
+// It returns each connection's report. When ctx ends, every remaining
+// wait is skipped but every step still runs; the error is then ctx's.
+// Shutdown after Stop or Shutdown returns ErrStopped.
+func (v *Vat) Shutdown(ctx context.Context, ep supervisor.Epitaph) (Report, error) {
+	return v.stop(ctx, ep, true)
+}
+
+// Stop stops the vat without draining: the same order as Shutdown, but
+// each connection is closed with conn.Conn.Close (calls in flight fail
+// with disconnected). Stop waits for every goroutine of the vat to exit.
 func (v *Vat) Stop() {
+	_, _ = v.stop(context.Background(), supervisor.Epitaph{Code: supervisor.OK}, false)
+}
+
+// stop is the one stop path of Shutdown and Stop.
+func (v *Vat) stop(ctx context.Context, ep supervisor.Epitaph, graceful bool) (Report, error) {
+	start := time.Now()
 	v.mu.Lock()
 	if v.stopped {
 		v.mu.Unlock()
-		return
+		return Report{}, ErrStopped
 	}
 	v.stopped = true
 	ls := v.listeners
@@ -206,14 +272,45 @@ func (v *Vat) Stop() {
 		l.Close()
 	}
 	v.accepting.Wait()
+	var rep Report
 	cs := v.Conns()
 	for i := len(cs) - 1; i >= 0; i-- {
-		cs[i].Close()
+		rep.Conns = append(rep.Conns, v.stopConn(ctx, cs[i], ep, graceful))
 	}
 	_ = v.system.Root.StopFuture(v.pid).Wait()
 	v.opts.Bootstrap.Release()
 	if v.ownSystem {
 		v.system.Shutdown()
+	}
+	rep.Took = time.Since(start)
+	return rep, ctx.Err()
+}
+
+// stopConn ends one connection within Options.StopTimeout.
+func (v *Vat) stopConn(ctx context.Context, c *conn.Conn, ep supervisor.Epitaph, graceful bool) conn.Report {
+	if !graceful {
+		_ = c.Close()
+		return c.Report()
+	}
+	cctx, cancel := context.WithTimeout(ctx, v.opts.StopTimeout)
+	defer cancel()
+	rep, err := c.Shutdown(cctx, ep)
+	if err != nil {
+		v.opts.Logger.Warn("capnp: connection shutdown cut short", "vat", v.opts.Name, "peer", c.Peer(), "err", err)
+	}
+	return rep
+}
+
+// event passes a connection's lifecycle event to the vat's subscribers.
+func (v *Vat) event(e conn.Event) {
+	if v.opts.OnEvent != nil {
+		v.opts.OnEvent(e)
+	}
+	v.mu.Lock()
+	subs := v.subscribers
+	v.mu.Unlock()
+	for _, pid := range subs {
+		v.system.Root.Send(pid, e)
 	}
 }
 
@@ -234,13 +331,20 @@ func (a *vatActor) Receive(ctx actor.Context) {
 		if opts.Logger == nil {
 			opts.Logger = a.v.opts.Logger
 		}
+		if user := opts.OnEvent; user != nil {
+			opts.OnEvent = func(e conn.Event) { user(e); a.v.event(e) }
+		} else {
+			opts.OnEvent = a.v.event
+		}
 		c := conn.Spawn(ctx, a.v.system.Root, conn.NewStreamTransport(m.nc, opts.Limits), opts)
 		a.conns = append(a.conns, c)
 		ctx.Respond(c)
 	case listConns:
 		out := make([]*conn.Conn, 0, len(a.conns))
 		for _, c := range a.conns {
-			if c.Err() == nil {
+			select {
+			case <-c.Done():
+			default:
 				out = append(out, c)
 			}
 		}

@@ -51,12 +51,24 @@ func (e *export) Receive(ctx actor.Context) {
 		if e.stopResolve != nil {
 			e.stopResolve()
 		}
-		e.client.Release()
+		e.release()
 	case *actor.Stopped:
 		if e.stopped != nil {
 			close(e.stopped)
 		}
 	}
+}
+
+// release drops our reference to the exported capability. A panic in the
+// capability's Shutdown is logged, never allowed to hang the connection's
+// ordered stop.
+func (e *export) release() {
+	defer func() {
+		if r := recover(); r != nil {
+			e.c.opts.Logger.Error("capnp: exported capability panicked while shutting down", "peer", e.c.opts.Peer, "export", e.id, "panic", r)
+		}
+	}()
+	e.client.Release()
 }
 
 // exportKeyOf returns an identity for the capability behind brand, or
