@@ -155,10 +155,11 @@ type Conn struct {
 	reason supervisor.Reason // the first reason recorded
 	report Report            // complete once done is closed
 
-	out    sendQueue
-	reader sync.WaitGroup
-	writer sync.WaitGroup
-	done   chan struct{}
+	out     sendQueue
+	readEnd error // the reader's last error; written by the reader before it exits
+	reader  sync.WaitGroup
+	writer  sync.WaitGroup
+	done    chan struct{}
 
 	hurryOnce sync.Once
 	hurry     chan struct{} // closed when a Shutdown's context ends: skip every wait
@@ -391,10 +392,16 @@ func (c *Conn) readLoop() {
 	for {
 		f, err := c.transport.RecvFrame()
 		if err != nil {
+			c.readEnd = err
 			_ = c.post(readerDone{err: err})
 			return
 		}
 		if c.post(inFrame{f: f}) != nil {
+			if c.trace {
+				if rm, err := rpccp.ReadRootMessage(f.Msg); err == nil {
+					c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", DescribeMessage(rm))
+				}
+			}
 			f.Msg.Release()
 		}
 	}

@@ -274,6 +274,7 @@ func (r *recordingEcho) Self(context.Context, interop.Echo_self) error          
 func (r *recordingEcho) NewCounter(context.Context, interop.Echo_newCounter) error     { return nil }
 func (r *recordingEcho) LiveCounters(context.Context, interop.Echo_liveCounters) error { return nil }
 func (r *recordingEcho) CallBack(context.Context, interop.Echo_callBack) error         { return nil }
+func (r *recordingEcho) Wait(context.Context, interop.Echo_wait) error                 { return nil }
 
 // TestEmbargoOnReturnToLocalCapability: we pipeline a call on an answer,
 // the answer turns out to be our own capability; calls made after the

@@ -160,6 +160,10 @@ type Report struct {
 	StuckActors int
 	// EpitaphSent tells whether our epitaph was written to the peer.
 	EpitaphSent bool
+	// ReadEnd is how reading ended: io.EOF when the peer closed its write
+	// side cleanly (a FIN), a reset or other socket error, or
+	// net.ErrClosed when we closed the socket before the peer's EOF.
+	ReadEnd error
 }
 
 // CutShort reports whether anything was lost or forced: a phase cut short,

@@ -209,13 +209,30 @@ func (s *state) close(hard bool) {
 	go func() { c.root.Send(c.pid.Load(), c.closeSocket(hard)) }()
 }
 
-// abandonAnswers cancels the peer's calls still running (their Returns
-// will never be sent) and drops the results of those that returned.
+// abandonAnswers cancels the peer's calls still running and answers
+// each with a disconnected exception that says it may have been partly
+// processed (unless the peer has gone or broke the protocol): every call the peer sent before
+// our epitaph gets a Return, so the calls left unanswered after an
+// epitaph are exactly those never processed. It drops the results of the
+// calls that returned.
 func (s *state) abandonAnswers() {
 	for id, a := range s.answers {
 		if !a.returned {
 			s.report.Abandoned++
-			a.returned = true // a late Return is dropped
+			a.cancel()
+			if !s.peerGone && s.abortWith == nil {
+				// A message of its own: the callee may still be writing
+				// its results into a.msg.
+				out, m := newMessage()
+				if ret, err := m.NewReturn(); err == nil {
+					ret.SetAnswerId(a.id)
+					if e, err := ret.NewException(); err == nil {
+						encodeException(e, errAbandoned)
+					}
+				}
+				s.send(out)
+			}
+			a.returned = true // the callee's late Return is dropped
 		}
 		s.dropAnswer(a)
 		delete(s.answers, id)
@@ -392,6 +409,7 @@ func (s *state) socketClosed(m socketClosed) {
 	s.phase = phaseClosed
 	c := s.c
 	s.report.Duration = time.Since(c.start)
+	s.report.ReadEnd = c.readEnd // the reader has exited
 	c.mu.Lock()
 	c.report = s.report
 	c.mu.Unlock()
@@ -484,6 +502,9 @@ func (s *state) afterClose(msg any) {
 		m.msg.Release()
 	}
 }
+
+// errAbandoned answers a call still running when a drain ends.
+var errAbandoned = exc.New(exc.Disconnected, "capnp", "call abandoned: the connection shut down before it finished (it may have been partly processed)")
 
 // errLocalDraining is what a local call gets when it is made on a
 // draining connection.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync/atomic"
+	"time"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
@@ -124,6 +125,26 @@ func (c *counter) Next(ctx context.Context, call Counter_next) error {
 
 // Shutdown is called when the last reference is released.
 func (c *counter) Shutdown() { c.live.Add(-1) }
+
+// Wait returns its argument after that many milliseconds, or the call's
+// context error if it ends first. Other calls run meanwhile.
+func (s *EchoServer) Wait(ctx context.Context, call Echo_wait) error {
+	call.Go()
+	ms := call.Args().Ms()
+	t := time.NewTimer(time.Duration(ms) * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetMs(ms)
+	return nil
+}
 
 // CallbackFunc implements Callback with a function.
 type CallbackFunc func(string) (string, error)

@@ -28,6 +28,11 @@ interface Echo {
   callBack @5 (callback :Callback, text :Text) -> (text :Text);
   # Calls callback.call(text) and returns what it returned: a capability
   # passed in params and called back across the connection.
+
+  wait @6 (ms :UInt32) -> (ms :UInt32);
+  # Returns its argument after ms milliseconds, or fails when the call is
+  # cancelled first: a call that stays in flight. Runs concurrently with
+  # other calls. (The C++ peer leaves it unimplemented.)
 }
 
 interface Counter {

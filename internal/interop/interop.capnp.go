@@ -136,6 +136,26 @@ func (c Echo) CallBack(ctx context.Context, params func(Echo_callBack_Params) er
 
 }
 
+func (c Echo) Wait(ctx context.Context, params func(Echo_wait_Params) error) (Echo_wait_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0x96bc4f1951d41121,
+			MethodID:      6,
+			InterfaceName: "interop.capnp:Echo",
+			MethodName:    "wait",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 0}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Echo_wait_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Echo_wait_Results_Future{Future: ans.Future()}, release
+
+}
+
 func (c Echo) WaitStreaming() error {
 	return capnp.Client(c).WaitStreaming()
 }
@@ -220,6 +240,8 @@ type Echo_Server interface {
 	LiveCounters(context.Context, Echo_liveCounters) error
 
 	CallBack(context.Context, Echo_callBack) error
+
+	Wait(context.Context, Echo_wait) error
 }
 
 // Echo_NewServer creates a new Server from an implementation of Echo_Server.
@@ -238,7 +260,7 @@ func Echo_ServerToClient(s Echo_Server) Echo {
 // This can be used to create a more complicated Server.
 func Echo_Methods(methods []server.Method, s Echo_Server) []server.Method {
 	if cap(methods) == 0 {
-		methods = make([]server.Method, 0, 6)
+		methods = make([]server.Method, 0, 7)
 	}
 
 	methods = append(methods, server.Method{
@@ -310,6 +332,18 @@ func Echo_Methods(methods []server.Method, s Echo_Server) []server.Method {
 		},
 		Impl: func(ctx context.Context, call *server.Call) error {
 			return s.CallBack(ctx, Echo_callBack{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0x96bc4f1951d41121,
+			MethodID:      6,
+			InterfaceName: "interop.capnp:Echo",
+			MethodName:    "wait",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Wait(ctx, Echo_wait{call})
 		},
 	})
 
@@ -416,6 +450,23 @@ func (c Echo_callBack) Args() Echo_callBack_Params {
 func (c Echo_callBack) AllocResults() (Echo_callBack_Results, error) {
 	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
 	return Echo_callBack_Results(r), err
+}
+
+// Echo_wait holds the state for a server call to Echo.wait.
+// See server.Call for documentation.
+type Echo_wait struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Echo_wait) Args() Echo_wait_Params {
+	return Echo_wait_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Echo_wait) AllocResults() (Echo_wait_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_wait_Results(r), err
 }
 
 // Echo_List is a list of Echo.
@@ -1385,6 +1436,150 @@ func (f Echo_callBack_Results_Future) Struct() (Echo_callBack_Results, error) {
 	return Echo_callBack_Results(p.Struct()), err
 }
 
+type Echo_wait_Params capnp.Struct
+
+// Echo_wait_Params_TypeID is the unique identifier for the type Echo_wait_Params.
+const Echo_wait_Params_TypeID = 0xcbfb6a79b82d2131
+
+func NewEcho_wait_Params(s *capnp.Segment) (Echo_wait_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_wait_Params(st), err
+}
+
+func NewRootEcho_wait_Params(s *capnp.Segment) (Echo_wait_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_wait_Params(st), err
+}
+
+func ReadRootEcho_wait_Params(msg *capnp.Message) (Echo_wait_Params, error) {
+	root, err := msg.Root()
+	return Echo_wait_Params(root.Struct()), err
+}
+
+func (s Echo_wait_Params) String() string {
+	str, _ := text.Marshal(0xcbfb6a79b82d2131, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_wait_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_wait_Params) DecodeFromPtr(p capnp.Ptr) Echo_wait_Params {
+	return Echo_wait_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_wait_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_wait_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_wait_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_wait_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_wait_Params) Ms() uint32 {
+	return capnp.Struct(s).Uint32(0)
+}
+
+func (s Echo_wait_Params) SetMs(v uint32) {
+	capnp.Struct(s).SetUint32(0, v)
+}
+
+// Echo_wait_Params_List is a list of Echo_wait_Params.
+type Echo_wait_Params_List = capnp.StructList[Echo_wait_Params]
+
+// NewEcho_wait_Params creates a new list of Echo_wait_Params.
+func NewEcho_wait_Params_List(s *capnp.Segment, sz int32) (Echo_wait_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0}, sz)
+	return capnp.StructList[Echo_wait_Params](l), err
+}
+
+// Echo_wait_Params_Future is a wrapper for a Echo_wait_Params promised by a client call.
+type Echo_wait_Params_Future struct{ *capnp.Future }
+
+func (f Echo_wait_Params_Future) Struct() (Echo_wait_Params, error) {
+	p, err := f.Future.Ptr()
+	return Echo_wait_Params(p.Struct()), err
+}
+
+type Echo_wait_Results capnp.Struct
+
+// Echo_wait_Results_TypeID is the unique identifier for the type Echo_wait_Results.
+const Echo_wait_Results_TypeID = 0xf3abc87485646e03
+
+func NewEcho_wait_Results(s *capnp.Segment) (Echo_wait_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_wait_Results(st), err
+}
+
+func NewRootEcho_wait_Results(s *capnp.Segment) (Echo_wait_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Echo_wait_Results(st), err
+}
+
+func ReadRootEcho_wait_Results(msg *capnp.Message) (Echo_wait_Results, error) {
+	root, err := msg.Root()
+	return Echo_wait_Results(root.Struct()), err
+}
+
+func (s Echo_wait_Results) String() string {
+	str, _ := text.Marshal(0xf3abc87485646e03, capnp.Struct(s))
+	return str
+}
+
+func (s Echo_wait_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Echo_wait_Results) DecodeFromPtr(p capnp.Ptr) Echo_wait_Results {
+	return Echo_wait_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Echo_wait_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Echo_wait_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Echo_wait_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Echo_wait_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Echo_wait_Results) Ms() uint32 {
+	return capnp.Struct(s).Uint32(0)
+}
+
+func (s Echo_wait_Results) SetMs(v uint32) {
+	capnp.Struct(s).SetUint32(0, v)
+}
+
+// Echo_wait_Results_List is a list of Echo_wait_Results.
+type Echo_wait_Results_List = capnp.StructList[Echo_wait_Results]
+
+// NewEcho_wait_Results creates a new list of Echo_wait_Results.
+func NewEcho_wait_Results_List(s *capnp.Segment, sz int32) (Echo_wait_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0}, sz)
+	return capnp.StructList[Echo_wait_Results](l), err
+}
+
+// Echo_wait_Results_Future is a wrapper for a Echo_wait_Results promised by a client call.
+type Echo_wait_Results_Future struct{ *capnp.Future }
+
+func (f Echo_wait_Results_Future) Struct() (Echo_wait_Results, error) {
+	p, err := f.Future.Ptr()
+	return Echo_wait_Results(p.Struct()), err
+}
+
 type Counter capnp.Client
 
 // Counter_TypeID is the unique identifier for the type Counter.
@@ -2008,69 +2203,74 @@ func (f Callback_call_Results_Future) Struct() (Callback_call_Results, error) {
 	return Callback_call_Results(p.Struct()), err
 }
 
-const schema_c2e7d1a3b4f50691 = "x\xda\x9cU\xdbo\x14e\x14?\xe7\x9b\xdb\x12i\xc7" +
-	"\xaf\x03U\xfa\x82\x925j\xa5\x0d\x95Kl\x13\xd8\xed" +
-	"Vl\xc4\xa0;\x8d\xbep1\x196\x03]\xbb\xdd\xd9" +
-	"\xeeL\xa1$\x1a\x83\x8aD\x85\xc8j\x90b\x8c>\x10" +
-	"\xa3\xf1\x8e\xb7\x18B\x08\xf0\x1f\x984\xf8\"\x88\x0a\xa9" +
-	"&F\x1e\xa4\x89\x9a\x981\xe7\x9b~3\xb3\xa5V\xe5" +
-	"\xad\xdds\xbes\xce\xefr\xce\xacj\xb0\xbc\xda\xd3r" +
-	"\xd5\x00fo\xd3\xf4\xb0>8\xf6h\xed\x87\x17\x0e\x02" +
-	"\xb7\x10@C\x03\xc0\xba\xa0\xfc\x09h}\xaf\xe4\x00C" +
-	"\xef\xd2\xcc\xfd\xe7\x17\xf9/\xcf\xc6\x99\x01\xb0\x1a\xd5\x0e" +
-	"\x04\xb4\x16\xa9{\x00\xc3\x87\xbe\xec\xd8\xf5\xd5\x86\x87_" +
-	"\x05\xbb\x1d\x11@\xa5\x84r\x940\xa6R\x85\xdb\xf9\x94" +
-	"\xbd\xec\x91S\xaf\x01oU\xc2\x86>\xf3\xf9\xf1\xaf\xa7" +
-	"\xcf\x01\xa0\xd5P_\xb7\x8e\x89\xfc#\xea\x01\xb4\x1a\x9a" +
-	"\x01\x10.\xcd\xe4\x1a\xef\xde|z2\xea'\xa2{5" +
-	"\x86\xa0\x86/\xfe\xba#\xdf?\xf6\xfc{\xa9\xc8v\xad" +
-	"\x93\"o]\xbe\xd6\xb6\xe5\x99\xdeOR\x18Vo\xa4" +
-	"Gh=\xa8\xd1\x08w\xac\xf9\xf9\xbb\xc6\x93\xfd\xa7\xae" +
-	"\x1b\xa1\xac\x9d\xb4\xc6\xa8\xaf5\xaa\x0dZG\xc4\x04\xeb" +
-	"\x8e\x1e\xfc){\xe7\xc0\x19\xb0-\x8c)yJ#J" +
-	"\xf6i\x84x\xe8\x8d\x95g\x0e\x7f\xe4\x9dM\xb7\xbb\xa0" +
-	"\xddK\xed\xae\x88v\xf7\x142\xad\x13\xdf\x1e\x98J'" +
-	"h\xfa\x0aJh\xd1)\xe1\xa4y\xb4\xd8\xbe\xf5\x83)" +
-	"\xe0\xed\x12J\x97\xdeFPz:FZoz\xe9\x97" +
-	"o\xd2O\x97\xea\x02\xca2\xf1\xf4\x81\xcf\xde\xdf\xf0\xe3" +
-	"\x1f\x93\xd3\xd7A\xe9\xd5?\xb5\xfau\x9au\xbd>h" +
-	"\xb9\xf4W\xf8\xe6;\xeb\xae\x1e_\xfb\xeco)\xca6" +
-	"\xeb}\xd4'\xd8\xb6\xfb\x95\xfd\x8fo\xbd6\x0bR\x84" +
-	"\xd6\xea\x05\xea\xb3^\xf49\xdd\xf2\xc5\xf0\xe0\xa5\x8fg" +
-	"\x80\xdf\x12\x0f\xb2]\x17\xb2\xba\"\xe1\xe2\xb9\xe7\xce_" +
-	"<\xab\xfe\x9eN\xd8\x1f\x81<$\x12\xba._\xb9\xed" +
-	"\xf0\xf4\xe4_ig}\xa8\x13\x8d'\xf4\x1ct\x85\xe5" +
-	"j\xe0\xd6\xbdZ7+9\xb5j\xadoci\xd8\xeb" +
-	"vK\xc3^6Wt\xea\xce\xa8o\xab\x8a\x0a\xa0\"" +
-	"\x00o\xe9\x04\xb03\x0a\xdaK\x18\x9a\x81;\x11\xe0b" +
-	"`\xb8\x180.\xa2\xa4\x8a\x94\x9cJ\xa5\xe0\x94F\xb2" +
-	"TG\x19\xf5\xedL\\\xe8\xeeM\x00\xf6]\x0a\xdak" +
-	"\x18r\xc4%\x84\x9d\xf7P\xf5\x95\x0a\xda\xf71\x0c\xe9" +
-	"\xf1\x0e\xa74\x02\x00\xc8\x13\xe3\x00\"\x87\x85{\x0fx" +
-	"\xe3\xf4Cw\xd5\x9d\x08\xb2C\xae?^Q\x82&\x10" +
-	"m\x09\x08\xacb\x06\x18fRUP\"P\x86\xbd\"" +
-	"\xa2}\xab\xa2\x01\xc4\xeb\x89\xd2\xe3\xfcD'0\xfe\xb6" +
-	"\x81\x18\x1b\x15\xe5\xce\xf0c\x14;d \x8b\xc9Gi" +
-	"(\xbe\x8fb\xe3\x06*\xf1\"\xa142/o\x01\xc6" +
-	"\x1d\x03\xd5\xd81(\x0d\xc2\x1f{\x02\x18\xdfl\xa0\x16" +
-	"\x9f\x02\x94\xfe\xe6\xfd\x9b\x80\xf1^\xc3$\xd9\xf2h\xee" +
-	"t\xca\x95<\x9a\xbe[\xd9\x99\xc7\xb0\xea\xee\x11\x94\x80" +
-	"\xe2\xd6\xf3\x18V\xca\xbb]\xfa\x1f\xcc\xc0\xad\xfb\xf9\x88" +
-	"\xe9B\xc4t\x1e\x8b\x980a\xa4\xb4\xa4\x92\x11\x99\x81" +
-	"\x0f2!\x15\x97M\xdcz\xb6\xe8\x98d\x9by-!" +
-	"|%\xcb\xfc/c\xcd\xca2\xe0\xe4\"_\x904\xaa" +
-	"\x90Fn\x08\xcaM\xe0\x9c(\xd6\x0c\x93\x905Cb" +
-	"s!I\x8f\xa7\xacI\xa3d\x15\xb4W1\x94\xce\xec" +
-	"\xeaK\xecj\x06{k.\xea\xc0P\x07\xcc\xd5]\xc7" +
-	"\xf7\xaa\x0b\xaeA\x8a\x9a!w\xb9\x80\x9eF^H\x90" +
-	"?]\x8a\xf2\x90'\xe7%2\xfc\xc2\xfbE\x84\x1as" +
-	"\xca\xfe\xd7Mm\xda\x16A\x06\xce/\x1d\xb9\xe9_\xa5" +
-	"#}\x91'\x9f\x9a9\xd3K\x11\xbd\xe5\xa2i\xa2\xa1" +
-	"<\xc4(\xbfb\xb1\x864W\xb3\x86\xe9\xa1\xa4\x99\xc9" +
-	"\xcaR\xcb8Q\xfd\xa7\xc4\xf9P,|\x14$Y\xb3" +
-	"GIP\x1f\x9f\xb5\x1ba\xbd\xa9\xd0\x0d\xe9\xc7\xe6j" +
-	"3\xcf\xb9^\x91\x141\x02g\x97\xac\xf1w\x00\x00\x00" +
-	"\xff\xffG\xfdE\xda"
+const schema_c2e7d1a3b4f50691 = "x\xda\x9cU]l\x14U\x14>g\xfe\xee\x12i\xc7" +
+	"\xdb\x81\x1a\x1b\x13\x84,Q+m\xa8\x05\"}`\xb7" +
+	"\xad\xda\x04\x83v\x1a}\x00\xd4dX\x06Z\xba\xdd]" +
+	"v\xa7\xb4ML\x8c?\xd5TI\xa4\x1a\xa51Fb" +
+	"x\xf0\x07\xff\xff\x02\x04\x09%!J|j\xd2`H" +
+	",\xa2B*\x89h\x1ah\"\x9af\xcc\xb9\xdb;3" +
+	"\xdb\xaeEy\xdc\xbd\xe7~\xe7|\xdf\xf9\xbe;\xab\xcf" +
+	"*I\xad\xa1\xe2@\x0c\x14{\xbbn\xf8\xf9\xb6\xdd\x8f" +
+	"\xe4~\x1e\xda\x0b\xdcB\x00\x1d\x19\x80\xb5V\xfb\x0b\xd0" +
+	"Z\xaf%\x00\xfd\xec\xf9\xe9\xfb\xce,*\xbc<{\xae" +
+	"0\x80\xc6\xcdZ\x0d\x02Z\x8e\xd6\x07\xe8?\xf8U\xcd" +
+	"\xce\xc3\x1b\x1ez\x15\xecjD\x00\x8d\x0aF\x8b\x05\xa7" +
+	"\x05\xc2r>n\xdf\xfa\xf0\xb1\xd7\x81W\xaa\xfe\xb01" +
+	"\xfd\xc5\xc1\xb1\xc9\x93\x00h]\xd2\xde\xb0\xa6D\xfde" +
+	"\xed\x1b\xb4\xb8\xc1\x00\xfc\xa5\xb1\xc4\xf0\xbb7\x1f\x1f)" +
+	"\xf6\x13\xa7\xd7t\x05A\xf3_\xfc}[\xb2y\xf7\xf3" +
+	"\xefGN&\xf4Z:9p\xe1j\xd5\x96g\xd6\x7f" +
+	"\x12\xe1\xd0x\x8a.\xa1uZ\xa7\x11V\xae\xb9\xf4\xe3" +
+	"\xf0\x93\xcd\xc7\xe6\x8f\xa0\x1f\xb5\xa6t\xe2|Yo\xb3" +
+	"\x96\x8a\x09\xd6\xed\xdf\xfbk\xfc\x8e\xd6\x13`[\x18H" +
+	"2\xa3\x93$h\x10\xe3\x8e7W\x9d\xd8\xf7Qv4" +
+	"\xda\xeeq\xe3\x1ej\xe7\x1a\xd4\xaeay\xdd\xe1\x81]" +
+	"\x7f\x7f7\x8b@\xa3Z\x83\x06\x01\x0c\x89\xf3\xbb[b" +
+	"\x95\xfd?\xbc0\x1e\x05x\xcfXA\x00\x9f\x8a\x82\xa3" +
+	"\xe6\xfe\xf6\xea\xad\x1f\x8c\x03\xaf\x96T\xc7\x8c*\xa2\xda" +
+	"P\xd3]y\xd3K\xbf}\x1f\xbdz\xc4\x10T\xbf\x16" +
+	"W\x1f\xf8\xfc\xd0\x86_\xae\x8dL\xce\xa3:a|f" +
+	"]$\x82\xd6OF\x9b\xb5\x88\x11\xd5\xb7\xdeY\xf7\xc7" +
+	"\xc1\xb5\xcf^\x89H:e4Q\x1f5\xb3}\xd0\xfb" +
+	"\xf6\xd0\x95\x08\x85\xc6\xb3\xc5>\x13\xa2\x8f\xf7\xd8\x9eW" +
+	"\x06\x9f\xd8z5Z0c\xb4P\x81\xce\xa8\xe0x\xc5" +
+	"\x97\x9dm\xe7?\x9e\x06~K0\xe9J&|Q'" +
+	"\x0a\xce\x9d|\xee\xcc\xb9Q\xed\xcfh\xc1&&Tx" +
+	"T\x14\xd4]\xb8x\xfb\xbe\xc9\x91\x99\xa85{\x19\xc9" +
+	"8\xc0\x12P\xe7we<7\x9f\xcd\xd5+)'\x97" +
+	"\xc95\xdd\x9f\xea\xcc\xd6\xbb\xa9\xcel<\xd1\xee\xe4\x9d" +
+	"\x9e\x82\xad\xa9\x1a\x80\x86\x00\xbc\xa2\x16\xc0\x8e\xa9h/" +
+	"Q\xd0\xf4\xdc~\x0f\x17\x83\x82\x8b\x01\x03\x105\x02\x92" +
+	"r\xd2\xe9\x16'\xd5\x1d'\x1c\xb5\xa7`\xc7\x02\xa0\xbb" +
+	"6\x02\xd8w\xaah\xafQ\x90#.!\xee\xbc\x81\xd0" +
+	"W\xa9h\xdf\xab\xa0O\x97\xb79\xa9n\x00@\x1e:" +
+	"\x0f\x109,\xdc\xbb5\xdbK\x7f\xd4g\xdc~/\xde" +
+	"\xe1\x16z\xd3\xaaWB\xa2*$\x81\x19\x8c\x81\x82\xb1" +
+	"\x08\x0aJ\x06jg\xb6\x1d\xd1\xbeM\xd5\x01\x82|\xa3" +
+	"\x0c\x09\x1f\xab\x05\x85\x9fb\x88\x81\xd3Q\x86\x8e\x1f\xa1" +
+	"\xb3\x0f\x19*\x81\xf8(\x1d\xc7\xdf\xa6\xb3\xd7\x18\xaaA" +
+	"\x12Q&\x81\x0fm\x01\x85?\xcdP\x0b,\x85\xd2 " +
+	"\xbcw\x17(\xbc\x87\xa1\x1e\xbc%(\x03\xc0\x9d\x8d\xa0" +
+	"\xf0\xcd\x0c\x8d 3(\x9d\xc77Q\xbfff\xd2J" +
+	"\x93h\xeep\xba\xd2I4\x0bnzG\x12\xfd\x8c\xdb" +
+	"'\xe4\x02\xd5\xcd'\xd1Ow\xedq\xe97\x98\x9e\x9b" +
+	"/$\x8b[h)n!\x89f\x9f\xd3\xe5%\xb1\x1d" +
+	"C\xb1Xd\xdd\x84\\\xd4\xdb+\x80,\x88\x9c\xcb^" +
+	"n>\xde\xee\x98\xe4\xac\xb2\xae\x11\xd6\x930\xff\xcb{" +
+	"\xb3\x9bku\x12E\xeb\xd0\xf64\xb1=\x19\"\x94a" +
+	"\xe1\x9cT\xd1\x99I\x04K))s)\xc9\x18D\xdc" +
+	"K\xa3\xc4U\xb4W+(\xcd[\xd7\x14:\xda\xf4\x06" +
+	"r.\x1a\xa0\xa0\x01\x98\xc8\xbbN!\x9bY0)\x11" +
+	"i:\xdce\x82z\x94yK\xc8\xfc\xa9T\xb1\x0ey" +
+	"\xf8D\x153Q\x96\x00m\xac\\\x8ekBD\xb5\xa7" +
+	"0/\x03eSL;as&\xfb\xaf\xefAI&" +
+	"\xc58X~\xfb\xe4\xcb\xebn\x9f,\x82<\xfc\"\xce" +
+	"\x11@\xfa \xbbL4\x0dm \xbf\x07(?\xb6\x81" +
+	"\x0dh\xaeR\x1bD\x87\x92\xb1\xa0PH5\xcb\x16\x0a" +
+	"\xb9\xcbM\x7f\x1d\xbd\xb5\x7fkV\x0ek\xe1\xe7K\x0a" +
+	">\xfb|\x8a\xf5\x05\x0f\xf0\x8dl\xae\x04\xe8\x86<\xa0" +
+	"\xcc\xddo\x19C\xae\x08A\x98\xe7\xec\x94\x18\xff\x04\x00" +
+	"\x00\xff\xff\xcbV\x88\xf2"
 
 func RegisterSchema(reg *schemas.Registry) {
 	reg.Register(&schemas.Schema{
@@ -2086,11 +2286,13 @@ func RegisterSchema(reg *schemas.Registry) {
 			0xbc417c91dfe93425,
 			0xc0432724e88c9736,
 			0xc16fae90c02c9c52,
+			0xcbfb6a79b82d2131,
 			0xd487dc780e08422b,
 			0xd4ac5b1650970fba,
 			0xd7ec8b0b0e6b1a31,
 			0xe798f9e33eabb346,
 			0xf38335a3ef36a79e,
+			0xf3abc87485646e03,
 			0xf45b5e8592765c74,
 			0xf5afe04768b50dbe,
 			0xf804c1ded684c2de,
