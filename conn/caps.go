@@ -594,7 +594,7 @@ func (s *state) handleUnimplemented(m rpccp.Message) error {
 			return
 		}
 		q.returned, q.finishSent = true, true // the peer never knew it
-		s.ctx.Send(q.pid, settleQuestion{err: exc.New(exc.Unimplemented, "capnp", "the peer does not implement this message")})
+		s.settleQuestion(q, settleQuestion{err: exc.New(exc.Unimplemented, "capnp", "the peer does not implement this message")})
 		if q.released {
 			s.retireQuestion(q)
 		}

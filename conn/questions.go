@@ -34,7 +34,8 @@ type question struct {
 	id           uint32
 	seq          uint64 // creation order
 	pid          *actor.PID
-	stopErr      error         // set before a stop: what a caller still waiting gets
+	pending      *settleQuestion // the outcome sent to the actor, kept in case a Stop overtakes it
+	stopErr      error           // set before a stop: what a caller still waiting gets
 	stopped      chan struct{} // set before a stop: closed when the actor has stopped
 	sent         bool
 	canceled     error // set if cancelled before it was sent
@@ -112,8 +113,11 @@ func (q *question) Receive(ctx actor.Context) {
 	case settleQuestion:
 		q.settle(m.ptr, m.err)
 	case *actor.Stopping:
-		// The connection ended (or the question finished): a caller still
-		// waiting learns it will get no answer.
+		// Stop overtakes user messages: an outcome already sent wins.
+		// Otherwise a caller still waiting learns it will get no answer.
+		if p := q.pending; p != nil {
+			q.settle(p.ptr, p.err)
+		}
 		err := q.stopErr
 		if err == nil {
 			err = q.c.errDisconnected()
@@ -333,7 +337,14 @@ func (s *state) cancelQuestion(q *question, err error) {
 		return
 	}
 	s.sendFinish(q, true)
-	s.ctx.Send(q.pid, settleQuestion{err: err})
+	s.settleQuestion(q, settleQuestion{err: err})
+}
+
+// settleQuestion hands q's outcome to its actor, which resolves the
+// caller's promise off the connection's goroutine.
+func (s *state) settleQuestion(q *question, m settleQuestion) {
+	q.pending = &m
+	s.ctx.Send(q.pid, m)
 }
 
 // releaseQuestion: the caller is done with the answer.
@@ -349,7 +360,7 @@ func (s *state) releaseQuestion(q *question) {
 	if !q.finishSent {
 		s.sendFinish(q, !q.returned)
 		if !q.returned {
-			s.ctx.Send(q.pid, settleQuestion{err: exc.New(exc.Failed, "capnp", "answer released before it arrived")})
+			s.settleQuestion(q, settleQuestion{err: exc.New(exc.Failed, "capnp", "answer released before it arrived")})
 		}
 	}
 	s.retireQuestion(q)
@@ -452,7 +463,7 @@ func (s *state) handleReturn(msg *capnp.Message, m rpccp.Message) (keep bool, er
 	if err := s.releaseParamCaps(q, ret); err != nil {
 		return keep, err
 	}
-	s.ctx.Send(q.pid, settle)
+	s.settleQuestion(q, settle)
 	return keep, nil
 }
 

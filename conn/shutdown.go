@@ -260,10 +260,7 @@ func (s *state) stopQuestions() {
 		if q.stopWatch != nil {
 			q.stopWatch()
 		}
-		if q.results != nil {
-			q.results.Release()
-			q.results = nil
-		}
+		q.results = nil // the caller may still read them: the garbage collector frees them
 		s.stopChild(q.pid, &q.stopped, QuestionActor, q.id)
 	}
 	s.questions = idTable[*question]{}
