@@ -57,7 +57,13 @@ func cxxPeer(t *testing.T) string {
 func TestInteropCxxServer(t *testing.T) {
 	peer := cxxPeer(t)
 	cmd := exec.Command(peer, "serve", "127.0.0.1")
-	cmd.Stderr = os.Stderr
+	var stderr strings.Builder // not os.Stderr: a peer left running must not hold the test's output open
+	cmd.Stderr = &stderr
+	defer func() {
+		if t.Failed() {
+			t.Logf("C++ peer stderr:\n%s", stderr.String())
+		}
+	}()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

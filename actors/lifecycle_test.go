@@ -29,8 +29,8 @@ type wireLog struct {
 }
 
 func (w *wireLog) Enabled(context.Context, slog.Level) bool { return true }
-func (w *wireLog) WithAttrs([]slog.Attr) slog.Handler        { return w }
-func (w *wireLog) WithGroup(string) slog.Handler             { return w }
+func (w *wireLog) WithAttrs([]slog.Attr) slog.Handler       { return w }
+func (w *wireLog) WithGroup(string) slog.Handler            { return w }
 func (w *wireLog) Handle(_ context.Context, r slog.Record) error {
 	if !strings.HasPrefix(r.Message, "capnp send") && !strings.HasPrefix(r.Message, "capnp recv") {
 		return nil

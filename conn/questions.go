@@ -36,13 +36,13 @@ type question struct {
 	pid          *actor.PID
 	pending      *settleQuestion // the outcome sent to the actor, kept in case a Stop overtakes it
 	stopErr      error           // set before a stop: what a caller still waiting gets
-	stopped      chan struct{} // set before a stop: closed when the actor has stopped
+	stopped      chan struct{}   // set before a stop: closed when the actor has stopped
 	sent         bool
 	canceled     error // set if cancelled before it was sent
 	returned     bool
 	finishSent   bool
 	released     bool
-	results      *capnp.Message
+	results      *capnp.Message       // released by the actor when it stops
 	paramExports []uint32             // export id per cap of the params (noExport if none)
 	pipelined    [][]capnp.PipelineOp // transforms of calls pipelined on the answer
 }
@@ -124,6 +124,9 @@ func (q *question) Receive(ctx actor.Context) {
 		}
 		q.settle(capnp.Ptr{}, err)
 	case *actor.Stopped:
+		if q.results != nil {
+			q.results.Release()
+		}
 		if q.stopped != nil {
 			close(q.stopped)
 		}
@@ -396,10 +399,8 @@ func (s *state) retireQuestion(q *question) {
 	if q.stopWatch != nil {
 		q.stopWatch()
 	}
-	if q.results != nil {
-		q.results.Release()
-		q.results = nil
-	}
+	// The actor releases the results once it has stopped: its Stopping
+	// may still be resolving the caller's promise from them.
 	s.ctx.Stop(q.pid)
 }
 
