@@ -64,6 +64,7 @@ type Vat struct {
 	stopped     bool
 	listeners   []net.Listener
 	subscribers []*actor.PID
+	redialers   []*Redialer
 	accepting   sync.WaitGroup
 }
 
@@ -191,6 +192,17 @@ func (v *Vat) serve(nc net.Conn, role string) (*conn.Conn, error) {
 	}
 }
 
+// spawnChild asks the vat actor to spawn a child (a redialer).
+type spawnChild struct{ props *actor.Props }
+
+func (v *Vat) spawnChild(props *actor.Props) (*actor.PID, error) {
+	res, err := v.system.Root.RequestFuture(v.pid, spawnChild{props: props}, 10*time.Second).Result()
+	if err != nil {
+		return nil, fmt.Errorf("vat %s: %w", v.opts.Name, err)
+	}
+	return res.(*actor.PID), nil
+}
+
 // listConns asks the vat actor for its connections in start order.
 type listConns struct{}
 
@@ -272,6 +284,13 @@ func (v *Vat) stop(ctx context.Context, ep supervisor.Epitaph, graceful bool) (R
 		l.Close()
 	}
 	v.accepting.Wait()
+	v.mu.Lock()
+	rds := v.redialers
+	v.redialers = nil
+	v.mu.Unlock()
+	for _, r := range rds {
+		r.Close() // no redial while the connections close
+	}
 	var rep Report
 	cs := v.Conns()
 	for i := len(cs) - 1; i >= 0; i-- {
@@ -339,6 +358,8 @@ func (a *vatActor) Receive(ctx actor.Context) {
 		c := conn.Spawn(ctx, a.v.system.Root, conn.NewStreamTransport(m.nc, opts.Limits), opts)
 		a.conns = append(a.conns, c)
 		ctx.Respond(c)
+	case spawnChild:
+		ctx.Respond(ctx.Spawn(m.props))
 	case listConns:
 		out := make([]*conn.Conn, 0, len(a.conns))
 		for _, c := range a.conns {

@@ -1,0 +1,346 @@
+package actors
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/vatactor/vatactor/conn"
+	"github.com/vatactor/vatactor/supervisor"
+)
+
+// RedialOptions configures Vat.DialSupervised.
+type RedialOptions struct {
+	// Policy decides, from each connection's end reason, whether and when
+	// to redial. Zero fields take supervisor.DefaultPolicy's values
+	// (permanent, 10 restarts a minute, gRPC's backoff).
+	Policy supervisor.Policy
+	// WaitDuringOutage makes calls made while there is no connection wait
+	// for the next one (bounded by the call's context). Default: they fail
+	// at once with a disconnected error that wraps conn.ErrNotProcessed.
+	WaitDuringOutage bool
+	// DialTimeout bounds each dial, bootstrap included. Default 10s.
+	DialTimeout time.Duration
+	// OnEvent, if set, is told each step: dialing, connected, down,
+	// waiting, escalated, stopped. It must not block.
+	OnEvent func(RedialEvent)
+}
+
+// RedialEvent is one step of a supervised dial.
+type RedialEvent struct {
+	Kind    string        // "dialing", "connected", "down", "waiting", "escalated", "stopped"
+	Attempt int           // dials made so far
+	Delay   time.Duration // for "waiting": the backoff before the next dial
+	Reason  supervisor.Reason
+	Err     error // a failed dial, or the escalation
+}
+
+func (e RedialEvent) String() string {
+	s := fmt.Sprintf("redial %s (attempt %d)", e.Kind, e.Attempt)
+	if e.Delay > 0 {
+		s += fmt.Sprintf(" in %v", e.Delay.Round(time.Millisecond))
+	}
+	if e.Reason != nil {
+		s += fmt.Sprintf(": %v", e.Reason)
+	}
+	if e.Err != nil {
+		s += fmt.Sprintf(": %v", e.Err)
+	}
+	return s
+}
+
+// Redialer keeps a connection to one peer alive, as Cap'n Proto C++'s
+// autoReconnect does: its Client stays valid across redials and reaches
+// the peer's bootstrap capability over whichever connection is current.
+// Calls in flight when a connection ends fail with disconnected (they are
+// not retried: whether they ran is in the error, see conn.ErrNotProcessed).
+type Redialer struct {
+	v              *Vat
+	network, addr  string
+	opts           RedialOptions
+	pid            *actor.PID
+	client         capnp.Client // the stable client users hold
+	done           chan struct{}
+	dialCtx        context.Context
+	cancelDialling context.CancelFunc
+
+	mu       sync.Mutex // guards the following
+	boot     capnp.Client
+	cn       *conn.Conn
+	ready    chan struct{} // closed when boot becomes valid; replaced at each loss
+	err      error         // set once the redialer has stopped (escalation or Close)
+	attempts int
+}
+
+// DialSupervised dials network/address and keeps the connection alive:
+// when it ends, the policy decides from the reason whether to redial,
+// after a backoff; exceeding the restart intensity stops the redialer
+// (Err then wraps supervisor.ErrEscalated). It returns at once; the first
+// dial runs in the background.
+func (v *Vat) DialSupervised(network, address string, opts RedialOptions) (*Redialer, error) {
+	def := supervisor.DefaultPolicy
+	if opts.Policy.Intensity.MaxRestarts <= 0 || opts.Policy.Intensity.Period <= 0 {
+		opts.Policy.Intensity = def.Intensity
+	}
+	if opts.Policy.Backoff.Initial <= 0 || opts.Policy.Backoff.Multiplier < 1 || opts.Policy.Backoff.Max <= 0 {
+		opts.Policy.Backoff = def.Backoff
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = 10 * time.Second
+	}
+	r := &Redialer{v: v, network: network, addr: address, opts: opts, done: make(chan struct{}), ready: make(chan struct{})}
+	r.dialCtx, r.cancelDialling = context.WithCancel(context.Background())
+	r.client = capnp.NewClient(&redialHook{r: r})
+	v.mu.Lock()
+	if v.stopped {
+		v.mu.Unlock()
+		return nil, ErrStopped
+	}
+	v.redialers = append(v.redialers, r)
+	v.mu.Unlock()
+	ra := &redialActor{r: r, sup: supervisor.Supervisor{Policy: opts.Policy}}
+	pid, err := v.spawnChild(actor.PropsFromProducer(func() actor.Actor { return ra }))
+	if err != nil {
+		return nil, err
+	}
+	r.pid = pid
+	return r, nil
+}
+
+// Client returns a new reference to the stable client; the caller
+// releases it.
+func (r *Redialer) Client() capnp.Client { return r.client.AddRef() }
+
+// Conn returns the current connection, or nil during an outage.
+func (r *Redialer) Conn() *conn.Conn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cn
+}
+
+// Done is closed when the redialer has stopped for good.
+func (r *Redialer) Done() <-chan struct{} { return r.done }
+
+// Err is why the redialer stopped (an *supervisor.EscalationError, or
+// ErrStopped after Close), or nil while it runs.
+func (r *Redialer) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
+// Close stops redialing and releases the current bootstrap capability;
+// the connection itself is left to the vat. Calls on Client fail from now
+// on.
+func (r *Redialer) Close() {
+	r.v.system.Root.Send(r.pid, redialStop{err: ErrStopped})
+	<-r.done
+	r.client.Release()
+}
+
+// current returns the bootstrap capability of the current connection,
+// waiting for one if the options say so.
+func (r *Redialer) current(ctx context.Context) (capnp.Client, error) {
+	for {
+		r.mu.Lock()
+		boot, ready, err := r.boot, r.ready, r.err
+		if boot.IsValid() {
+			boot = boot.AddRef()
+		}
+		r.mu.Unlock()
+		switch {
+		case err != nil:
+			return capnp.Client{}, exc.WrapError("disconnected", &exc.Exception{Type: exc.Disconnected, Cause: err})
+		case boot.IsValid():
+			return boot, nil
+		case !r.opts.WaitDuringOutage:
+			return capnp.Client{}, &exc.Exception{Type: exc.Disconnected, Prefix: "disconnected",
+				Cause: fmt.Errorf("%w: no connection to %s (redialing)", conn.ErrNotProcessed, r.addr)}
+		}
+		select {
+		case <-ready:
+		case <-r.done:
+		case <-ctx.Done():
+			return capnp.Client{}, ctx.Err()
+		}
+	}
+}
+
+func (r *Redialer) emit(e RedialEvent) {
+	if r.opts.OnEvent != nil {
+		r.opts.OnEvent(e)
+	}
+}
+
+// redialHook is the ClientHook of the stable client: each call goes to the
+// current connection's bootstrap capability.
+type redialHook struct{ r *Redialer }
+
+func (h *redialHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	c, err := h.r.current(ctx)
+	if err != nil {
+		return capnp.ErrorAnswer(s.Method, err), func() {}
+	}
+	defer c.Release()
+	return c.SendCall(ctx, s)
+}
+
+func (h *redialHook) Recv(ctx context.Context, rc capnp.Recv) capnp.PipelineCaller {
+	c, err := h.r.current(ctx)
+	if err != nil {
+		rc.Reject(err)
+		return nil
+	}
+	defer c.Release()
+	return c.RecvCall(ctx, rc)
+}
+
+func (h *redialHook) Brand() capnp.Brand { return capnp.Brand{Value: h} }
+func (h *redialHook) Shutdown()          {}
+func (h *redialHook) String() string     { return "supervised dial to " + h.r.addr }
+
+// Messages of the redialer actor.
+type (
+	redialDial   struct{}
+	redialDialed struct {
+		boot capnp.Client
+		cn   *conn.Conn
+		err  error
+	}
+	redialDown struct{ cn *conn.Conn }
+	redialStop struct{ err error }
+)
+
+// redialActor is the redialer's actor, a child of the vat: it owns the
+// supervision state and decides after every end.
+type redialActor struct {
+	r       *Redialer
+	sup     supervisor.Supervisor
+	timer   *time.Timer
+	stopped bool
+}
+
+func (a *redialActor) Receive(ctx actor.Context) {
+	r := a.r
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		a.dial(ctx)
+	case redialDial:
+		if !a.stopped {
+			a.dial(ctx)
+		}
+	case redialDialed:
+		if a.stopped {
+			if m.err == nil {
+				m.boot.Release()
+			}
+			return
+		}
+		if m.err != nil {
+			a.ended(ctx, nil, m.err)
+			return
+		}
+		a.sup.Started()
+		r.mu.Lock()
+		r.boot, r.cn = m.boot, m.cn
+		close(r.ready)
+		attempts := r.attempts
+		r.mu.Unlock()
+		r.emit(RedialEvent{Kind: "connected", Attempt: attempts})
+		self := ctx.Self()
+		go func() {
+			<-m.cn.Done()
+			r.v.system.Root.Send(self, redialDown{cn: m.cn})
+		}()
+	case redialDown:
+		r.mu.Lock()
+		if r.cn != m.cn {
+			r.mu.Unlock()
+			return
+		}
+		boot := r.boot
+		r.boot, r.cn, r.ready = capnp.Client{}, nil, make(chan struct{})
+		r.mu.Unlock()
+		boot.Release()
+		reason := m.cn.Err()
+		r.emit(RedialEvent{Kind: "down", Reason: reason})
+		if !a.stopped {
+			a.ended(ctx, reason, nil)
+		}
+	case redialStop:
+		a.stop(m.err)
+	case *actor.Stopping:
+		a.stop(ErrStopped)
+	}
+}
+
+// dial starts one dial in the background.
+func (a *redialActor) dial(ctx actor.Context) {
+	r := a.r
+	r.mu.Lock()
+	r.attempts++
+	n := r.attempts
+	r.mu.Unlock()
+	r.emit(RedialEvent{Kind: "dialing", Attempt: n})
+	self := ctx.Self()
+	go func() {
+		dctx, cancel := context.WithTimeout(r.dialCtx, r.opts.DialTimeout)
+		defer cancel()
+		boot, cn, err := r.v.Dial(dctx, r.network, r.addr)
+		r.v.system.Root.Send(self, redialDialed{boot: boot, cn: cn, err: err})
+	}()
+}
+
+// ended asks the policy what to do after a connection ended (reason) or a
+// dial failed (dialErr).
+func (a *redialActor) ended(ctx actor.Context, reason supervisor.Reason, dialErr error) {
+	r := a.r
+	d := a.sup.Ended(time.Now(), reason, dialErr)
+	switch {
+	case d.Escalate:
+		r.emit(RedialEvent{Kind: "escalated", Err: d.Err})
+		a.stop(d.Err)
+	case d.Restart:
+		r.mu.Lock()
+		n := r.attempts
+		r.mu.Unlock()
+		r.emit(RedialEvent{Kind: "waiting", Attempt: n, Delay: d.After, Err: dialErr})
+		self := ctx.Self()
+		a.timer = time.AfterFunc(d.After, func() { r.v.system.Root.Send(self, redialDial{}) })
+	default:
+		a.stop(fmt.Errorf("not restarted (%v): %w", a.sup.Policy.Restart, reasonOrErr(reason, dialErr)))
+	}
+}
+
+func reasonOrErr(r supervisor.Reason, err error) error {
+	if r != nil {
+		return r
+	}
+	return err
+}
+
+// stop ends the redialer once: no more dials, callers told why.
+func (a *redialActor) stop(err error) {
+	if a.stopped {
+		return
+	}
+	a.stopped = true
+	if a.timer != nil {
+		a.timer.Stop()
+	}
+	r := a.r
+	r.cancelDialling()
+	r.mu.Lock()
+	r.err = err
+	boot := r.boot
+	r.boot = capnp.Client{}
+	r.mu.Unlock()
+	boot.Release()
+	r.emit(RedialEvent{Kind: "stopped", Err: err})
+	close(r.done)
+}
