@@ -267,11 +267,12 @@ func (a *redialActor) Receive(ctx actor.Context) {
 		r.boot, r.cn, r.ready = capnp.Client{}, nil, make(chan struct{})
 		r.mu.Unlock()
 		boot.Release()
+		if a.stopped {
+			return
+		}
 		reason := m.cn.Err()
 		r.emit(RedialEvent{Kind: "down", Reason: reason})
-		if !a.stopped {
-			a.ended(ctx, reason, nil)
-		}
+		a.ended(ctx, reason, nil)
 	case redialStop:
 		a.stop(m.err)
 	case *actor.Stopping:
