@@ -573,3 +573,34 @@ func TestEndRawPeer(t *testing.T) {
 		}
 	})
 }
+
+// Idle is an event; with IdleTimeout set, a connection whose tables stay
+// empty that long is closed gracefully with an OK epitaph.
+func TestIdleTimeout(t *testing.T) {
+	p := newPair(t, conn.Options{IdleTimeout: 100 * time.Millisecond}, conn.Options{})
+	if _, err := echoText(context.Background(), p.echo, "x"); err != nil {
+		t.Fatal(err)
+	}
+	p.echo.Release() // the client holds nothing more: both sides become idle
+	d := p.client.waitDown(t)
+	var pe supervisor.PeerEpitaph
+	if !errors.As(d.Reason, &pe) || pe.Epitaph.Code != supervisor.OK || pe.Epitaph.Message != "idle timeout" || !d.Reason.Expected() {
+		t.Fatalf("client reason %v, want PeerEpitaph{OK, idle timeout}", d.Reason)
+	}
+	var busy, idle int
+	for _, e := range p.server.events() {
+		switch e.(type) {
+		case conn.Busy:
+			busy++
+		case conn.Idle:
+			idle++
+		}
+	}
+	if busy == 0 || idle == 0 {
+		t.Errorf("server events: %d busy, %d idle; want both", busy, idle)
+	}
+	sd := p.server.waitDown(t)
+	if ls, ok := sd.Reason.(supervisor.LocalShutdown); !ok || ls.Epitaph.Message != "idle timeout" {
+		t.Errorf("server reason %v, want LocalShutdown(idle timeout)", sd.Reason)
+	}
+}
