@@ -52,18 +52,18 @@ func cxxPeer(t *testing.T) string {
 	return cxxPath
 }
 
-// TestInteropCxxServer: our client vat against the C++ reference serving
-// Echo, over TCP.
-func TestInteropCxxServer(t *testing.T) {
-	peer := cxxPeer(t)
+// startCxxServer starts the C++ reference serving Echo on loopback and
+// returns its address and process (killed when the test ends).
+func startCxxServer(t *testing.T, peer string) (string, *exec.Cmd) {
+	t.Helper()
 	cmd := exec.Command(peer, "serve", "127.0.0.1")
 	var stderr strings.Builder // not os.Stderr: a peer left running must not hold the test's output open
 	cmd.Stderr = &stderr
-	defer func() {
+	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("C++ peer stderr:\n%s", stderr.String())
 		}
-	}()
+	})
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -71,13 +71,18 @@ func TestInteropCxxServer(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	line, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "port ") {
 		t.Fatalf("C++ peer did not report its port: %q %v", line, err)
 	}
-	addr := "127.0.0.1:" + strings.TrimSpace(strings.TrimPrefix(line, "port "))
+	return "127.0.0.1:" + strings.TrimSpace(strings.TrimPrefix(line, "port ")), cmd
+}
 
+// TestInteropCxxServer: our client vat against the C++ reference serving
+// Echo, over TCP.
+func TestInteropCxxServer(t *testing.T) {
+	addr, _ := startCxxServer(t, cxxPeer(t))
 	client := actors.Spawn(actors.Options{Name: "client"})
 	defer client.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -1,13 +1,11 @@
 package actors_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
 	"net"
 	"os/exec"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -184,22 +182,7 @@ func TestEndCxxPeer(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := exec.Command(peer, "serve", "127.0.0.1")
-			var stderr strings.Builder
-			cmd.Stderr = &stderr
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-			line, err := bufio.NewReader(out).ReadString('\n')
-			if err != nil || !strings.HasPrefix(line, "port ") {
-				t.Fatalf("C++ peer did not report its port: %q %v", line, err)
-			}
-			addr := "127.0.0.1:" + strings.TrimSpace(strings.TrimPrefix(line, "port "))
+			addr, cmd := startCxxServer(t, peer)
 			client := newSide(t, "client", capnp.Client{}, conn.Options{LingerTimeout: time.Second})
 			boot, ours, err := client.vat.Dial(context.Background(), "tcp", addr)
 			if err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 
 	"github.com/vatactor/vatactor/actors"
@@ -224,7 +225,7 @@ func TestEndOursBothSides(t *testing.T) {
 
 func isDisconnected(err error) bool {
 	var pe supervisor.PeerEpitaph
-	return err != nil && (errors.As(err, &pe) || strings.Contains(err.Error(), "disconnected"))
+	return err != nil && (errors.As(err, &pe) || exc.IsType(err, exc.Disconnected))
 }
 
 // A graceful shutdown with calls in flight loses nothing: calls in flight

@@ -283,17 +283,7 @@ func (s *state) answerReturned(a *answer) {
 		if a.msg != nil {
 			a.msg.Release()
 		}
-		var m rpccp.Message
-		a.msg, m = newMessage()
-		ret, _ := m.NewReturn()
-		ret.SetAnswerId(a.id)
-		ret.SetReleaseParamCaps(a.releaseParams)
-		e, _ := ret.NewException()
-		encodeException(e, a.err)
-		if a.epitaph != nil {
-			_ = setEpitaph(e, *a.epitaph)
-		}
-		a.ret = ret
+		a.msg, a.ret = newExceptionReturn(a.id, a.err, a.releaseParams, a.epitaph)
 		a.resultExports = nil
 	}
 	// The results stay ours (the writer must not release them): calls
@@ -303,6 +293,21 @@ func (s *state) answerReturned(a *answer) {
 		s.dropAnswer(a)
 		delete(s.answers, a.id)
 	}
+}
+
+// newExceptionReturn builds the Return of answer id that fails with err,
+// carrying ep in the exception's details if set.
+func newExceptionReturn(id uint32, err error, releaseParams bool, ep *supervisor.Epitaph) (*capnp.Message, rpccp.Return) {
+	msg, m := newMessage()
+	ret, _ := m.NewReturn() // allocation in a fresh message cannot fail
+	ret.SetAnswerId(id)
+	ret.SetReleaseParamCaps(releaseParams)
+	e, _ := ret.NewException()
+	encodeException(e, err)
+	if ep != nil {
+		_ = setEpitaph(e, *ep)
+	}
+	return msg, ret
 }
 
 // handleFinish: the peer is done with one of its questions (our answer).

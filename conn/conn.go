@@ -352,19 +352,14 @@ func (m socketClosed) closeWriteNote() string {
 	return "flushed, FIN sent"
 }
 
-// outItem is one frame in the send queue.
-type outItem struct {
-	f    Frame
-	keep bool // the actor still owns f.Msg after writing
-}
-
 // sendQueue is the writer's input: the actor appends, the writer takes
 // everything queued in one batch.
 type sendQueue struct {
 	mu        sync.Mutex
-	items     []outItem
-	closing   bool // writer flushes and exits
-	halfClose bool // writer calls CloseWrite after the last flush
+	items     []Frame
+	keep      []bool // keep[i]: the actor still owns items[i].Msg after writing
+	closing   bool   // writer flushes and exits
+	halfClose bool   // writer calls CloseWrite after the last flush
 	wake      chan struct{}
 }
 
@@ -372,7 +367,8 @@ func (q *sendQueue) init() { q.wake = make(chan struct{}, 1) }
 
 func (q *sendQueue) push(f Frame, keep bool) {
 	q.mu.Lock()
-	q.items = append(q.items, outItem{f: f, keep: keep})
+	q.items = append(q.items, f)
+	q.keep = append(q.keep, keep)
 	q.mu.Unlock()
 	select {
 	case q.wake <- struct{}{}:
@@ -419,36 +415,34 @@ func (c *Conn) readLoop() {
 // caller of SendFrames and CloseWrite.
 func (c *Conn) writeLoop() {
 	defer c.writer.Done()
-	var batch []outItem
-	frames := make([]Frame, 0, 16)
+	var batch []Frame
+	var keep []bool
 	failed := false
 	for range c.out.wake {
 		c.out.mu.Lock()
 		batch, c.out.items = c.out.items, batch[:0]
+		keep, c.out.keep = c.out.keep, keep[:0]
 		closing, half := c.out.closing, c.out.halfClose
 		c.out.mu.Unlock()
-		frames = frames[:0]
-		for _, it := range batch {
-			frames = append(frames, it.f)
-			if c.trace {
-				if rm, err := rpccp.ReadRootMessage(it.f.Msg); err == nil {
-					c.opts.Logger.Debug("capnp send", "peer", c.opts.Peer, "msg", DescribeMessage(rm), "sidecar", it.f.Sidecar != nil)
+		if c.trace {
+			for _, f := range batch {
+				if rm, err := rpccp.ReadRootMessage(f.Msg); err == nil {
+					c.opts.Logger.Debug("capnp send", "peer", c.opts.Peer, "msg", DescribeMessage(rm), "sidecar", f.Sidecar != nil)
 				}
 			}
 		}
-		if len(frames) > 0 && !failed {
-			if err := c.transport.SendFrames(frames); err != nil {
+		if len(batch) > 0 && !failed {
+			if err := c.transport.SendFrames(batch); err != nil {
 				failed = true
 				_ = c.post(writerDone{err: err})
 			}
 		}
-		for i, it := range batch {
-			if !it.keep {
-				it.f.Msg.Release()
+		for i, f := range batch {
+			if !keep[i] {
+				f.Msg.Release()
 			}
-			batch[i] = outItem{}
+			batch[i] = Frame{}
 		}
-		clear(frames)
 		if closing {
 			if half && !failed {
 				_ = c.transport.CloseWrite()

@@ -232,14 +232,12 @@ func (s *state) sendCall(q *question) {
 	} else {
 		out = q.msg
 		if err := s.encodeTarget(q); err != nil {
-			out.Release()
 			s.rejectUnsent(q, err)
 			return
 		}
 		params, _ := q.call.Params()
 		ids, err := s.encodeCapTableIDs(params, out)
 		if err != nil {
-			out.Release()
 			s.rejectUnsent(q, err)
 			return
 		}
@@ -256,12 +254,16 @@ func (s *state) sendCall(q *question) {
 	s.send(out)
 }
 
-// rejectUnsent fails a question that never reached the wire.
+// rejectUnsent fails a question that never reached the wire and frees
+// its Call.
 func (s *state) rejectUnsent(q *question, err error) {
 	if q.stopWatch != nil {
 		q.stopWatch()
 	}
-	q.msg = nil
+	if q.msg != nil {
+		q.msg.Release()
+		q.msg = nil
+	}
 	go q.settle(capnp.Ptr{}, err) // never on the actor's goroutine: Resolve may block
 }
 

@@ -173,9 +173,6 @@ func (s *state) transportFailed(err error) {
 	}
 	s.peerGone = true
 	s.record(supervisor.TransportError{Err: err})
-	if s.phase == phaseDraining {
-		s.drainTimer.Stop()
-	}
 	s.close(true)
 }
 
@@ -223,13 +220,7 @@ func (s *state) abandonAnswers() {
 			if !s.peerGone && s.abortWith == nil {
 				// A message of its own: the callee may still be writing
 				// its results into a.msg.
-				out, m := newMessage()
-				if ret, err := m.NewReturn(); err == nil {
-					ret.SetAnswerId(a.id)
-					if e, err := ret.NewException(); err == nil {
-						encodeException(e, errAbandoned)
-					}
-				}
+				out, _ := newExceptionReturn(a.id, errAbandoned, false, nil)
 				s.send(out)
 			}
 			a.returned = true // the callee's late Return is dropped
@@ -487,9 +478,6 @@ func (s *state) afterClose(msg any) {
 	case inFrame:
 		m.f.Msg.Release()
 	case callOut:
-		if m.q.msg != nil {
-			m.q.msg.Release()
-		}
 		s.rejectUnsent(m.q, s.c.errDisconnected())
 	case answerReturned:
 		if m.a.msg != nil {

@@ -108,9 +108,6 @@ func (s *state) Receive(ctx actor.Context) {
 		s.idleExpired(m.gen)
 	case callOut:
 		if s.phase == phaseDraining {
-			if m.q.msg != nil {
-				m.q.msg.Release()
-			}
 			s.rejectUnsent(m.q, errLocalDraining())
 			break
 		}

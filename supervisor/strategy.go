@@ -140,10 +140,7 @@ type Supervisor struct {
 // Ended records that the child ended at now with reason r (nil: it failed
 // to start, with startErr) and decides what to do.
 func (s *Supervisor) Ended(now time.Time, r Reason, startErr error) Decision {
-	if !s.Policy.Restart.ShouldRestart(r) && r != nil {
-		return Decision{}
-	}
-	if s.Policy.Restart == Temporary {
+	if !s.Policy.Restart.ShouldRestart(r) {
 		return Decision{}
 	}
 	cut := now.Add(-s.Policy.Intensity.Period)
