@@ -8,12 +8,21 @@ import (
 	"capnproto.org/go/capnp/v3/exc"
 	"capnproto.org/go/capnp/v3/server"
 	"github.com/asynkron/protoactor-go/actor"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/vatactor/vatactor/tracing"
 )
 
 // Call is the message an actor-implemented capability receives for each
 // call made on it. The actor reads Args, optionally allocates results with
 // AllocResults and fills them, then calls Return exactly once (from any
 // goroutine, at any later time). Calls arrive in the order they were made.
+//
+// The trace crosses the hop into the actor: Context carries the call's
+// span (the server span of a call from another vat, else the caller's
+// span), so spans started from it inside the actor are its children, and
+// the message envelope carries the same W3C "traceparent" and
+// "tracestate" headers for protoactor middleware.
 type Call struct {
 	Method capnp.Method
 	ctx    context.Context
@@ -86,7 +95,17 @@ func (h *actorHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capn
 
 func (h *actorHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
 	aq := capnp.NewAnswerQueue(r.Method)
-	h.root.Send(h.pid, &Call{Method: r.Method, ctx: ctx, recv: r, aq: aq})
+	call := &Call{Method: r.Method, ctx: ctx, recv: r, aq: aq}
+	if tp, ts := tracing.Inject(ctx); tp != "" {
+		env := actor.WrapEnvelope(call)
+		env.SetHeader("traceparent", tp)
+		if ts != "" {
+			env.SetHeader("tracestate", ts)
+		}
+		h.root.Send(h.pid, env)
+		return aq
+	}
+	h.root.Send(h.pid, call)
 	return aq
 }
 
@@ -96,18 +115,22 @@ func (h *actorHook) String() string     { return "actor capability " + h.pid.Str
 
 // CapabilityProps returns props for an actor that implements a capability:
 // a panic while it handles a *Call answers that call with a "failed"
-// exception, then goes on to the actor's supervisor as usual.
+// exception, then goes on to the actor's supervisor as usual. The call's
+// span gets an event when the actor takes the call from its mailbox.
 func CapabilityProps(producer actor.Producer, opts ...actor.PropsOption) *actor.Props {
-	opts = append(opts, actor.WithReceiverMiddleware(answerPanics))
+	opts = append(opts, actor.WithReceiverMiddleware(receiveCall))
 	return actor.PropsFromProducer(producer, opts...)
 }
 
-func answerPanics(next actor.ReceiverFunc) actor.ReceiverFunc {
+func receiveCall(next actor.ReceiverFunc) actor.ReceiverFunc {
 	return func(ctx actor.ReceiverContext, env *actor.MessageEnvelope) {
 		call, ok := env.Message.(*Call)
 		if !ok {
 			next(ctx, env)
 			return
+		}
+		if span := trace.SpanFromContext(call.ctx); span.IsRecording() {
+			span.AddEvent("actor.received", trace.WithAttributes(tracing.AttrActor.String(ctx.Self().String())))
 		}
 		defer func() {
 			if r := recover(); r != nil {
@@ -129,9 +152,13 @@ func panicError(m capnp.Method, r any) error {
 // …_ServerToClient:
 //
 //	client := actors.NewServer(echo.Echo_Methods(nil, impl), impl)
+//
+// It also makes the methods' names known to package tracing, so that the
+// server spans of calls from other vats are named "Interface.method".
 func NewServer(methods []server.Method, impl any) capnp.Client {
 	guarded := make([]server.Method, len(methods))
 	for i, m := range methods {
+		tracing.RegisterMethods(m.Method)
 		impl := m.Impl
 		method := m.Method
 		m.Impl = func(ctx context.Context, call *server.Call) (err error) {

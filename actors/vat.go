@@ -15,6 +15,7 @@ import (
 
 	"capnproto.org/go/capnp/v3"
 	"github.com/asynkron/protoactor-go/actor"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/conn"
 	"github.com/vatactor/vatactor/supervisor"
@@ -45,6 +46,10 @@ type Options struct {
 	// conn.ActorStopped, conn.Down), on the connection actor's goroutine:
 	// it must not block.
 	OnEvent func(conn.Event)
+	// TracerProvider makes the spans of the vat's connections, calls and
+	// shutdowns (see package tracing). Default: Conn.TracerProvider, else
+	// the global provider.
+	TracerProvider trace.TracerProvider
 }
 
 // DefaultStopTimeout is the default of Options.StopTimeout.
@@ -85,6 +90,9 @@ func Spawn(opts Options) *Vat {
 	}
 	if opts.StopTimeout <= 0 {
 		opts.StopTimeout = DefaultStopTimeout
+	}
+	if opts.TracerProvider != nil {
+		opts.Conn.TracerProvider = opts.TracerProvider
 	}
 	v := &Vat{opts: opts, system: opts.System}
 	if v.system == nil {
@@ -133,7 +141,7 @@ func (v *Vat) acceptLoop(l net.Listener) {
 			}
 			return
 		}
-		if _, err := v.serve(c, "server"); err != nil {
+		if _, err := v.serve(c, "server", nil); err != nil {
 			c.Close()
 		}
 	}
@@ -141,17 +149,18 @@ func (v *Vat) acceptLoop(l net.Listener) {
 
 // Serve runs a connection over an already-open socket, as the accepting
 // side.
-func (v *Vat) Serve(c net.Conn) (*conn.Conn, error) { return v.serve(c, "server") }
+func (v *Vat) Serve(c net.Conn) (*conn.Conn, error) { return v.serve(c, "server", nil) }
 
 // Dial connects to address and returns the peer's bootstrap capability,
-// resolved, and the connection. The caller releases the client.
+// resolved, and the connection. The caller releases the client. The
+// connection's span is a child of ctx's span.
 func (v *Vat) Dial(ctx context.Context, network, address string) (capnp.Client, *conn.Conn, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, network, address)
 	if err != nil {
 		return capnp.Client{}, nil, err
 	}
-	cn, err := v.serve(nc, "client")
+	cn, err := v.serve(nc, "client", context.WithoutCancel(ctx))
 	if err != nil {
 		nc.Close()
 		return capnp.Client{}, nil, err
@@ -167,18 +176,19 @@ func (v *Vat) Dial(ctx context.Context, network, address string) (capnp.Client, 
 
 // spawnConn asks the vat actor to start a connection as its child.
 type spawnConn struct {
-	nc   net.Conn
-	role string
+	nc         net.Conn
+	role       string
+	spanParent context.Context
 }
 
-func (v *Vat) serve(nc net.Conn, role string) (*conn.Conn, error) {
+func (v *Vat) serve(nc net.Conn, role string, spanParent context.Context) (*conn.Conn, error) {
 	v.mu.Lock()
 	stopped := v.stopped
 	v.mu.Unlock()
 	if stopped {
 		return nil, ErrStopped
 	}
-	res, err := v.system.Root.RequestFuture(v.pid, spawnConn{nc: nc, role: role}, 10*time.Second).Result()
+	res, err := v.system.Root.RequestFuture(v.pid, spawnConn{nc: nc, role: role, spanParent: spanParent}, 10*time.Second).Result()
 	if err != nil {
 		return nil, fmt.Errorf("vat %s: %w", v.opts.Name, err)
 	}
@@ -347,6 +357,9 @@ func (a *vatActor) Receive(ctx actor.Context) {
 		opts.Bootstrap = a.v.opts.Bootstrap
 		opts.Role = m.role
 		opts.Peer = m.nc.RemoteAddr().String()
+		if m.spanParent != nil {
+			opts.SpanParent = m.spanParent
+		}
 		if opts.Logger == nil {
 			opts.Logger = a.v.opts.Logger
 		}

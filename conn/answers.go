@@ -8,6 +8,8 @@ import (
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/supervisor"
 )
@@ -25,8 +27,9 @@ import (
 type answer struct {
 	c      *Conn
 	id     uint32
-	ctx    context.Context
+	ctx    context.Context // the callee's: carries span
 	cancel context.CancelFunc
+	span   trace.Span // the server span; ended when the Return is queued
 
 	// Written by the callee (any goroutine) before Return.
 	msg     *capnp.Message // the Return message, once results are allocated
@@ -49,12 +52,13 @@ const noExport = ^uint32(0)
 // answerReturned: the callee called Return.
 type answerReturned struct{ a *answer }
 
-func (s *state) newAnswer(id uint32) (*answer, error) {
+func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar) (*answer, error) {
 	if _, dup := s.answers[id]; dup {
 		return nil, fmt.Errorf("%w: question %d is already in flight", ErrDuplicateID, id)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a := &answer{c: s.c, id: id, ctx: ctx, cancel: cancel}
+	a := &answer{c: s.c, id: id, cancel: cancel}
+	a.ctx, a.span = s.startAnswerSpan(ctx, m, bootstrap, sc)
 	s.answers[id] = a
 	return a, nil
 }
@@ -114,15 +118,16 @@ func (a *answer) Return() {
 func (a *answer) ReleaseResults() {}
 
 // handleBootstrap answers a Bootstrap with our bootstrap capability.
-func (s *state) handleBootstrap(m rpccp.Message) error {
+func (s *state) handleBootstrap(m rpccp.Message, sc *Sidecar) error {
 	bs, err := m.Bootstrap()
 	if err != nil {
 		return fmt.Errorf("%w: bootstrap: %v", ErrMalformedFrame, err)
 	}
-	a, err := s.newAnswer(bs.QuestionId())
+	a, err := s.newAnswer(bs.QuestionId(), bootstrapMethod, true, sc)
 	if err != nil {
 		return err
 	}
+	s.traceEvent("bootstrap", attribute.String("direction", "received"))
 	if s.phase == phaseDraining {
 		s.refusedDraining(a)
 		return nil
@@ -141,16 +146,16 @@ func (s *state) handleBootstrap(m rpccp.Message) error {
 }
 
 // handleCall delivers an incoming call to its target.
-func (s *state) handleCall(msg *capnp.Message, m rpccp.Message) (keep bool, err error) {
+func (s *state) handleCall(msg *capnp.Message, m rpccp.Message, sc *Sidecar) (keep bool, err error) {
 	call, err := m.Call()
 	if err != nil {
 		return false, fmt.Errorf("%w: call: %v", ErrMalformedFrame, err)
 	}
-	a, err := s.newAnswer(call.QuestionId())
+	method := capnp.Method{InterfaceID: call.InterfaceId(), MethodID: call.MethodId()}
+	a, err := s.newAnswer(call.QuestionId(), method, false, sc)
 	if err != nil {
 		return false, err
 	}
-	method := capnp.Method{InterfaceID: call.InterfaceId(), MethodID: call.MethodId()}
 	if s.phase == phaseDraining {
 		s.refusedDraining(a)
 		return false, nil
@@ -286,9 +291,10 @@ func (s *state) answerReturned(a *answer) {
 		a.msg, a.ret = newExceptionReturn(a.id, a.err, a.releaseParams, a.epitaph)
 		a.resultExports = nil
 	}
+	endAnswerSpan(a)
 	// The results stay ours (the writer must not release them): calls
 	// pipelined on them arrive until the peer's Finish.
-	s.queue(a.msg, true)
+	s.queue(a.msg, true, nil)
 	if a.finished {
 		s.dropAnswer(a)
 		delete(s.answers, a.id)
@@ -326,6 +332,7 @@ func (s *state) handleFinish(m rpccp.Message) error {
 	a.finished = true
 	a.releaseResults = f.ReleaseResultCaps()
 	if !a.returned {
+		a.span.AddEvent("canceled by the caller")
 		a.cancel() // the callee sees its context cancelled; its Return comes later
 		return nil
 	}

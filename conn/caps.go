@@ -10,6 +10,7 @@ import (
 	"capnproto.org/go/capnp/v3/server"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"github.com/asynkron/protoactor-go/actor"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // An export is a capability of ours that the peer holds references to.
@@ -25,6 +26,7 @@ type export struct {
 	seq      uint64 // creation order
 	pid      *actor.PID
 	stopped  chan struct{} // set before a stop: closed when the actor has stopped
+	span     trace.Span    // the export's lifetime
 
 	stopResolve context.CancelFunc // export actor only
 }
@@ -52,6 +54,7 @@ func (e *export) Receive(ctx actor.Context) {
 			e.stopResolve()
 		}
 		e.release()
+		e.span.End()
 	case *actor.Stopped:
 		if e.stopped != nil {
 			close(e.stopped)
@@ -133,6 +136,7 @@ func (s *state) describeCap(d rpccp.CapDescriptor, c capnp.Client) (uint32, erro
 	}
 	s.seq++
 	e.seq = s.seq
+	e.span = s.startExportSpan(e)
 	e.pid = s.ctx.Spawn(actor.PropsFromProducer(func() actor.Actor { return e }))
 	setExportDescriptor(d, e)
 	return e.id, nil

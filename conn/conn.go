@@ -35,8 +35,10 @@ import (
 	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"github.com/asynkron/protoactor-go/actor"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/supervisor"
+	"github.com/vatactor/vatactor/tracing"
 )
 
 // Options configures a connection. The zero value is usable; every wait
@@ -90,6 +92,15 @@ type Options struct {
 	// on the connection actor's goroutine: it must not block. The same
 	// events are sent to the actor's parent as messages.
 	OnEvent func(Event)
+
+	// TracerProvider makes the connection's spans (package tracing
+	// describes them). Default: the global provider.
+	TracerProvider trace.TracerProvider
+	// SpanParent, if set, is the context whose span is the parent of the
+	// connection span (a dial's context). Unset, a dialed connection's
+	// span starts a new trace and an accepted connection's span is a child
+	// of the peer's connection span when the peer names it.
+	SpanParent context.Context
 }
 
 // Defaults for Options.
@@ -163,7 +174,8 @@ type Conn struct {
 	report Report            // complete once done is closed
 
 	out     sendQueue
-	readEnd error // the reader's last error; written by the reader before it exits
+	readEnd   error     // the reader's last error; written by the reader before it exits
+	readEndAt time.Time // when readEnd happened
 	reader  sync.WaitGroup
 	writer  sync.WaitGroup
 	done    chan struct{}
@@ -171,8 +183,9 @@ type Conn struct {
 	hurryOnce sync.Once
 	hurry     chan struct{} // closed when a Shutdown's context ends: skip every wait
 
-	stats atomic.Pointer[Stats] // last published table counts
-	trace bool                  // log every message at debug level
+	stats  atomic.Pointer[Stats] // last published table counts
+	trace  bool                  // log every message at debug level
+	tracer trace.Tracer
 }
 
 // Spawn starts a connection actor over t as a child of spawner (a vat's
@@ -187,6 +200,7 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 		start:     time.Now(),
 		done:      make(chan struct{}),
 		hurry:     make(chan struct{}),
+		tracer:    tracing.Tracer(opts.TracerProvider),
 	}
 	c.out.init()
 	c.trace = opts.Logger.Enabled(context.Background(), slog.LevelDebug)
@@ -237,13 +251,15 @@ func (c *Conn) Stats() Stats {
 // client is a promise: calls made on it before the answer arrives are
 // pipelined. The caller must release it.
 func (c *Conn) Bootstrap(ctx context.Context) capnp.Client {
-	q := newQuestion(c, capnp.Method{InterfaceName: "Bootstrap", MethodName: "bootstrap"}, nil)
+	q := newQuestion(c, bootstrapMethod, nil)
 	q.bootstrap = true
+	q.span, q.sidecar = c.startQuestionSpan(ctx, bootstrapMethod, true, false)
 	q.watch(ctx)
 	if err := c.post(callOut{q: q}); err != nil {
 		if q.stopWatch != nil {
 			q.stopWatch()
 		}
+		q.settle(capnp.Ptr{}, err)
 		return capnp.ErrorClient(err)
 	}
 	bc := q.p.Answer().Client().AddRef()
@@ -395,7 +411,7 @@ func (c *Conn) readLoop() {
 	for {
 		f, err := c.transport.RecvFrame()
 		if err != nil {
-			c.readEnd = err
+			c.readEnd, c.readEndAt = err, time.Now()
 			_ = c.post(readerDone{err: err})
 			return
 		}

@@ -107,7 +107,8 @@ func TestSidecarBytes(t *testing.T) {
 	msg, m := newMessage()
 	f, _ := m.NewFinish()
 	f.SetQuestionId(7)
-	sc := &Sidecar{Features: ourFeatures, TraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+	sc := &Sidecar{Features: ourFeatures, TraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+		TraceState: "vendor=1", ConnParent: "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"}
 	b, err := appendFrame(nil, Frame{Msg: msg, Sidecar: sc})
 	if err != nil {
 		t.Fatal(err)
@@ -124,8 +125,8 @@ func TestSidecarBytes(t *testing.T) {
 	if len(side) != 8*int(binary.LittleEndian.Uint32(b[8:])) {
 		t.Fatalf("sidecar segment size mismatch")
 	}
-	// Word 0: struct pointer, offset 0, 2 data words, 2 pointers.
-	if got, want := binary.LittleEndian.Uint64(side), uint64(2)<<32|uint64(2)<<48; got != want {
+	// Word 0: struct pointer, offset 0, 2 data words, 3 pointers.
+	if got, want := binary.LittleEndian.Uint64(side), uint64(2)<<32|uint64(3)<<48; got != want {
 		t.Fatalf("sidecar root pointer = %#x, want %#x", got, want)
 	}
 	if string(side[8:16]) != "VATACTOR" {

@@ -10,6 +10,10 @@ import (
 	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"github.com/asynkron/protoactor-go/actor"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/vatactor/vatactor/tracing"
 )
 
 // A question is one outgoing Bootstrap or Call. It is an actor, a child of
@@ -27,6 +31,8 @@ type question struct {
 	call      rpccp.Call
 	bootstrap bool
 	stopWatch func() bool
+	span      trace.Span // the client span; ended when the promise is settled
+	sidecar   *Sidecar   // carries span's context with the Call (nil: none)
 
 	settled atomic.Bool // the promise has been (or is being) resolved
 
@@ -103,6 +109,7 @@ func (q *question) settle(ptr capnp.Ptr, err error) bool {
 	if !q.settled.CompareAndSwap(false, true) {
 		return false
 	}
+	endQuestionSpan(q.span, err)
 	q.p.Resolve(ptr, err)
 	return true
 }
@@ -171,12 +178,14 @@ func (c *Conn) sendCall(ctx context.Context, tgt callTarget, s capnp.Send) (*cap
 	}
 	q := newQuestion(c, s.Method, &tgt)
 	q.msg, q.call = msg, call
+	q.span, q.sidecar = c.startQuestionSpan(ctx, s.Method, false, tgt.parent != nil)
 	q.watch(ctx)
 	if err := c.post(callOut{q: q}); err != nil {
 		if q.stopWatch != nil {
 			q.stopWatch()
 		}
 		msg.Release()
+		q.settle(capnp.Ptr{}, err)
 		return capnp.ErrorAnswer(s.Method, err), func() {}
 	}
 	return q.p.Answer(), q.release
@@ -251,7 +260,13 @@ func (s *state) sendCall(q *question) {
 	q.seq = s.seq
 	q.pid = s.ctx.Spawn(actor.PropsFromProducer(func() actor.Actor { return q }))
 	s.byAnswer[q.p.Answer()] = q
-	s.send(out)
+	if q.span.IsRecording() {
+		q.span.SetAttributes(tracing.AttrQuestionID.Int(int(q.id)))
+	}
+	if q.bootstrap {
+		s.traceEvent("bootstrap", attribute.String("direction", "sent"))
+	}
+	s.queue(out, false, q.sidecar)
 }
 
 // rejectUnsent fails a question that never reached the wire and frees

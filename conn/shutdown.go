@@ -11,6 +11,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/vatactor/vatactor/supervisor"
+	"github.com/vatactor/vatactor/tracing"
 )
 
 // phase is where a connection is in its life.
@@ -95,6 +96,7 @@ func (s *state) shutdown(ep supervisor.Epitaph, drain bool) {
 // drain: refuse new calls both ways, let those in flight finish, for at
 // most DrainTimeout. endDrain runs when nothing is left in flight.
 func (s *state) drain() {
+	s.traceShutdownBegin()
 	s.phase = phaseDraining
 	s.drainStart = time.Now()
 	s.drainTimer = time.AfterFunc(s.c.opts.DrainTimeout, func() { _ = s.c.post(drainDeadline{}) })
@@ -181,6 +183,7 @@ func (s *state) transportFailed(err error) {
 // (closeWrite, linger, closeSocket). hard skips the flush and the linger.
 func (s *state) close(hard bool) {
 	c := s.c
+	s.traceShutdownBegin()
 	s.phase = phaseClosing
 	c.mu.Lock()
 	c.closed = true // from now on posts fail: callers get disconnected
@@ -224,6 +227,7 @@ func (s *state) abandonAnswers() {
 				s.send(out)
 			}
 			a.returned = true // the callee's late Return is dropped
+			tracing.EndCall(a.span, errAbandoned)
 		}
 		s.dropAnswer(a)
 		delete(s.answers, id)
@@ -305,7 +309,9 @@ func (s *state) stopChild(pid *actor.PID, stopped *chan struct{}, kind ActorKind
 		s.report.StuckActors++
 		s.c.opts.Logger.Warn("capnp: actor did not stop in time", "peer", s.c.opts.Peer, "kind", kind, "id", id)
 	}
-	s.emit(ActorStopped{Conn: s.c, Kind: kind, ID: id, TimedOut: timedOut})
+	e := ActorStopped{Conn: s.c, Kind: kind, ID: id, TimedOut: timedOut}
+	s.traceActorStopped(e)
+	s.emit(e)
 }
 
 // releaseImports sends Release for every capability still imported
@@ -360,6 +366,7 @@ func (s *state) sendEpitaph() {
 		ep := s.epitaph
 		s.sendAbort(typ, "connection closed with epitaph "+ep.String(), &ep)
 		s.report.EpitaphSent = true
+		s.traceEvent("epitaph.sent", tracing.AttrEpitaphCode.String(ep.Code.String()), tracing.AttrEpitaphText.String(ep.Message))
 		pr.Note = "epitaph " + ep.String()
 	default:
 		pr.Skipped, pr.Note = true, "the peer reads no epitaphs: FIN only"
@@ -403,6 +410,7 @@ func (s *state) socketClosed(m socketClosed) {
 	c.mu.Unlock()
 	final := s.report.Stats
 	c.stats.Store(&final)
+	s.traceDown(s.report, m)
 	s.emit(Down{Conn: c, Report: s.report})
 	close(c.done)
 	if !s.stopping {
@@ -416,6 +424,7 @@ func (s *state) skipped(p Phase, note string) {
 }
 
 func (s *state) phaseDone(p PhaseReport) {
+	s.tracePhase(p)
 	s.report.Phases = append(s.report.Phases, p)
 	s.emit(PhaseDone{Conn: s.c, Phase: p})
 }
@@ -439,10 +448,13 @@ func (s *state) noteIdle(st Stats) {
 	}
 	s.idle = idle
 	if idle {
+		s.traceEvent("idle")
 		s.emit(Idle{Conn: s.c})
 		s.armIdle()
 	} else {
 		s.disarmIdle()
+		s.traceEvent("busy", tracing.AttrQuestions.Int(st.Questions), tracing.AttrAnswers.Int(st.Answers),
+			tracing.AttrExports.Int(st.Exports), tracing.AttrImports.Int(st.Imports))
 		s.emit(Busy{Conn: s.c, Stats: st})
 	}
 }

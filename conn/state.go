@@ -9,9 +9,11 @@ import (
 	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"github.com/asynkron/protoactor-go/actor"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/vatactor/vatactor/conn/wire"
 	"github.com/vatactor/vatactor/supervisor"
+	"github.com/vatactor/vatactor/tracing"
 )
 
 // state is the connection actor: the four tables and embargoes, touched
@@ -45,6 +47,7 @@ type state struct {
 	idleGen          uint64
 	idleTimer        *time.Timer
 	stopping         bool // stopped from outside: close synchronously
+	tr               connTrace
 }
 
 func newState(c *Conn) *state {
@@ -83,6 +86,7 @@ func (s *state) Receive(ctx actor.Context) {
 		if bs := s.c.opts.Bootstrap; bs.IsValid() {
 			s.c.opts.Bootstrap = bs.AddRef()
 		}
+		s.traceStarted()
 		s.emit(Up{Conn: s.c, Peer: s.c.opts.Peer, Role: s.c.opts.Role})
 		s.armIdle()
 	case inFrame:
@@ -92,6 +96,7 @@ func (s *state) Receive(ctx actor.Context) {
 		case supervisor.ProtocolError:
 			s.protocolError(reason.Err) // a bad frame: the peer is told why
 		case supervisor.PeerEOF:
+			s.traceEOFReceived()
 			s.peerEnded(reason)
 		default:
 			s.transportFailed(m.err)
@@ -156,18 +161,18 @@ func (s *state) stats() Stats {
 }
 
 // send queues an outgoing message; the writer releases it once written.
-func (s *state) send(msg *capnp.Message) { s.queue(msg, false) }
+func (s *state) send(msg *capnp.Message) { s.queue(msg, false, nil) }
 
-// queue puts msg in the send queue. keep: the actor still owns msg after
-// it is written. The first frame of the connection carries our sidecar,
-// which tells the peer that we read epitaphs.
-func (s *state) queue(msg *capnp.Message, keep bool) {
-	f := Frame{Msg: msg}
+// queue puts msg in the send queue with sc, the sidecar of a call (nil:
+// none). keep: the actor still owns msg after it is written. The first
+// frame of the connection carries our sidecar, which tells the peer that
+// we read epitaphs and names our connection span.
+func (s *state) queue(msg *capnp.Message, keep bool, sc *Sidecar) {
 	if !s.sidecarSent {
 		s.sidecarSent = true
-		f.Sidecar = &Sidecar{Features: ourFeatures}
+		sc = s.firstSidecar(sc)
 	}
-	s.c.out.push(f, keep)
+	s.c.out.push(Frame{Msg: msg, Sidecar: sc}, keep)
 }
 
 // handleFrame dispatches one incoming message by its type.
@@ -176,6 +181,7 @@ func (s *state) handleFrame(f Frame) {
 	if f.Sidecar.Has(wire.Feature_epitaphs) {
 		s.peerOurs = true
 	}
+	s.traceFrameIn(f.Sidecar)
 	m, err := rpccp.ReadRootMessage(msg)
 	if err != nil {
 		msg.Release()
@@ -188,9 +194,9 @@ func (s *state) handleFrame(f Frame) {
 	keep := false // handlers that hand msg on set this
 	switch m.Which() {
 	case rpccp.Message_Which_bootstrap:
-		err = s.handleBootstrap(m)
+		err = s.handleBootstrap(m, f.Sidecar)
 	case rpccp.Message_Which_call:
-		keep, err = s.handleCall(msg, m)
+		keep, err = s.handleCall(msg, m, f.Sidecar)
 	case rpccp.Message_Which_return:
 		keep, err = s.handleReturn(msg, m)
 	case rpccp.Message_Which_finish:
@@ -238,10 +244,12 @@ func (s *state) handleAbort(m rpccp.Message) {
 		return
 	}
 	if ep, ok, _ := epitaphOf(e); ok {
+		s.traceEvent("epitaph.received", tracing.AttrEpitaphCode.String(ep.Code.String()), tracing.AttrEpitaphText.String(ep.Message))
 		s.peerEnded(supervisor.PeerEpitaph{Epitaph: ep})
 		return
 	}
 	reason, _ := e.Reason()
+	s.traceEvent("abort.received", attribute.String("exception.type", exc.Type(e.Type()).String()), attribute.String("exception.message", reason))
 	s.peerEnded(supervisor.PeerAbort{Type: exc.Type(e.Type()).String(), Reason: reason})
 }
 

@@ -17,6 +17,7 @@ type Sidecar struct {
 	Features    uint64 // bit n set: the sender understands wire.Feature n
 	TraceParent string // W3C traceparent of the call ("" if none)
 	TraceState  string // W3C tracestate
+	ConnParent  string // W3C traceparent of the sender's connection span (first sidecar only)
 }
 
 // Has reports whether the sender of s understands feature f.
@@ -51,6 +52,11 @@ func encodeSidecar(s *Sidecar) ([]byte, error) {
 			return nil, err
 		}
 	}
+	if s.ConnParent != "" {
+		if err := sc.SetConn(s.ConnParent); err != nil {
+			return nil, err
+		}
+	}
 	seg0, err := msg.Segment(0)
 	if err != nil {
 		return nil, err
@@ -82,7 +88,9 @@ func decodeSidecar(seg []byte, lim Limits) (*Sidecar, error) {
 	}
 	out := &Sidecar{Features: sc.Features()}
 	if out.TraceParent, err = sc.Traceparent(); err == nil {
-		out.TraceState, err = sc.Tracestate()
+		if out.TraceState, err = sc.Tracestate(); err == nil {
+			out.ConnParent, err = sc.Conn()
+		}
 	}
 	if err != nil {
 		return nil, frameErrorf(ErrMalformedFrame, "sidecar: %v", err)

@@ -27,6 +27,11 @@ struct Sidecar {
   # W3C trace context of the call this frame carries (empty: none).
 
   tracestate @3 :Text;
+
+  conn @4 :Text;
+  # W3C traceparent of the sender's connection span; in the first sidecar
+  # of a connection only (empty: none). The receiver's connection span
+  # becomes its child.
 }
 
 enum Feature {

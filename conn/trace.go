@@ -1,0 +1,303 @@
+package conn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/vatactor/vatactor/supervisor"
+	"github.com/vatactor/vatactor/tracing"
+)
+
+// This file is every tracing call of a connection, one function per
+// transition of the span model (see package tracing). With a provider
+// that does not record, each is a cheap no-op.
+
+// connTrace holds the connection's spans. Only the connection actor
+// touches it.
+type connTrace struct {
+	span        trace.Span      // capnp.conn; nil until begun
+	ctx         context.Context // carries span
+	parent      context.Context // span's parent: the dial's context or the peer's connection span
+	shutdown    trace.Span      // nil until the connection starts ending
+	shutdownCtx context.Context
+	pending     []actorStop // actors stopped during the step running now
+	eofReceived bool
+}
+
+type actorStop struct {
+	at time.Time
+	ActorStopped
+}
+
+// traceBegin starts the connection span, backdated to the connection's
+// start. A dialed connection begins at once; an accepted one waits for the
+// peer's first frame, whose sidecar may name the peer's connection span
+// as parent.
+func (s *state) traceBegin() {
+	if s.tr.span != nil {
+		return
+	}
+	c := s.c
+	parent := s.tr.parent
+	if parent == nil {
+		parent = c.opts.SpanParent
+	}
+	if parent == nil {
+		parent = context.Background()
+	}
+	s.tr.ctx, s.tr.span = c.tracer.Start(parent, tracing.ConnSpan,
+		trace.WithSpanKind(trace.SpanKindInternal),
+		trace.WithTimestamp(c.start),
+		trace.WithAttributes(tracing.AttrPeer.String(c.opts.Peer), tracing.AttrRole.String(c.opts.Role)))
+	s.tr.span.AddEvent("up", trace.WithTimestamp(c.start))
+}
+
+// traceStarted: the actor has started.
+func (s *state) traceStarted() {
+	if s.c.opts.Role != "server" || s.c.opts.SpanParent != nil {
+		s.traceBegin()
+	}
+}
+
+// traceFrameIn: a frame arrived; the first one may name the peer's
+// connection span.
+func (s *state) traceFrameIn(sc *Sidecar) {
+	if s.tr.span != nil {
+		return
+	}
+	if sc != nil && sc.ConnParent != "" {
+		s.tr.parent = tracing.Extract(context.Background(), sc.ConnParent, "")
+	}
+	s.traceBegin()
+}
+
+// traceEvent adds a named event to the connection span.
+func (s *state) traceEvent(name string, attrs ...attribute.KeyValue) {
+	s.traceBegin()
+	if s.tr.span.IsRecording() {
+		s.tr.span.AddEvent(name, trace.WithAttributes(attrs...))
+	}
+}
+
+// firstSidecar is the sidecar of our first frame: what we understand and
+// the span of this connection.
+func (s *state) firstSidecar(call *Sidecar) *Sidecar {
+	s.traceBegin()
+	sc := &Sidecar{Features: ourFeatures}
+	if call != nil {
+		*sc = *call
+		sc.Features = ourFeatures
+	}
+	sc.ConnParent, _ = tracing.Inject(s.tr.ctx)
+	return sc
+}
+
+// traceShutdownBegin starts the shutdown span when the connection leaves
+// phaseOpen, for whatever reason.
+func (s *state) traceShutdownBegin() {
+	if s.tr.shutdown != nil {
+		return
+	}
+	s.traceBegin()
+	s.tr.shutdownCtx, s.tr.shutdown = s.c.tracer.Start(s.tr.ctx, tracing.ShutdownSpan,
+		trace.WithAttributes(reasonAttributes(s.c.Err())...))
+}
+
+// tracePhase records one step of the connection's end as a child of the
+// shutdown span, with the actors it stopped as events.
+func (s *state) tracePhase(p PhaseReport) {
+	s.traceShutdownBegin()
+	pending := s.tr.pending
+	s.tr.pending = nil
+	if !s.tr.shutdown.IsRecording() {
+		return
+	}
+	attrs := []attribute.KeyValue{tracing.AttrPhaseNote.String(p.Note)}
+	if p.Skipped {
+		attrs = append(attrs, tracing.AttrPhaseSkipped.Bool(true))
+	}
+	if p.CutShort {
+		attrs = append(attrs, tracing.AttrPhaseCutShort.Bool(true))
+	}
+	_, span := s.c.tracer.Start(s.tr.shutdownCtx, string(p.Phase),
+		trace.WithTimestamp(p.Start), trace.WithAttributes(attrs...))
+	for _, a := range pending {
+		span.AddEvent(string(a.Kind)+" stopped", trace.WithTimestamp(a.at), trace.WithAttributes(
+			attribute.Int(string(a.Kind)+".id", int(a.ID)), attribute.Bool("timed_out", a.TimedOut)))
+	}
+	span.End(trace.WithTimestamp(p.Start.Add(p.Took)))
+}
+
+// traceActorStopped: a question or export actor stopped during a step.
+func (s *state) traceActorStopped(e ActorStopped) {
+	if s.tr.shutdown != nil && s.tr.shutdown.IsRecording() {
+		s.tr.pending = append(s.tr.pending, actorStop{at: time.Now(), ActorStopped: e})
+	}
+}
+
+// traceEOFReceived: the peer half-closed.
+func (s *state) traceEOFReceived() {
+	if !s.tr.eofReceived {
+		s.tr.eofReceived = true
+		s.traceBegin()
+		s.tr.span.AddEvent("eof.received", trace.WithTimestamp(s.c.readEndAt))
+	}
+}
+
+// traceDown ends the shutdown span and the connection span with the
+// report.
+func (s *state) traceDown(r Report, m socketClosed) {
+	s.traceShutdownBegin()
+	if !m.hard && !m.flushCut {
+		s.tr.span.AddEvent("eof.sent", trace.WithTimestamp(m.lingerStart))
+	}
+	if errors.Is(r.ReadEnd, io.EOF) {
+		s.traceEOFReceived()
+	}
+	attrs := reasonAttributes(r.Reason)
+	if r.Peer != nil {
+		attrs = append(attrs, tracing.AttrPeerReason.String(r.Peer.Error()))
+	}
+	st := r.Stats
+	attrs = append(attrs,
+		tracing.AttrQuestions.Int(st.Questions), tracing.AttrAnswers.Int(st.Answers),
+		tracing.AttrExports.Int(st.Exports), tracing.AttrImports.Int(st.Imports),
+		tracing.AttrEmbargoes.Int(st.Embargoes))
+	s.tr.shutdown.SetAttributes(attrs...)
+	s.tr.shutdown.End()
+	s.tr.span.SetAttributes(attrs...)
+	if r.Reason != nil && !r.Reason.Expected() {
+		s.tr.span.SetStatus(codes.Error, r.Reason.Error())
+	}
+	s.tr.span.End()
+}
+
+// reasonAttributes describe why a connection ends.
+func reasonAttributes(r supervisor.Reason) []attribute.KeyValue {
+	if r == nil {
+		return nil
+	}
+	attrs := []attribute.KeyValue{
+		tracing.AttrReason.String(r.Error()),
+		tracing.AttrReasonKind.String(reasonKind(r)),
+		tracing.AttrExpected.Bool(r.Expected()),
+	}
+	var ep supervisor.Epitaph
+	switch r := r.(type) {
+	case supervisor.LocalShutdown:
+		ep = r.Epitaph
+	case supervisor.PeerEpitaph:
+		ep = r.Epitaph
+	default:
+		return attrs
+	}
+	return append(attrs, tracing.AttrEpitaphCode.String(ep.Code.String()), tracing.AttrEpitaphText.String(ep.Message))
+}
+
+func reasonKind(r supervisor.Reason) string {
+	t := fmt.Sprintf("%T", r)
+	for i := len(t) - 1; i >= 0; i-- {
+		if t[i] == '.' {
+			return t[i+1:]
+		}
+	}
+	return t
+}
+
+// startQuestionSpan starts the client span of a call on the caller's
+// goroutine, as a child of the caller's context, and returns the sidecar
+// that carries it to the peer (nil when there is no trace context).
+func (c *Conn) startQuestionSpan(ctx context.Context, m capnp.Method, bootstrap, pipelined bool) (trace.Span, *Sidecar) {
+	ctx, span := c.tracer.Start(ctx, callSpanName(m, bootstrap), trace.WithSpanKind(trace.SpanKindClient))
+	if span.IsRecording() {
+		tracing.RegisterMethods(m)
+		span.SetAttributes(tracing.MethodAttributes(m)...)
+		if pipelined {
+			span.SetAttributes(tracing.AttrPipelined.Bool(true))
+		}
+	}
+	if !span.SpanContext().IsValid() {
+		return span, nil
+	}
+	sc := &Sidecar{Features: ourFeatures}
+	sc.TraceParent, sc.TraceState = tracing.Inject(ctx)
+	return span, sc
+}
+
+// endQuestionSpan records a question's outcome.
+func endQuestionSpan(span trace.Span, err error) {
+	if span == nil || !span.IsRecording() {
+		return
+	}
+	if errors.Is(err, ErrNotProcessed) {
+		span.SetAttributes(tracing.AttrNotProcessed.Bool(true))
+	}
+	tracing.EndCall(span, err)
+}
+
+// startAnswerSpan starts the server span of an incoming call: a child of
+// the caller's question span when the call's sidecar carries it, else a
+// new trace linked to the connection span. It returns ctx carrying the
+// span, for the callee.
+func (s *state) startAnswerSpan(ctx context.Context, m capnp.Method, bootstrap bool, sc *Sidecar) (context.Context, trace.Span) {
+	if !bootstrap {
+		m, _ = tracing.LookupMethod(m.InterfaceID, m.MethodID)
+	}
+	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
+	parent := context.Background()
+	if sc != nil && sc.TraceParent != "" {
+		parent = tracing.Extract(parent, sc.TraceParent, sc.TraceState)
+	}
+	if !trace.SpanContextFromContext(parent).IsValid() && s.tr.span != nil {
+		opts = append(opts, trace.WithLinks(trace.LinkFromContext(s.tr.ctx)))
+	}
+	_, span := s.c.tracer.Start(parent, callSpanName(m, bootstrap), opts...)
+	if !span.SpanContext().IsValid() {
+		return ctx, span
+	}
+	if span.IsRecording() {
+		span.SetAttributes(tracing.MethodAttributes(m)...)
+	}
+	return trace.ContextWithSpan(ctx, span), span
+}
+
+// bootstrapMethod is how a Bootstrap is named on its spans.
+var bootstrapMethod = capnp.Method{InterfaceName: "Bootstrap", MethodName: "bootstrap"}
+
+func callSpanName(m capnp.Method, bootstrap bool) string {
+	if bootstrap {
+		return tracing.BootstrapSpan
+	}
+	return tracing.SpanName(m)
+}
+
+// endAnswerSpan records an answer's outcome when its Return is queued.
+func endAnswerSpan(a *answer) {
+	if !a.span.IsRecording() {
+		return
+	}
+	a.span.SetAttributes(tracing.AttrAnswerID.Int(int(a.id)))
+	if a.epitaph != nil {
+		a.span.SetAttributes(tracing.AttrNotProcessed.Bool(true))
+	}
+	tracing.EndCall(a.span, a.err)
+}
+
+// startExportSpan starts the span of an export's lifetime, a child of the
+// connection span.
+func (s *state) startExportSpan(e *export) trace.Span {
+	s.traceBegin()
+	_, span := s.c.tracer.Start(s.tr.ctx, tracing.ExportSpan)
+	if span.IsRecording() {
+		span.SetAttributes(tracing.AttrExportID.Int(int(e.id)), attribute.Bool("capnp.export.promise", e.promise))
+	}
+	return span
+}

@@ -1,0 +1,131 @@
+package tracing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// ScopeName is the instrumentation scope of every span vatactor makes.
+const ScopeName = "github.com/vatactor/vatactor"
+
+// Tracer returns vatactor's tracer from tp, or from the global provider
+// when tp is nil.
+func Tracer(tp trace.TracerProvider) trace.Tracer {
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	return tp.Tracer(ScopeName)
+}
+
+// Names of the spans that are not calls.
+const (
+	ConnSpan     = "capnp.conn"
+	ShutdownSpan = "shutdown"
+	ExportSpan   = "capnp.export"
+	// BootstrapSpan names the client and server spans of a Bootstrap.
+	BootstrapSpan = "Bootstrap"
+)
+
+// Attributes of the span model beyond OpenTelemetry's semantic conventions.
+const (
+	AttrPeer          = attribute.Key("capnp.conn.peer")       // the other side's address
+	AttrRole          = attribute.Key("capnp.conn.role")       // client (dialed) or server (accepted)
+	AttrReason        = attribute.Key("capnp.conn.reason")     // why it ended, as text
+	AttrReasonKind    = attribute.Key("capnp.conn.reason.kind") // LocalShutdown, PeerEOF, PeerEpitaph, PeerAbort, TransportError, ProtocolError
+	AttrExpected      = attribute.Key("capnp.conn.expected")    // the reason is an expected end
+	AttrPeerReason    = attribute.Key("capnp.conn.peer_reason") // what the peer did after our reason
+	AttrEpitaphCode   = attribute.Key("capnp.epitaph.code")     // e.g. OK, UNAVAILABLE
+	AttrEpitaphText   = attribute.Key("capnp.epitaph.message")
+	AttrQuestions     = attribute.Key("capnp.conn.questions") // table counts
+	AttrAnswers       = attribute.Key("capnp.conn.answers")
+	AttrExports       = attribute.Key("capnp.conn.exports")
+	AttrImports       = attribute.Key("capnp.conn.imports")
+	AttrEmbargoes     = attribute.Key("capnp.conn.embargoes")
+	AttrQuestionID    = attribute.Key("capnp.question.id")
+	AttrAnswerID      = attribute.Key("capnp.answer.id")
+	AttrExportID      = attribute.Key("capnp.export.id")
+	AttrInterfaceID   = attribute.Key("capnp.interface.id") // hexadecimal, as in schemas
+	AttrMethodID      = attribute.Key("capnp.method.id")
+	AttrPipelined     = attribute.Key("capnp.pipelined")     // the call targets a promised answer
+	AttrNotProcessed  = attribute.Key("capnp.not_processed") // refused or lost before any processing: safe to retry
+	AttrPhaseCutShort = attribute.Key("capnp.phase.cut_short")
+	AttrPhaseSkipped  = attribute.Key("capnp.phase.skipped")
+	AttrPhaseNote     = attribute.Key("capnp.phase.note")
+	AttrActor         = attribute.Key("capnp.actor") // a protoactor PID
+)
+
+// SystemName is the rpc.system.name of every call span.
+var SystemName = semconv.RPCSystemNameKey.String("capnp")
+
+// SpanName is the name of a call's span: "Interface.method", the
+// interface's name without its file ("Calculator.evaluate"). A method
+// whose names are unknown is named by its ids ("@0x97983392df35cc36/0").
+func SpanName(m capnp.Method) string {
+	if m.InterfaceName == "" || m.MethodName == "" {
+		return fmt.Sprintf("@%#x/%d", m.InterfaceID, m.MethodID)
+	}
+	iface := m.InterfaceName
+	if i := strings.LastIndexByte(iface, ':'); i >= 0 {
+		iface = iface[i+1:]
+	}
+	return iface + "." + m.MethodName
+}
+
+// MethodAttributes are the attributes naming m on a call span. An unknown
+// method is rpc.method=_OTHER with its ids in rpc.method_original, as the
+// semantic conventions ask.
+func MethodAttributes(m capnp.Method) []attribute.KeyValue {
+	name := semconv.RPCMethod(m.String())
+	if m.InterfaceName == "" || m.MethodName == "" {
+		name = semconv.RPCMethod("_OTHER")
+	}
+	attrs := []attribute.KeyValue{
+		SystemName,
+		name,
+		AttrInterfaceID.String(fmt.Sprintf("%#x", m.InterfaceID)),
+		AttrMethodID.Int(int(m.MethodID)),
+	}
+	if m.InterfaceName == "" || m.MethodName == "" {
+		attrs = append(attrs, semconv.RPCMethodOriginal(SpanName(m)))
+	}
+	return attrs
+}
+
+// StatusCode is a call's rpc.response.status_code: OK, the exception type
+// in capitals (FAILED, OVERLOADED, DISCONNECTED, UNIMPLEMENTED), or
+// CANCELED / DEADLINE_EXCEEDED when the caller's context ended.
+func StatusCode(err error) string {
+	switch {
+	case err == nil:
+		return "OK"
+	case errors.Is(err, context.Canceled):
+		return "CANCELED"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "DEADLINE_EXCEEDED"
+	}
+	return strings.ToUpper(exc.TypeOf(err).String())
+}
+
+// EndCall records err as a call's outcome on span and ends it.
+func EndCall(span trace.Span, err error, opts ...trace.SpanEndOption) {
+	if !span.IsRecording() {
+		return
+	}
+	code := StatusCode(err)
+	span.SetAttributes(semconv.RPCResponseStatusCode(code))
+	if err != nil {
+		span.SetAttributes(semconv.ErrorTypeKey.String(code))
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End(opts...)
+}
