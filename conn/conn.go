@@ -173,12 +173,12 @@ type Conn struct {
 	reason supervisor.Reason // the first reason recorded
 	report Report            // complete once done is closed
 
-	out     sendQueue
+	out       sendQueue
 	readEnd   error     // the reader's last error; written by the reader before it exits
 	readEndAt time.Time // when readEnd happened
-	reader  sync.WaitGroup
-	writer  sync.WaitGroup
-	done    chan struct{}
+	reader    sync.WaitGroup
+	writer    sync.WaitGroup
+	done      chan struct{}
 
 	hurryOnce sync.Once
 	hurry     chan struct{} // closed when a Shutdown's context ends: skip every wait

@@ -38,9 +38,9 @@ const (
 
 // Attributes of the span model beyond OpenTelemetry's semantic conventions.
 const (
-	AttrPeer          = attribute.Key("capnp.conn.peer")       // the other side's address
-	AttrRole          = attribute.Key("capnp.conn.role")       // client (dialed) or server (accepted)
-	AttrReason        = attribute.Key("capnp.conn.reason")     // why it ended, as text
+	AttrPeer          = attribute.Key("capnp.conn.peer")        // the other side's address
+	AttrRole          = attribute.Key("capnp.conn.role")        // client (dialed) or server (accepted)
+	AttrReason        = attribute.Key("capnp.conn.reason")      // why it ended, as text
 	AttrReasonKind    = attribute.Key("capnp.conn.reason.kind") // LocalShutdown, PeerEOF, PeerEpitaph, PeerAbort, TransportError, ProtocolError
 	AttrExpected      = attribute.Key("capnp.conn.expected")    // the reason is an expected end
 	AttrPeerReason    = attribute.Key("capnp.conn.peer_reason") // what the peer did after our reason
