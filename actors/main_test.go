@@ -3,10 +3,18 @@ package actors_test
 import (
 	"testing"
 
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) {
+	// Every test of this package runs with a recording tracer provider
+	// (spans are made and dropped), so every Call on the wire carries a
+	// sidecar with its trace context: the interop tests against go-capnp
+	// and the C++ reference prove those peers unaffected. Package conn's
+	// tests run with the default, non-recording provider.
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample())))
 	goleak.VerifyTestMain(m,
 		goleak.IgnoreAnyFunction("github.com/asynkron/protoactor-go/actor.(*deadLetterProcess).init.func1"),
 		// protoactor's dead-letter log throttle: a goroutine that ends by itself within a second.

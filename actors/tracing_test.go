@@ -2,12 +2,14 @@ package actors_test
 
 import (
 	"context"
+	"net"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/rpc"
 	"github.com/asynkron/protoactor-go/actor"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -371,4 +373,101 @@ func TestTraceShutdown(t *testing.T) {
 			t.Errorf("server connection span events %v lack %q", events(sconn), want)
 		}
 	}
+}
+
+// TestTraceInterop: with trace context in the sidecar of every Call, the
+// C++ reference and go-capnp's rpc.Conn answer as before (the whole echo
+// suite), our client spans record their outcomes, and the calls that
+// go-capnp makes to our vat, which carry no trace context, start traces
+// of their own linked to the connection span.
+func TestTraceInterop(t *testing.T) {
+	servers := map[string]func(t *testing.T) string{
+		"cxx": func(t *testing.T) string { addr, _ := startCxxServer(t, cxxPeer(t)); return addr },
+		"gocapnp": func(t *testing.T) string {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { l.Close() })
+			go func() {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				rc := rpc.NewConn(rpc.NewStreamTransport(c), &rpc.Options{
+					BootstrapClient: capnp.Client(interop.NewEchoServer().Client(interop.PlainServer))})
+				t.Cleanup(func() { rc.Close() })
+			}()
+			return l.Addr().String()
+		},
+	}
+	for name, start := range servers {
+		t.Run(name+"Server", func(t *testing.T) {
+			addr := start(t)
+			tr := newTraced(t, "client")
+			client := actors.Spawn(actors.Options{Name: "client", TracerProvider: tr.tps["client"]})
+			defer client.Stop()
+			ctx, root := tr.tps["client"].Tracer("test").Start(context.Background(), "work")
+			boot, _, err := client.Dial(ctx, "tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			runEchoSuite(t, interop.Echo(boot))
+			boot.Release()
+			root.End()
+			calls := 0
+			for _, s := range tr.rec.Spans() {
+				if s.SpanKind() != trace.SpanKindClient {
+					continue
+				}
+				calls++
+				if s.Parent().TraceID() != root.SpanContext().TraceID() && s.Parent().IsValid() {
+					t.Errorf("%s is in another trace", s.Name())
+				}
+				if attr(s, semconv.RPCResponseStatusCodeKey).AsString() == "" {
+					t.Errorf("%s has no status code", s.Name())
+				}
+			}
+			if calls < 10 {
+				t.Errorf("%d client spans, want the suite's calls", calls)
+			}
+		})
+	}
+	t.Run("gocapnpClient", func(t *testing.T) {
+		tr := newTraced(t, "server")
+		server := actors.Spawn(actors.Options{Name: "server", TracerProvider: tr.tps["server"],
+			Bootstrap: capnp.Client(interop.NewEchoServer().Client(actors.NewServer))})
+		defer server.Stop()
+		addr, err := server.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := net.Dial("tcp", addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc := rpc.NewConn(rpc.NewStreamTransport(nc), nil)
+		boot := rc.Bootstrap(context.Background())
+		if got, err := echoText(context.Background(), interop.Echo(boot), "plain"); err != nil || got != "plain" {
+			t.Fatalf("echo = %q, %v", got, err)
+		}
+		boot.Release()
+		rc.Close()
+		sc := server.Conns()
+		for _, c := range sc {
+			<-c.Done()
+		}
+		spans := tr.rec.Spans()
+		ss := spanNamed(t, spans, "Echo.echo", trace.SpanKindServer, "server")
+		cs := spanNamed(t, spans, tracing.ConnSpan, trace.SpanKindInternal, "server")
+		if ss.Parent().IsValid() {
+			t.Error("a call with no trace context has a parent")
+		}
+		if links := ss.Links(); len(links) != 1 || links[0].SpanContext.SpanID() != cs.SpanContext().SpanID() {
+			t.Errorf("server span links = %v, want the connection span", links)
+		}
+		if cs.Parent().IsValid() {
+			t.Error("connection span of a peer that names none has a parent")
+		}
+	})
 }
