@@ -97,7 +97,7 @@ func Format(spans []sdktrace.ReadOnlySpan) string {
 		}
 		p := printer{b: &b, children: children}
 		fmt.Fprintf(&b, "  %s\n", describe(r))
-		p.print(p.children[r.SpanContext().SpanID()], "  ", "  ")
+		p.print(p.children[r.SpanContext().SpanID()], "  ")
 	}
 	return b.String()
 }
@@ -117,7 +117,7 @@ type printer struct {
 }
 
 // print writes siblings, folding runs of equal leaves.
-func (p printer) print(sibs []sdktrace.ReadOnlySpan, first, rest string) {
+func (p printer) print(sibs []sdktrace.ReadOnlySpan, indent string) {
 	for i := 0; i < len(sibs); {
 		s := sibs[i]
 		n := 1
@@ -125,9 +125,9 @@ func (p printer) print(sibs []sdktrace.ReadOnlySpan, first, rest string) {
 			n++
 		}
 		lastOne := i+n == len(sibs)
-		branch, indent := first+"├─ ", rest+"│  "
+		branch, next := indent+"├─ ", indent+"│  "
 		if lastOne {
-			branch, indent = first+"└─ ", rest+"   "
+			branch, next = indent+"└─ ", indent+"   "
 		}
 		line := describe(s)
 		if n > 1 {
@@ -139,7 +139,7 @@ func (p printer) print(sibs []sdktrace.ReadOnlySpan, first, rest string) {
 		}
 		fmt.Fprintf(p.b, "%s%s\n", branch, line)
 		if n == 1 {
-			p.print(p.children[s.SpanContext().SpanID()], indent, indent)
+			p.print(p.children[s.SpanContext().SpanID()], next)
 		}
 		i += n
 	}
@@ -173,6 +173,8 @@ func describe(s sdktrace.ReadOnlySpan) string {
 			if v := kv.Value.Emit(); v != "" {
 				extra = append(extra, v)
 			}
+		case tracing.AttrPipelined:
+			extra = append(extra, "pipelined")
 		case tracing.AttrPhaseSkipped:
 			extra = append(extra, "skipped")
 		case tracing.AttrPhaseCutShort:
