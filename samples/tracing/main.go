@@ -21,6 +21,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -35,18 +36,19 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if _, err := run(os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "tracing:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
+// run runs the sample, printing to w, and returns its trace's id.
+func run(w io.Writer) (trace.TraceID, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	tr, err := sampletrace.Start(ctx, "vatactor-client", "vatactor-server")
 	if err != nil {
-		return err
+		return trace.TraceID{}, err
 	}
 	clientTP, serverTP := tr.Provider("vatactor-client"), tr.Provider("vatactor-server")
 
@@ -55,46 +57,46 @@ func run() error {
 	defer server.Stop()
 	addr, err := server.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return err
+		return trace.TraceID{}, err
 	}
 	client := actors.Spawn(actors.Options{Name: "client", TracerProvider: clientTP})
 	defer client.Stop()
 
 	ctx, root := clientTP.Tracer("samples/tracing").Start(ctx, "sample")
-	fmt.Printf("trace %s\n", root.SpanContext().TraceID())
+	fmt.Fprintf(w, "trace %s\n", root.SpanContext().TraceID())
 	boot, cn, err := client.Dial(ctx, "tcp", addr.String())
 	if err != nil {
-		return err
+		return trace.TraceID{}, err
 	}
 	echo := interop.Echo(boot)
-	if err := calls(ctx, client, echo, clientTP); err != nil {
-		return err
+	if err := calls(ctx, w, client, echo, clientTP); err != nil {
+		return trace.TraceID{}, err
 	}
 	boot.Release()
 
 	serverConn := server.Conns()[0]
 	rep, err := cn.Shutdown(ctx, supervisor.Epitaph{Code: supervisor.OK, Message: "sample done"})
 	if err != nil {
-		return err
+		return trace.TraceID{}, err
 	}
 	<-serverConn.Done()
-	fmt.Printf("client connection: %v in %v\n", rep.Reason, rep.Duration.Round(time.Microsecond))
-	fmt.Printf("server connection: %v\n", serverConn.Err())
+	fmt.Fprintf(w, "client connection: %v in %v\n", rep.Reason, rep.Duration.Round(time.Microsecond))
+	fmt.Fprintf(w, "server connection: %v\n", serverConn.Err())
 	root.End()
 
 	client.Stop()
 	server.Stop()
-	if err := tr.Finish(context.Background(), os.Stdout); err != nil {
-		return err
+	if err := tr.Finish(context.Background(), w); err != nil {
+		return trace.TraceID{}, err
 	}
 	if tr.Exporting() {
-		fmt.Printf("exported; in Jaeger: /trace/%s (services vatactor-client, vatactor-server)\n", root.SpanContext().TraceID())
+		fmt.Fprintf(w, "exported; in Jaeger: /trace/%s (services vatactor-client, vatactor-server)\n", root.SpanContext().TraceID())
 	}
-	return nil
+	return root.SpanContext().TraceID(), nil
 }
 
 // calls makes the sample's calls, each under ctx's span.
-func calls(ctx context.Context, client *actors.Vat, echo interop.Echo, tp trace.TracerProvider) error {
+func calls(ctx context.Context, w io.Writer, client *actors.Vat, echo interop.Echo, tp trace.TracerProvider) error {
 	// A plain call.
 	f, release := echo.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("hello") })
 	res, err := f.Struct()
@@ -103,7 +105,7 @@ func calls(ctx context.Context, client *actors.Vat, echo interop.Echo, tp trace.
 	}
 	text, _ := res.Text()
 	release()
-	fmt.Printf("echo: %q\n", text)
+	fmt.Fprintf(w, "echo: %q\n", text)
 
 	// A call pipelined on the answer of another.
 	self, releaseSelf := echo.Self(ctx, func(p interop.Echo_self_Params) error { return p.SetTag("tagged:") })
@@ -118,7 +120,7 @@ func calls(ctx context.Context, client *actors.Vat, echo interop.Echo, tp trace.
 		return fmt.Errorf("self: %w", err)
 	}
 	releaseSelf()
-	fmt.Printf("pipelined: %q\n", text)
+	fmt.Fprintf(w, "pipelined: %q\n", text)
 
 	// A call answered by calling back into the client, where an actor
 	// implements the callback.
@@ -137,7 +139,7 @@ func calls(ctx context.Context, client *actors.Vat, echo interop.Echo, tp trace.
 	}
 	text, _ = cres.Text()
 	releaseC()
-	fmt.Printf("callback: %q\n", text)
+	fmt.Fprintf(w, "callback: %q\n", text)
 
 	// A call that fails: its spans carry the exception type.
 	ff, releaseF := echo.Fail(ctx, func(p interop.Echo_fail_Params) error {
@@ -146,7 +148,7 @@ func calls(ctx context.Context, client *actors.Vat, echo interop.Echo, tp trace.
 	})
 	_, err = ff.Struct()
 	releaseF()
-	fmt.Printf("fail: %v\n", err)
+	fmt.Fprintf(w, "fail: %v\n", err)
 	return nil
 }
 
