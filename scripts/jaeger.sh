@@ -33,7 +33,7 @@ start() {
     echo "Jaeger already running (pid $(cat "$pidfile"))"
     return
   fi
-  "$bin" --config "$dir/config.yaml" >"$log" 2>&1 &
+  OTEL_TRACES_EXPORTER=none "$bin" --config "$dir/config.yaml" >"$log" 2>&1 &
   echo $! >"$pidfile"
   for _ in $(seq 1 120); do
     if healthy; then

@@ -113,7 +113,11 @@ func StatusCode(err error) string {
 	case errors.Is(err, context.DeadlineExceeded):
 		return "DEADLINE_EXCEEDED"
 	}
-	return strings.ToUpper(exc.TypeOf(err).String())
+	var e *exc.Exception
+	if errors.As(err, &e) {
+		return strings.ToUpper(e.Type.String())
+	}
+	return "FAILED" // what capnp makes of any other error
 }
 
 // EndCall records err as a call's outcome on span and ends it.

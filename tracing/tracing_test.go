@@ -1,0 +1,94 @@
+package tracing_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+	"capnproto.org/go/capnp/v3/schemas"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/vatactor/vatactor/internal/interop"
+	"github.com/vatactor/vatactor/tracing"
+)
+
+func TestSpanName(t *testing.T) {
+	for _, c := range []struct {
+		m    capnp.Method
+		want string
+	}{
+		{capnp.Method{InterfaceID: 1, MethodID: 2, InterfaceName: "calculator.capnp:Calculator", MethodName: "evaluate"}, "Calculator.evaluate"},
+		{capnp.Method{InterfaceName: "Echo", MethodName: "echo"}, "Echo.echo"},
+		{capnp.Method{InterfaceID: 0x97983392df35cc36, MethodID: 3}, "@0x97983392df35cc36/3"},
+	} {
+		if got := tracing.SpanName(c.m); got != c.want {
+			t.Errorf("SpanName(%v) = %q, want %q", c.m, got, c.want)
+		}
+	}
+}
+
+func TestStatusCode(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{nil, "OK"},
+		{exc.New(exc.Failed, "", "x"), "FAILED"},
+		{exc.New(exc.Overloaded, "", "x"), "OVERLOADED"},
+		{fmt.Errorf("wrapped: %w", exc.New(exc.Disconnected, "", "x")), "DISCONNECTED"},
+		{exc.New(exc.Unimplemented, "", "x"), "UNIMPLEMENTED"},
+		{fmt.Errorf("call: %w", context.Canceled), "CANCELED"},
+		{context.DeadlineExceeded, "DEADLINE_EXCEEDED"},
+		{errors.New("plain"), "FAILED"},
+	} {
+		if got := tracing.StatusCode(c.err); got != c.want {
+			t.Errorf("StatusCode(%v) = %q, want %q", c.err, got, c.want)
+		}
+	}
+}
+
+func TestInjectExtract(t *testing.T) {
+	if tp, ts := tracing.Inject(context.Background()); tp != "" || ts != "" {
+		t.Errorf("no span: Inject = %q, %q", tp, ts)
+	}
+	ts, _ := trace.ParseTraceState("vendor=abc")
+	sc := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1, 2, 3}, SpanID: trace.SpanID{4, 5}, TraceFlags: trace.FlagsSampled, TraceState: ts})
+	tp, tst := tracing.Inject(trace.ContextWithSpanContext(context.Background(), sc))
+	if want := "00-01020300000000000000000000000000-0405000000000000-01"; tp != want || tst != "vendor=abc" {
+		t.Fatalf("Inject = %q, %q", tp, tst)
+	}
+	got := trace.SpanContextFromContext(tracing.Extract(context.Background(), tp, tst))
+	if !got.IsRemote() || got.TraceID() != sc.TraceID() || got.SpanID() != sc.SpanID() || got.TraceState().String() != "vendor=abc" {
+		t.Errorf("Extract = %+v", got)
+	}
+	for _, bad := range []string{"", "garbage", "00-00000000000000000000000000000000-0405000000000000-01"} {
+		if trace.SpanContextFromContext(tracing.Extract(context.Background(), bad, "")).IsValid() {
+			t.Errorf("Extract(%q) gave a valid span context", bad)
+		}
+	}
+}
+
+// TestLookupMethod: names come from RegisterMethods or, failing that,
+// from capnp's schema registry.
+func TestLookupMethod(t *testing.T) {
+	const echoID, callbackID = interop.Echo_TypeID, interop.Callback_TypeID
+	if m, ok := tracing.LookupMethod(0x1234, 0); ok || tracing.SpanName(m) != "@0x1234/0" {
+		t.Errorf("unknown interface: %v %v", m, ok)
+	}
+	tracing.RegisterMethods(capnp.Method{InterfaceID: callbackID, MethodID: 0, InterfaceName: "interop.capnp:Callback", MethodName: "call"})
+	if m, ok := tracing.LookupMethod(callbackID, 0); !ok || tracing.SpanName(m) != "Callback.call" {
+		t.Errorf("registered: %v %v", m, ok)
+	}
+	interop.RegisterSchema(schemas.DefaultRegistry)
+	m, ok := tracing.LookupMethod(echoID, 6)
+	if !ok || m.InterfaceName != "interop.capnp:Echo" || m.MethodName != "wait" {
+		t.Errorf("from the schema registry: %+v %v", m, ok)
+	}
+	if _, ok := tracing.LookupMethod(echoID, 99); ok {
+		t.Error("a method the interface does not have was found")
+	}
+}
