@@ -1,13 +1,16 @@
 // Command calculator runs a calculator server vat and a client vat in one
 // process, talking Cap'n Proto over loopback TCP. The client exercises
 // promise pipelining (calls on answers that have not arrived) and passes a
-// capability of its own that the server calls back.
+// capability of its own that the server calls back. At the end it prints
+// the calls' spans as a tree, or, with OTEL_EXPORTER_OTLP_ENDPOINT set,
+// sends them there (services calc-client and calc-server).
 //
 //	go run ./samples/calculator
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -17,20 +20,27 @@ import (
 
 	"github.com/vatactor/vatactor/actors"
 	calc "github.com/vatactor/vatactor/samples/calculator/calculator"
+	"github.com/vatactor/vatactor/samples/internal/sampletrace"
 )
 
 func main() {
-	if err := run(); err != nil {
+	tr, err := sampletrace.Start(context.Background(), "calc-client", "calc-server")
+	if err == nil {
+		err = run(tr)
+		err = errors.Join(err, tr.Finish(context.Background(), os.Stdout))
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "calculator:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
+func run(tr *sampletrace.Tracing) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	server := actors.Spawn(actors.Options{Name: "calc-server", Bootstrap: capnp.Client(newCalculator())})
+	server := actors.Spawn(actors.Options{Name: "calc-server", TracerProvider: tr.Provider("calc-server"),
+		Bootstrap: capnp.Client(newCalculator())})
 	defer server.Stop()
 	addr, err := server.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -38,8 +48,10 @@ func run() error {
 	}
 	fmt.Println("server vat listening on", addr)
 
-	client := actors.Spawn(actors.Options{Name: "calc-client"})
+	client := actors.Spawn(actors.Options{Name: "calc-client", TracerProvider: tr.Provider("calc-client")})
 	defer client.Stop()
+	ctx, root := tr.Provider("calc-client").Tracer("samples/calculator").Start(ctx, "calculator")
+	defer root.End()
 	boot, cn, err := client.Dial(ctx, "tcp", addr.String())
 	if err != nil {
 		return err
