@@ -160,15 +160,59 @@ func runEchoSuite(t *testing.T, e interop.Echo) {
 	})
 }
 
-// TestInteropVatToVat: our client vat against our server vat, over TCP.
-func TestInteropVatToVat(t *testing.T) {
-	srvImpl := interop.NewEchoServer()
-	server := actors.Spawn(actors.Options{Name: "server", Bootstrap: capnp.Client(srvImpl.Client(actors.NewServer))})
-	defer server.Stop()
+// serveEcho starts a vat named "server" serving Echo (opts' Name and
+// Bootstrap are set here) on loopback TCP; it stops when the test ends.
+func serveEcho(t *testing.T, opts actors.Options) (*actors.Vat, net.Addr) {
+	t.Helper()
+	opts.Name = "server"
+	opts.Bootstrap = capnp.Client(interop.NewEchoServer().Client(actors.NewServer))
+	server := actors.Spawn(opts)
+	t.Cleanup(server.Stop)
 	addr, err := server.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return server, addr
+}
+
+// startGoCapnpServer serves Echo with go-capnp's rpc.Conn to the first
+// connection on a loopback listener; served yields that rpc.Conn (closed
+// without one if the listener closes first).
+func startGoCapnpServer(t *testing.T) (addr string, served <-chan *rpc.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	ch := make(chan *rpc.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			close(ch)
+			return
+		}
+		ch <- rpc.NewConn(rpc.NewStreamTransport(c), &rpc.Options{
+			BootstrapClient: capnp.Client(interop.NewEchoServer().Client(interop.PlainServer)),
+		})
+	}()
+	return l.Addr().String(), ch
+}
+
+// dialGoCapnp connects go-capnp's rpc.Conn to addr and asks for Echo.
+func dialGoCapnp(t *testing.T, addr net.Addr) (*rpc.Conn, interop.Echo) {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := rpc.NewConn(rpc.NewStreamTransport(nc), nil)
+	return rc, interop.Echo(rc.Bootstrap(context.Background()))
+}
+
+// TestInteropVatToVat: our client vat against our server vat, over TCP.
+func TestInteropVatToVat(t *testing.T) {
+	_, addr := serveEcho(t, actors.Options{})
 	client := actors.Spawn(actors.Options{Name: "client"})
 	defer client.Stop()
 	boot, _, err := client.Dial(context.Background(), "tcp", addr.String())
@@ -182,25 +226,9 @@ func TestInteropVatToVat(t *testing.T) {
 // TestInteropGoCapnpServer: our client vat against go-capnp's rpc.Conn
 // serving Echo, over TCP.
 func TestInteropGoCapnpServer(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	srvImpl := interop.NewEchoServer()
-	served := make(chan *rpc.Conn, 1)
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			close(served)
-			return
-		}
-		served <- rpc.NewConn(rpc.NewStreamTransport(c), &rpc.Options{
-			BootstrapClient: capnp.Client(srvImpl.Client(interop.PlainServer)),
-		})
-	}()
+	addr, served := startGoCapnpServer(t)
 	client := actors.Spawn(actors.Options{Name: "client"})
-	boot, _, err := client.Dial(context.Background(), "tcp", l.Addr().String())
+	boot, _, err := client.Dial(context.Background(), "tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,21 +248,10 @@ func TestInteropGoCapnpServer(t *testing.T) {
 // TestInteropGoCapnpClient: go-capnp's rpc.Conn as the client of our
 // server vat, over TCP.
 func TestInteropGoCapnpClient(t *testing.T) {
-	srvImpl := interop.NewEchoServer()
-	server := actors.Spawn(actors.Options{Name: "server", Bootstrap: capnp.Client(srvImpl.Client(actors.NewServer))})
-	defer server.Stop()
-	addr, err := server.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := net.Dial("tcp", addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc := rpc.NewConn(rpc.NewStreamTransport(nc), nil)
-	boot := rc.Bootstrap(context.Background())
-	runEchoSuite(t, interop.Echo(boot))
-	boot.Release()
+	_, addr := serveEcho(t, actors.Options{})
+	rc, echo := dialGoCapnp(t, addr)
+	runEchoSuite(t, echo)
+	capnp.Client(echo).Release()
 	if err := rc.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 		t.Logf("go-capnp close: %v", err)
 	}

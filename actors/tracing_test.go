@@ -2,14 +2,12 @@ package actors_test
 
 import (
 	"context"
-	"net"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
-	"capnproto.org/go/capnp/v3/rpc"
 	"github.com/asynkron/protoactor-go/actor"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -52,13 +50,7 @@ func newTraced(t *testing.T, services ...string) *traced {
 // over loopback TCP, each with its own tracer provider.
 func tracedPair(t *testing.T, tr *traced) (client, server *actors.Vat, echo interop.Echo, cc *conn.Conn, root trace.Span, ctx context.Context) {
 	t.Helper()
-	server = actors.Spawn(actors.Options{Name: "server", TracerProvider: tr.tps["server"],
-		Bootstrap: capnp.Client(interop.NewEchoServer().Client(actors.NewServer))})
-	t.Cleanup(server.Stop)
-	addr, err := server.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	server, addr := serveEcho(t, actors.Options{TracerProvider: tr.tps["server"]})
 	client = actors.Spawn(actors.Options{Name: "client", TracerProvider: tr.tps["client"]})
 	t.Cleanup(client.Stop)
 	ctx, root = tr.tps["client"].Tracer("test").Start(context.Background(), "work")
@@ -384,21 +376,13 @@ func TestTraceInterop(t *testing.T) {
 	servers := map[string]func(t *testing.T) string{
 		"cxx": func(t *testing.T) string { addr, _ := startCxxServer(t, cxxPeer(t)); return addr },
 		"gocapnp": func(t *testing.T) string {
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { l.Close() })
-			go func() {
-				c, err := l.Accept()
-				if err != nil {
-					return
+			addr, served := startGoCapnpServer(t)
+			t.Cleanup(func() {
+				if rc := <-served; rc != nil {
+					rc.Close()
 				}
-				rc := rpc.NewConn(rpc.NewStreamTransport(c), &rpc.Options{
-					BootstrapClient: capnp.Client(interop.NewEchoServer().Client(interop.PlainServer))})
-				t.Cleanup(func() { rc.Close() })
-			}()
-			return l.Addr().String()
+			})
+			return addr
 		},
 	}
 	for name, start := range servers {
@@ -435,23 +419,12 @@ func TestTraceInterop(t *testing.T) {
 	}
 	t.Run("gocapnpClient", func(t *testing.T) {
 		tr := newTraced(t, "server")
-		server := actors.Spawn(actors.Options{Name: "server", TracerProvider: tr.tps["server"],
-			Bootstrap: capnp.Client(interop.NewEchoServer().Client(actors.NewServer))})
-		defer server.Stop()
-		addr, err := server.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		nc, err := net.Dial("tcp", addr.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		rc := rpc.NewConn(rpc.NewStreamTransport(nc), nil)
-		boot := rc.Bootstrap(context.Background())
-		if got, err := echoText(context.Background(), interop.Echo(boot), "plain"); err != nil || got != "plain" {
+		server, addr := serveEcho(t, actors.Options{TracerProvider: tr.tps["server"]})
+		rc, echo := dialGoCapnp(t, addr)
+		if got, err := echoText(context.Background(), echo, "plain"); err != nil || got != "plain" {
 			t.Fatalf("echo = %q, %v", got, err)
 		}
-		boot.Release()
+		capnp.Client(echo).Release()
 		rc.Close()
 		sc := server.Conns()
 		for _, c := range sc {

@@ -160,7 +160,7 @@ func (v *Vat) Dial(ctx context.Context, network, address string) (capnp.Client, 
 	if err != nil {
 		return capnp.Client{}, nil, err
 	}
-	cn, err := v.serve(nc, "client", context.WithoutCancel(ctx))
+	cn, err := v.serve(nc, "client", trace.ContextWithSpanContext(context.Background(), trace.SpanContextFromContext(ctx)))
 	if err != nil {
 		nc.Close()
 		return capnp.Client{}, nil, err

@@ -259,7 +259,7 @@ func (c *Conn) Bootstrap(ctx context.Context) capnp.Client {
 		if q.stopWatch != nil {
 			q.stopWatch()
 		}
-		q.settle(capnp.Ptr{}, err)
+		endQuestionSpan(q.span, err)
 		return capnp.ErrorClient(err)
 	}
 	bc := q.p.Answer().Client().AddRef()

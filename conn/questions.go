@@ -185,7 +185,7 @@ func (c *Conn) sendCall(ctx context.Context, tgt callTarget, s capnp.Send) (*cap
 			q.stopWatch()
 		}
 		msg.Release()
-		q.settle(capnp.Ptr{}, err)
+		endQuestionSpan(q.span, err)
 		return capnp.ErrorAnswer(s.Method, err), func() {}
 	}
 	return q.p.Answer(), q.release

@@ -366,7 +366,7 @@ func (s *state) sendEpitaph() {
 		ep := s.epitaph
 		s.sendAbort(typ, "connection closed with epitaph "+ep.String(), &ep)
 		s.report.EpitaphSent = true
-		s.traceEvent("epitaph.sent", tracing.AttrEpitaphCode.String(ep.Code.String()), tracing.AttrEpitaphText.String(ep.Message))
+		s.traceEvent("epitaph.sent", epitaphAttributes(ep)...)
 		pr.Note = "epitaph " + ep.String()
 	default:
 		pr.Skipped, pr.Note = true, "the peer reads no epitaphs: FIN only"
@@ -453,8 +453,7 @@ func (s *state) noteIdle(st Stats) {
 		s.armIdle()
 	} else {
 		s.disarmIdle()
-		s.traceEvent("busy", tracing.AttrQuestions.Int(st.Questions), tracing.AttrAnswers.Int(st.Answers),
-			tracing.AttrExports.Int(st.Exports), tracing.AttrImports.Int(st.Imports))
+		s.traceEvent("busy", statsAttributes(st)...)
 		s.emit(Busy{Conn: s.c, Stats: st})
 	}
 }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/vatactor/vatactor/conn/wire"
 	"github.com/vatactor/vatactor/supervisor"
-	"github.com/vatactor/vatactor/tracing"
 )
 
 // state is the connection actor: the four tables and embargoes, touched
@@ -244,13 +243,14 @@ func (s *state) handleAbort(m rpccp.Message) {
 		return
 	}
 	if ep, ok, _ := epitaphOf(e); ok {
-		s.traceEvent("epitaph.received", tracing.AttrEpitaphCode.String(ep.Code.String()), tracing.AttrEpitaphText.String(ep.Message))
+		s.traceEvent("epitaph.received", epitaphAttributes(ep)...)
 		s.peerEnded(supervisor.PeerEpitaph{Epitaph: ep})
 		return
 	}
 	reason, _ := e.Reason()
-	s.traceEvent("abort.received", attribute.String("exception.type", exc.Type(e.Type()).String()), attribute.String("exception.message", reason))
-	s.peerEnded(supervisor.PeerAbort{Type: exc.Type(e.Type()).String(), Reason: reason})
+	typ := exc.Type(e.Type()).String()
+	s.traceEvent("abort.received", attribute.String("exception.type", typ), attribute.String("exception.message", reason))
+	s.peerEnded(supervisor.PeerAbort{Type: typ, Reason: reason})
 }
 
 var errNotOurs = errors.New("not a capability of this connection")

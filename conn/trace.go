@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
@@ -91,13 +92,12 @@ func (s *state) traceEvent(name string, attrs ...attribute.KeyValue) {
 // the span of this connection.
 func (s *state) firstSidecar(call *Sidecar) *Sidecar {
 	s.traceBegin()
-	sc := &Sidecar{Features: ourFeatures}
+	sc := Sidecar{Features: ourFeatures}
 	if call != nil {
-		*sc = *call
-		sc.Features = ourFeatures
+		sc = *call
 	}
 	sc.ConnParent, _ = tracing.Inject(s.tr.ctx)
-	return sc
+	return &sc
 }
 
 // traceShutdownBegin starts the shutdown span when the connection leaves
@@ -166,11 +166,7 @@ func (s *state) traceDown(r Report, m socketClosed) {
 	if r.Peer != nil {
 		attrs = append(attrs, tracing.AttrPeerReason.String(r.Peer.Error()))
 	}
-	st := r.Stats
-	attrs = append(attrs,
-		tracing.AttrQuestions.Int(st.Questions), tracing.AttrAnswers.Int(st.Answers),
-		tracing.AttrExports.Int(st.Exports), tracing.AttrImports.Int(st.Imports),
-		tracing.AttrEmbargoes.Int(st.Embargoes))
+	attrs = append(attrs, statsAttributes(r.Stats)...)
 	s.tr.shutdown.SetAttributes(attrs...)
 	s.tr.shutdown.End()
 	s.tr.span.SetAttributes(attrs...)
@@ -199,17 +195,26 @@ func reasonAttributes(r supervisor.Reason) []attribute.KeyValue {
 	default:
 		return attrs
 	}
-	return append(attrs, tracing.AttrEpitaphCode.String(ep.Code.String()), tracing.AttrEpitaphText.String(ep.Message))
+	return append(attrs, epitaphAttributes(ep)...)
 }
 
 func reasonKind(r supervisor.Reason) string {
 	t := fmt.Sprintf("%T", r)
-	for i := len(t) - 1; i >= 0; i-- {
-		if t[i] == '.' {
-			return t[i+1:]
-		}
+	return t[strings.LastIndexByte(t, '.')+1:]
+}
+
+// epitaphAttributes describe an epitaph sent or received.
+func epitaphAttributes(ep supervisor.Epitaph) []attribute.KeyValue {
+	return []attribute.KeyValue{tracing.AttrEpitaphCode.String(ep.Code.String()), tracing.AttrEpitaphText.String(ep.Message)}
+}
+
+// statsAttributes are a connection's table counts.
+func statsAttributes(st Stats) []attribute.KeyValue {
+	return []attribute.KeyValue{
+		tracing.AttrQuestions.Int(st.Questions), tracing.AttrAnswers.Int(st.Answers),
+		tracing.AttrExports.Int(st.Exports), tracing.AttrImports.Int(st.Imports),
+		tracing.AttrEmbargoes.Int(st.Embargoes),
 	}
-	return t
 }
 
 // startQuestionSpan starts the client span of a call on the caller's

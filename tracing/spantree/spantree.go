@@ -84,9 +84,16 @@ func Format(spans []sdktrace.ReadOnlySpan) string {
 	for _, c := range children {
 		slices.SortStableFunc(c, byStart)
 	}
-	// One tree per trace: roots of the same trace print together.
+	// One tree per trace, in the order the traces began: roots of the
+	// same trace print together.
+	first := make(map[trace.TraceID]int64)
+	for _, r := range roots { // in start order: the first seen is the earliest
+		if _, ok := first[r.SpanContext().TraceID()]; !ok {
+			first[r.SpanContext().TraceID()] = r.StartTime().UnixNano()
+		}
+	}
 	slices.SortStableFunc(roots, func(a, b sdktrace.ReadOnlySpan) int {
-		return cmp.Compare(firstStart(roots, a.SpanContext().TraceID()), firstStart(roots, b.SpanContext().TraceID()))
+		return cmp.Compare(first[a.SpanContext().TraceID()], first[b.SpanContext().TraceID()])
 	})
 	var b strings.Builder
 	var last trace.TraceID
@@ -100,15 +107,6 @@ func Format(spans []sdktrace.ReadOnlySpan) string {
 		p.print(p.children[r.SpanContext().SpanID()], "  ")
 	}
 	return b.String()
-}
-
-func firstStart(roots []sdktrace.ReadOnlySpan, id trace.TraceID) int64 {
-	for _, r := range roots {
-		if r.SpanContext().TraceID() == id {
-			return r.StartTime().UnixNano()
-		}
-	}
-	return 0
 }
 
 type printer struct {
