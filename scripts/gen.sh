@@ -16,4 +16,5 @@ gen() { # gen DIR SCHEMA: writes DIR/<schema>.capnp.go
 gen conn/wire conn/wire/vatactor.capnp
 gen internal/interop internal/interop/interop.capnp
 gen samples/calculator/calculator samples/calculator/calculator.capnp
-gofmt -l -w conn/wire internal samples >/dev/null
+gen bench/schema bench/schema/bench.capnp
+gofmt -l -w conn/wire internal samples bench/schema >/dev/null

@@ -1,0 +1,272 @@
+// Command bench runs vatactor's vats and go-capnp's rpc.Conn side by side
+// on the same work, in the same process, alternating, over loopback TCP,
+// and prints what each did: a table, then one JSON object per line and a
+// last line with vatactor/go-capnp ratios.
+//
+//	go run ./bench                       # every scenario, 1s each per implementation
+//	go run ./bench -duration 3s -rounds 5
+//	go run ./bench -scenarios echo,stream10k -scale=false
+//	go run ./bench -impl vatactor -scenarios inflight64 -cpuprofile cpu.out
+//
+// bench/README.md says what each figure means.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+)
+
+func main() {
+	var (
+		duration   = flag.Duration("duration", time.Second, "measured time per scenario and implementation, split over the rounds")
+		rounds     = flag.Int("rounds", 3, "rounds per scenario; the implementations alternate which goes first")
+		only       = flag.String("scenarios", "all", "comma-separated scenarios to run, or all (-list shows them)")
+		impls      = flag.String("impl", "both", "vatactor, go-capnp or both")
+		scale      = flag.Bool("scale", true, "also measure the scale figures (idle connections, live questions, shutdown)")
+		idleConns  = flag.Int("idle-conns", 1000, "idle connections for the scale figures")
+		liveQs     = flag.Int("live-questions", 10000, "questions in flight for the scale figures")
+		list       = flag.Bool("list", false, "list the scenarios and exit")
+		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the scenarios to this file")
+		memprofile = flag.String("memprofile", "", "write an allocation profile to this file at the end")
+		peer       = flag.String("peer", "", "internal: dial this address as the idle peers of the scale figures")
+	)
+	flag.Parse()
+	slog.SetDefault(slog.New(slog.DiscardHandler))
+	if *peer != "" {
+		if err := runPeers(*peer, *idleConns, os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "bench peer:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	all := scenarios()
+	if *list {
+		for _, sc := range all {
+			fmt.Printf("%-18s %s\n", sc.name, sc.doc)
+		}
+		return
+	}
+	selected, err := selectScenarios(all, *only)
+	if err != nil {
+		fail(err)
+	}
+	var which []string
+	switch *impls {
+	case "both":
+		which = []string{implVatactor, implGoCapnp}
+	case implVatactor, implGoCapnp:
+		which = []string{*impls}
+	default:
+		fail(fmt.Errorf("-impl: %q is not vatactor, go-capnp or both", *impls))
+	}
+	if *rounds < 1 {
+		*rounds = 1
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fail(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fail(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+
+	rep := &report{}
+	fmt.Fprintf(os.Stderr, "bench: %d scenario(s) × %v per implementation, %d rounds, GOMAXPROCS=%d\n",
+		len(selected), *duration, *rounds, runtime.GOMAXPROCS(0))
+	if slices.ContainsFunc(selected, func(sc scenario) bool { return sc.name == "echo" }) {
+		fl, err := floor(*duration)
+		if err != nil {
+			fail(fmt.Errorf("tcp floor: %w", err))
+		}
+		rep.floor = fl
+	}
+	for _, sc := range selected {
+		fmt.Fprintf(os.Stderr, "bench: %s\n", sc.name)
+		res, err := runScenario(sc, which, *rounds, *duration)
+		if err != nil {
+			fail(err)
+		}
+		rep.results = append(rep.results, res...)
+	}
+	if *scale {
+		for _, impl := range which {
+			fmt.Fprintf(os.Stderr, "bench: scale figures, %s\n", impl)
+			idle, err := measureIdle(impl, *idleConns)
+			if err != nil {
+				fail(fmt.Errorf("idle connections on %s: %w", impl, err))
+			}
+			live, err := measureLive(impl, *liveQs)
+			if err != nil {
+				fail(fmt.Errorf("live questions on %s: %w", impl, err))
+			}
+			rep.idle = append(rep.idle, idle)
+			rep.live = append(rep.live, live)
+		}
+	}
+	if *memprofile != "" {
+		f, err := os.Create(*memprofile)
+		if err != nil {
+			fail(err)
+		}
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			fail(err)
+		}
+		f.Close()
+	}
+	rep.print(os.Stdout)
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
+
+func selectScenarios(all []scenario, only string) ([]scenario, error) {
+	if only == "all" || only == "" {
+		return all, nil
+	}
+	var out []scenario
+	for _, name := range strings.Split(only, ",") {
+		i := slices.IndexFunc(all, func(sc scenario) bool { return sc.name == strings.TrimSpace(name) })
+		if i < 0 {
+			return nil, fmt.Errorf("-scenarios: no scenario %q (-list shows them)", name)
+		}
+		out = append(out, all[i])
+	}
+	return out, nil
+}
+
+// runScenario runs sc for each implementation, rounds times, alternating
+// which goes first, each for d/rounds.
+func runScenario(sc scenario, impls []string, rounds int, d time.Duration) ([]*result, error) {
+	s := setup{conns: sc.conns}
+	if sc.traced != "" {
+		if !slices.Contains(impls, implVatactor) {
+			return nil, nil
+		}
+		impls = []string{implVatactor}
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+		s.tracer = tp
+	}
+	res := make([]*result, len(impls))
+	for i, impl := range impls {
+		res[i] = &result{scenario: sc.name, impl: impl}
+	}
+	per := d / time.Duration(rounds)
+	for round := range rounds {
+		for k := range impls {
+			i := k
+			if round%2 == 1 {
+				i = len(impls) - 1 - k
+			}
+			if err := measure(sc, impls[i], s, per, res[i]); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return res, nil
+}
+
+// report is everything one run measured.
+type report struct {
+	floor   *result
+	results []*result
+	idle    []idleFigures
+	live    []liveFigures
+}
+
+func (r *report) find(scenario, impl string) *result {
+	for _, res := range r.results {
+		if res.scenario == scenario && res.impl == impl {
+			return res
+		}
+	}
+	return nil
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+// round keeps figures readable in JSON.
+func round(x float64, digits int) float64 {
+	p := 1.0
+	for range digits {
+		p *= 10
+	}
+	if x < 0 {
+		return -float64(int64(-x*p+0.5)) / p
+	}
+	return float64(int64(x*p+0.5)) / p
+}
+
+func (r *report) print(out io.Writer) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\timpl\tcalls/s\tp50 µs\tp99 µs\tallocs/call\tbytes/call\t")
+	if f := r.floor; f != nil {
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t-\t-\t\n", f.scenario, f.impl, f.callsPerSec(), us(f.lat.quantile(0.5)), us(f.lat.quantile(0.99)))
+	}
+	for _, res := range r.results {
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.0f\t\n", res.scenario, res.impl, res.callsPerSec(),
+			us(res.lat.quantile(0.5)), us(res.lat.quantile(0.99)), res.allocsPerCall(), res.bytesPerCall())
+	}
+	tw.Flush()
+	if len(r.idle) > 0 {
+		fmt.Fprintln(out)
+		tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "scale\timpl\tidle conns\tbytes/conn\tgoroutines/conn\tshutdown ms\tpeers EOF\tpeers reset\tlive questions\tbytes/question\t")
+		for i, idle := range r.idle {
+			live := r.live[i]
+			fmt.Fprintf(tw, "server\t%s\t%d\t%.0f\t%.2f\t%.0f\t%d\t%d\t%d\t%.0f\t\n", idle.Impl, idle.Conns, idle.BytesPerConn,
+				idle.GoroutinesPerConn, idle.ShutdownMS, idle.PeersEOF, idle.PeersReset, live.Questions, live.BytesPerQuestion)
+		}
+		tw.Flush()
+	}
+	sum := r.summary()
+	if len(sum.targets) > 0 {
+		fmt.Fprintln(out)
+		tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "target\tmeasured\tlimit\t")
+		for _, t := range sum.targets {
+			met := "met"
+			if !t.met {
+				met = "NOT MET"
+			}
+			fmt.Fprintf(tw, "%s\t%.3g\t%s %.3g\t%s\n", t.name, t.value, t.op, t.limit, met)
+		}
+		tw.Flush()
+	}
+	fmt.Fprintln(out)
+	enc := json.NewEncoder(out)
+	for _, res := range r.results {
+		_ = enc.Encode(map[string]any{
+			"scenario":        res.scenario,
+			"impl":            res.impl,
+			"calls_per_sec":   round(res.callsPerSec(), 0),
+			"p50_us":          round(us(res.lat.quantile(0.5)), 1),
+			"p99_us":          round(us(res.lat.quantile(0.99)), 1),
+			"allocs_per_call": round(res.allocsPerCall(), 1),
+			"bytes_per_call":  round(res.bytesPerCall(), 0),
+		})
+	}
+	for _, idle := range r.idle {
+		_ = enc.Encode(map[string]any{"scale": "idle_conns", "impl": idle.Impl, "figures": idle})
+	}
+	for _, live := range r.live {
+		_ = enc.Encode(map[string]any{"scale": "live_questions", "impl": live.Impl, "figures": live})
+	}
+	_ = enc.Encode(map[string]any{"summary": sum.byScenario})
+}

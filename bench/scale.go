@@ -1,0 +1,251 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"capnproto.org/go/capnp/v3/rpc"
+
+	"github.com/vatactor/vatactor/bench/schema"
+)
+
+// idleFigures is what a server holding idle connections costs, and how its
+// shutdown went as its peers saw it. The peers run in another process
+// (this program with -peer), so only the server's side is counted.
+type idleFigures struct {
+	Impl              string  `json:"impl"`
+	Conns             int     `json:"conns"`
+	BytesPerConn      float64 `json:"bytes_per_conn"`
+	GoroutinesPerConn float64 `json:"goroutines_per_conn"`
+	ShutdownMS        float64 `json:"shutdown_ms"`
+	PeersEOF          int     `json:"peers_eof"`
+	PeersReset        int     `json:"peers_reset"`
+	PeersOther        int     `json:"peers_other"`
+}
+
+// liveFigures is what one question in flight costs, both ends counted
+// (the client's question and the server's answer, with the server
+// method's goroutine that holds it).
+type liveFigures struct {
+	Impl                  string  `json:"impl"`
+	Questions             int     `json:"questions"`
+	BytesPerQuestion      float64 `json:"bytes_per_question"`
+	GoroutinesPerQuestion float64 `json:"goroutines_per_question"`
+}
+
+// memInUse is the memory the process holds for Go objects and goroutine
+// stacks, after a collection.
+func memInUse() (uint64, int) {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse + m.StackInuse, runtime.NumGoroutine()
+}
+
+// waitFor polls cond until it holds or d passes.
+func waitFor(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
+// measureIdle serves n idle connections (each has bootstrapped) dialed by
+// a peer process, measures the server's memory and goroutines per
+// connection, then shuts the server down and asks the peers what they saw.
+func measureIdle(impl string, n int) (idleFigures, error) {
+	fig := idleFigures{Impl: impl, Conns: n}
+	exe, err := os.Executable()
+	if err != nil {
+		return fig, err
+	}
+	mem0, g0 := memInUse()
+	srv, err := startServer(impl, nil)
+	if err != nil {
+		return fig, err
+	}
+	peer := exec.Command(exe, "-peer", srv.addr, "-idle-conns", fmt.Sprint(n))
+	peer.Stderr = os.Stderr
+	stdin, _ := peer.StdinPipe()
+	stdout, _ := peer.StdoutPipe()
+	if err := peer.Start(); err != nil {
+		_ = srv.shutdown(context.Background())
+		return fig, err
+	}
+	defer func() { _ = peer.Wait() }()
+	lines := bufio.NewScanner(stdout)
+	if !lines.Scan() || lines.Text() != "ready" {
+		_ = srv.shutdown(context.Background())
+		return fig, fmt.Errorf("peer process did not get ready: %q %v", lines.Text(), lines.Err())
+	}
+	if !waitFor(10*time.Second, func() bool { return srv.conns() >= n }) {
+		_ = srv.shutdown(context.Background())
+		return fig, fmt.Errorf("server has %d of %d connections", srv.conns(), n)
+	}
+	time.Sleep(100 * time.Millisecond) // the last Finish messages settle
+	mem1, g1 := memInUse()
+	fig.BytesPerConn = float64(int64(mem1)-int64(mem0)) / float64(n)
+	fig.GoroutinesPerConn = float64(g1-g0) / float64(n)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	err = srv.shutdown(ctx)
+	fig.ShutdownMS = float64(time.Since(t0).Microseconds()) / 1e3
+	if err != nil {
+		return fig, fmt.Errorf("shutdown: %w", err)
+	}
+	_, _ = io.WriteString(stdin, "report\n")
+	if !lines.Scan() {
+		return fig, fmt.Errorf("peer process gave no report: %v", lines.Err())
+	}
+	var seen peerReport
+	if err := json.Unmarshal(lines.Bytes(), &seen); err != nil {
+		return fig, fmt.Errorf("peer report %q: %w", lines.Text(), err)
+	}
+	fig.PeersEOF, fig.PeersReset, fig.PeersOther = seen.EOF, seen.Reset, seen.Other
+	return fig, nil
+}
+
+// peerReport is how the peers' connections ended.
+type peerReport struct {
+	EOF   int `json:"eof"`
+	Reset int `json:"reset"`
+	Other int `json:"other"`
+}
+
+// runPeers is the peer process: it dials addr n times with go-capnp's
+// rpc.Conn, bootstraps each connection, says "ready", and once told to
+// report (a line on in) waits for every connection to end and writes how
+// each one's socket read ended: EOF (the server's FIN), a reset, or other.
+func runPeers(addr string, n int, in io.Reader, out io.Writer) error {
+	type peer struct {
+		nc   *recordingConn
+		rc   *rpc.Conn
+		boot schema.Bench
+	}
+	peers := make([]peer, 0, n)
+	for range n {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		p := peer{nc: &recordingConn{Conn: nc, ended: make(chan struct{})}}
+		p.rc = rpc.NewConn(rpc.NewStreamTransport(p.nc), nil)
+		p.boot = schema.Bench(p.rc.Bootstrap(context.Background()))
+		peers = append(peers, p)
+	}
+	for _, p := range peers {
+		if err := p.boot.Resolve(context.Background()); err != nil {
+			return fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+	fmt.Fprintln(out, "ready")
+	if _, err := bufio.NewReader(in).ReadString('\n'); err != nil {
+		return err
+	}
+	var rep peerReport
+	timeout := time.After(20 * time.Second)
+	for _, p := range peers {
+		select {
+		case <-p.nc.ended:
+		case <-timeout:
+		}
+		switch err := p.nc.readErr(); {
+		case errors.Is(err, io.EOF):
+			rep.EOF++
+		case errors.Is(err, syscall.ECONNRESET):
+			rep.Reset++
+		default:
+			rep.Other++
+		}
+		p.boot.Release()
+		_ = p.rc.Close()
+	}
+	return json.NewEncoder(out).Encode(rep)
+}
+
+// recordingConn remembers the first error a Read returned.
+type recordingConn struct {
+	net.Conn
+	once  sync.Once
+	mu    sync.Mutex
+	err   error
+	ended chan struct{}
+}
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.once.Do(func() {
+			c.mu.Lock()
+			c.err = err
+			c.mu.Unlock()
+			close(c.ended)
+		})
+	}
+	return n, err
+}
+
+func (c *recordingConn) readErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// measureLive puts n hold() calls in flight on one connection and
+// measures what each costs, both ends in this process.
+func measureLive(impl string, n int) (liveFigures, error) {
+	fig := liveFigures{Impl: impl, Questions: n}
+	e, err := connect(impl, setup{conns: 1})
+	if err != nil {
+		return fig, err
+	}
+	defer e.close()
+	b := e.clients[0]
+	if err := b.Resolve(context.Background()); err != nil {
+		return fig, err
+	}
+	mem0, g0 := memInUse()
+	futures := make([]schema.Bench_hold_Results_Future, 0, n)
+	releases := make([]func(), 0, n)
+	for range n {
+		f, release := b.Hold(context.Background(), nil)
+		futures = append(futures, f)
+		releases = append(releases, release)
+	}
+	if !waitFor(30*time.Second, func() bool { return e.server.holding() >= n }) {
+		return fig, fmt.Errorf("server holds %d of %d calls", e.server.holding(), n)
+	}
+	mem1, g1 := memInUse()
+	fig.BytesPerQuestion = float64(int64(mem1)-int64(mem0)) / float64(n)
+	fig.GoroutinesPerQuestion = float64(g1-g0) / float64(n)
+	uf, urel := b.Unhold(context.Background(), nil)
+	defer urel()
+	if _, err := uf.Struct(); err != nil {
+		return fig, err
+	}
+	for i, f := range futures {
+		if _, err := f.Struct(); err != nil {
+			return fig, fmt.Errorf("held call %d: %w", i, err)
+		}
+		releases[i]()
+	}
+	return fig, nil
+}

@@ -1,0 +1,229 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"capnproto.org/go/capnp/v3/flowcontrol"
+
+	"github.com/vatactor/vatactor/bench/schema"
+)
+
+// A scenario is one kind of work, run the same way against each
+// implementation: conns connections, each with workers goroutines that
+// repeat op back to back (so workers calls are in flight per connection).
+type scenario struct {
+	name    string
+	doc     string
+	conns   int
+	workers int
+	// op does one unit of work; calls is how many calls it counts for.
+	op    func(ctx context.Context, impl string, b schema.Bench) error
+	calls int
+	// traced runs vatactor only, recording spans, to compare with the
+	// untraced scenario of the name it gives.
+	traced string
+}
+
+// Payloads and sizes of the scenarios.
+const (
+	smallPayload = 64
+	largePayload = 1 << 20
+	streamChunks = 10_000
+	streamChunk  = 1 << 10
+	// streamWindow is the flow-control window of the upload, the same
+	// for both implementations: bytes of writes in flight.
+	streamWindow = 256 << 10
+)
+
+var (
+	small = make([]byte, smallPayload)
+	large = make([]byte, largePayload)
+	chunk = make([]byte, streamChunk)
+)
+
+func scenarios() []scenario {
+	return []scenario{
+		{name: "echo", doc: "sequential echo of 64 bytes, one connection",
+			conns: 1, workers: 1, op: echoOp(small), calls: 1},
+		{name: "inflight64", doc: "64 echo calls in flight on one connection",
+			conns: 1, workers: 64, op: echoOp(small), calls: 1},
+		{name: "conns100x8", doc: "100 connections × 8 echo calls in flight",
+			conns: 100, workers: 8, op: echoOp(small), calls: 1},
+		{name: "payload1MiB", doc: "sequential echo of 1 MiB",
+			conns: 1, workers: 1, op: echoOp(large), calls: 1},
+		{name: "pipeline3", doc: "next().next().echo() pipelined, waiting for the last (one op = 3 calls)",
+			conns: 1, workers: 1, op: pipelineOp, calls: 3},
+		{name: "stream10k", doc: "upload of 10k × 1 KiB -> stream writes, 256 KiB window (one op = one upload)",
+			conns: 1, workers: 1, op: uploadOp, calls: streamChunks + 2},
+		{name: "echo/traced", doc: "echo with every span recorded (vatactor only; against echo)",
+			conns: 1, workers: 1, op: echoOp(small), calls: 1, traced: "echo"},
+		{name: "inflight64/traced", doc: "inflight64 with every span recorded (vatactor only; against inflight64)",
+			conns: 1, workers: 64, op: echoOp(small), calls: 1, traced: "inflight64"},
+	}
+}
+
+func echoOp(payload []byte) func(context.Context, string, schema.Bench) error {
+	return func(ctx context.Context, _ string, b schema.Bench) error {
+		f, release := b.Echo(ctx, func(p schema.Bench_echo_Params) error { return p.SetData(payload) })
+		defer release()
+		res, err := f.Struct()
+		if err != nil {
+			return err
+		}
+		data, err := res.Data()
+		if err != nil {
+			return err
+		}
+		if len(data) != len(payload) {
+			return fmt.Errorf("echo returned %d bytes, sent %d", len(data), len(payload))
+		}
+		return nil
+	}
+}
+
+func pipelineOp(ctx context.Context, _ string, b schema.Bench) error {
+	n1, r1 := b.Next(ctx, nil)
+	defer r1()
+	n2, r2 := n1.Bench().Next(ctx, nil)
+	defer r2()
+	return echoOp(small)(ctx, "", n2.Bench())
+}
+
+func uploadOp(ctx context.Context, impl string, b schema.Bench) error {
+	up, release := b.Upload(ctx, nil)
+	defer release()
+	sink := up.Sink().AddRef()
+	defer sink.Release()
+	if impl == implGoCapnp {
+		// go-capnp's flow control: a limiter on the client reference.
+		sink.SetFlowLimiter(flowcontrol.NewFixedLimiter(streamWindow))
+	}
+	for range streamChunks {
+		if err := sink.Write(ctx, func(p schema.Sink_write_Params) error { return p.SetChunk(chunk) }); err != nil {
+			return err
+		}
+	}
+	done, release2 := sink.Done(ctx, nil)
+	defer release2()
+	res, err := done.Struct()
+	if err != nil {
+		return err
+	}
+	if err := sink.WaitStreaming(); err != nil {
+		return err
+	}
+	if res.Chunks() != streamChunks || res.Bytes() != streamChunks*streamChunk {
+		return fmt.Errorf("sink got %d chunks, %d bytes", res.Chunks(), res.Bytes())
+	}
+	return nil
+}
+
+// result is what one scenario measured for one implementation, summed
+// over its rounds.
+type result struct {
+	scenario, impl string
+	ops, calls     uint64
+	elapsed        time.Duration
+	mallocs, bytes uint64
+	lat            hist
+	err            error
+}
+
+func (r *result) callsPerSec() float64 {
+	if r.elapsed <= 0 {
+		return 0
+	}
+	return float64(r.calls) / r.elapsed.Seconds()
+}
+
+func (r *result) allocsPerCall() float64 {
+	if r.calls == 0 {
+		return 0
+	}
+	return float64(r.mallocs) / float64(r.calls)
+}
+
+func (r *result) bytesPerCall() float64 {
+	if r.calls == 0 {
+		return 0
+	}
+	return float64(r.bytes) / float64(r.calls)
+}
+
+// warmupOps is how many ops each worker does before the clock starts.
+const warmupOps = 20
+
+// measure runs sc on a fresh env of impl for d and adds what it measured
+// to r.
+func measure(sc scenario, impl string, s setup, d time.Duration, r *result) error {
+	e, err := connect(impl, s)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	ctx := context.Background()
+	type worker struct {
+		lat hist
+		ops uint64
+		err error
+	}
+	workers := make([]*worker, 0, len(e.clients)*sc.workers)
+	var (
+		ready, done sync.WaitGroup
+		start       = make(chan struct{})
+		stop        atomic.Bool
+	)
+	for _, b := range e.clients {
+		for range sc.workers {
+			w := new(worker)
+			workers = append(workers, w)
+			ready.Add(1)
+			done.Add(1)
+			go func() {
+				defer done.Done()
+				for range warmupOps {
+					if w.err = sc.op(ctx, impl, b); w.err != nil {
+						break
+					}
+				}
+				ready.Done()
+				<-start
+				for w.err == nil && !stop.Load() {
+					t0 := time.Now()
+					if w.err = sc.op(ctx, impl, b); w.err == nil {
+						w.lat.add(time.Since(t0))
+						w.ops++
+					}
+				}
+			}()
+		}
+	}
+	ready.Wait()
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	t0 := time.Now()
+	close(start)
+	time.Sleep(d)
+	stop.Store(true)
+	done.Wait()
+	elapsed := time.Since(t0)
+	runtime.ReadMemStats(&after)
+	r.elapsed += elapsed
+	r.mallocs += after.Mallocs - before.Mallocs
+	r.bytes += after.TotalAlloc - before.TotalAlloc
+	for _, w := range workers {
+		if w.err != nil {
+			return fmt.Errorf("%s on %s: %w", sc.name, impl, w.err)
+		}
+		r.ops += w.ops
+		r.calls += w.ops * uint64(sc.calls)
+		r.lat.merge(&w.lat)
+	}
+	return nil
+}

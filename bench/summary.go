@@ -1,0 +1,87 @@
+package main
+
+// summary is the last JSON line (ratios per scenario, vatactor over
+// go-capnp) and the table of targets.
+type summary struct {
+	byScenario map[string]map[string]float64
+	targets    []target
+}
+
+// A target is one of the goals vatactor is measured against, with the
+// figure this run measured.
+type target struct {
+	name  string
+	value float64
+	op    string // "≤" or "≥"
+	limit float64
+	met   bool
+}
+
+func (r *report) summary() summary {
+	s := summary{byScenario: map[string]map[string]float64{}}
+	add := func(name string, value float64, op string, limit float64) {
+		met := value <= limit
+		if op == "≥" {
+			met = value >= limit
+		}
+		s.targets = append(s.targets, target{name, value, op, limit, met})
+	}
+	for _, sc := range scenarios() {
+		ours := r.find(sc.name, implVatactor)
+		if ours == nil {
+			continue
+		}
+		if sc.traced != "" {
+			base := r.find(sc.traced, implVatactor)
+			if base == nil || base.callsPerSec() == 0 || base.allocsPerCall() == 0 {
+				continue
+			}
+			cost := 1 - ours.callsPerSec()/base.callsPerSec()
+			s.byScenario[sc.name] = map[string]float64{
+				"throughput_cost": round(cost, 3),
+				"alloc_ratio":     round(ours.allocsPerCall()/base.allocsPerCall(), 3),
+			}
+			add("tracing cost, "+sc.traced+" (1 − traced/untraced calls/s)", cost, "≤", 0.15)
+			continue
+		}
+		theirs := r.find(sc.name, implGoCapnp)
+		if theirs == nil || theirs.callsPerSec() == 0 || theirs.allocsPerCall() == 0 {
+			continue
+		}
+		m := map[string]float64{
+			"speedup":     round(ours.callsPerSec()/theirs.callsPerSec(), 3),
+			"alloc_ratio": round(ours.allocsPerCall()/theirs.allocsPerCall(), 3),
+			"bytes_ratio": round(ours.bytesPerCall()/theirs.bytesPerCall(), 3),
+		}
+		if p := theirs.lat.quantile(0.5); p > 0 {
+			m["p50_ratio"] = round(float64(ours.lat.quantile(0.5))/float64(p), 3)
+		}
+		s.byScenario[sc.name] = m
+		add("allocs/call "+sc.name+" (vatactor/go-capnp)", m["alloc_ratio"], "≤", 0.5)
+		switch sc.name {
+		case "echo":
+			add("p50 echo (vatactor/go-capnp)", m["p50_ratio"], "≤", 0.7)
+			if f := r.floor; f != nil && f.lat.quantile(0.5) > 0 {
+				ratio := float64(ours.lat.quantile(0.5)) / float64(f.lat.quantile(0.5))
+				m["floor_ratio"] = round(ratio, 3)
+				s.byScenario["tcp-floor"] = map[string]float64{
+					"calls_per_sec": round(f.callsPerSec(), 0),
+					"p50_us":        round(us(f.lat.quantile(0.5)), 1),
+				}
+				add("p50 echo (vatactor/TCP floor)", ratio, "≤", 2.5)
+			}
+		case "inflight64", "conns100x8":
+			add("calls/s "+sc.name+" (vatactor/go-capnp)", m["speedup"], "≥", 2)
+		}
+	}
+	for _, idle := range r.idle {
+		if idle.Impl != implVatactor {
+			continue
+		}
+		add("bytes per idle connection", idle.BytesPerConn, "≤", 16<<10)
+		add("goroutines per idle connection", idle.GoroutinesPerConn, "≤", 3)
+		add("graceful shutdown of the idle connections (ms)", idle.ShutdownMS, "≤", 2000)
+		add("idle peers that saw a reset, not EOF", float64(idle.PeersReset+idle.PeersOther), "≤", 0)
+	}
+	return s
+}
