@@ -183,9 +183,13 @@ type Conn struct {
 	hurryOnce sync.Once
 	hurry     chan struct{} // closed when a Shutdown's context ends: skip every wait
 
-	stats  atomic.Pointer[Stats] // last published table counts
-	trace  bool                  // log every message at debug level
+	statsMu sync.Mutex
+	stats   Stats // last published table counts
+	trace   bool  // log every message at debug level
 	tracer trace.Tracer
+	// untraced: the provider records nothing (tracing.Noop), so calls
+	// skip their span work unless a trace context comes with them.
+	untraced bool
 }
 
 // Spawn starts a connection actor over t as a child of spawner (a vat's
@@ -201,6 +205,7 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 		done:      make(chan struct{}),
 		hurry:     make(chan struct{}),
 		tracer:    tracing.Tracer(opts.TracerProvider),
+		untraced:  tracing.Noop(opts.TracerProvider),
 	}
 	c.out.init()
 	c.trace = opts.Logger.Enabled(context.Background(), slog.LevelDebug)
@@ -241,10 +246,16 @@ func (c *Conn) Report() Report {
 
 // Stats returns the table counts as last published by the actor.
 func (c *Conn) Stats() Stats {
-	if s := c.stats.Load(); s != nil {
-		return *s
-	}
-	return Stats{}
+	c.statsMu.Lock()
+	defer c.statsMu.Unlock()
+	return c.stats
+}
+
+// publishStats makes st what Stats returns.
+func (c *Conn) publishStats(st Stats) {
+	c.statsMu.Lock()
+	c.stats = st
+	c.statsMu.Unlock()
 }
 
 // Bootstrap asks the peer for its bootstrap capability. The returned
@@ -341,7 +352,7 @@ func (c *Conn) post(msg any) error {
 
 // Actor messages. Each is handled by state.Receive.
 type (
-	inFrame     struct{ f Frame }   // reader: a frame arrived
+	inFrame     struct{ f Frame }   // reader: a frame with a sidecar arrived (*capnp.Message: one without)
 	readerDone  struct{ err error } // reader: RecvFrame failed
 	writerDone  struct{ err error } // writer: SendFrames failed
 	shutdownReq struct {            // user: Shutdown or Close
@@ -415,7 +426,11 @@ func (c *Conn) readLoop() {
 			_ = c.post(readerDone{err: err})
 			return
 		}
-		if c.post(inFrame{f: f}) != nil {
+		var msg any = inFrame{f: f}
+		if f.Sidecar == nil {
+			msg = f.Msg // most frames: no boxing of the Frame
+		}
+		if c.post(msg) != nil {
 			if c.trace {
 				if rm, err := rpccp.ReadRootMessage(f.Msg); err == nil {
 					c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", DescribeMessage(rm))

@@ -4,12 +4,18 @@ import (
 	"fmt"
 	"strings"
 
+	"capnproto.org/go/capnp/v3"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
 // DescribeMessage returns a one-line description of an rpc message, for
 // logs, test output and span events: "call q3 → import 1 @0x…/2 caps=[sh4]".
 func DescribeMessage(m rpccp.Message) string {
+	if !capnp.Struct(m).IsValid() {
+		// A null pointer reads as an empty struct, whose union says
+		// "unimplemented" of another null pointer: stop here.
+		return "(null message)"
+	}
 	switch m.Which() {
 	case rpccp.Message_Which_bootstrap:
 		b, _ := m.Bootstrap()

@@ -48,13 +48,18 @@ func (l Limits) withDefaults() Limits {
 // readFrame reads one standard stream frame (segment table, then segments)
 // and returns the message in it, without its sidecar segment if it has one.
 // It never allocates more than the frame's declared size, and only after
-// checking that size against lim.
+// checking that size against lim. The segment table is read in place from
+// r's buffer; a frame costs one allocation for its bytes and, for the
+// usual one-segment message, two for the message itself.
 func readFrame(r *bufio.Reader, lim Limits) (Frame, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	hdr, err := r.Peek(4)
+	if err != nil {
+		if err == io.EOF && len(hdr) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
 		return Frame{}, err // io.EOF here is a clean end between frames
 	}
-	nseg := uint64(binary.LittleEndian.Uint32(hdr[:])) + 1
+	nseg := uint64(binary.LittleEndian.Uint32(hdr)) + 1
 	if nseg > uint64(lim.MaxSegments) {
 		return Frame{}, frameErrorf(ErrTooManySegments, "declared %d segments, limit %d", nseg, lim.MaxSegments)
 	}
@@ -62,43 +67,74 @@ func readFrame(r *bufio.Reader, lim Limits) (Frame, error) {
 	if nseg%2 == 0 {
 		tableLen += 4 // padding to a word boundary
 	}
-	table := make([]byte, tableLen)
-	if _, err := io.ReadFull(r, table); err != nil {
+	if int(4+tableLen) > r.Size() {
+		return Frame{}, frameErrorf(ErrTooManySegments, "segment table of %d bytes does not fit the %d-byte read buffer", tableLen, r.Size())
+	}
+	head, err := r.Peek(int(4 + tableLen))
+	if err != nil {
 		return Frame{}, unexpectedEOF(err)
 	}
+	table := head[4:]
 	total := 4 + tableLen
-	sizes := make([]uint64, nseg)
-	for i := range sizes {
-		words := uint64(binary.LittleEndian.Uint32(table[i*4:]))
-		sizes[i] = words * 8
-		total += sizes[i]
+	for i := range nseg {
+		total += uint64(binary.LittleEndian.Uint32(table[i*4:])) * 8
 		if total > lim.MaxFrameSize {
 			return Frame{}, frameErrorf(ErrFrameTooLarge, "frame of at least %d bytes, limit %d", total, lim.MaxFrameSize)
 		}
+	}
+	size0 := uint64(binary.LittleEndian.Uint32(table)) * 8
+	var size1 uint64
+	if nseg > 1 {
+		size1 = uint64(binary.LittleEndian.Uint32(table[4:])) * 8
+	}
+	var sizes []uint64 // only for messages of more than one segment
+	if nseg > 2 {
+		sizes = make([]uint64, nseg)
+		for i := range sizes {
+			sizes[i] = uint64(binary.LittleEndian.Uint32(table[i*4:])) * 8
+		}
+	}
+	if _, err := r.Discard(int(4 + tableLen)); err != nil {
+		return Frame{}, unexpectedEOF(err)
 	}
 	body := make([]byte, total-4-tableLen)
 	if _, err := io.ReadFull(r, body); err != nil {
 		return Frame{}, unexpectedEOF(err)
 	}
-	segs := make([][]byte, nseg)
-	off := uint64(0)
-	for i, sz := range sizes {
-		segs[i] = body[off : off+sz : off+sz]
-		off += sz
-	}
-	if sizes[0] == 0 {
+	if size0 == 0 {
 		return Frame{}, frameErrorf(ErrMalformedFrame, "empty first segment")
 	}
 	var f Frame
-	if last := segs[len(segs)-1]; len(segs) > 1 && isSidecar(last) {
-		sc, err := decodeSidecar(last, lim)
+	switch {
+	case nseg == 1:
+		f.Msg, _ = capnp.NewSingleSegmentMessage(body)
+	case nseg == 2 && isSidecar(body[size0:]):
+		sc, err := decodeSidecar(body[size0:size0+size1:size0+size1], lim)
 		if err != nil {
 			return Frame{}, err
 		}
 		f.Sidecar = sc
-		segs = segs[:len(segs)-1]
+		f.Msg, _ = capnp.NewSingleSegmentMessage(body[:size0:size0])
+	default:
+		segs := make([][]byte, nseg)
+		off := uint64(0)
+		for i, sz := range sizes {
+			segs[i] = body[off : off+sz : off+sz]
+			off += sz
+		}
+		if sizes == nil { // two segments, the second not a sidecar
+			segs[0], segs[1] = body[:size0:size0], body[size0:]
+		}
+		if last := segs[len(segs)-1]; isSidecar(last) {
+			sc, err := decodeSidecar(last, lim)
+			if err != nil {
+				return Frame{}, err
+			}
+			f.Sidecar = sc
+			segs = segs[:len(segs)-1]
+		}
+		f.Msg, _ = capnp.NewMultiSegmentMessage(segs)
 	}
-	f.Msg, _ = capnp.NewMultiSegmentMessage(segs)
 	f.Msg.TraverseLimit = lim.TraverseLimit
 	f.Msg.DepthLimit = lim.DepthLimit
 	return f, nil

@@ -1,6 +1,7 @@
 package conn
 
 import (
+	"capnproto.org/go/capnp/v3"
 	"cmp"
 	"fmt"
 	"slices"
@@ -409,7 +410,7 @@ func (s *state) socketClosed(m socketClosed) {
 	c.report = s.report
 	c.mu.Unlock()
 	final := s.report.Stats
-	c.stats.Store(&final)
+	c.publishStats(final)
 	s.traceDown(s.report, m)
 	s.emit(Down{Conn: c, Report: s.report})
 	close(c.done)
@@ -488,6 +489,8 @@ func (s *state) afterClose(msg any) {
 	switch m := msg.(type) {
 	case inFrame:
 		m.f.Msg.Release()
+	case *capnp.Message:
+		m.Release()
 	case callOut:
 		s.rejectUnsent(m.q, s.c.errDisconnected())
 	case answerReturned:

@@ -88,6 +88,8 @@ func (s *state) Receive(ctx actor.Context) {
 		s.traceStarted()
 		s.emit(Up{Conn: s.c, Peer: s.c.opts.Peer, Role: s.c.opts.Role})
 		s.armIdle()
+	case *capnp.Message:
+		s.handleFrame(Frame{Msg: m})
 	case inFrame:
 		s.handleFrame(m.f)
 	case readerDone:
@@ -144,7 +146,7 @@ func (s *state) Receive(ctx actor.Context) {
 	}
 	if s.phase < phaseClosing {
 		st := s.stats()
-		s.c.stats.Store(&st)
+		s.c.publishStats(st)
 		s.noteIdle(st)
 	}
 }

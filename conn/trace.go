@@ -221,7 +221,10 @@ func statsAttributes(st Stats) []attribute.KeyValue {
 // goroutine, as a child of the caller's context, and returns the sidecar
 // that carries it to the peer (nil when there is no trace context).
 func (c *Conn) startQuestionSpan(ctx context.Context, m capnp.Method, bootstrap, pipelined bool) (trace.Span, *Sidecar) {
-	ctx, span := c.tracer.Start(ctx, callSpanName(m, bootstrap), trace.WithSpanKind(trace.SpanKindClient))
+	if c.untraced && !trace.SpanContextFromContext(ctx).IsValid() {
+		return noSpan, nil
+	}
+	ctx, span := c.tracer.Start(ctx, callSpanName(m, bootstrap), clientKind)
 	if span.IsRecording() {
 		tracing.RegisterMethods(m)
 		span.SetAttributes(tracing.MethodAttributes(m)...)
@@ -236,6 +239,10 @@ func (c *Conn) startQuestionSpan(ctx context.Context, m capnp.Method, bootstrap,
 	sc.TraceParent, sc.TraceState = tracing.Inject(ctx)
 	return span, sc
 }
+
+// noSpan is the span of a call on an untraced connection: it records
+// nothing and carries no context.
+var noSpan = trace.SpanFromContext(context.Background())
 
 // endQuestionSpan records a question's outcome.
 func endQuestionSpan(span trace.Span, err error) {
@@ -253,10 +260,13 @@ func endQuestionSpan(span trace.Span, err error) {
 // new trace linked to the connection span. It returns ctx carrying the
 // span, for the callee.
 func (s *state) startAnswerSpan(ctx context.Context, m capnp.Method, bootstrap bool, sc *Sidecar) (context.Context, trace.Span) {
+	if s.c.untraced && (sc == nil || sc.TraceParent == "") {
+		return ctx, noSpan
+	}
 	if !bootstrap {
 		m, _ = tracing.LookupMethod(m.InterfaceID, m.MethodID)
 	}
-	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
+	opts := []trace.SpanStartOption{serverKind}
 	parent := context.Background()
 	if sc != nil && sc.TraceParent != "" {
 		parent = tracing.Extract(parent, sc.TraceParent, sc.TraceState)
@@ -273,6 +283,12 @@ func (s *state) startAnswerSpan(ctx context.Context, m capnp.Method, bootstrap b
 	}
 	return trace.ContextWithSpan(ctx, span), span
 }
+
+// Span kinds, made once.
+var (
+	clientKind trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindClient)
+	serverKind trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindServer)
+)
 
 // bootstrapMethod is how a Bootstrap is named on its spans.
 var bootstrapMethod = capnp.Method{InterfaceName: "Bootstrap", MethodName: "bootstrap"}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 
 	"capnproto.org/go/capnp/v3"
@@ -13,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // ScopeName is the instrumentation scope of every span vatactor makes.
@@ -25,6 +27,28 @@ func Tracer(tp trace.TracerProvider) trace.Tracer {
 		tp = otel.GetTracerProvider()
 	}
 	return tp.Tracer(ScopeName)
+}
+
+// Noop reports whether tp (nil: the global provider as it is now) is
+// known to record nothing and to add no context of its own:
+// OpenTelemetry's no-op providers, and the global provider before
+// otel.SetTracerProvider. A connection checks this once, when it starts,
+// and then skips the per-call span work; so set the global provider
+// before dialing or serving.
+func Noop(tp trace.TracerProvider) bool {
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	switch tp.(type) {
+	case noop.TracerProvider, *noop.TracerProvider:
+		return true
+	}
+	switch reflect.TypeOf(tp).String() {
+	case "*global.tracerProvider", // otel's global before SetTracerProvider
+		"trace.noopTracerProvider": // trace.NewNoopTracerProvider
+		return true
+	}
+	return false
 }
 
 // Names of the spans that are not calls.

@@ -9,7 +9,10 @@ import (
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
 	"capnproto.org/go/capnp/v3/schemas"
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/vatactor/vatactor/internal/interop"
 	"github.com/vatactor/vatactor/tracing"
@@ -90,5 +93,24 @@ func TestLookupMethod(t *testing.T) {
 	}
 	if _, ok := tracing.LookupMethod(echoID, 99); ok {
 		t.Error("a method the interface does not have was found")
+	}
+}
+
+func TestNoop(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		tp   trace.TracerProvider
+		want bool
+	}{
+		{"global before SetTracerProvider", nil, true},
+		{"otel.GetTracerProvider", otel.GetTracerProvider(), true},
+		{"noop.NewTracerProvider", noop.NewTracerProvider(), true},
+		{"trace.NewNoopTracerProvider", trace.NewNoopTracerProvider(), true}, //nolint:staticcheck // still in use
+		{"SDK that samples nothing", sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample())), false},
+		{"SDK", sdktrace.NewTracerProvider(), false},
+	} {
+		if got := tracing.Noop(c.tp); got != c.want {
+			t.Errorf("Noop(%s) = %v, want %v", c.name, got, c.want)
+		}
 	}
 }
