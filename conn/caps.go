@@ -137,7 +137,7 @@ func (s *state) describeCap(d rpccp.CapDescriptor, c capnp.Client) (uint32, erro
 	s.seq++
 	e.seq = s.seq
 	e.span = s.startExportSpan(e)
-	e.pid = s.ctx.Spawn(actor.PropsFromProducer(func() actor.Actor { return e }))
+	e.pid = s.spawnChild(e)
 	setExportDescriptor(d, e)
 	return e.id, nil
 }

@@ -37,6 +37,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/vatactor/vatactor/internal/mailbox"
 	"github.com/vatactor/vatactor/supervisor"
 	"github.com/vatactor/vatactor/tracing"
 )
@@ -186,7 +187,7 @@ type Conn struct {
 	statsMu sync.Mutex
 	stats   Stats // last published table counts
 	trace   bool  // log every message at debug level
-	tracer trace.Tracer
+	tracer  trace.Tracer
 	// untraced: the provider records nothing (tracing.Noop), so calls
 	// skip their span work unless a trace context comes with them.
 	untraced bool
@@ -210,7 +211,8 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 	c.out.init()
 	c.trace = opts.Logger.Enabled(context.Background(), slog.LevelDebug)
 	st := newState(c)
-	props := actor.PropsFromProducer(func() actor.Actor { return st })
+	props := actor.PropsFromProducer(func() actor.Actor { return st },
+		actor.WithMailbox(mailbox.Producer), actor.WithSupervisor(stopChildren))
 	c.pid.Store(spawner.Spawn(props))
 	return c
 }

@@ -258,7 +258,7 @@ func (s *state) sendCall(q *question) {
 	q.sent = true
 	s.seq++
 	q.seq = s.seq
-	q.pid = s.ctx.Spawn(actor.PropsFromProducer(func() actor.Actor { return q }))
+	q.pid = s.spawnChild(q)
 	s.byAnswer[q.p.Answer()] = q
 	if q.span.IsRecording() {
 		q.span.SetAttributes(tracing.AttrQuestionID.Int(int(q.id)))

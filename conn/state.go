@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/vatactor/vatactor/conn/wire"
+	"github.com/vatactor/vatactor/internal/mailbox"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -30,6 +31,11 @@ type state struct {
 
 	byAnswer map[*capnp.Answer]*question // for receiverAnswer descriptors
 	seq      uint64                      // creation order of questions and exports
+
+	// childProps spawn every question and export actor: made once, its
+	// producer hands over spawning (see spawnChild).
+	childProps *actor.Props
+	spawning   actor.Actor
 
 	// Lifecycle.
 	phase            phase
@@ -50,7 +56,7 @@ type state struct {
 }
 
 func newState(c *Conn) *state {
-	return &state{
+	s := &state{
 		c:         c,
 		answers:   make(map[uint32]*answer),
 		exportKey: make(map[any]uint32),
@@ -58,7 +64,28 @@ func newState(c *Conn) *state {
 		byAnswer:  make(map[*capnp.Answer]*question),
 		idle:      true,
 	}
+	s.childProps = actor.PropsFromProducer(func() actor.Actor {
+		a := s.spawning
+		s.spawning = nil
+		return a
+	}, actor.WithMailbox(mailbox.Producer))
+	return s
 }
+
+// spawnChild starts a (question or export) actor as a child of the
+// connection, with no allocation beyond protoactor's own for the process.
+// The producer runs inside Spawn, on the connection's goroutine; it runs
+// once per child, because a child that panics is stopped, never
+// restarted (stopChildren).
+func (s *state) spawnChild(a actor.Actor) *actor.PID {
+	s.spawning = a
+	return s.ctx.Spawn(s.childProps)
+}
+
+// stopChildren is the connection actor's supervisor strategy: a question
+// or export actor that panics is stopped, which settles its caller with a
+// disconnected error or releases its capability.
+var stopChildren = actor.NewOneForOneStrategy(0, 0, func(any) actor.Directive { return actor.StopDirective })
 
 // Receive is the one way in: every input of the connection is a message.
 func (s *state) Receive(ctx actor.Context) {

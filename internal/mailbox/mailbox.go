@@ -1,0 +1,155 @@
+// Package mailbox is a protoactor mailbox for actors that come and go by
+// the thousand: one allocation when the actor is spawned and none per
+// message, where protoactor's default mailbox allocates two queues at
+// spawn, a node per message and a closure per activation.
+//
+// It keeps the default's semantics for what vatactor uses: system
+// messages first, suspension by the supervisor (SuspendMailbox and
+// ResumeMailbox), a panic escalated to the supervisor, a yield to other
+// goroutines after each dispatcher Throughput messages. It has no mailbox
+// middlewares and does not unpack message batches.
+package mailbox
+
+import (
+	"runtime"
+	"sync"
+
+	"github.com/asynkron/protoactor-go/actor"
+)
+
+// Producer makes a new Mailbox; pass it to actor.WithMailbox.
+func Producer() actor.Mailbox { return &Mailbox{} }
+
+// Mailbox is a mutex-guarded pair of queues that reuse their storage.
+type Mailbox struct {
+	mu        sync.Mutex
+	sys, user queue
+	running   bool // scheduled on the dispatcher, or processing
+	suspended bool
+
+	invoker    actor.MessageInvoker
+	dispatcher actor.Dispatcher
+	process    func() // m.run, made once
+}
+
+// queue is a FIFO over a slice whose storage is reused once it drains.
+type queue struct {
+	items []any
+	head  int
+}
+
+func (q *queue) push(m any) { q.items = append(q.items, m) }
+
+func (q *queue) pop() (any, bool) {
+	if q.head == len(q.items) {
+		return nil, false
+	}
+	m := q.items[q.head]
+	q.items[q.head] = nil
+	q.head++
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	}
+	return m, true
+}
+
+func (q *queue) len() int { return len(q.items) - q.head }
+
+// RegisterHandlers implements actor.Mailbox.
+func (m *Mailbox) RegisterHandlers(invoker actor.MessageInvoker, dispatcher actor.Dispatcher) {
+	m.invoker, m.dispatcher = invoker, dispatcher
+	m.process = m.run
+}
+
+// Start implements actor.Mailbox.
+func (m *Mailbox) Start() {}
+
+// UserMessageCount implements actor.Mailbox.
+func (m *Mailbox) UserMessageCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.user.len()
+}
+
+// PostUserMessage implements actor.Mailbox.
+func (m *Mailbox) PostUserMessage(msg any) {
+	m.mu.Lock()
+	m.user.push(msg)
+	schedule := !m.running && !m.suspended
+	m.running = m.running || schedule
+	m.mu.Unlock()
+	if schedule {
+		m.dispatcher.Schedule(m.process)
+	}
+}
+
+// PostSystemMessage implements actor.Mailbox.
+func (m *Mailbox) PostSystemMessage(msg any) {
+	m.mu.Lock()
+	m.sys.push(msg)
+	schedule := !m.running
+	m.running = true
+	m.mu.Unlock()
+	if schedule {
+		m.dispatcher.Schedule(m.process)
+	}
+}
+
+// next takes the next message to handle, system messages first; when
+// there is none (or only user messages while suspended) it marks the
+// mailbox idle, under the same lock the posters take.
+func (m *Mailbox) next() (msg any, system, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if msg, ok := m.sys.pop(); ok {
+		return msg, true, true
+	}
+	if !m.suspended {
+		if msg, ok := m.user.pop(); ok {
+			return msg, false, true
+		}
+	}
+	m.running = false
+	return nil, false, false
+}
+
+func (m *Mailbox) run() {
+	throughput := m.dispatcher.Throughput()
+	for i := 1; ; i++ {
+		msg, system, ok := m.next()
+		if !ok {
+			return
+		}
+		if i > throughput {
+			i = 0
+			runtime.Gosched()
+		}
+		m.invoke(msg, system)
+	}
+}
+
+// invoke hands one message to the actor; a panic goes to its supervisor,
+// which suspends the mailbox until it decides.
+func (m *Mailbox) invoke(msg any, system bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			m.invoker.EscalateFailure(r, msg)
+		}
+	}()
+	if !system {
+		m.invoker.InvokeUserMessage(msg)
+		return
+	}
+	switch msg.(type) {
+	case *actor.SuspendMailbox:
+		m.mu.Lock()
+		m.suspended = true
+		m.mu.Unlock()
+	case *actor.ResumeMailbox:
+		m.mu.Lock()
+		m.suspended = false
+		m.mu.Unlock()
+	default:
+		m.invoker.InvokeSystemMessage(msg)
+	}
+}
