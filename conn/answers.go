@@ -3,7 +3,7 @@ package conn
 import (
 	"context"
 	"fmt"
-	"sync"
+	"sync/atomic"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
@@ -37,6 +37,9 @@ type answer struct {
 	results capnp.Struct
 	err     error
 
+	args         *capnp.Message // the Call, freed by releaseArgs
+	argsReleased atomic.Bool
+
 	// Owned by the connection actor.
 	pc             capnp.PipelineCaller // from RecvCall; takes pipelined calls until Return
 	returned       bool
@@ -61,6 +64,14 @@ func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar
 	a.ctx, a.span = s.startAnswerSpan(ctx, m, bootstrap, sc)
 	s.answers[id] = a
 	return a, nil
+}
+
+// releaseArgs is the call's capnp.Recv.ReleaseArgs: the callee (or the
+// connection, when the call is refused) frees the Call once.
+func (a *answer) releaseArgs() {
+	if a.argsReleased.CompareAndSwap(false, true) {
+		a.args.Release()
+	}
 }
 
 // AllocResults implements capnp.Returner.
@@ -187,11 +198,11 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message, sc *Sidecar) (ke
 	if err != nil {
 		return false, fmt.Errorf("%w: call target: %v", ErrMalformedFrame, err)
 	}
-	var once sync.Once
+	a.args = msg
 	recv := capnp.Recv{
 		Method:      method,
 		Args:        content.Struct(),
-		ReleaseArgs: func() { once.Do(msg.Release) },
+		ReleaseArgs: a.releaseArgs,
 		Returner:    a,
 	}
 	switch target.Which() {

@@ -428,11 +428,13 @@ func (c *Conn) readLoop() {
 			_ = c.post(readerDone{err: err})
 			return
 		}
-		var msg any = inFrame{f: f}
+		var posted error
 		if f.Sidecar == nil {
-			msg = f.Msg // most frames: no boxing of the Frame
+			posted = c.post(f.Msg) // most frames: no boxing of the Frame
+		} else {
+			posted = c.post(inFrame{f: f})
 		}
-		if c.post(msg) != nil {
+		if posted != nil {
 			if c.trace {
 				if rm, err := rpccp.ReadRootMessage(f.Msg); err == nil {
 					c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", DescribeMessage(rm))

@@ -117,7 +117,7 @@ func (q *question) settle(ptr capnp.Ptr, err error) bool {
 // Receive is the question actor.
 func (q *question) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
-	case settleQuestion:
+	case *settleQuestion:
 		q.settle(m.ptr, m.err)
 	case *actor.Stopping:
 		// Stop overtakes user messages: an outcome already sent wins.
@@ -125,11 +125,13 @@ func (q *question) Receive(ctx actor.Context) {
 		if p := q.pending; p != nil {
 			q.settle(p.ptr, p.err)
 		}
-		err := q.stopErr
-		if err == nil {
-			err = q.c.errDisconnected()
+		if !q.settled.Load() {
+			err := q.stopErr
+			if err == nil {
+				err = q.c.errDisconnected()
+			}
+			q.settle(capnp.Ptr{}, err)
 		}
-		q.settle(capnp.Ptr{}, err)
 	case *actor.Stopped:
 		if q.results != nil {
 			q.results.Release()
@@ -364,7 +366,7 @@ func (s *state) cancelQuestion(q *question, err error) {
 // caller's promise off the connection's goroutine.
 func (s *state) settleQuestion(q *question, m settleQuestion) {
 	q.pending = &m
-	s.ctx.Send(q.pid, m)
+	s.ctx.Send(q.pid, q.pending)
 }
 
 // releaseQuestion: the caller is done with the answer.

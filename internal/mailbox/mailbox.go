@@ -18,7 +18,12 @@ import (
 )
 
 // Producer makes a new Mailbox; pass it to actor.WithMailbox.
-func Producer() actor.Mailbox { return &Mailbox{} }
+func Producer() actor.Mailbox {
+	m := &Mailbox{}
+	m.sys.items = m.sys.inline[:0]
+	m.user.items = m.user.inline[:0]
+	return m
+}
 
 // Mailbox is a mutex-guarded pair of queues that reuse their storage.
 type Mailbox struct {
@@ -32,10 +37,12 @@ type Mailbox struct {
 	process    func() // m.run, made once
 }
 
-// queue is a FIFO over a slice whose storage is reused once it drains.
+// queue is a FIFO over a slice whose storage is reused once it drains;
+// the first few messages fit in the queue itself.
 type queue struct {
-	items []any
-	head  int
+	items  []any
+	head   int
+	inline [2]any
 }
 
 func (q *queue) push(m any) { q.items = append(q.items, m) }
