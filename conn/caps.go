@@ -335,7 +335,7 @@ func (s *state) sendRelease(id, n uint32) {
 	}
 	rel.SetId(id)
 	rel.SetReferenceCount(n)
-	s.send(out)
+	s.sendLazy(out)
 }
 
 // releaseExport drops n of the peer's references to export id.

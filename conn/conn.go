@@ -383,6 +383,11 @@ func (m socketClosed) closeWriteNote() string {
 
 // sendQueue is the writer's input: the actor appends, the writer takes
 // everything queued in one batch.
+//
+// Lazy frames (a Finish after its Return, a Release) do not wake the
+// writer: they go out with the next frame that does, or after
+// lazyFlushDelay, so that a caller making one call after another sends
+// each Finish in the same write as its next Call.
 type sendQueue struct {
 	mu        sync.Mutex
 	items     []Frame
@@ -390,7 +395,12 @@ type sendQueue struct {
 	closing   bool   // writer flushes and exits
 	halfClose bool   // writer calls CloseWrite after the last flush
 	wake      chan struct{}
+	flush     *time.Timer // wakes the writer for lazy frames; made on first use
+	armed     bool        // flush is pending
 }
+
+// lazyFlushDelay bounds how long a lazy frame waits for company.
+const lazyFlushDelay = 100 * time.Microsecond
 
 func (q *sendQueue) init() { q.wake = make(chan struct{}, 1) }
 
@@ -399,6 +409,35 @@ func (q *sendQueue) push(f Frame, keep bool) {
 	q.items = append(q.items, f)
 	q.keep = append(q.keep, keep)
 	q.mu.Unlock()
+	q.wakeWriter()
+}
+
+// pushLazy queues f without waking the writer; the flush timer does if
+// nothing else does first.
+func (q *sendQueue) pushLazy(f Frame) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.items = append(q.items, f)
+	q.keep = append(q.keep, false)
+	if q.armed || q.closing {
+		return
+	}
+	q.armed = true
+	if q.flush == nil {
+		q.flush = time.AfterFunc(lazyFlushDelay, q.flushLazy)
+	} else {
+		q.flush.Reset(lazyFlushDelay)
+	}
+}
+
+func (q *sendQueue) flushLazy() {
+	q.mu.Lock()
+	q.armed = false
+	q.mu.Unlock()
+	q.wakeWriter()
+}
+
+func (q *sendQueue) wakeWriter() {
 	select {
 	case q.wake <- struct{}{}:
 	default:
@@ -409,11 +448,11 @@ func (q *sendQueue) close(halfClose bool) {
 	q.mu.Lock()
 	q.closing = true
 	q.halfClose = halfClose
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
+	if q.flush != nil {
+		q.flush.Stop()
 	}
+	q.mu.Unlock()
+	q.wakeWriter()
 }
 
 // readLoop is the reader goroutine: frames in, actor messages out.

@@ -402,7 +402,11 @@ func (s *state) sendFinish(q *question, releaseResultCaps bool) {
 	f.SetQuestionId(q.id)
 	f.SetReleaseResultCaps(releaseResultCaps)
 	f.SetRequireEarlyCancellationWorkaround(false)
-	s.send(out)
+	if releaseResultCaps {
+		s.send(out) // a cancellation: the peer may stop work at once
+	} else {
+		s.sendLazy(out)
+	}
 }
 
 // retireQuestion removes q once its Return has arrived and its Finish has

@@ -203,6 +203,16 @@ func (s *state) queue(msg *capnp.Message, keep bool, sc *Sidecar) {
 	s.c.out.push(Frame{Msg: msg, Sidecar: sc}, keep)
 }
 
+// sendLazy queues a message nobody waits for (a Finish after its Return,
+// a Release): it goes out with the next frame, or after lazyFlushDelay.
+func (s *state) sendLazy(msg *capnp.Message) {
+	if !s.sidecarSent {
+		s.send(msg)
+		return
+	}
+	s.c.out.pushLazy(Frame{Msg: msg})
+}
+
 // handleFrame dispatches one incoming message by its type.
 func (s *state) handleFrame(f Frame) {
 	msg := f.Msg
