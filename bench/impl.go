@@ -97,9 +97,10 @@ func dial(impl, addr string, n int, tp trace.TracerProvider) (*clientSide, error
 }
 
 // vatOptions are the connection options of the bench vats: room for the
-// 10,000 live questions of the scale figures, the rest default.
+// 10,000 live questions of the scale figures, and the upload's flow
+// control window on every imported capability; the rest default.
 func vatOptions() conn.Options {
-	return conn.Options{MaxAnswers: 1 << 15}
+	return conn.Options{MaxAnswers: 1 << 15, FlowWindow: streamWindow}
 }
 
 func startVatServer(tp trace.TracerProvider) (*serverSide, error) {

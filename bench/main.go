@@ -32,7 +32,7 @@ func main() {
 	var (
 		duration   = flag.Duration("duration", time.Second, "measured time per scenario and implementation, split over the rounds")
 		rounds     = flag.Int("rounds", 3, "rounds per scenario; the implementations alternate which goes first")
-		only       = flag.String("scenarios", "all", "comma-separated scenarios to run, or all (-list shows them)")
+		only       = flag.String("scenarios", "all", "comma-separated scenarios to run, all, or none (-list shows them)")
 		impls      = flag.String("impl", "both", "vatactor, go-capnp or both")
 		scale      = flag.Bool("scale", true, "also measure the scale figures (idle connections, live questions, shutdown)")
 		idleConns  = flag.Int("idle-conns", 1000, "idle connections for the scale figures")
@@ -137,8 +137,11 @@ func fail(err error) {
 }
 
 func selectScenarios(all []scenario, only string) ([]scenario, error) {
-	if only == "all" || only == "" {
+	switch only {
+	case "all", "":
 		return all, nil
+	case "none":
+		return nil, nil
 	}
 	var out []scenario
 	for _, name := range strings.Split(only, ",") {

@@ -99,6 +99,11 @@ func uploadOp(ctx context.Context, impl string, b schema.Bench) error {
 	defer release()
 	sink := up.Sink().AddRef()
 	defer sink.Release()
+	// vatactor's window (Options.FlowWindow) counts calls on an import,
+	// so both wait for the sink before streaming into it.
+	if err := sink.Resolve(ctx); err != nil {
+		return err
+	}
 	if impl == implGoCapnp {
 		// go-capnp's flow control: a limiter on the client reference.
 		sink.SetFlowLimiter(flowcontrol.NewFixedLimiter(streamWindow))

@@ -271,15 +271,16 @@ type importEntry struct {
 // importHook is the capnp.ClientHook of an import: calls become Call
 // messages on this connection.
 type importHook struct {
-	c  *Conn
-	id uint32
+	c    *Conn
+	id   uint32
+	flow *window // nil: no flow control
 }
 
 // importShutdown: the last local reference to an import is gone.
 type importShutdown struct{ hook *importHook }
 
 func (h *importHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
-	return h.c.sendCall(ctx, callTarget{importID: h.id}, s)
+	return h.c.sendCall(ctx, callTarget{importID: h.id, flow: h.flow}, s)
 }
 func (h *importHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
 	return h.c.forwardRecv(ctx, callTarget{importID: h.id}, r)
@@ -303,7 +304,7 @@ func (s *state) addImport(id uint32, promise bool) capnp.Client {
 		ie = &importEntry{wireRefs: 1}
 		s.imports[id] = ie
 	}
-	h := &importHook{c: s.c, id: id}
+	h := &importHook{c: s.c, id: id, flow: newWindow(s.c.opts.FlowWindow)}
 	ie.hook = h
 	var c capnp.Client
 	if promise {

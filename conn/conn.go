@@ -58,6 +58,15 @@ type Options struct {
 	// that would export more fails (a call's Return becomes an exception).
 	// Default 65536.
 	MaxExports int
+	// FlowWindow, when positive, is the flow control of every capability
+	// imported from the peer: the bytes of calls on it that may be in
+	// flight (sent, not yet answered). A call that would go past it waits
+	// in Send, in order, until answers free room, or until its context
+	// ends. This is what keeps a loop of `-> stream` calls (sent by
+	// generated code without waiting) from queueing without bound. A
+	// call made on a promise (a pipelined capability) is not counted
+	// until the promise resolves. Default 0: none, as go-capnp.
+	FlowWindow int
 	// Logger receives the connection's logs. Default: discard. Expected
 	// ends are logged at debug level, unexpected ones at info; nothing the
 	// peer does is logged as an error of ours.

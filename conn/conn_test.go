@@ -41,11 +41,18 @@ type harness struct {
 
 // newHarness takes ownership of bootstrap.
 func newHarness(t *testing.T, bootstrap capnp.Client) *harness {
+	return newHarnessWith(t, Options{Bootstrap: bootstrap})
+}
+
+// newHarnessWith takes ownership of opts.Bootstrap.
+func newHarnessWith(t *testing.T, opts Options) *harness {
 	t.Helper()
+	bootstrap := opts.Bootstrap
 	sys := actor.NewActorSystem(actor.WithLoggerFactory(quietLogger))
 	a, b := NewPipe()
 	h := &harness{t: t, sys: sys, peer: b, in: make(chan *capnp.Message, 64)}
-	h.c = Spawn(sys.Root, sys.Root, a, Options{Bootstrap: bootstrap, Peer: "test", LingerTimeout: 100 * time.Millisecond})
+	opts.Peer, opts.LingerTimeout = "test", 100*time.Millisecond
+	h.c = Spawn(sys.Root, sys.Root, a, opts)
 	go func() {
 		defer close(h.in)
 		for {

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"encoding/binary"
 	"io"
+	"net"
+	"slices"
 
 	"capnproto.org/go/capnp/v3"
 )
@@ -150,36 +152,78 @@ func unexpectedEOF(err error) error {
 // appendFrame appends f in stream framing to dst: the message's segments,
 // then the sidecar segment if f has one.
 func appendFrame(dst []byte, f Frame) ([]byte, error) {
+	var table [8][]byte
+	segs, err := frameSegments(table[:0], f)
+	if err != nil {
+		return dst, err
+	}
+	return appendSegments(dst, segs), nil
+}
+
+// frameSegments appends to segs the segments f is framed as.
+func frameSegments(segs [][]byte, f Frame) ([][]byte, error) {
 	n := f.Msg.NumSegments()
-	segs := make([][]byte, 0, 8)
 	for i := int64(0); i < n; i++ {
 		s, err := f.Msg.Segment(capnp.SegmentID(i))
 		if err != nil {
-			return dst, err
+			return segs, err
 		}
 		segs = append(segs, s.Data())
 	}
 	if f.Sidecar != nil {
 		sc, err := encodeSidecar(f.Sidecar)
 		if err != nil {
-			return dst, err
+			return segs, err
 		}
 		segs = append(segs, sc)
 	}
-	return appendSegments(dst, segs), nil
+	return segs, nil
+}
+
+// appendFrameVec is appendFrame for a vectored write: segments larger
+// than copyLimit are not copied into buf but added to vec after the part
+// of buf before them (buf[mark:]); it returns the new buf, vec and mark.
+func appendFrameVec(buf []byte, vec net.Buffers, mark int, f Frame) ([]byte, net.Buffers, int, error) {
+	var table [8][]byte
+	segs, err := frameSegments(table[:0], f)
+	if err != nil {
+		return buf, vec, mark, err
+	}
+	if !slices.ContainsFunc(segs, func(s []byte) bool { return len(s) > copyLimit }) {
+		return appendSegments(buf, segs), vec, mark, nil
+	}
+	buf = appendSegmentTable(buf, segs)
+	for _, s := range segs {
+		if len(s) <= copyLimit {
+			buf = append(buf, s...)
+			continue
+		}
+		// Hand vec only what is final, and go on in the rest of the
+		// buffer: appends never touch what vec holds.
+		vec = append(vec, buf[mark:], s)
+		buf = buf[len(buf):]
+		mark = 0
+	}
+	return buf, vec, mark, nil
 }
 
 // appendSegments appends a frame holding segs to dst.
 func appendSegments(dst []byte, segs [][]byte) []byte {
+	dst = appendSegmentTable(dst, segs)
+	for _, s := range segs {
+		dst = append(dst, s...)
+	}
+	return dst
+}
+
+// appendSegmentTable appends the segment table of a frame holding segs.
+func appendSegmentTable(dst []byte, segs [][]byte) []byte {
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(segs)-1))
 	for _, s := range segs {
 		dst = binary.LittleEndian.AppendUint32(dst, uint32(len(s)/8))
 	}
 	if len(segs)%2 == 0 {
 		dst = append(dst, 0, 0, 0, 0)
-	}
-	for _, s := range segs {
-		dst = append(dst, s...)
 	}
 	return dst
 }

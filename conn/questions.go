@@ -33,6 +33,7 @@ type question struct {
 	stopWatch func() bool
 	span      trace.Span // the client span; ended when the promise is settled
 	sidecar   *Sidecar   // carries span's context with the Call (nil: none)
+	flowBytes int64      // room taken in target.flow; given back when settled
 
 	settled atomic.Bool // the promise has been (or is being) resolved
 
@@ -57,6 +58,7 @@ type question struct {
 // capability inside a question's answer (promise pipelining).
 type callTarget struct {
 	importID  uint32
+	flow      *window // the import's flow control, if any
 	parent    *question
 	transform []capnp.PipelineOp
 }
@@ -108,6 +110,9 @@ func (q *question) release() {
 func (q *question) settle(ptr capnp.Ptr, err error) bool {
 	if !q.settled.CompareAndSwap(false, true) {
 		return false
+	}
+	if q.flowBytes > 0 {
+		q.target.flow.release(q.flowBytes)
 	}
 	endQuestionSpan(q.span, err)
 	q.p.Resolve(ptr, err)
@@ -178,8 +183,17 @@ func (c *Conn) sendCall(ctx context.Context, tgt callTarget, s capnp.Send) (*cap
 		msg.Release()
 		return capnp.ErrorAnswer(s.Method, exc.WrapError("place args", err)), func() {}
 	}
+	var flowBytes int64
+	if tgt.flow != nil {
+		size, _ := msg.TotalSize()
+		if err := tgt.flow.acquire(ctx, int64(size)); err != nil {
+			msg.Release()
+			return capnp.ErrorAnswer(s.Method, exc.WrapError("flow control", err)), func() {}
+		}
+		flowBytes = int64(size)
+	}
 	q := newQuestion(c, s.Method, &tgt)
-	q.msg, q.call = msg, call
+	q.msg, q.call, q.flowBytes = msg, call, flowBytes
 	q.span, q.sidecar = c.startQuestionSpan(ctx, s.Method, false, tgt.parent != nil)
 	q.watch(ctx)
 	if err := c.post(callOut{q: q}); err != nil {
@@ -187,6 +201,9 @@ func (c *Conn) sendCall(ctx context.Context, tgt callTarget, s capnp.Send) (*cap
 			q.stopWatch()
 		}
 		msg.Release()
+		if flowBytes > 0 {
+			tgt.flow.release(flowBytes)
+		}
 		endQuestionSpan(q.span, err)
 		return capnp.ErrorAnswer(s.Method, err), func() {}
 	}

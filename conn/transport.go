@@ -36,27 +36,47 @@ type streamTransport struct {
 	c   net.Conn
 	r   *bufio.Reader
 	lim Limits
-	buf []byte // writer goroutine only
+	buf []byte      // writer goroutine only: small frames, copied together
+	vec net.Buffers // writer goroutine only: buf's pieces and large segments
 }
+
+// copyLimit is the largest segment SendFrames copies into its buffer;
+// larger ones are written from where they are (writev), uncopied.
+const copyLimit = 16 << 10
 
 func (t *streamTransport) RecvFrame() (Frame, error) {
 	return readFrame(t.r, t.lim)
 }
 
+// SendFrames writes every frame in one write: small segments are copied
+// into one buffer, large ones go to a vectored write as they are.
 func (t *streamTransport) SendFrames(frames []Frame) error {
-	buf := t.buf[:0]
+	buf, vec := t.buf[:0], t.vec[:0]
+	mark := 0 // buf[mark:] is not yet in vec
 	for _, f := range frames {
 		var err error
-		if buf, err = appendFrame(buf, f); err != nil {
+		buf, vec, mark, err = appendFrameVec(buf, vec, mark, f)
+		if err != nil {
 			return err
 		}
 	}
-	_, err := t.c.Write(buf)
-	if cap(buf) <= 1<<20 {
-		t.buf = buf // keep moderate buffers for the next batch
-	} else {
-		t.buf = nil
+	if len(vec) == 0 {
+		_, err := t.c.Write(buf)
+		if cap(buf) <= 1<<20 {
+			t.buf = buf // keep moderate buffers for the next batch
+		} else {
+			t.buf = nil
+		}
+		return err
 	}
+	if mark < len(buf) {
+		vec = append(vec, buf[mark:])
+	}
+	all := vec
+	_, err := vec.WriteTo(t.c) // consumes vec
+	clear(all)                 // drop the references to the segments
+	t.vec = all[:0]
+	// buf is now the tail of t.buf (or of a larger buffer): t.buf stays.
 	return err
 }
 

@@ -1,0 +1,85 @@
+package conn
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+
+	"github.com/vatactor/vatactor/internal/interop"
+)
+
+// bootstrapImport answers the connection's Bootstrap with the peer's
+// export 0 and returns it resolved.
+func (h *harness) bootstrapImport(ctx context.Context) interop.Echo {
+	h.t.Helper()
+	boot := interop.Echo(h.c.Bootstrap(ctx))
+	h.expect("bootstrap q0")
+	h.send(func(m rpccp.Message) error {
+		r, err := m.NewReturn()
+		if err != nil {
+			return err
+		}
+		r.SetAnswerId(0)
+		p, _ := r.NewResults()
+		caps, _ := p.NewCapTable(1)
+		caps.At(0).SetSenderHosted(0)
+		return p.SetContent(capnp.NewInterface(p.Segment(), 0).ToPtr())
+	})
+	if err := boot.Resolve(ctx); err != nil {
+		h.t.Fatal(err)
+	}
+	return boot
+}
+
+// TestFlowWindow: calls on an import keep at most FlowWindow bytes in
+// flight; each answer lets the next waiting call go, in order.
+func TestFlowWindow(t *testing.T) {
+	const text = "0123456789abcdef0123456789abcdef" // a Call of about 140 bytes
+	h := newHarnessWith(t, Options{FlowWindow: 300})
+	ctx := context.Background()
+	boot := h.bootstrapImport(ctx)
+	defer boot.Release()
+
+	const calls = 6
+	sent := make(chan int, calls)
+	releases := make(chan capnp.ReleaseFunc, calls)
+	go func() {
+		for i := range calls {
+			_, release := boot.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText(text) })
+			releases <- release
+			sent <- i
+		}
+	}()
+	// Two calls fit in 300 bytes; the third waits in Send.
+	h.expect("call q1")
+	h.expect("call q2")
+	select {
+	case m := <-h.in:
+		rm, _ := rpccp.ReadRootMessage(m)
+		t.Fatalf("a third call went past the window: %s", DescribeMessage(rm))
+	case <-time.After(50 * time.Millisecond):
+	}
+	if n := len(sent); n != 2 {
+		t.Fatalf("%d Sends returned, want 2 (the third waits for room)", n)
+	}
+	for q := uint32(1); q <= calls; q++ {
+		h.send(func(m rpccp.Message) error {
+			r, err := m.NewReturn()
+			if err != nil {
+				return err
+			}
+			r.SetAnswerId(q)
+			_, err = r.NewResults()
+			return err
+		})
+		if q+2 <= calls {
+			h.expect("call q" + string(rune('0'+q+2)))
+		}
+	}
+	for range calls {
+		(<-releases)()
+	}
+}
