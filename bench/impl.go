@@ -28,6 +28,10 @@ const (
 type setup struct {
 	conns  int                  // client connections to the server, each with its bootstrap Bench
 	tracer trace.TracerProvider // vatactor only; nil: the global (no-op) provider
+	// window is the flow control of the client's calls, in bytes (0:
+	// none): vatactor's Options.FlowWindow; go-capnp's limiter is set by
+	// the scenario on the capability it streams to.
+	window int
 }
 
 // serverSide is a Bench server of one implementation listening on
@@ -63,7 +67,7 @@ func connect(impl string, s setup) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	cli, err := dial(impl, srv.addr, s.conns, s.tracer)
+	cli, err := dial(impl, srv.addr, s)
 	if err != nil {
 		_ = srv.shutdown(context.Background())
 		return nil, err
@@ -86,26 +90,26 @@ func startServer(impl string, tp trace.TracerProvider) (*serverSide, error) {
 	return nil, fmt.Errorf("unknown implementation %q", impl)
 }
 
-func dial(impl, addr string, n int, tp trace.TracerProvider) (*clientSide, error) {
+func dial(impl, addr string, s setup) (*clientSide, error) {
 	switch impl {
 	case implVatactor:
-		return dialVat(addr, n, tp)
+		return dialVat(addr, s)
 	case implGoCapnp:
-		return dialGoCapnp(addr, n)
+		return dialGoCapnp(addr, s.conns)
 	}
 	return nil, fmt.Errorf("unknown implementation %q", impl)
 }
 
 // vatOptions are the connection options of the bench vats: room for the
-// 10,000 live questions of the scale figures, and the upload's flow
-// control window on every imported capability; the rest default.
-func vatOptions() conn.Options {
-	return conn.Options{MaxAnswers: 1 << 15, FlowWindow: streamWindow}
+// 10,000 live questions of the scale figures, and the flow control
+// window; the rest default.
+func vatOptions(window int) conn.Options {
+	return conn.Options{MaxAnswers: 1 << 15, FlowWindow: window}
 }
 
 func startVatServer(tp trace.TracerProvider) (*serverSide, error) {
 	bs, boot := newBench(actors.NewServer)
-	v := actors.Spawn(actors.Options{Name: "bench-server", Bootstrap: boot, Conn: vatOptions(), TracerProvider: tp})
+	v := actors.Spawn(actors.Options{Name: "bench-server", Bootstrap: boot, Conn: vatOptions(0), TracerProvider: tp})
 	addr, err := v.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		v.Stop()
@@ -122,8 +126,8 @@ func startVatServer(tp trace.TracerProvider) (*serverSide, error) {
 	}, nil
 }
 
-func dialVat(addr string, n int, tp trace.TracerProvider) (*clientSide, error) {
-	v := actors.Spawn(actors.Options{Name: "bench-client", Conn: vatOptions(), TracerProvider: tp})
+func dialVat(addr string, s setup) (*clientSide, error) {
+	v := actors.Spawn(actors.Options{Name: "bench-client", Conn: vatOptions(s.window), TracerProvider: s.tracer})
 	c := &clientSide{}
 	c.close = func() {
 		for _, b := range c.benches {
@@ -133,7 +137,7 @@ func dialVat(addr string, n int, tp trace.TracerProvider) (*clientSide, error) {
 		defer cancel()
 		_, _ = v.Shutdown(ctx, supervisor.Epitaph{Code: supervisor.OK})
 	}
-	for range n {
+	for range s.conns {
 		boot, _, err := v.Dial(context.Background(), "tcp", addr)
 		if err != nil {
 			c.close()

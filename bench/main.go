@@ -42,7 +42,11 @@ func main() {
 		memprofile = flag.String("memprofile", "", "write an allocation profile to this file at the end")
 		peer       = flag.String("peer", "", "internal: dial this address as the idle peers of the scale figures")
 	)
+	flag.StringVar(&idleProfile, "idleprofile", "", "write heap profiles (<file>.<impl>) while the idle connections are open")
 	flag.Parse()
+	if idleProfile != "" {
+		runtime.MemProfileRate = 1 // every allocation, for an exact profile
+	}
 	slog.SetDefault(slog.New(slog.DiscardHandler))
 	if *peer != "" {
 		if err := runPeers(*peer, *idleConns, os.Stdin, os.Stdout); err != nil {
@@ -157,7 +161,7 @@ func selectScenarios(all []scenario, only string) ([]scenario, error) {
 // runScenario runs sc for each implementation, rounds times, alternating
 // which goes first, each for d/rounds.
 func runScenario(sc scenario, impls []string, rounds int, d time.Duration) ([]*result, error) {
-	s := setup{conns: sc.conns}
+	s := setup{conns: sc.conns, window: sc.window}
 	if sc.traced != "" {
 		if !slices.Contains(impls, implVatactor) {
 			return nil, nil

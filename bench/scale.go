@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"time"
@@ -75,11 +76,11 @@ func measureIdle(impl string, n int) (idleFigures, error) {
 	if err != nil {
 		return fig, err
 	}
-	mem0, g0 := memInUse()
 	srv, err := startServer(impl, nil)
 	if err != nil {
 		return fig, err
 	}
+	mem0, g0 := memInUse() // the server's own cost is not the connections'
 	peer := exec.Command(exe, "-peer", srv.addr, "-idle-conns", fmt.Sprint(n))
 	peer.Stderr = os.Stderr
 	stdin, _ := peer.StdinPipe()
@@ -100,6 +101,11 @@ func measureIdle(impl string, n int) (idleFigures, error) {
 	}
 	time.Sleep(100 * time.Millisecond) // the last Finish messages settle
 	mem1, g1 := memInUse()
+	if idleProfile != "" {
+		if err := writeHeapProfile(idleProfile + "." + impl); err != nil {
+			return fig, err
+		}
+	}
 	fig.BytesPerConn = float64(int64(mem1)-int64(mem0)) / float64(n)
 	fig.GoroutinesPerConn = float64(g1-g0) / float64(n)
 
@@ -121,6 +127,19 @@ func measureIdle(impl string, n int) (idleFigures, error) {
 	}
 	fig.PeersEOF, fig.PeersReset, fig.PeersOther = seen.EOF, seen.Reset, seen.Other
 	return fig, nil
+}
+
+// idleProfile, if set (-idleprofile), names the heap profiles taken while
+// the idle connections are open, one per implementation.
+var idleProfile string
+
+func writeHeapProfile(name string) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.Lookup("heap").WriteTo(f, 0)
 }
 
 // peerReport is how the peers' connections ended.

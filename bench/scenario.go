@@ -27,6 +27,8 @@ type scenario struct {
 	// traced runs vatactor only, recording spans, to compare with the
 	// untraced scenario of the name it gives.
 	traced string
+	// window is the flow control window of the client's calls (0: none).
+	window int
 }
 
 // Payloads and sizes of the scenarios.
@@ -59,7 +61,7 @@ func scenarios() []scenario {
 		{name: "pipeline3", doc: "next().next().echo() pipelined, waiting for the last (one op = 3 calls)",
 			conns: 1, workers: 1, op: pipelineOp, calls: 3},
 		{name: "stream10k", doc: "upload of 10k × 1 KiB -> stream writes, 256 KiB window (one op = one upload)",
-			conns: 1, workers: 1, op: uploadOp, calls: streamChunks + 2},
+			conns: 1, workers: 1, op: uploadOp, calls: streamChunks + 2, window: streamWindow},
 		{name: "echo/traced", doc: "echo with every span recorded (vatactor only; against echo)",
 			conns: 1, workers: 1, op: echoOp(small), calls: 1, traced: "echo"},
 		{name: "inflight64/traced", doc: "inflight64 with every span recorded (vatactor only; against inflight64)",

@@ -1,7 +1,6 @@
 package conn
 
 import (
-	"bufio"
 	"encoding/binary"
 	"io"
 	"net"
@@ -53,7 +52,7 @@ func (l Limits) withDefaults() Limits {
 // checking that size against lim. The segment table is read in place from
 // r's buffer; a frame costs one allocation for its bytes and, for the
 // usual one-segment message, two for the message itself.
-func readFrame(r *bufio.Reader, lim Limits) (Frame, error) {
+func readFrame(r *frameReader, lim Limits) (Frame, error) {
 	hdr, err := r.Peek(4)
 	if err != nil {
 		if err == io.EOF && len(hdr) > 0 {
@@ -96,9 +95,7 @@ func readFrame(r *bufio.Reader, lim Limits) (Frame, error) {
 			sizes[i] = uint64(binary.LittleEndian.Uint32(table[i*4:])) * 8
 		}
 	}
-	if _, err := r.Discard(int(4 + tableLen)); err != nil {
-		return Frame{}, unexpectedEOF(err)
-	}
+	r.Discard(int(4 + tableLen))
 	body := make([]byte, total-4-tableLen)
 	if _, err := io.ReadFull(r, body); err != nil {
 		return Frame{}, unexpectedEOF(err)

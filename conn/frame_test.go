@@ -1,7 +1,6 @@
 package conn
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -48,7 +47,7 @@ func TestOversizedFrameOverTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
-	fr, err := readFrame(bufio.NewReader(peer), Limits{}.withDefaults())
+	fr, err := readFrame(newTestReader(peer), Limits{}.withDefaults())
 	if err != nil {
 		t.Fatalf("reading the Abort: %v", err)
 	}
@@ -70,7 +69,7 @@ func TestOversizedFrameOverTCP(t *testing.T) {
 func TestTooManySegments(t *testing.T) {
 	var hdr [4]byte
 	binary.LittleEndian.PutUint32(hdr[:], 10000)
-	_, err := readFrame(bufio.NewReader(bytes.NewReader(hdr[:])), Limits{}.withDefaults())
+	_, err := readFrame(newTestReader(bytes.NewReader(hdr[:])), Limits{}.withDefaults())
 	if !errors.Is(err, ErrTooManySegments) {
 		t.Fatalf("err = %v, want ErrTooManySegments", err)
 	}
@@ -88,7 +87,7 @@ func TestFrameRoundTrip(t *testing.T) {
 	if !bytes.Equal(b, want) {
 		t.Fatalf("our framing differs from capnp's Marshal:\n%x\n%x", b, want)
 	}
-	got, err := readFrame(bufio.NewReader(bytes.NewReader(b)), Limits{}.withDefaults())
+	got, err := readFrame(newTestReader(bytes.NewReader(b)), Limits{}.withDefaults())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +134,7 @@ func TestSidecarBytes(t *testing.T) {
 	if got := binary.LittleEndian.Uint64(side[16:]); got != 1 {
 		t.Fatalf("features = %#x, want 1 (epitaphs)", got)
 	}
-	got, err := readFrame(bufio.NewReader(bytes.NewReader(b)), Limits{}.withDefaults())
+	got, err := readFrame(newTestReader(bytes.NewReader(b)), Limits{}.withDefaults())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +157,7 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 0, 1, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		lim := Limits{MaxFrameSize: 1 << 16}.withDefaults()
-		fr, err := readFrame(bufio.NewReader(bytes.NewReader(data)), lim)
+		fr, err := readFrame(newTestReader(bytes.NewReader(data)), lim)
 		if err != nil {
 			return
 		}
@@ -241,7 +240,7 @@ func TestSendFramesVectored(t *testing.T) {
 		if err := tr.SendFrames(frames); err != nil {
 			t.Fatal(err)
 		}
-		r := bufio.NewReader(bytes.NewReader(out.out.Bytes()))
+		r := newTestReader(bytes.NewReader(out.out.Bytes()))
 		for i, want := range frames {
 			got, err := readFrame(r, Limits{}.withDefaults())
 			if err != nil {
@@ -263,4 +262,8 @@ func TestSendFramesVectored(t *testing.T) {
 			t.Fatalf("after the frames: %v, want EOF", err)
 		}
 	}
+}
+
+func newTestReader(r io.Reader) *frameReader {
+	return newFrameReader(r, 8+4*DefaultMaxSegments)
 }

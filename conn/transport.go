@@ -1,7 +1,6 @@
 package conn
 
 import (
-	"bufio"
 	"errors"
 	"io"
 	"net"
@@ -29,12 +28,18 @@ type Transport interface {
 // NewStreamTransport returns a Transport that speaks the standard stream
 // framing over c, enforcing lim on what it reads.
 func NewStreamTransport(c net.Conn, lim Limits) Transport {
-	return &streamTransport{c: c, r: bufio.NewReaderSize(c, 64<<10), lim: lim.withDefaults()}
+	lim = lim.withDefaults()
+	// Peek must hold a whole segment table.
+	return &streamTransport{c: c, r: newFrameReader(c, 8+4*lim.MaxSegments), lim: lim}
 }
+
+// keepWriteBuffer is the largest write buffer kept from one batch to the
+// next.
+const keepWriteBuffer = 32 << 10
 
 type streamTransport struct {
 	c   net.Conn
-	r   *bufio.Reader
+	r   *frameReader
 	lim Limits
 	buf []byte      // writer goroutine only: small frames, copied together
 	vec net.Buffers // writer goroutine only: buf's pieces and large segments
@@ -62,7 +67,7 @@ func (t *streamTransport) SendFrames(frames []Frame) error {
 	}
 	if len(vec) == 0 {
 		_, err := t.c.Write(buf)
-		if cap(buf) <= 1<<20 {
+		if cap(buf) <= keepWriteBuffer {
 			t.buf = buf // keep moderate buffers for the next batch
 		} else {
 			t.buf = nil
@@ -72,10 +77,10 @@ func (t *streamTransport) SendFrames(frames []Frame) error {
 	if mark < len(buf) {
 		vec = append(vec, buf[mark:])
 	}
-	all := vec
-	_, err := vec.WriteTo(t.c) // consumes vec
-	clear(all)                 // drop the references to the segments
-	t.vec = all[:0]
+	t.vec = vec
+	_, err := t.vec.WriteTo(t.c) // consumes t.vec
+	clear(vec)                   // drop the references to the segments
+	t.vec = vec[:0]
 	// buf is now the tail of t.buf (or of a larger buffer): t.buf stays.
 	return err
 }
