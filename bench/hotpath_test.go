@@ -50,7 +50,10 @@ type discardConn struct {
 	last []byte
 }
 
-func (c *discardConn) Write(p []byte) (int, error) { c.last = append(c.last[:0], p...); return len(p), nil }
+func (c *discardConn) Write(p []byte) (int, error) {
+	c.last = append(c.last[:0], p...)
+	return len(p), nil
+}
 
 // replayConn is a net.Conn whose reads return the same bytes forever.
 type replayConn struct {
@@ -195,4 +198,3 @@ func BenchmarkEchoTCP(b *testing.B) {
 		})
 	}
 }
-

@@ -30,7 +30,11 @@ func (r *recorder) InvokeUserMessage(m any) {
 	r.user = append(r.user, m)
 	r.mu.Unlock()
 }
-func (r *recorder) EscalateFailure(reason, m any) { r.mu.Lock(); r.escalated = append(r.escalated, m); r.mu.Unlock() }
+func (r *recorder) EscalateFailure(reason, m any) {
+	r.mu.Lock()
+	r.escalated = append(r.escalated, m)
+	r.mu.Unlock()
+}
 
 // manual runs scheduled work only when asked to.
 type manual struct{ work []func() }
