@@ -52,6 +52,9 @@ func memInUse() (uint64, int) {
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
+	if os.Getenv("BENCH_MEMDEBUG") != "" {
+		fmt.Fprintf(os.Stderr, "heap %d stack %d goroutines %d\n", m.HeapInuse, m.StackInuse, runtime.NumGoroutine())
+	}
 	return m.HeapInuse + m.StackInuse, runtime.NumGoroutine()
 }
 

@@ -217,7 +217,8 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 		tracer:    tracing.Tracer(opts.TracerProvider),
 		untraced:  tracing.Noop(opts.TracerProvider),
 	}
-	c.out.init()
+	c.out.start = c.startWriter
+	c.out.wake = make(chan struct{}, 1)
 	c.trace = opts.Logger.Enabled(context.Background(), slog.LevelDebug)
 	st := newState(c)
 	props := actor.PropsFromProducer(func() actor.Actor { return st },
@@ -390,10 +391,13 @@ func (m socketClosed) closeWriteNote() string {
 	return "flushed, FIN sent"
 }
 
-// sendQueue is the writer's input: the actor appends, the writer takes
-// everything queued in one batch.
+// sendQueue is the writer's input: the actor appends, a writer takes
+// everything queued in one batch. The writer is a goroutine started by
+// the first frame to send; it waits for more, and exits once it has had
+// nothing to write for writerIdleTimeout, so that an idle connection has
+// no writer (the next frame starts one).
 //
-// Lazy frames (a Finish after its Return, a Release) do not wake the
+// Lazy frames (a Finish after its Return, a Release) do not start the
 // writer: they go out with the next frame that does, or after
 // lazyFlushDelay, so that a caller making one call after another sends
 // each Finish in the same write as its next Call.
@@ -401,27 +405,59 @@ type sendQueue struct {
 	mu        sync.Mutex
 	items     []Frame
 	keep      []bool // keep[i]: the actor still owns items[i].Msg after writing
-	closing   bool   // writer flushes and exits
-	halfClose bool   // writer calls CloseWrite after the last flush
-	wake      chan struct{}
-	flush     *time.Timer // wakes the writer for lazy frames; made on first use
-	armed     bool        // flush is pending
+	spare     []Frame
+	spareKeep []bool
+	closing   bool          // the writer flushes, then stops for good
+	halfClose bool          // the writer calls CloseWrite after the last flush
+	writing   bool          // a writer goroutine is running
+	failed    bool          // a write failed: nothing more is written
+	done      bool          // the last flush is done: no writer starts again
+	start     func()        // starts a writer goroutine
+	wake      chan struct{} // wakes a waiting writer
+	flush     *time.Timer   // starts the writer for lazy frames; made on first use
+	armed     bool          // flush is pending
 }
 
-// lazyFlushDelay bounds how long a lazy frame waits for company.
-const lazyFlushDelay = 100 * time.Microsecond
+// lazyFlushDelay bounds how long a lazy frame waits for company;
+// writerIdleTimeout is how long a writer with nothing to write waits
+// before it exits.
+const (
+	lazyFlushDelay    = 100 * time.Microsecond
+	writerIdleTimeout = 500 * time.Millisecond
+)
 
-func (q *sendQueue) init() { q.wake = make(chan struct{}, 1) }
+// wakeWriter wakes the writer if it waits for frames.
+func (q *sendQueue) wakeWriter() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// startLocked reports whether the caller must start a writer (and marks
+// one running). Called with mu held.
+func (q *sendQueue) startLocked() bool {
+	if q.writing || q.done {
+		return false
+	}
+	q.writing = true
+	return true
+}
 
 func (q *sendQueue) push(f Frame, keep bool) {
 	q.mu.Lock()
 	q.items = append(q.items, f)
 	q.keep = append(q.keep, keep)
+	start := q.startLocked()
 	q.mu.Unlock()
-	q.wakeWriter()
+	if start {
+		q.start()
+	} else {
+		q.wakeWriter()
+	}
 }
 
-// pushLazy queues f without waking the writer; the flush timer does if
+// pushLazy queues f without starting the writer; the flush timer does if
 // nothing else does first.
 func (q *sendQueue) pushLazy(f Frame) {
 	q.mu.Lock()
@@ -442,14 +478,12 @@ func (q *sendQueue) pushLazy(f Frame) {
 func (q *sendQueue) flushLazy() {
 	q.mu.Lock()
 	q.armed = false
+	start := len(q.items) > 0 && q.startLocked()
 	q.mu.Unlock()
-	q.wakeWriter()
-}
-
-func (q *sendQueue) wakeWriter() {
-	select {
-	case q.wake <- struct{}{}:
-	default:
+	if start {
+		q.start()
+	} else {
+		q.wakeWriter()
 	}
 }
 
@@ -460,8 +494,13 @@ func (q *sendQueue) close(halfClose bool) {
 	if q.flush != nil {
 		q.flush.Stop()
 	}
+	start := q.startLocked()
 	q.mu.Unlock()
-	q.wakeWriter()
+	if start {
+		q.start()
+	} else {
+		q.wakeWriter()
+	}
 }
 
 // readLoop is the reader goroutine: frames in, actor messages out.
@@ -493,20 +532,46 @@ func (c *Conn) readLoop() {
 	}
 }
 
+// startWriter is sendQueue.start: one writer goroutine at a time.
+func (c *Conn) startWriter() {
+	c.writer.Add(1)
+	go c.writeLoop()
+}
+
 // writeLoop is the writer goroutine: it takes everything queued and writes
-// it in one batch, until the queue is closed and empty. It is the only
-// caller of SendFrames and CloseWrite.
+// it in one batch, again and again; it exits when it has had nothing to
+// write for writerIdleTimeout (the next push starts another) or once the
+// queue is closed (it flushes, half-closes and exits for good). It is the
+// only caller of SendFrames and CloseWrite.
 func (c *Conn) writeLoop() {
 	defer c.writer.Done()
-	var batch []Frame
-	var keep []bool
-	failed := false
-	for range c.out.wake {
-		c.out.mu.Lock()
-		batch, c.out.items = c.out.items, batch[:0]
-		keep, c.out.keep = c.out.keep, keep[:0]
-		closing, half := c.out.closing, c.out.halfClose
-		c.out.mu.Unlock()
+	q := &c.out
+	idle := time.NewTimer(writerIdleTimeout)
+	defer idle.Stop()
+	for {
+		q.mu.Lock()
+		batch, keep := q.items, q.keep
+		closing, half, failed := q.closing, q.halfClose, q.failed
+		if len(batch) == 0 && !closing {
+			q.mu.Unlock()
+			idle.Reset(writerIdleTimeout)
+			select {
+			case <-q.wake:
+				continue
+			case <-idle.C:
+			}
+			q.mu.Lock()
+			if len(q.items) == 0 && !q.closing {
+				q.writing = false
+				q.mu.Unlock()
+				return
+			}
+			q.mu.Unlock()
+			continue
+		}
+		q.items, q.keep = q.spare[:0], q.spareKeep[:0]
+		q.spare, q.spareKeep = nil, nil
+		q.mu.Unlock()
 		if c.trace {
 			for _, f := range batch {
 				if rm, err := rpccp.ReadRootMessage(f.Msg); err == nil {
@@ -526,6 +591,13 @@ func (c *Conn) writeLoop() {
 			}
 			batch[i] = Frame{}
 		}
+		q.mu.Lock()
+		q.failed = q.failed || failed
+		q.spare, q.spareKeep = batch[:0], keep[:0]
+		if closing {
+			q.done, q.writing = true, false
+		}
+		q.mu.Unlock()
 		if closing {
 			if half && !failed {
 				_ = c.transport.CloseWrite()

@@ -106,9 +106,7 @@ func (s *state) Receive(ctx actor.Context) {
 	case *actor.Started:
 		s.c.pid.Store(ctx.Self())
 		s.c.reader.Add(1)
-		s.c.writer.Add(1)
 		go s.c.readLoop()
-		go s.c.writeLoop()
 		if bs := s.c.opts.Bootstrap; bs.IsValid() {
 			s.c.opts.Bootstrap = bs.AddRef()
 		}
