@@ -222,7 +222,7 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 	c.trace = opts.Logger.Enabled(context.Background(), slog.LevelDebug)
 	st := newState(c)
 	props := actor.PropsFromProducer(func() actor.Actor { return st },
-		actor.WithMailbox(mailbox.Producer), actor.WithSupervisor(stopChildren))
+		actor.WithMailbox(mailbox.Producer), actor.WithDispatcher(mailbox.Pool), actor.WithSupervisor(stopChildren))
 	c.pid.Store(spawner.Spawn(props))
 	return c
 }

@@ -68,7 +68,7 @@ func newState(c *Conn) *state {
 		a := s.spawning
 		s.spawning = nil
 		return a
-	}, actor.WithMailbox(mailbox.Producer))
+	}, actor.WithMailbox(mailbox.Producer), actor.WithDispatcher(mailbox.Pool))
 	return s
 }
 

@@ -1,6 +1,7 @@
 package mailbox_test
 
 import (
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -134,7 +135,9 @@ func (c *counter) Receive(ctx actor.Context) {
 }
 
 func TestActorSystem(t *testing.T) {
-	sys := actor.NewActorSystem()
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return slog.New(slog.DiscardHandler)
+	}))
 	defer sys.Shutdown()
 	const senders, each = 4, 5000
 	c := &counter{last: map[int]int{}, done: make(chan struct{}), want: senders * each}
