@@ -150,15 +150,17 @@ func unexpectedEOF(err error) error {
 // then the sidecar segment if f has one.
 func appendFrame(dst []byte, f Frame) ([]byte, error) {
 	var table [8][]byte
-	segs, err := frameSegments(table[:0], f)
+	segs, err := frameSegments(table[:0], f, nil)
 	if err != nil {
 		return dst, err
 	}
 	return appendSegments(dst, segs), nil
 }
 
-// frameSegments appends to segs the segments f is framed as.
-func frameSegments(segs [][]byte, f Frame) ([][]byte, error) {
+// frameSegments appends to segs the segments f is framed as. The sidecar
+// segment is written into *scratch (reused: the caller copies it before
+// the next call) or, with scratch nil, into new memory.
+func frameSegments(segs [][]byte, f Frame, scratch *[]byte) ([][]byte, error) {
 	n := f.Msg.NumSegments()
 	for i := int64(0); i < n; i++ {
 		s, err := f.Msg.Segment(capnp.SegmentID(i))
@@ -168,21 +170,22 @@ func frameSegments(segs [][]byte, f Frame) ([][]byte, error) {
 		segs = append(segs, s.Data())
 	}
 	if f.Sidecar != nil {
-		sc, err := encodeSidecar(f.Sidecar)
-		if err != nil {
-			return segs, err
+		if scratch == nil {
+			scratch = new([]byte)
 		}
-		segs = append(segs, sc)
+		*scratch = appendSidecar((*scratch)[:0], f.Sidecar)
+		segs = append(segs, *scratch)
 	}
 	return segs, nil
 }
 
-// appendFrameVec is appendFrame for a vectored write: segments larger
+// appendFrameVec is appendFrame for a vectored write (the sidecar is
+// always small, so copied: scratch is reused): segments larger
 // than copyLimit are not copied into buf but added to vec after the part
 // of buf before them (buf[mark:]); it returns the new buf, vec and mark.
-func appendFrameVec(buf []byte, vec net.Buffers, mark int, f Frame) ([]byte, net.Buffers, int, error) {
+func appendFrameVec(buf []byte, vec net.Buffers, mark int, f Frame, scratch *[]byte) ([]byte, net.Buffers, int, error) {
 	var table [8][]byte
-	segs, err := frameSegments(table[:0], f)
+	segs, err := frameSegments(table[:0], f, scratch)
 	if err != nil {
 		return buf, vec, mark, err
 	}

@@ -14,6 +14,7 @@ import (
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/vatactor/vatactor/conn/wire"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -266,4 +267,72 @@ func TestSendFramesVectored(t *testing.T) {
 
 func newTestReader(r io.Reader) *frameReader {
 	return newFrameReader(r, 8+4*DefaultMaxSegments)
+}
+
+// capnpSidecar encodes s with capnp's own encoder: the reference for
+// appendSidecar.
+func capnpSidecar(t testing.TB, s *Sidecar) []byte {
+	msg, seg := capnp.NewSingleSegmentMessage(nil)
+	sc, err := wire.NewRootSidecar(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.SetMagic(wire.SidecarMagic)
+	sc.SetFeatures(s.Features)
+	for _, set := range []struct {
+		v   string
+		set func(string) error
+	}{{s.TraceParent, sc.SetTraceparent}, {s.TraceState, sc.SetTracestate}, {s.ConnParent, sc.SetConn}} {
+		if set.v != "" {
+			if err := set.set(set.v); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	seg0, _ := msg.Segment(0)
+	return seg0.Data()
+}
+
+// TestSidecarEncoding: the hand-written encoder writes the bytes capnp's
+// encoder writes, and both decoders read them the same.
+func TestSidecarEncoding(t *testing.T) {
+	for _, s := range []*Sidecar{
+		{Features: ourFeatures},
+		{Features: ourFeatures, TraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+		{Features: 5, TraceState: "k=v", ConnParent: "x"},
+		{Features: ourFeatures, TraceParent: "1234567", TraceState: "12345678", ConnParent: "123456789"},
+	} {
+		got, want := appendSidecar(nil, s), capnpSidecar(t, s)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%+v:\n got  %x\n want %x", s, got, want)
+		}
+		fast, ok := decodeOurSidecar(got)
+		if !ok || *fast != *s {
+			t.Fatalf("fast decode of %+v: %+v, %v", s, fast, ok)
+		}
+	}
+}
+
+// FuzzSidecar: wherever the fast decoder accepts a segment, capnp's
+// decoder reads the same sidecar from it.
+func FuzzSidecar(f *testing.F) {
+	f.Add(appendSidecar(nil, &Sidecar{Features: 1, TraceParent: "tp", TraceState: "ts", ConnParent: "c"}))
+	f.Add(appendSidecar(nil, &Sidecar{Features: 1}))
+	f.Fuzz(func(t *testing.T, seg []byte) {
+		fast, ok := decodeOurSidecar(seg)
+		if !ok {
+			return
+		}
+		msg, _ := capnp.NewMultiSegmentMessage([][]byte{seg})
+		sc, err := wire.ReadRootSidecar(msg)
+		if err != nil {
+			t.Fatalf("fast decoder accepted what capnp rejects: %v", err)
+		}
+		tp, _ := sc.Traceparent()
+		ts, _ := sc.Tracestate()
+		cp, _ := sc.Conn()
+		if want := (Sidecar{Features: sc.Features(), TraceParent: tp, TraceState: ts, ConnParent: cp}); *fast != want {
+			t.Fatalf("fast %+v, capnp %+v", *fast, want)
+		}
+	})
 }

@@ -43,6 +43,7 @@ type streamTransport struct {
 	lim Limits
 	buf []byte      // writer goroutine only: small frames, copied together
 	vec net.Buffers // writer goroutine only: buf's pieces and large segments
+	sc  []byte      // writer goroutine only: the sidecar being framed
 }
 
 // copyLimit is the largest segment SendFrames copies into its buffer;
@@ -60,7 +61,7 @@ func (t *streamTransport) SendFrames(frames []Frame) error {
 	mark := 0 // buf[mark:] is not yet in vec
 	for _, f := range frames {
 		var err error
-		buf, vec, mark, err = appendFrameVec(buf, vec, mark, f)
+		buf, vec, mark, err = appendFrameVec(buf, vec, mark, f, &t.sc)
 		if err != nil {
 			return err
 		}

@@ -32,36 +32,48 @@ type Frame struct {
 	Sidecar *Sidecar // nil: no sidecar segment
 }
 
-// encodeSidecar returns the bytes of the sidecar segment for s: a
-// single-segment message whose root pointer is at word 0.
-func encodeSidecar(s *Sidecar) ([]byte, error) {
-	msg, seg := capnp.NewSingleSegmentMessage(nil)
-	sc, err := wire.NewRootSidecar(seg)
-	if err != nil {
-		return nil, err
+// The layout appendSidecar writes, which is the one capnp's encoder
+// makes for wire.Sidecar: the root struct pointer, the two data words
+// (magic, features), the three Text pointers (traceparent, tracestate,
+// conn), then each non-empty text with its NUL, padded to a word.
+const (
+	sidecarDataWords = 2
+	sidecarPtrWords  = 3
+	sidecarRootPtr   = uint64(sidecarDataWords)<<32 | uint64(sidecarPtrWords)<<48 // struct, offset 0
+	sidecarHeadBytes = 8 * (1 + sidecarDataWords + sidecarPtrWords)
+)
+
+// appendSidecar appends the sidecar segment for s to dst, with no
+// allocation beyond dst's growth.
+func appendSidecar(dst []byte, s *Sidecar) []byte {
+	texts := [sidecarPtrWords]string{s.TraceParent, s.TraceState, s.ConnParent}
+	start := len(dst)
+	dst = binary.LittleEndian.AppendUint64(dst, sidecarRootPtr)
+	dst = binary.LittleEndian.AppendUint64(dst, wire.SidecarMagic)
+	dst = binary.LittleEndian.AppendUint64(dst, s.Features)
+	next := uint64(1 + sidecarDataWords + sidecarPtrWords) // word of the next text
+	for i, t := range texts {
+		if t == "" {
+			dst = binary.LittleEndian.AppendUint64(dst, 0)
+			continue
+		}
+		at := uint64(1 + sidecarDataWords + i)
+		const listKind, byteElems = 1, 2
+		ptr := listKind | (next-at-1)<<2 | byteElems<<32 | uint64(len(t)+1)<<35
+		dst = binary.LittleEndian.AppendUint64(dst, ptr)
+		next += uint64(len(t)+1+7) / 8
 	}
-	sc.SetMagic(wire.SidecarMagic)
-	sc.SetFeatures(s.Features)
-	if s.TraceParent != "" {
-		if err := sc.SetTraceparent(s.TraceParent); err != nil {
-			return nil, err
+	for _, t := range texts {
+		if t == "" {
+			continue
+		}
+		dst = append(dst, t...)
+		dst = append(dst, 0)
+		for (len(dst)-start)%8 != 0 {
+			dst = append(dst, 0)
 		}
 	}
-	if s.TraceState != "" {
-		if err := sc.SetTracestate(s.TraceState); err != nil {
-			return nil, err
-		}
-	}
-	if s.ConnParent != "" {
-		if err := sc.SetConn(s.ConnParent); err != nil {
-			return nil, err
-		}
-	}
-	seg0, err := msg.Segment(0)
-	if err != nil {
-		return nil, err
-	}
-	return seg0.Data(), nil
+	return dst
 }
 
 // isSidecar reports whether seg starts with a struct pointer to word 1
@@ -77,8 +89,12 @@ func isSidecar(seg []byte) bool {
 		binary.LittleEndian.Uint64(seg[8:]) == wire.SidecarMagic
 }
 
-// decodeSidecar reads a sidecar segment found by isSidecar.
+// decodeSidecar reads a sidecar segment found by isSidecar: directly when
+// it has the layout appendSidecar writes, else through capnp's decoder.
 func decodeSidecar(seg []byte, lim Limits) (*Sidecar, error) {
+	if sc, ok := decodeOurSidecar(seg); ok {
+		return sc, nil
+	}
 	msg, _ := capnp.NewMultiSegmentMessage([][]byte{seg})
 	msg.TraverseLimit = lim.TraverseLimit
 	msg.DepthLimit = lim.DepthLimit
@@ -96,6 +112,38 @@ func decodeSidecar(seg []byte, lim Limits) (*Sidecar, error) {
 		return nil, frameErrorf(ErrMalformedFrame, "sidecar: %v", err)
 	}
 	return out, nil
+}
+
+// decodeOurSidecar reads a sidecar laid out as appendSidecar writes it;
+// ok is false for any other layout (valid or not).
+func decodeOurSidecar(seg []byte) (*Sidecar, bool) {
+	if len(seg) < sidecarHeadBytes || binary.LittleEndian.Uint64(seg) != sidecarRootPtr {
+		return nil, false
+	}
+	out := &Sidecar{Features: binary.LittleEndian.Uint64(seg[16:])}
+	fields := [sidecarPtrWords]*string{&out.TraceParent, &out.TraceState, &out.ConnParent}
+	for i, f := range fields {
+		at := uint64(1 + sidecarDataWords + i)
+		ptr := binary.LittleEndian.Uint64(seg[8*at:])
+		if ptr == 0 {
+			continue
+		}
+		const listKind, byteElems = 1, 2
+		if ptr&3 != listKind || (ptr>>32)&7 != byteElems || int32(uint32(ptr))>>2 < 0 {
+			return nil, false
+		}
+		n := ptr >> 35
+		startWord := at + 1 + uint64(uint32(ptr)>>2)
+		if n == 0 || startWord > uint64(len(seg))/8 || uint64(len(seg))-8*startWord < n {
+			return nil, false
+		}
+		text := seg[8*startWord : 8*startWord+n]
+		if text[n-1] != 0 {
+			return nil, false
+		}
+		*f = string(text[:n-1])
+	}
+	return out, true
 }
 
 // setEpitaph adds ep to e's details under wire.EpitaphDetailId. The

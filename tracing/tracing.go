@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
@@ -94,7 +95,50 @@ var SystemName = semconv.RPCSystemNameKey.String("capnp")
 // SpanName is the name of a call's span: "Interface.method", the
 // interface's name without its file ("Calculator.evaluate"). A method
 // whose names are unknown is named by its ids ("@0x97983392df35cc36/0").
-func SpanName(m capnp.Method) string {
+func SpanName(m capnp.Method) string { return namesOf(m).span }
+
+// MethodAttributes are the attributes naming m on a call span. An unknown
+// method is rpc.method=_OTHER with its ids in rpc.method_original, as the
+// semantic conventions ask. The slice is shared: do not modify it.
+func MethodAttributes(m capnp.Method) []attribute.KeyValue { return namesOf(m).attrs }
+
+// callNames are a method's span name and attributes, made once per named
+// method (an unnamed one, whose ids may come from any peer, is not kept).
+type callNames struct {
+	span  string
+	attrs []attribute.KeyValue
+}
+
+var namesCache sync.Map // capnp.Method → *callNames
+
+func namesOf(m capnp.Method) *callNames {
+	known := m.InterfaceName != "" && m.MethodName != ""
+	if known {
+		if n, ok := namesCache.Load(m); ok {
+			return n.(*callNames)
+		}
+	}
+	n := &callNames{span: spanName(m)}
+	name := semconv.RPCMethod(m.String())
+	if !known {
+		name = semconv.RPCMethod("_OTHER")
+	}
+	n.attrs = []attribute.KeyValue{
+		SystemName,
+		name,
+		AttrInterfaceID.String(fmt.Sprintf("%#x", m.InterfaceID)),
+		AttrMethodID.Int(int(m.MethodID)),
+	}
+	if !known {
+		n.attrs = append(n.attrs, semconv.RPCMethodOriginal(n.span))
+	}
+	if known {
+		namesCache.Store(m, n)
+	}
+	return n
+}
+
+func spanName(m capnp.Method) string {
 	if m.InterfaceName == "" || m.MethodName == "" {
 		return fmt.Sprintf("@%#x/%d", m.InterfaceID, m.MethodID)
 	}
@@ -103,26 +147,6 @@ func SpanName(m capnp.Method) string {
 		iface = iface[i+1:]
 	}
 	return iface + "." + m.MethodName
-}
-
-// MethodAttributes are the attributes naming m on a call span. An unknown
-// method is rpc.method=_OTHER with its ids in rpc.method_original, as the
-// semantic conventions ask.
-func MethodAttributes(m capnp.Method) []attribute.KeyValue {
-	name := semconv.RPCMethod(m.String())
-	if m.InterfaceName == "" || m.MethodName == "" {
-		name = semconv.RPCMethod("_OTHER")
-	}
-	attrs := []attribute.KeyValue{
-		SystemName,
-		name,
-		AttrInterfaceID.String(fmt.Sprintf("%#x", m.InterfaceID)),
-		AttrMethodID.Int(int(m.MethodID)),
-	}
-	if m.InterfaceName == "" || m.MethodName == "" {
-		attrs = append(attrs, semconv.RPCMethodOriginal(SpanName(m)))
-	}
-	return attrs
 }
 
 // StatusCode is a call's rpc.response.status_code: OK, the exception type

@@ -10,6 +10,7 @@ import (
 	"capnproto.org/go/capnp/v3/exc"
 	"capnproto.org/go/capnp/v3/schemas"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
@@ -111,6 +112,46 @@ func TestNoop(t *testing.T) {
 	} {
 		if got := tracing.Noop(c.tp); got != c.want {
 			t.Errorf("Noop(%s) = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// TestPropagationMatchesOTel: the hand-written W3C header code says
+// exactly what OpenTelemetry's TraceContext propagator says.
+func TestPropagationMatchesOTel(t *testing.T) {
+	var w3c propagation.TraceContext
+	ts, _ := trace.ParseTraceState("a=1,b=2")
+	for _, sc := range []trace.SpanContext{
+		trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{0xab, 0xcd}, SpanID: trace.SpanID{0xef, 1}}),
+		trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{15: 0xff}, SpanID: trace.SpanID{7: 0x10},
+			TraceFlags: trace.FlagsSampled | 0x04, TraceState: ts}),
+	} {
+		ctx := trace.ContextWithSpanContext(context.Background(), sc)
+		carrier := propagation.MapCarrier{}
+		w3c.Inject(ctx, carrier)
+		tp, tst := tracing.Inject(ctx)
+		if tp != carrier.Get("traceparent") || tst != carrier.Get("tracestate") {
+			t.Errorf("Inject = %q %q, OTel %q %q", tp, tst, carrier.Get("traceparent"), carrier.Get("tracestate"))
+		}
+	}
+	for _, h := range []string{
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-09",
+		"00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+		"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
+		"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later",
+		"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-",
+	} {
+		for _, state := range []string{"", "k=v", "bad state!"} {
+			want := trace.SpanContextFromContext(w3c.Extract(context.Background(),
+				propagation.MapCarrier{"traceparent": h, "tracestate": state}))
+			got := trace.SpanContextFromContext(tracing.Extract(context.Background(), h, state))
+			if !got.Equal(want) || got.IsRemote() != want.IsRemote() {
+				t.Errorf("Extract(%q, %q) = %v, OTel %v", h, state, got, want)
+			}
 		}
 	}
 }
