@@ -41,9 +41,10 @@ type question struct {
 	id           uint32
 	seq          uint64 // creation order
 	pid          *actor.PID
-	pending      *settleQuestion // the outcome sent to the actor, kept in case a Stop overtakes it
-	stopErr      error           // set before a stop: what a caller still waiting gets
-	stopped      chan struct{}   // set before a stop: closed when the actor has stopped
+	pending      *settleQuestion // the outcome sent to the actor (&outcome), kept in case a Stop overtakes it
+	outcome      settleQuestion
+	stopErr      error         // set before a stop: what a caller still waiting gets
+	stopped      chan struct{} // set before a stop: closed when the actor has stopped
 	sent         bool
 	canceled     error // set if cancelled before it was sent
 	returned     bool
@@ -382,7 +383,11 @@ func (s *state) cancelQuestion(q *question, err error) {
 // settleQuestion hands q's outcome to its actor, which resolves the
 // caller's promise off the connection's goroutine.
 func (s *state) settleQuestion(q *question, m settleQuestion) {
-	q.pending = &m
+	if q.pending != nil {
+		return // settled once already: the first outcome wins
+	}
+	q.outcome = m
+	q.pending = &q.outcome
 	s.ctx.Send(q.pid, q.pending)
 }
 

@@ -29,41 +29,61 @@ var Pool = &Dispatcher{throughput: 300}
 const workerIdleTimeout = 100 * time.Millisecond
 
 type worker struct {
-	work chan func() // capacity 1: a hand-off never blocks
+	work chan task // capacity 1: a hand-off never blocks
+}
+
+// A task is a function to run, or a mailbox to process (which needs no
+// closure).
+type task struct {
+	fn func()
+	m  *Mailbox
+}
+
+func (t task) run() {
+	if t.m != nil {
+		t.m.run()
+		return
+	}
+	t.fn()
 }
 
 // Schedule implements actor.Dispatcher: fn runs on an idle worker, or on
 // a new one.
-func (d *Dispatcher) Schedule(fn func()) {
+func (d *Dispatcher) Schedule(fn func()) { d.schedule(task{fn: fn}) }
+
+// scheduleMailbox is Schedule for this package's mailboxes.
+func (d *Dispatcher) scheduleMailbox(m *Mailbox) { d.schedule(task{m: m}) }
+
+func (d *Dispatcher) schedule(t task) {
 	d.mu.Lock()
 	if n := len(d.idle); n > 0 {
 		w := d.idle[n-1]
 		d.idle = d.idle[:n-1]
 		d.mu.Unlock()
-		w.work <- fn
+		w.work <- t
 		return
 	}
 	d.mu.Unlock()
-	go d.run(fn)
+	go d.run(t)
 }
 
 // Throughput implements actor.Dispatcher: messages an activation handles
 // before it yields.
 func (d *Dispatcher) Throughput() int { return d.throughput }
 
-func (d *Dispatcher) run(fn func()) {
-	w := &worker{work: make(chan func(), 1)}
+func (d *Dispatcher) run(t task) {
+	w := &worker{work: make(chan task, 1)}
 	timer := time.NewTimer(workerIdleTimeout)
 	defer timer.Stop()
 	for {
-		fn()
-		fn = nil
+		t.run()
+		t = task{}
 		d.mu.Lock()
 		d.idle = append(d.idle, w)
 		d.mu.Unlock()
 		timer.Reset(workerIdleTimeout)
 		select {
-		case fn = <-w.work:
+		case t = <-w.work:
 			continue
 		case <-timer.C:
 		}
@@ -74,7 +94,7 @@ func (d *Dispatcher) run(fn func()) {
 			return
 		}
 		d.mu.Unlock()
-		fn = <-w.work // taken from the idle list just now: its work is on the way
+		t = <-w.work // taken from the idle list just now: its work is on the way
 	}
 }
 

@@ -34,7 +34,8 @@ type Mailbox struct {
 
 	invoker    actor.MessageInvoker
 	dispatcher actor.Dispatcher
-	process    func() // m.run, made once
+	pool       *Dispatcher // dispatcher, when it is one of ours: no closure needed
+	process    func()      // m.run, made once, for any other dispatcher
 }
 
 // queue is a FIFO over a slice whose storage is reused once it drains;
@@ -65,7 +66,20 @@ func (q *queue) len() int { return len(q.items) - q.head }
 // RegisterHandlers implements actor.Mailbox.
 func (m *Mailbox) RegisterHandlers(invoker actor.MessageInvoker, dispatcher actor.Dispatcher) {
 	m.invoker, m.dispatcher = invoker, dispatcher
-	m.process = m.run
+	if d, ok := dispatcher.(*Dispatcher); ok {
+		m.pool = d
+	} else {
+		m.process = m.run
+	}
+}
+
+// schedule hands the mailbox to its dispatcher.
+func (m *Mailbox) schedule() {
+	if m.pool != nil {
+		m.pool.scheduleMailbox(m)
+		return
+	}
+	m.dispatcher.Schedule(m.process)
 }
 
 // Start implements actor.Mailbox.
@@ -86,7 +100,7 @@ func (m *Mailbox) PostUserMessage(msg any) {
 	m.running = m.running || schedule
 	m.mu.Unlock()
 	if schedule {
-		m.dispatcher.Schedule(m.process)
+		m.schedule()
 	}
 }
 
@@ -98,7 +112,7 @@ func (m *Mailbox) PostSystemMessage(msg any) {
 	m.running = true
 	m.mu.Unlock()
 	if schedule {
-		m.dispatcher.Schedule(m.process)
+		m.schedule()
 	}
 }
 
