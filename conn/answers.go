@@ -25,11 +25,10 @@ import (
 // calls. The capability executes the call; the export actor owns its
 // lifetime.
 type answer struct {
-	c      *Conn
-	id     uint32
-	ctx    context.Context // the callee's: carries span
-	cancel context.CancelFunc
-	span   trace.Span // the server span; ended when the Return is queued
+	c    *Conn
+	id   uint32
+	ctx  callCtx    // the callee's: carries span
+	span trace.Span // the server span; ended when the Return is queued
 
 	// Written by the callee (any goroutine) before Return.
 	msg     *capnp.Message // the Return message, once results are allocated
@@ -59,9 +58,8 @@ func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar
 	if _, dup := s.answers[id]; dup {
 		return nil, fmt.Errorf("%w: question %d is already in flight", ErrDuplicateID, id)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	a := &answer{c: s.c, id: id, cancel: cancel}
-	a.ctx, a.span = s.startAnswerSpan(ctx, m, bootstrap, sc)
+	a := &answer{c: s.c, id: id}
+	a.ctx.parent, a.span = s.startAnswerSpan(context.Background(), m, bootstrap, sc)
 	s.answers[id] = a
 	return a, nil
 }
@@ -211,7 +209,7 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message, sc *Sidecar) (ke
 		if e == nil {
 			return false, fmt.Errorf("%w: call on export %d, which we do not export (released?)", ErrUnknownID, target.ImportedCap())
 		}
-		a.pc = e.client.RecvCall(a.ctx, recv)
+		a.pc = e.client.RecvCall(&a.ctx, recv)
 	case rpccp.MessageTarget_Which_promisedAnswer:
 		pa, err := target.PromisedAnswer()
 		if err != nil {
@@ -225,7 +223,7 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message, sc *Sidecar) (ke
 		if err != nil {
 			return false, err
 		}
-		a.pc = s.deliverPipelined(a.ctx, pans, transform, recv)
+		a.pc = s.deliverPipelined(&a.ctx, pans, transform, recv)
 	default:
 		return false, fmt.Errorf("%w: call target of unknown kind %d", ErrMalformedFrame, target.Which())
 	}
@@ -333,18 +331,24 @@ func (s *state) handleFinish(m rpccp.Message) error {
 	if err != nil {
 		return fmt.Errorf("%w: finish: %v", ErrMalformedFrame, err)
 	}
-	a := s.answers[f.QuestionId()]
+	return s.finish(f.QuestionId(), f.ReleaseResultCaps())
+}
+
+// finish: the peer is done with its question qid; releaseResultCaps says
+// whether it drops the capabilities of the results.
+func (s *state) finish(qid uint32, releaseResultCaps bool) error {
+	a := s.answers[qid]
 	if a == nil {
-		return fmt.Errorf("%w: finish for question %d, which is not in flight", ErrUnknownID, f.QuestionId())
+		return fmt.Errorf("%w: finish for question %d, which is not in flight", ErrUnknownID, qid)
 	}
 	if a.finished {
 		return fmt.Errorf("%w: second finish for question %d", ErrDuplicateID, a.id)
 	}
 	a.finished = true
-	a.releaseResults = f.ReleaseResultCaps()
+	a.releaseResults = releaseResultCaps
 	if !a.returned {
 		a.span.AddEvent("canceled by the caller")
-		a.cancel() // the callee sees its context cancelled; its Return comes later
+		a.ctx.cancel() // the callee sees its context cancelled; its Return comes later
 		return nil
 	}
 	s.dropAnswer(a)
@@ -356,7 +360,7 @@ func (s *state) handleFinish(m rpccp.Message) error {
 // its results gave the peer (if the Finish asked for it) and the results'
 // capabilities.
 func (s *state) dropAnswer(a *answer) {
-	a.cancel()
+	a.ctx.cancel()
 	if a.releaseResults && s.phase < phaseClosing {
 		for _, id := range a.resultExports {
 			if id != noExport {

@@ -516,9 +516,15 @@ func (c *Conn) readLoop() {
 			return
 		}
 		var posted error
-		if f.Sidecar == nil {
+		switch {
+		case f.finish.ok:
+			if posted = c.post(f.finish); posted != nil && c.trace {
+				c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", f.finish.describe())
+			}
+			continue
+		case f.Sidecar == nil:
 			posted = c.post(f.Msg) // most frames: no boxing of the Frame
-		} else {
+		default:
 			posted = c.post(inFrame{f: f})
 		}
 		if posted != nil {
@@ -587,7 +593,7 @@ func (c *Conn) writeLoop() {
 		}
 		for i, f := range batch {
 			if !keep[i] {
-				f.Msg.Release()
+				recycleMessage(f.Msg)
 			}
 			batch[i] = Frame{}
 		}
@@ -662,12 +668,27 @@ func classifyReadError(err error, idle bool) supervisor.Reason {
 	}
 }
 
-// newMessage allocates an outgoing rpc message.
+// newMessage allocates an outgoing rpc message. Its memory comes from
+// pools: capnp's for the segment, ours for the Message, which the writer
+// gives back once it has written and released it (recycleMessage).
 func newMessage() (*capnp.Message, rpccp.Message) {
-	msg, seg := capnp.NewSingleSegmentMessage(nil)
+	msg := messages.Get().(*capnp.Message)
+	seg, err := msg.Reset(capnp.SingleSegment(nil))
+	if err != nil {
+		panic(err) // a fresh single-segment arena cannot fail
+	}
 	m, err := rpccp.NewRootMessage(seg)
 	if err != nil {
 		panic(err) // allocation in a fresh message cannot fail
 	}
 	return msg, m
+}
+
+var messages = sync.Pool{New: func() any { return new(capnp.Message) }}
+
+// recycleMessage releases a written message that nobody else holds and
+// keeps it for a later newMessage.
+func recycleMessage(msg *capnp.Message) {
+	msg.Release()
+	messages.Put(msg)
 }

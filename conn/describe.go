@@ -40,7 +40,7 @@ func DescribeMessage(m rpccp.Message) string {
 		}
 	case rpccp.Message_Which_finish:
 		f, _ := m.Finish()
-		return fmt.Sprintf("finish q%d releaseResultCaps=%v", f.QuestionId(), f.ReleaseResultCaps())
+		return finishFrame{questionID: f.QuestionId(), releaseResultCaps: f.ReleaseResultCaps()}.describe()
 	case rpccp.Message_Which_resolve:
 		r, _ := m.Resolve()
 		if r.Which() == rpccp.Resolve_Which_cap {
@@ -110,4 +110,9 @@ func describeCap(d rpccp.CapDescriptor) string {
 		return "none"
 	}
 	return d.Which().String()
+}
+
+// describe is DescribeMessage of a Finish.
+func (f finishFrame) describe() string {
+	return fmt.Sprintf("finish q%d releaseResultCaps=%v", f.questionID, f.releaseResultCaps)
 }

@@ -88,6 +88,14 @@ func readFrame(r *frameReader, lim Limits) (Frame, error) {
 	if nseg > 1 {
 		size1 = uint64(binary.LittleEndian.Uint32(table[4:])) * 8
 	}
+	if nseg == 1 && size0 == finishFrameBytes {
+		if whole, err := r.Peek(int(4+tableLen) + finishFrameBytes); err == nil {
+			if fin := decodeFinishFrame(whole[4+tableLen:]); fin.ok {
+				r.Discard(len(whole))
+				return Frame{finish: fin}, nil
+			}
+		}
+	}
 	var sizes []uint64 // only for messages of more than one segment
 	if nseg > 2 {
 		sizes = make([]uint64, nseg)

@@ -78,8 +78,9 @@ func TestTooManySegments(t *testing.T) {
 
 func TestFrameRoundTrip(t *testing.T) {
 	msg, m := newMessage()
-	f, _ := m.NewFinish()
-	f.SetQuestionId(7)
+	r, _ := m.NewRelease()
+	r.SetId(7)
+	r.SetReferenceCount(2)
 	b, err := appendFrame(nil, Frame{Msg: msg})
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +97,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		t.Fatalf("a frame without sidecar read back with one: %+v", got.Sidecar)
 	}
 	gm, _ := rpccp.ReadRootMessage(got.Msg)
-	if d := DescribeMessage(gm); d != "finish q7 releaseResultCaps=true" {
+	if d := DescribeMessage(gm); d != "release e7 ×2" {
 		t.Fatalf("round trip: %q", d)
 	}
 }
@@ -160,6 +161,21 @@ func FuzzReadFrame(f *testing.F) {
 		lim := Limits{MaxFrameSize: 1 << 16}.withDefaults()
 		fr, err := readFrame(newTestReader(bytes.NewReader(data)), lim)
 		if err != nil {
+			return
+		}
+		if fr.finish.ok {
+			// The fast path must agree with capnp's reading of the bytes
+			// (a one-segment frame: 8 bytes of header).
+			msg, err := capnp.Unmarshal(data[8 : 8+finishFrameBytes])
+			if err != nil {
+				t.Fatalf("fast Finish from bytes capnp rejects: %v", err)
+			}
+			m, _ := rpccp.ReadRootMessage(msg)
+			f, err := m.Finish()
+			if m.Which() != rpccp.Message_Which_finish || err != nil || f.QuestionId() != fr.finish.questionID ||
+				f.ReleaseResultCaps() != fr.finish.releaseResultCaps {
+				t.Fatalf("fast Finish %+v, capnp %s", fr.finish, DescribeMessage(m))
+			}
 			return
 		}
 		if m, err := rpccp.ReadRootMessage(fr.Msg); err == nil {
@@ -335,4 +351,42 @@ func FuzzSidecar(f *testing.F) {
 			t.Fatalf("fast %+v, capnp %+v", *fast, want)
 		}
 	})
+}
+
+// TestFinishFrame: a Finish is read from its bytes without a message, the
+// same as capnp reads it, for every flag combination; anything else
+// takes the general path.
+func TestFinishFrame(t *testing.T) {
+	for _, qid := range []uint32{0, 7, 1<<32 - 1} {
+		for _, release := range []bool{false, true} {
+			for _, workaround := range []bool{false, true} {
+				msg, m := newMessage()
+				f, _ := m.NewFinish()
+				f.SetQuestionId(qid)
+				f.SetReleaseResultCaps(release)
+				f.SetRequireEarlyCancellationWorkaround(workaround)
+				b, err := appendFrame(nil, Frame{Msg: msg})
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := readFrame(newTestReader(bytes.NewReader(b)), Limits{}.withDefaults())
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := finishFrame{questionID: qid, releaseResultCaps: release, ok: true}
+				if got.Msg != nil || got.finish != want {
+					t.Fatalf("finish q%d release=%v workaround=%v read as %+v (msg %v)", qid, release, workaround, got.finish, got.Msg != nil)
+				}
+			}
+		}
+	}
+	// A Release of the same size is a message like any other.
+	msg, m := newMessage()
+	rel, _ := m.NewRelease()
+	rel.SetId(3)
+	b, _ := appendFrame(nil, Frame{Msg: msg})
+	got, err := readFrame(newTestReader(bytes.NewReader(b)), Limits{}.withDefaults())
+	if err != nil || got.finish.ok || got.Msg == nil {
+		t.Fatalf("release read as %+v, %v", got, err)
+	}
 }

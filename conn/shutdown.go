@@ -220,7 +220,7 @@ func (s *state) abandonAnswers() {
 	for id, a := range s.answers {
 		if !a.returned {
 			s.report.Abandoned++
-			a.cancel()
+			a.ctx.cancel()
 			if !s.peerGone && s.abortWith == nil {
 				// A message of its own: the callee may still be writing
 				// its results into a.msg.

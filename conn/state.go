@@ -115,6 +115,8 @@ func (s *state) Receive(ctx actor.Context) {
 		s.armIdle()
 	case *capnp.Message:
 		s.handleFrame(Frame{Msg: m})
+	case finishFrame:
+		s.handleFrame(Frame{finish: m})
 	case inFrame:
 		s.handleFrame(m.f)
 	case readerDone:
@@ -218,6 +220,15 @@ func (s *state) handleFrame(f Frame) {
 		s.peerOurs = true
 	}
 	s.traceFrameIn(f.Sidecar)
+	if fin := f.finish; fin.ok {
+		if s.c.trace {
+			s.c.opts.Logger.Debug("capnp recv", "peer", s.c.opts.Peer, "msg", fin.describe())
+		}
+		if err := s.finish(fin.questionID, fin.releaseResultCaps); err != nil {
+			s.protocolError(err)
+		}
+		return
+	}
 	m, err := rpccp.ReadRootMessage(msg)
 	if err != nil {
 		msg.Release()

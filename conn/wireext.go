@@ -30,6 +30,44 @@ const ourFeatures = 1 << wire.Feature_epitaphs
 type Frame struct {
 	Msg     *capnp.Message
 	Sidecar *Sidecar // nil: no sidecar segment
+
+	// finish is a Finish the stream reader decoded from its bytes (Msg is
+	// nil then): the most common message, read without a capnp.Message.
+	finish finishFrame
+}
+
+// finishFrame is a decoded Finish message.
+type finishFrame struct {
+	questionID        uint32
+	releaseResultCaps bool
+	ok                bool // this is a Finish
+}
+
+// The bytes of a Finish message as capnp's encoder lays it out in one
+// segment: the root pointer to Message (one data word, one pointer),
+// Message's union tag, the pointer to Finish (one data word), Finish's
+// data word (questionId, then two booleans stored XOR their default
+// true).
+const (
+	finishFrameBytes = 32
+	finishRootPtr    = uint64(1)<<32 | uint64(1)<<48
+	finishStructPtr  = uint64(1) << 32
+)
+
+// decodeFinishFrame reads body as a Finish laid out as above; ok is false
+// for anything else.
+func decodeFinishFrame(body []byte) finishFrame {
+	if len(body) != finishFrameBytes ||
+		binary.LittleEndian.Uint64(body) != finishRootPtr ||
+		binary.LittleEndian.Uint64(body[8:]) != uint64(rpccp.Message_Which_finish) ||
+		binary.LittleEndian.Uint64(body[16:]) != finishStructPtr {
+		return finishFrame{}
+	}
+	data := binary.LittleEndian.Uint64(body[24:])
+	if data>>34 != 0 {
+		return finishFrame{}
+	}
+	return finishFrame{questionID: uint32(data), releaseResultCaps: data&(1<<32) == 0, ok: true}
 }
 
 // The layout appendSidecar writes, which is the one capnp's encoder
