@@ -45,6 +45,14 @@ type liveFigures struct {
 	GoroutinesPerQuestion float64 `json:"goroutines_per_question"`
 }
 
+// settle is how long the scale figures wait for earlier work to wind
+// down; idleFor is how long connections stay idle before they are
+// measured.
+const (
+	settle  = 300 * time.Millisecond
+	idleFor = time.Second
+)
+
 // memInUse is the memory the process holds for Go objects and goroutine
 // stacks, after a collection.
 func memInUse() (uint64, int) {
@@ -83,7 +91,10 @@ func measureIdle(impl string, n int) (idleFigures, error) {
 	if err != nil {
 		return fig, err
 	}
-	mem0, g0 := memInUse() // the server's own cost is not the connections'
+	// The server's own cost is not the connections': measure from here,
+	// once what earlier scenarios started (pooled workers) has wound down.
+	time.Sleep(settle)
+	mem0, g0 := memInUse()
 	peer := exec.Command(exe, "-peer", srv.addr, "-idle-conns", fmt.Sprint(n))
 	peer.Stderr = os.Stderr
 	stdin, _ := peer.StdinPipe()
@@ -102,7 +113,7 @@ func measureIdle(impl string, n int) (idleFigures, error) {
 		_ = srv.shutdown(context.Background())
 		return fig, fmt.Errorf("server has %d of %d connections", srv.conns(), n)
 	}
-	time.Sleep(100 * time.Millisecond) // the last Finish messages settle
+	time.Sleep(idleFor) // idle: the last Finish messages are in, writers have stopped
 	mem1, g1 := memInUse()
 	if idleProfile != "" {
 		if err := writeHeapProfile(idleProfile + "." + impl); err != nil {
@@ -244,6 +255,7 @@ func measureLive(impl string, n int) (liveFigures, error) {
 	if err := b.Resolve(context.Background()); err != nil {
 		return fig, err
 	}
+	time.Sleep(settle)
 	mem0, g0 := memInUse()
 	futures := make([]schema.Bench_hold_Results_Future, 0, n)
 	releases := make([]func(), 0, n)

@@ -568,6 +568,12 @@ func (c *Conn) writeLoop() {
 			}
 			q.mu.Lock()
 			if len(q.items) == 0 && !q.closing {
+				// Drop the buffers while this is still the writer: the
+				// next one starts afresh.
+				if r, ok := c.transport.(interface{ releaseBuffers() }); ok {
+					r.releaseBuffers()
+				}
+				q.items, q.keep, q.spare, q.spareKeep = nil, nil, nil, nil
 				q.writing = false
 				q.mu.Unlock()
 				return

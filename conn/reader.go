@@ -18,7 +18,7 @@ type frameReader struct {
 	from *[]byte // buf's pool entry, given back with it
 	r, w int     // buf[r:w] is unread
 	err  error   // the read error to report once buf is drained
-	wait [512]byte
+	wait [256]byte
 }
 
 // readBufferSize is the pooled read buffer's size.
@@ -86,6 +86,14 @@ func (b *frameReader) fill() error {
 	}
 	b.err = err
 	return nil
+}
+
+// await waits until at least one byte is buffered.
+func (b *frameReader) await() error {
+	if b.r < b.w {
+		return nil
+	}
+	return b.fill()
 }
 
 // Peek returns the next n bytes without consuming them; with fewer, it

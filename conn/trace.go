@@ -54,6 +54,10 @@ func (s *state) traceBegin() {
 	if parent == nil {
 		parent = context.Background()
 	}
+	if c.untraced && !trace.SpanContextFromContext(parent).IsValid() {
+		s.tr.ctx, s.tr.span = parent, noSpan
+		return
+	}
 	s.tr.ctx, s.tr.span = c.tracer.Start(parent, tracing.ConnSpan,
 		trace.WithSpanKind(trace.SpanKindInternal),
 		trace.WithTimestamp(c.start),
@@ -107,6 +111,10 @@ func (s *state) traceShutdownBegin() {
 		return
 	}
 	s.traceBegin()
+	if s.tr.span == noSpan {
+		s.tr.shutdownCtx, s.tr.shutdown = s.tr.ctx, noSpan
+		return
+	}
 	s.tr.shutdownCtx, s.tr.shutdown = s.c.tracer.Start(s.tr.ctx, tracing.ShutdownSpan,
 		trace.WithAttributes(reasonAttributes(s.c.Err())...))
 }
@@ -316,6 +324,9 @@ func endAnswerSpan(a *answer) {
 // connection span.
 func (s *state) startExportSpan(e *export) trace.Span {
 	s.traceBegin()
+	if s.tr.span == noSpan {
+		return noSpan
+	}
 	_, span := s.c.tracer.Start(s.tr.ctx, tracing.ExportSpan)
 	if span.IsRecording() {
 		span.SetAttributes(tracing.AttrExportID.Int(int(e.id)), attribute.Bool("capnp.export.promise", e.promise))

@@ -51,6 +51,12 @@ type streamTransport struct {
 const copyLimit = 16 << 10
 
 func (t *streamTransport) RecvFrame() (Frame, error) {
+	// Wait for the next frame's first bytes here, not deep in readFrame:
+	// an idle reader's stack is then shallow enough for the runtime to
+	// shrink it.
+	if err := t.r.await(); err != nil {
+		return Frame{}, err
+	}
 	return readFrame(t.r, t.lim)
 }
 
@@ -85,6 +91,10 @@ func (t *streamTransport) SendFrames(frames []Frame) error {
 	// buf is now the tail of t.buf (or of a larger buffer): t.buf stays.
 	return err
 }
+
+// releaseBuffers drops the write buffers of an idle connection; only the
+// writer goroutine calls it, as it exits.
+func (t *streamTransport) releaseBuffers() { t.buf, t.vec, t.sc = nil, nil, nil }
 
 // closeWriter is implemented by *net.TCPConn and *net.UnixConn.
 type closeWriter interface{ CloseWrite() error }
