@@ -29,42 +29,54 @@ import (
 )
 
 func main() {
-	var (
-		duration   = flag.Duration("duration", time.Second, "measured time per scenario and implementation, split over the rounds")
-		rounds     = flag.Int("rounds", 3, "rounds per scenario; the implementations alternate which goes first")
-		only       = flag.String("scenarios", "all", "comma-separated scenarios to run, all, or none (-list shows them)")
-		impls      = flag.String("impl", "both", "vatactor, go-capnp or both")
-		scale      = flag.Bool("scale", true, "also measure the scale figures (idle connections, live questions, shutdown)")
-		idleConns  = flag.Int("idle-conns", 1000, "idle connections for the scale figures")
-		liveQs     = flag.Int("live-questions", 10000, "questions in flight for the scale figures")
-		list       = flag.Bool("list", false, "list the scenarios and exit")
-		cpuprofile = flag.String("cpuprofile", "", "write a CPU profile of the scenarios to this file")
-		memprofile = flag.String("memprofile", "", "write an allocation profile to this file at the end")
-		peer       = flag.String("peer", "", "internal: dial this address as the idle peers of the scale figures")
-	)
-	flag.StringVar(&idleProfile, "idleprofile", "", "write heap profiles (<file>.<impl>) while the idle connections are open")
-	flag.Parse()
-	if idleProfile != "" {
-		runtime.MemProfileRate = 1 // every allocation, for an exact profile
-	}
-	slog.SetDefault(slog.New(slog.DiscardHandler))
-	if *peer != "" {
-		if err := runPeers(*peer, *idleConns, os.Stdin, os.Stdout); err != nil {
+	if peer := os.Getenv(peerEnv); peer != "" {
+		if err := peerMain(peer); err != nil {
 			fmt.Fprintln(os.Stderr, "bench peer:", err)
 			os.Exit(1)
 		}
 		return
 	}
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// run is the command: flags in args, the report on stdout, progress on
+// stderr.
+func run(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		duration   = fs.Duration("duration", time.Second, "measured time per scenario and implementation, split over the rounds")
+		rounds     = fs.Int("rounds", 3, "rounds per scenario; the implementations alternate which goes first")
+		only       = fs.String("scenarios", "all", "comma-separated scenarios to run, all, or none (-list shows them)")
+		impls      = fs.String("impl", "both", "vatactor, go-capnp or both")
+		scale      = fs.Bool("scale", true, "also measure the scale figures (idle connections, live questions, shutdown)")
+		idleConns  = fs.Int("idle-conns", 1000, "idle connections for the scale figures")
+		liveQs     = fs.Int("live-questions", 10000, "questions in flight for the scale figures")
+		list       = fs.Bool("list", false, "list the scenarios and exit")
+		cpuprofile = fs.String("cpuprofile", "", "write a CPU profile of the scenarios to this file")
+		memprofile = fs.String("memprofile", "", "write an allocation profile to this file at the end")
+	)
+	fs.StringVar(&idleProfile, "idleprofile", "", "write heap profiles (<file>.<impl>) while the idle connections are open")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if idleProfile != "" {
+		runtime.MemProfileRate = 1 // every allocation, for an exact profile
+	}
+	slog.SetDefault(slog.New(slog.DiscardHandler))
 	all := scenarios()
 	if *list {
 		for _, sc := range all {
-			fmt.Printf("%-18s %s\n", sc.name, sc.doc)
+			fmt.Fprintf(stdout, "%-18s %s\n", sc.name, sc.doc)
 		}
-		return
+		return nil
 	}
 	selected, err := selectScenarios(all, *only)
 	if err != nil {
-		fail(err)
+		return err
 	}
 	var which []string
 	switch *impls {
@@ -73,50 +85,49 @@ func main() {
 	case implVatactor, implGoCapnp:
 		which = []string{*impls}
 	default:
-		fail(fmt.Errorf("-impl: %q is not vatactor, go-capnp or both", *impls))
+		return fmt.Errorf("-impl: %q is not vatactor, go-capnp or both", *impls)
 	}
-	if *rounds < 1 {
-		*rounds = 1
-	}
+	*rounds = max(*rounds, 1)
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
-			fail(err)
+			return err
 		}
+		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
-			fail(err)
+			return err
 		}
 		defer pprof.StopCPUProfile()
 	}
 
 	rep := &report{}
-	fmt.Fprintf(os.Stderr, "bench: %d scenario(s) × %v per implementation, %d rounds, GOMAXPROCS=%d\n",
+	fmt.Fprintf(stderr, "bench: %d scenario(s) × %v per implementation, %d rounds, GOMAXPROCS=%d\n",
 		len(selected), *duration, *rounds, runtime.GOMAXPROCS(0))
 	if slices.ContainsFunc(selected, func(sc scenario) bool { return sc.name == "echo" }) {
 		fl, err := floor(*duration)
 		if err != nil {
-			fail(fmt.Errorf("tcp floor: %w", err))
+			return fmt.Errorf("tcp floor: %w", err)
 		}
 		rep.floor = fl
 	}
 	for _, sc := range selected {
-		fmt.Fprintf(os.Stderr, "bench: %s\n", sc.name)
+		fmt.Fprintf(stderr, "bench: %s\n", sc.name)
 		res, err := runScenario(sc, which, *rounds, *duration)
 		if err != nil {
-			fail(err)
+			return err
 		}
 		rep.results = append(rep.results, res...)
 	}
 	if *scale {
 		for _, impl := range which {
-			fmt.Fprintf(os.Stderr, "bench: scale figures, %s\n", impl)
+			fmt.Fprintf(stderr, "bench: scale figures, %s\n", impl)
 			idle, err := measureIdle(impl, *idleConns)
 			if err != nil {
-				fail(fmt.Errorf("idle connections on %s: %w", impl, err))
+				return fmt.Errorf("idle connections on %s: %w", impl, err)
 			}
 			live, err := measureLive(impl, *liveQs)
 			if err != nil {
-				fail(fmt.Errorf("live questions on %s: %w", impl, err))
+				return fmt.Errorf("live questions on %s: %w", impl, err)
 			}
 			rep.idle = append(rep.idle, idle)
 			rep.live = append(rep.live, live)
@@ -125,19 +136,15 @@ func main() {
 	if *memprofile != "" {
 		f, err := os.Create(*memprofile)
 		if err != nil {
-			fail(err)
+			return err
 		}
+		defer f.Close()
 		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
-			fail(err)
+			return err
 		}
-		f.Close()
 	}
-	rep.print(os.Stdout)
-}
-
-func fail(err error) {
-	fmt.Fprintln(os.Stderr, "bench:", err)
-	os.Exit(1)
+	rep.print(stdout)
+	return nil
 }
 
 func selectScenarios(all []scenario, only string) ([]scenario, error) {

@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -23,7 +25,8 @@ import (
 
 // idleFigures is what a server holding idle connections costs, and how its
 // shutdown went as its peers saw it. The peers run in another process
-// (this program with -peer), so only the server's side is counted.
+// (this program again, with peerEnv set), so only the server's side is
+// counted.
 type idleFigures struct {
 	Impl              string  `json:"impl"`
 	Conns             int     `json:"conns"`
@@ -95,7 +98,8 @@ func measureIdle(impl string, n int) (idleFigures, error) {
 	// once what earlier scenarios started (pooled workers) has wound down.
 	time.Sleep(settle)
 	mem0, g0 := memInUse()
-	peer := exec.Command(exe, "-peer", srv.addr, "-idle-conns", fmt.Sprint(n))
+	peer := exec.Command(exe)
+	peer.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d", peerEnv, srv.addr, n))
 	peer.Stderr = os.Stderr
 	stdin, _ := peer.StdinPipe()
 	stdout, _ := peer.StdoutPipe()
@@ -154,6 +158,20 @@ func writeHeapProfile(name string) error {
 	}
 	defer f.Close()
 	return pprof.Lookup("heap").WriteTo(f, 0)
+}
+
+// peerEnv, set to "address,n", makes this program (or its test binary)
+// the peer process of the idle-connection figures.
+const peerEnv = "VATACTOR_BENCH_PEER"
+
+// peerMain is the peer process: spec is peerEnv's value.
+func peerMain(spec string) error {
+	addr, count, ok := strings.Cut(spec, ",")
+	n, err := strconv.Atoi(count)
+	if !ok || err != nil {
+		return fmt.Errorf("%s=%q: want address,count", peerEnv, spec)
+	}
+	return runPeers(addr, n, os.Stdin, os.Stdout)
 }
 
 // peerReport is how the peers' connections ended.

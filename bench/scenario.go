@@ -29,6 +29,9 @@ type scenario struct {
 	traced string
 	// window is the flow control window of the client's calls (0: none).
 	window int
+	// warmup is how many ops each worker does before the clock starts
+	// (default warmupOps).
+	warmup int
 }
 
 // Payloads and sizes of the scenarios.
@@ -55,13 +58,13 @@ func scenarios() []scenario {
 		{name: "inflight64", doc: "64 echo calls in flight on one connection",
 			conns: 1, workers: 64, op: echoOp(small), calls: 1},
 		{name: "conns100x8", doc: "100 connections × 8 echo calls in flight",
-			conns: 100, workers: 8, op: echoOp(small), calls: 1},
+			conns: 100, workers: 8, op: echoOp(small), calls: 1, warmup: 2},
 		{name: "payload1MiB", doc: "sequential echo of 1 MiB",
-			conns: 1, workers: 1, op: echoOp(large), calls: 1},
+			conns: 1, workers: 1, op: echoOp(large), calls: 1, warmup: 3},
 		{name: "pipeline3", doc: "next().next().echo() pipelined, waiting for the last (one op = 3 calls)",
 			conns: 1, workers: 1, op: pipelineOp, calls: 3},
 		{name: "stream10k", doc: "upload of 10k × 1 KiB -> stream writes, 256 KiB window (one op = one upload)",
-			conns: 1, workers: 1, op: uploadOp, calls: streamChunks + 2, window: streamWindow},
+			conns: 1, workers: 1, op: uploadOp, calls: streamChunks + 2, window: streamWindow, warmup: 1},
 		{name: "echo/traced", doc: "echo with every span recorded (vatactor only; against echo)",
 			conns: 1, workers: 1, op: echoOp(small), calls: 1, traced: "echo"},
 		{name: "inflight64/traced", doc: "inflight64 with every span recorded (vatactor only; against inflight64)",
@@ -162,7 +165,8 @@ func (r *result) bytesPerCall() float64 {
 	return float64(r.bytes) / float64(r.calls)
 }
 
-// warmupOps is how many ops each worker does before the clock starts.
+// warmupOps is how many ops each worker of a scenario does before the
+// clock starts, unless the scenario says otherwise.
 const warmupOps = 20
 
 // measure runs sc on a fresh env of impl for d and adds what it measured
@@ -193,7 +197,11 @@ func measure(sc scenario, impl string, s setup, d time.Duration, r *result) erro
 			done.Add(1)
 			go func() {
 				defer done.Done()
-				for range warmupOps {
+				warmup := sc.warmup
+				if warmup == 0 {
+					warmup = warmupOps
+				}
+				for range warmup {
 					if w.err = sc.op(ctx, impl, b); w.err != nil {
 						break
 					}

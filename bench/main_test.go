@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+)
+
+// TestMain lets the test binary be the peer process of the scale figures,
+// as the bench binary is.
+func TestMain(m *testing.M) {
+	if peer := os.Getenv(peerEnv); peer != "" {
+		if err := peerMain(peer); err != nil {
+			fmt.Fprintln(os.Stderr, "bench peer:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestCommand runs the whole command briefly (every scenario, both
+// implementations, small scale figures) and checks what it prints: the
+// table, one JSON object per scenario and implementation with every
+// field, the scale lines, and the summary last. It checks the shape, not
+// the speed.
+func TestCommand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs every scenario")
+	}
+	var out, errs bytes.Buffer
+	args := []string{"-duration", "40ms", "-rounds", "1", "-idle-conns", "20", "-live-questions", "200"}
+	if err := run(args, &out, &errs); err != nil {
+		t.Fatalf("bench %v: %v\n%s", args, err, errs.String())
+	}
+	var results, scale int
+	var summary map[string]map[string]float64
+	lines := bufio.NewScanner(&out)
+	sawTable := false
+	for lines.Scan() {
+		line := lines.Text()
+		if strings.Contains(line, "scenario") && strings.Contains(line, "calls/s") {
+			sawTable = true
+		}
+		if !strings.HasPrefix(line, "{") {
+			continue
+		}
+		if summary != nil {
+			t.Fatalf("a line after the summary: %s", line)
+		}
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(line), &obj); err != nil {
+			t.Fatalf("not JSON: %s: %v", line, err)
+		}
+		switch {
+		case obj["summary"] != nil:
+			if err := json.Unmarshal(obj["summary"], &summary); err != nil {
+				t.Fatal(err)
+			}
+		case obj["scale"] != nil:
+			scale++
+		default:
+			results++
+			for _, k := range []string{"scenario", "impl", "calls_per_sec", "p50_us", "p99_us", "allocs_per_call", "bytes_per_call"} {
+				if obj[k] == nil {
+					t.Errorf("result without %q: %s", k, line)
+				}
+			}
+		}
+	}
+	if !sawTable {
+		t.Error("no table")
+	}
+	// Six scenarios on two implementations, two traced ones on vatactor.
+	if want := 6*2 + 2; results != want {
+		t.Errorf("%d result lines, want %d", results, want)
+	}
+	if scale != 4 {
+		t.Errorf("%d scale lines, want 4 (idle and live, per implementation)", scale)
+	}
+	for _, sc := range []string{"echo", "inflight64", "conns100x8", "payload1MiB", "pipeline3", "stream10k"} {
+		if m := summary[sc]; m["speedup"] <= 0 || m["alloc_ratio"] <= 0 {
+			t.Errorf("summary of %s: %v", sc, m)
+		}
+	}
+	if summary["tcp-floor"]["p50_us"] <= 0 || summary["echo/traced"]["alloc_ratio"] <= 0 {
+		t.Errorf("summary: %v", summary)
+	}
+}
