@@ -166,34 +166,49 @@ func selectScenarios(all []scenario, only string) ([]scenario, error) {
 }
 
 // runScenario runs sc for each implementation, rounds times, alternating
-// which goes first, each for d/rounds.
+// which goes first, each for d/rounds. A traced scenario runs vatactor
+// twice instead, alternating in the same way: with every span recorded
+// ("<name>/traced") and without ("<name>/untraced"), so that the cost of
+// tracing is measured under the same conditions.
 func runScenario(sc scenario, impls []string, rounds int, d time.Duration) ([]*result, error) {
-	s := setup{conns: sc.conns, window: sc.window}
+	type variant struct {
+		res *result
+		s   setup
+	}
+	base := setup{conns: sc.conns, window: sc.window}
+	var vs []variant
 	if sc.traced != "" {
 		if !slices.Contains(impls, implVatactor) {
 			return nil, nil
 		}
-		impls = []string{implVatactor}
-		tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
-		s.tracer = tp
-	}
-	res := make([]*result, len(impls))
-	for i, impl := range impls {
-		res[i] = &result{scenario: sc.name, impl: impl}
+		traced := base
+		traced.tracer = sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+		vs = []variant{
+			{&result{scenario: sc.traced + "/untraced", impl: implVatactor}, base},
+			{&result{scenario: sc.name, impl: implVatactor}, traced},
+		}
+	} else {
+		for _, impl := range impls {
+			vs = append(vs, variant{&result{scenario: sc.name, impl: impl}, base})
+		}
 	}
 	per := d / time.Duration(rounds)
 	for round := range rounds {
-		for k := range impls {
-			i := k
+		for k := range vs {
+			v := vs[k]
 			if round%2 == 1 {
-				i = len(impls) - 1 - k
+				v = vs[len(vs)-1-k]
 			}
-			if err := measure(sc, impls[i], s, per, res[i]); err != nil {
+			if err := measure(sc, v.res.impl, v.s, per, v.res); err != nil {
 				return nil, err
 			}
 		}
 	}
-	return res, nil
+	out := make([]*result, len(vs))
+	for i, v := range vs {
+		out[i] = v.res
+	}
+	return out, nil
 }
 
 // report is everything one run measured.

@@ -75,8 +75,9 @@ func TestCommand(t *testing.T) {
 	if !sawTable {
 		t.Error("no table")
 	}
-	// Six scenarios on two implementations, two traced ones on vatactor.
-	if want := 6*2 + 2; results != want {
+	// Six scenarios on two implementations, two traced ones on vatactor
+	// (traced and untraced).
+	if want := 6*2 + 2*2; results != want {
 		t.Errorf("%d result lines, want %d", results, want)
 	}
 	if scale != 4 {

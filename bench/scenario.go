@@ -24,8 +24,9 @@ type scenario struct {
 	// op does one unit of work; calls is how many calls it counts for.
 	op    func(ctx context.Context, impl string, b schema.Bench) error
 	calls int
-	// traced runs vatactor only, recording spans, to compare with the
-	// untraced scenario of the name it gives.
+	// traced, if set, names the scenario this one is with tracing on: it
+	// runs vatactor only, recording every span, alternating with the
+	// same work untraced.
 	traced string
 	// window is the flow control window of the client's calls (0: none).
 	window int
@@ -65,9 +66,9 @@ func scenarios() []scenario {
 			conns: 1, workers: 1, op: pipelineOp, calls: 3},
 		{name: "stream10k", doc: "upload of 10k × 1 KiB -> stream writes, 256 KiB window (one op = one upload)",
 			conns: 1, workers: 1, op: uploadOp, calls: streamChunks + 2, window: streamWindow, warmup: 1},
-		{name: "echo/traced", doc: "echo with every span recorded (vatactor only; against echo)",
+		{name: "echo/traced", doc: "echo with every span recorded, alternating with echo/untraced (vatactor only)",
 			conns: 1, workers: 1, op: echoOp(small), calls: 1, traced: "echo"},
-		{name: "inflight64/traced", doc: "inflight64 with every span recorded (vatactor only; against inflight64)",
+		{name: "inflight64/traced", doc: "inflight64 with every span recorded, alternating with inflight64/untraced (vatactor only)",
 			conns: 1, workers: 64, op: echoOp(small), calls: 1, traced: "inflight64"},
 	}
 }

@@ -32,7 +32,7 @@ func (r *report) summary() summary {
 			continue
 		}
 		if sc.traced != "" {
-			base := r.find(sc.traced, implVatactor)
+			base := r.find(sc.traced+"/untraced", implVatactor)
 			if base == nil || base.callsPerSec() == 0 || base.allocsPerCall() == 0 {
 				continue
 			}
