@@ -194,8 +194,9 @@ type Conn struct {
 	hurry     chan struct{} // closed when a Shutdown's context ends: skip every wait
 
 	statsMu sync.Mutex
-	stats   Stats // last published table counts
-	trace   bool  // log every message at debug level
+	stats   Stats            // last published table counts
+	mailbox *mailbox.Mailbox // the actor's: the reader posts straight into it
+	trace   bool             // log every message at debug level
 	tracer  trace.Tracer
 	// untraced: the provider records nothing (tracing.Noop), so calls
 	// skip their span work unless a trace context comes with them.
@@ -222,7 +223,11 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 	c.trace = opts.Logger.Enabled(context.Background(), slog.LevelDebug)
 	st := newState(c)
 	props := actor.PropsFromProducer(func() actor.Actor { return st },
-		actor.WithMailbox(mailbox.Producer), actor.WithDispatcher(mailbox.Pool), actor.WithSupervisor(stopChildren))
+		actor.WithMailbox(func() actor.Mailbox {
+			c.mailbox = mailbox.Producer().(*mailbox.Mailbox)
+			return c.mailbox
+		}),
+		actor.WithDispatcher(mailbox.Pool), actor.WithSupervisor(stopChildren))
 	c.pid.Store(spawner.Spawn(props))
 	return c
 }
@@ -358,7 +363,26 @@ func (c *Conn) post(msg any) error {
 	if c.closed {
 		return c.errDisconnected()
 	}
-	c.root.Send(c.pid.Load(), msg)
+	c.mailbox.PostUserMessage(msg) // what root.Send does for a local actor, without the lookups
+	return nil
+}
+
+// postFromReader is post for the reader goroutine: when the actor is
+// idle, the reader handles msg (and what arrives meanwhile) itself,
+// instead of handing it to another goroutine and waiting for the next
+// frame. The actor's handling never blocks, so neither does the reader
+// for long.
+func (c *Conn) postFromReader(msg any) error {
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		return c.errDisconnected()
+	}
+	runHere := c.mailbox.PostHere(msg)
+	c.mu.RUnlock()
+	if runHere {
+		c.mailbox.RunHere()
+	}
 	return nil
 }
 
@@ -518,14 +542,14 @@ func (c *Conn) readLoop() {
 		var posted error
 		switch {
 		case f.finish.ok:
-			if posted = c.post(f.finish); posted != nil && c.trace {
+			if posted = c.postFromReader(f.finish); posted != nil && c.trace {
 				c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", f.finish.describe())
 			}
 			continue
 		case f.Sidecar == nil:
-			posted = c.post(f.Msg) // most frames: no boxing of the Frame
+			posted = c.postFromReader(f.Msg) // most frames: no boxing of the Frame
 		default:
-			posted = c.post(inFrame{f: f})
+			posted = c.postFromReader(inFrame{f: f})
 		}
 		if posted != nil {
 			if c.trace {

@@ -104,6 +104,35 @@ func (m *Mailbox) PostUserMessage(msg any) {
 	}
 }
 
+// PostHere queues msg like PostUserMessage, except that when the mailbox
+// is idle it schedules nothing and returns true: the caller must then
+// call RunHere, on its own goroutine, to process it (and whatever else
+// arrives meanwhile). A goroutine that would only wait for the actor
+// anyway (a connection's reader) saves a hand-off this way. The caller
+// must hold no lock the actor may take.
+func (m *Mailbox) PostHere(msg any) (runHere bool) {
+	m.mu.Lock()
+	m.user.push(msg)
+	runHere = !m.running && !m.suspended
+	m.running = m.running || runHere
+	m.mu.Unlock()
+	return runHere
+}
+
+// RunHere processes the mailbox on the caller's goroutine after PostHere
+// returned true: at most the dispatcher's Throughput messages, then the
+// rest, if any, goes to the dispatcher.
+func (m *Mailbox) RunHere() {
+	for range m.dispatcher.Throughput() {
+		msg, system, ok := m.next()
+		if !ok {
+			return
+		}
+		m.invoke(msg, system)
+	}
+	m.schedule() // still marked running: the dispatcher goes on
+}
+
 // PostSystemMessage implements actor.Mailbox.
 func (m *Mailbox) PostSystemMessage(msg any) {
 	m.mu.Lock()

@@ -161,3 +161,36 @@ func TestActorSystem(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRunHere: a message posted to an idle mailbox with PostHere is
+// processed by the caller; one posted while it runs is queued; past the
+// throughput the dispatcher takes over.
+func TestRunHere(t *testing.T) {
+	r, d := &recorder{}, &manual{}
+	m := mailbox.Producer().(*mailbox.Mailbox)
+	m.RegisterHandlers(r, d)
+	if !m.PostHere(1) {
+		t.Fatal("idle mailbox: the caller should run it")
+	}
+	if m.PostHere(2) {
+		t.Fatal("running mailbox: the caller must not run it too")
+	}
+	m.RunHere()
+	if len(r.user) != 2 || len(d.work) != 0 {
+		t.Fatalf("ran %v here, %d activations scheduled", r.user, len(d.work))
+	}
+	for i := range 400 { // more than the throughput (300)
+		m.PostUserMessage(i) // no dispatcher run yet: queued behind the first
+		if i == 0 {
+			d.work = nil // drop the activation; RunHere below stands in for it
+		}
+	}
+	m.RunHere()
+	if len(r.user) != 2+300 || len(d.work) != 1 {
+		t.Fatalf("ran %d here, %d activations scheduled; want 300 then the dispatcher", len(r.user)-2, len(d.work))
+	}
+	d.runAll()
+	if len(r.user) != 402 {
+		t.Fatalf("after the dispatcher: %d", len(r.user))
+	}
+}
