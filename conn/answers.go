@@ -38,6 +38,7 @@ type answer struct {
 
 	args         *capnp.Message // the Call, freed by releaseArgs
 	argsReleased atomic.Bool
+	retState     atomic.Int32 // retWritten | retDropped
 
 	// Owned by the connection actor.
 	pc             capnp.PipelineCaller // from RecvCall; takes pipelined calls until Return
@@ -301,9 +302,10 @@ func (s *state) answerReturned(a *answer) {
 		a.resultExports = nil
 	}
 	endAnswerSpan(a)
-	// The results stay ours (the writer must not release them): calls
-	// pipelined on them arrive until the peer's Finish.
-	s.queue(a.msg, true, nil)
+	// The results stay ours until both the writer has written them and
+	// the peer's Finish has come: calls pipelined on them arrive until
+	// then.
+	s.queue(a.msg, a, nil)
 	if a.finished {
 		s.dropAnswer(a)
 		delete(s.answers, a.id)
@@ -370,8 +372,24 @@ func (s *state) dropAnswer(a *answer) {
 	}
 	a.resultExports = nil
 	if a.msg != nil {
-		// Only the cap table: the writer may still be encoding the bytes,
-		// and the garbage collector takes the segments.
 		a.msg.CapTable().Reset()
+		if a.retState.Or(retDropped)&retWritten != 0 {
+			recycleMessage(a.msg)
+		}
+	}
+}
+
+// Bits of answer.retState: who is done with the queued Return; the second
+// of the writer and the actor to be done frees it. A Return that was never
+// queued (the callee's, abandoned) is never written, so never freed here.
+const (
+	retWritten = 1 << iota
+	retDropped
+)
+
+// returnWritten is called by the writer once msg, a's Return, is written.
+func (a *answer) returnWritten(msg *capnp.Message) {
+	if a.retState.Or(retWritten)&retDropped != 0 {
+		recycleMessage(msg)
 	}
 }

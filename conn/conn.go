@@ -428,9 +428,9 @@ func (m socketClosed) closeWriteNote() string {
 type sendQueue struct {
 	mu        sync.Mutex
 	items     []Frame
-	keep      []bool // keep[i]: the actor still owns items[i].Msg after writing
+	owner     []*answer // owner[i]: the answer whose Return items[i] is (nil: the writer frees it)
 	spare     []Frame
-	spareKeep []bool
+	spareOwn  []*answer
 	closing   bool          // the writer flushes, then stops for good
 	halfClose bool          // the writer calls CloseWrite after the last flush
 	writing   bool          // a writer goroutine is running
@@ -468,10 +468,10 @@ func (q *sendQueue) startLocked() bool {
 	return true
 }
 
-func (q *sendQueue) push(f Frame, keep bool) {
+func (q *sendQueue) push(f Frame, owner *answer) {
 	q.mu.Lock()
 	q.items = append(q.items, f)
-	q.keep = append(q.keep, keep)
+	q.owner = append(q.owner, owner)
 	start := q.startLocked()
 	q.mu.Unlock()
 	if start {
@@ -487,7 +487,7 @@ func (q *sendQueue) pushLazy(f Frame) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.items = append(q.items, f)
-	q.keep = append(q.keep, false)
+	q.owner = append(q.owner, nil)
 	if q.armed || q.closing {
 		return
 	}
@@ -580,7 +580,7 @@ func (c *Conn) writeLoop() {
 	defer idle.Stop()
 	for {
 		q.mu.Lock()
-		batch, keep := q.items, q.keep
+		batch, owner := q.items, q.owner
 		closing, half, failed := q.closing, q.halfClose, q.failed
 		if len(batch) == 0 && !closing {
 			q.mu.Unlock()
@@ -597,7 +597,7 @@ func (c *Conn) writeLoop() {
 				if r, ok := c.transport.(interface{ releaseBuffers() }); ok {
 					r.releaseBuffers()
 				}
-				q.items, q.keep, q.spare, q.spareKeep = nil, nil, nil, nil
+				q.items, q.owner, q.spare, q.spareOwn = nil, nil, nil, nil
 				q.writing = false
 				q.mu.Unlock()
 				return
@@ -605,8 +605,8 @@ func (c *Conn) writeLoop() {
 			q.mu.Unlock()
 			continue
 		}
-		q.items, q.keep = q.spare[:0], q.spareKeep[:0]
-		q.spare, q.spareKeep = nil, nil
+		q.items, q.owner = q.spare[:0], q.spareOwn[:0]
+		q.spare, q.spareOwn = nil, nil
 		q.mu.Unlock()
 		if c.trace {
 			for _, f := range batch {
@@ -622,14 +622,16 @@ func (c *Conn) writeLoop() {
 			}
 		}
 		for i, f := range batch {
-			if !keep[i] {
+			if a := owner[i]; a != nil {
+				a.returnWritten(f.Msg)
+			} else {
 				recycleMessage(f.Msg)
 			}
-			batch[i] = Frame{}
+			batch[i], owner[i] = Frame{}, nil
 		}
 		q.mu.Lock()
 		q.failed = q.failed || failed
-		q.spare, q.spareKeep = batch[:0], keep[:0]
+		q.spare, q.spareOwn = batch[:0], owner[:0]
 		if closing {
 			q.done, q.writing = true, false
 		}

@@ -286,7 +286,7 @@ func (s *state) sendCall(q *question) {
 	if q.bootstrap {
 		s.traceEvent("bootstrap", attribute.String("direction", "sent"))
 	}
-	s.queue(out, false, q.sidecar)
+	s.queue(out, nil, q.sidecar)
 }
 
 // rejectUnsent fails a question that never reached the wire and frees

@@ -189,18 +189,20 @@ func (s *state) stats() Stats {
 }
 
 // send queues an outgoing message; the writer releases it once written.
-func (s *state) send(msg *capnp.Message) { s.queue(msg, false, nil) }
+func (s *state) send(msg *capnp.Message) { s.queue(msg, nil, nil) }
 
 // queue puts msg in the send queue with sc, the sidecar of a call (nil:
-// none). keep: the actor still owns msg after it is written. The first
+// none). owner: the answer msg is the Return of, which keeps it until
+// both it is written and the answer is dropped (nil: the writer frees msg
+// once written). The first
 // frame of the connection carries our sidecar, which tells the peer that
 // we read epitaphs and names our connection span.
-func (s *state) queue(msg *capnp.Message, keep bool, sc *Sidecar) {
+func (s *state) queue(msg *capnp.Message, owner *answer, sc *Sidecar) {
 	if !s.sidecarSent {
 		s.sidecarSent = true
 		sc = s.firstSidecar(sc)
 	}
-	s.c.out.push(Frame{Msg: msg, Sidecar: sc}, keep)
+	s.c.out.push(Frame{Msg: msg, Sidecar: sc}, owner)
 }
 
 // sendLazy queues a message nobody waits for (a Finish after its Return,
