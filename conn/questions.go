@@ -280,7 +280,7 @@ func (s *state) sendCall(q *question) {
 	q.seq = s.seq
 	q.pid = s.spawnChild(q)
 	s.byAnswer[q.p.Answer()] = q
-	if q.span.IsRecording() {
+	if q.span != noSpan && q.span.IsRecording() {
 		q.span.SetAttributes(tracing.AttrQuestionID.Int(int(q.id)))
 	}
 	if q.bootstrap {

@@ -228,7 +228,9 @@ func (s *state) abandonAnswers() {
 				s.send(out)
 			}
 			a.returned = true // the callee's late Return is dropped
-			tracing.EndCall(a.span, errAbandoned)
+			if a.span.IsRecording() {
+				tracing.EndCall(a.span, errAbandoned)
+			}
 		}
 		s.dropAnswer(a)
 		delete(s.answers, id)

@@ -235,9 +235,11 @@ func (c *Conn) startQuestionSpan(ctx context.Context, m capnp.Method, bootstrap,
 	ctx, span := c.tracer.Start(ctx, callSpanName(m, bootstrap), clientKind)
 	if span.IsRecording() {
 		tracing.RegisterMethods(m)
-		span.SetAttributes(tracing.MethodAttributes(m)...)
 		if pipelined {
-			span.SetAttributes(tracing.AttrPipelined.Bool(true))
+			var buf [8]attribute.KeyValue
+			span.SetAttributes(append(append(buf[:0], tracing.MethodAttributes(m)...), tracing.AttrPipelined.Bool(true))...)
+		} else {
+			span.SetAttributes(tracing.MethodAttributes(m)...)
 		}
 	}
 	if !span.SpanContext().IsValid() {
@@ -254,11 +256,12 @@ var noSpan = trace.SpanFromContext(context.Background())
 
 // endQuestionSpan records a question's outcome.
 func endQuestionSpan(span trace.Span, err error) {
-	if span == nil || !span.IsRecording() {
+	if span == nil || span == noSpan || !span.IsRecording() {
 		return
 	}
 	if errors.Is(err, ErrNotProcessed) {
-		span.SetAttributes(tracing.AttrNotProcessed.Bool(true))
+		tracing.EndCall(span, err, tracing.AttrNotProcessed.Bool(true))
+		return
 	}
 	tracing.EndCall(span, err)
 }
@@ -310,14 +313,15 @@ func callSpanName(m capnp.Method, bootstrap bool) string {
 
 // endAnswerSpan records an answer's outcome when its Return is queued.
 func endAnswerSpan(a *answer) {
-	if !a.span.IsRecording() {
+	if a.span == noSpan || !a.span.IsRecording() {
 		return
 	}
-	a.span.SetAttributes(tracing.AttrAnswerID.Int(int(a.id)))
+	var buf [2]attribute.KeyValue
+	attrs := append(buf[:0], tracing.AttrAnswerID.Int(int(a.id)))
 	if a.epitaph != nil {
-		a.span.SetAttributes(tracing.AttrNotProcessed.Bool(true))
+		attrs = append(attrs, tracing.AttrNotProcessed.Bool(true))
 	}
-	tracing.EndCall(a.span, a.err)
+	tracing.EndCall(a.span, a.err, attrs...)
 }
 
 // startExportSpan starts the span of an export's lifetime, a child of the

@@ -168,16 +168,19 @@ func StatusCode(err error) string {
 	return "FAILED" // what capnp makes of any other error
 }
 
-// EndCall records err as a call's outcome on span and ends it.
-func EndCall(span trace.Span, err error, opts ...trace.SpanEndOption) {
-	if !span.IsRecording() {
-		return
-	}
+// EndCall ends a call's span: attrs, then rpc.response.status_code (and
+// error.type and an error status when err is not nil), in one
+// SetAttributes. Callers check span.IsRecording first: on a span that
+// records nothing this is wasted work.
+func EndCall(span trace.Span, err error, attrs ...attribute.KeyValue) {
 	code := StatusCode(err)
-	span.SetAttributes(semconv.RPCResponseStatusCode(code))
+	attrs = append(attrs, semconv.RPCResponseStatusCode(code))
 	if err != nil {
-		span.SetAttributes(semconv.ErrorTypeKey.String(code))
+		attrs = append(attrs, semconv.ErrorTypeKey.String(code))
+	}
+	span.SetAttributes(attrs...)
+	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
 	}
-	span.End(opts...)
+	span.End()
 }
