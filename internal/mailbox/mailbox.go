@@ -133,16 +133,24 @@ func (m *Mailbox) RunHere() {
 	m.schedule() // still marked running: the dispatcher goes on
 }
 
-// PostSystemMessage implements actor.Mailbox.
+// PostSystemMessage implements actor.Mailbox. The Started message of a
+// new actor is handled on the spawner's goroutine, where Spawn posts it:
+// the actor is idle then, and vatactor's actors do nothing on Started
+// that could block; it saves an activation per actor.
 func (m *Mailbox) PostSystemMessage(msg any) {
 	m.mu.Lock()
 	m.sys.push(msg)
 	schedule := !m.running
 	m.running = true
 	m.mu.Unlock()
-	if schedule {
-		m.schedule()
+	if !schedule {
+		return
 	}
+	if _, started := msg.(*actor.Started); started {
+		m.RunHere()
+		return
+	}
+	m.schedule()
 }
 
 // next takes the next message to handle, system messages first; when

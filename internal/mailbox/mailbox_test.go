@@ -194,3 +194,20 @@ func TestRunHere(t *testing.T) {
 		t.Fatalf("after the dispatcher: %d", len(r.user))
 	}
 }
+
+// TestStartedHere: an idle actor's Started is handled on the spawner's
+// goroutine; other system messages are scheduled.
+func TestStartedHere(t *testing.T) {
+	r, d := &recorder{}, &manual{}
+	m := mailbox.Producer()
+	m.RegisterHandlers(r, d)
+	m.PostSystemMessage(&actor.Started{})
+	if len(r.sys) != 1 || len(d.work) != 0 {
+		t.Fatalf("Started: handled %v, %d activations scheduled", r.sys, len(d.work))
+	}
+	m.PostSystemMessage(&actor.Stop{})
+	if len(r.sys) != 1 || len(d.work) != 1 {
+		t.Fatalf("Stop: handled %v, %d activations scheduled", r.sys, len(d.work))
+	}
+	d.runAll()
+}
