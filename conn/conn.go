@@ -468,17 +468,22 @@ func (q *sendQueue) startLocked() bool {
 	return true
 }
 
-func (q *sendQueue) push(f Frame, owner *answer) {
-	q.mu.Lock()
-	q.items = append(q.items, f)
-	q.owner = append(q.owner, owner)
-	start := q.startLocked()
+// unlockAndKick releases mu, then starts a writer if start (from
+// startLocked) says so, else wakes the one that runs.
+func (q *sendQueue) unlockAndKick(start bool) {
 	q.mu.Unlock()
 	if start {
 		q.start()
 	} else {
 		q.wakeWriter()
 	}
+}
+
+func (q *sendQueue) push(f Frame, owner *answer) {
+	q.mu.Lock()
+	q.items = append(q.items, f)
+	q.owner = append(q.owner, owner)
+	q.unlockAndKick(q.startLocked())
 }
 
 // pushLazy queues f without starting the writer; the flush timer does if
@@ -502,13 +507,7 @@ func (q *sendQueue) pushLazy(f Frame) {
 func (q *sendQueue) flushLazy() {
 	q.mu.Lock()
 	q.armed = false
-	start := len(q.items) > 0 && q.startLocked()
-	q.mu.Unlock()
-	if start {
-		q.start()
-	} else {
-		q.wakeWriter()
-	}
+	q.unlockAndKick(len(q.items) > 0 && q.startLocked())
 }
 
 func (q *sendQueue) close(halfClose bool) {
@@ -518,13 +517,7 @@ func (q *sendQueue) close(halfClose bool) {
 	if q.flush != nil {
 		q.flush.Stop()
 	}
-	start := q.startLocked()
-	q.mu.Unlock()
-	if start {
-		q.start()
-	} else {
-		q.wakeWriter()
-	}
+	q.unlockAndKick(q.startLocked())
 }
 
 // readLoop is the reader goroutine: frames in, actor messages out.

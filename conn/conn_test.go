@@ -115,6 +115,29 @@ func (h *harness) expect(prefix string) rpccp.Message {
 	return m
 }
 
+// bootstrapImport answers the connection's Bootstrap with the peer's
+// export 0 and returns it resolved.
+func (h *harness) bootstrapImport(ctx context.Context) interop.Echo {
+	h.t.Helper()
+	boot := interop.Echo(h.c.Bootstrap(ctx))
+	h.expect("bootstrap q0")
+	h.send(func(m rpccp.Message) error {
+		r, err := m.NewReturn()
+		if err != nil {
+			return err
+		}
+		r.SetAnswerId(0)
+		p, _ := r.NewResults()
+		caps, _ := p.NewCapTable(1)
+		caps.At(0).SetSenderHosted(0)
+		return p.SetContent(capnp.NewInterface(p.Segment(), 0).ToPtr())
+	})
+	if err := boot.Resolve(ctx); err != nil {
+		h.t.Fatal(err)
+	}
+	return boot
+}
+
 func echoParams(call rpccp.Call, text string) error {
 	p, err := call.NewParams()
 	if err != nil {
@@ -292,23 +315,8 @@ func TestEmbargoOnReturnToLocalCapability(t *testing.T) {
 	ctx := context.Background()
 
 	// Bootstrap: the peer's Echo is its export 0.
-	boot := interop.Echo(h.c.Bootstrap(ctx))
+	boot := h.bootstrapImport(ctx)
 	defer boot.Release()
-	h.expect("bootstrap q0")
-	h.send(func(m rpccp.Message) error {
-		r, err := m.NewReturn()
-		if err != nil {
-			return err
-		}
-		r.SetAnswerId(0)
-		p, _ := r.NewResults()
-		caps, _ := p.NewCapTable(1)
-		caps.At(0).SetSenderHosted(0)
-		return p.SetContent(capnp.NewInterface(p.Segment(), 0).ToPtr())
-	})
-	if err := boot.Resolve(ctx); err != nil {
-		t.Fatal(err)
-	}
 
 	// q1: callBack(local); the peer will answer with our own capability.
 	local := &recordingEcho{}

@@ -11,29 +11,6 @@ import (
 	"github.com/vatactor/vatactor/internal/interop"
 )
 
-// bootstrapImport answers the connection's Bootstrap with the peer's
-// export 0 and returns it resolved.
-func (h *harness) bootstrapImport(ctx context.Context) interop.Echo {
-	h.t.Helper()
-	boot := interop.Echo(h.c.Bootstrap(ctx))
-	h.expect("bootstrap q0")
-	h.send(func(m rpccp.Message) error {
-		r, err := m.NewReturn()
-		if err != nil {
-			return err
-		}
-		r.SetAnswerId(0)
-		p, _ := r.NewResults()
-		caps, _ := p.NewCapTable(1)
-		caps.At(0).SetSenderHosted(0)
-		return p.SetContent(capnp.NewInterface(p.Segment(), 0).ToPtr())
-	})
-	if err := boot.Resolve(ctx); err != nil {
-		h.t.Fatal(err)
-	}
-	return boot
-}
-
 // TestFlowWindow: calls on an import keep at most FlowWindow bytes in
 // flight; each answer lets the next waiting call go, in order.
 func TestFlowWindow(t *testing.T) {
