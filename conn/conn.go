@@ -218,7 +218,7 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 		tracer:    tracing.Tracer(opts.TracerProvider),
 		untraced:  tracing.Noop(opts.TracerProvider),
 	}
-	c.out.start = c.startWriter
+	c.out.start, c.out.writers = c.startWriter, &c.writer
 	c.out.wake = make(chan struct{}, 1)
 	c.trace = opts.Logger.Enabled(context.Background(), slog.LevelDebug)
 	st := newState(c)
@@ -431,15 +431,16 @@ type sendQueue struct {
 	owner     []*answer // owner[i]: the answer whose Return items[i] is (nil: the writer frees it)
 	spare     []Frame
 	spareOwn  []*answer
-	closing   bool          // the writer flushes, then stops for good
-	halfClose bool          // the writer calls CloseWrite after the last flush
-	writing   bool          // a writer goroutine is running
-	failed    bool          // a write failed: nothing more is written
-	done      bool          // the last flush is done: no writer starts again
-	start     func()        // starts a writer goroutine
-	wake      chan struct{} // wakes a waiting writer
-	flush     *time.Timer   // starts the writer for lazy frames; made on first use
-	armed     bool          // flush is pending
+	closing   bool            // the writer flushes, then stops for good
+	halfClose bool            // the writer calls CloseWrite after the last flush
+	writing   bool            // a writer goroutine is running
+	failed    bool            // a write failed: nothing more is written
+	done      bool            // the last flush is done: no writer starts again
+	start     func()          // starts a writer goroutine (counted in writers already)
+	writers   *sync.WaitGroup // the writer goroutines: Add under mu, when one is to start
+	wake      chan struct{}   // wakes a waiting writer
+	flush     *time.Timer     // starts the writer for lazy frames; made on first use
+	armed     bool            // flush is pending
 }
 
 // lazyFlushDelay bounds how long a lazy frame waits for company;
@@ -465,6 +466,7 @@ func (q *sendQueue) startLocked() bool {
 		return false
 	}
 	q.writing = true
+	q.writers.Add(1) // under mu: before any closer can wait for writers
 	return true
 }
 
@@ -555,11 +557,9 @@ func (c *Conn) readLoop() {
 	}
 }
 
-// startWriter is sendQueue.start: one writer goroutine at a time.
-func (c *Conn) startWriter() {
-	c.writer.Add(1)
-	go c.writeLoop()
-}
+// startWriter is sendQueue.start: one writer goroutine at a time, counted
+// in c.writer when it was decided.
+func (c *Conn) startWriter() { go c.writeLoop() }
 
 // writeLoop is the writer goroutine: it takes everything queued and writes
 // it in one batch, again and again; it exits when it has had nothing to
