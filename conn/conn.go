@@ -416,10 +416,12 @@ func (m socketClosed) closeWriteNote() string {
 }
 
 // sendQueue is the writer's input: the actor appends, a writer takes
-// everything queued in one batch. The writer is a goroutine started by
-// the first frame to send; it waits for more, and exits once it has had
-// nothing to write for writerIdleTimeout, so that an idle connection has
-// no writer (the next frame starts one).
+// everything queued in one batch. The actor wakes the writer once it has
+// handled every message waiting for it (pushQuiet, then kick), so what a
+// run of messages produces under load goes out in one write. The writer
+// is a goroutine started by the first frame to send; it waits for more,
+// and exits once it has had nothing to write for writerIdleTimeout, so
+// that an idle connection has no writer (the next frame starts one).
 //
 // Lazy frames (a Finish after its Return, a Release) do not start the
 // writer: they go out with the next frame that does, or after
@@ -439,6 +441,7 @@ type sendQueue struct {
 	start     func()          // starts a writer goroutine (counted in writers already)
 	writers   *sync.WaitGroup // the writer goroutines: Add under mu, when one is to start
 	wake      chan struct{}   // wakes a waiting writer
+	quiet     bool            // pushQuiet queued frames that kick has not sent on yet
 	flush     *time.Timer     // starts the writer for lazy frames; made on first use
 	armed     bool            // flush is pending
 }
@@ -481,10 +484,25 @@ func (q *sendQueue) unlockAndKick(start bool) {
 	}
 }
 
-func (q *sendQueue) push(f Frame, owner *answer) {
+// pushQuiet queues f for the writer without waking it: the connection
+// actor calls kick once it has nothing more to handle, so that what one
+// run of its messages produces goes out in one write.
+func (q *sendQueue) pushQuiet(f Frame, owner *answer) {
 	q.mu.Lock()
 	q.items = append(q.items, f)
 	q.owner = append(q.owner, owner)
+	q.quiet = true
+	q.mu.Unlock()
+}
+
+// kick starts or wakes the writer for what pushQuiet queued.
+func (q *sendQueue) kick() {
+	q.mu.Lock()
+	if !q.quiet {
+		q.mu.Unlock()
+		return
+	}
+	q.quiet = false
 	q.unlockAndKick(q.startLocked())
 }
 

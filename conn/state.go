@@ -90,7 +90,7 @@ var stopChildren = actor.NewOneForOneStrategy(0, 0, func(any) actor.Directive { 
 // Receive is the one way in: every input of the connection is a message.
 func (s *state) Receive(ctx actor.Context) {
 	s.ctx = ctx
-	defer func() { s.ctx = nil }()
+	defer func() { s.ctx = nil; s.flushOut() }()
 	msg := ctx.Message()
 	if s.phase >= phaseClosing {
 		switch m := msg.(type) {
@@ -202,7 +202,15 @@ func (s *state) queue(msg *capnp.Message, owner *answer, sc *Sidecar) {
 		s.sidecarSent = true
 		sc = s.firstSidecar(sc)
 	}
-	s.c.out.push(Frame{Msg: msg, Sidecar: sc}, owner)
+	s.c.out.pushQuiet(Frame{Msg: msg, Sidecar: sc}, owner)
+}
+
+// flushOut wakes the writer for what this message queued, unless more
+// messages wait: the last one of a run wakes it once for all.
+func (s *state) flushOut() {
+	if s.c.mailbox.UserMessageCount() == 0 {
+		s.c.out.kick()
+	}
 }
 
 // sendLazy queues a message nobody waits for (a Finish after its Return,
