@@ -203,10 +203,12 @@ func (s *state) queue(msg *capnp.Message, owner *answer, sc *Sidecar) {
 		sc = s.firstSidecar(sc)
 	}
 	s.c.out.pushQuiet(Frame{Msg: msg, Sidecar: sc}, owner)
+	s.flushOut() // at once when no other message waits: latency first
 }
 
-// flushOut wakes the writer for what this message queued, unless more
-// messages wait: the last one of a run wakes it once for all.
+// flushOut wakes the writer for what has been queued, unless more
+// messages wait: the last one of a run wakes it once for all (Receive
+// calls this as it returns).
 func (s *state) flushOut() {
 	if s.c.mailbox.UserMessageCount() == 0 {
 		s.c.out.kick()
