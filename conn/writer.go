@@ -1,0 +1,244 @@
+package conn
+
+import (
+	"sync"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
+)
+
+// This file is the writing side of a connection: the send queue the actor
+// fills, the writer goroutine that empties it, and the pooled outgoing
+// messages.
+
+// sendQueue is the writer's input: the actor appends, a writer takes
+// everything queued in one batch. The actor wakes the writer once it has
+// handled every message waiting for it (pushQuiet, then kick), so what a
+// run of messages produces under load goes out in one write. The writer
+// is a goroutine started by the first frame to send; it waits for more,
+// and exits once it has had nothing to write for writerIdleTimeout, so
+// that an idle connection has no writer (the next frame starts one).
+//
+// Lazy frames (a Finish after its Return, a Release) do not start the
+// writer: they go out with the next frame that does, or after
+// lazyFlushDelay, so that a caller making one call after another sends
+// each Finish in the same write as its next Call.
+type sendQueue struct {
+	mu        sync.Mutex
+	items     []Frame
+	owner     []*answer // owner[i]: the answer whose Return items[i] is (nil: the writer frees it)
+	spare     []Frame
+	spareOwn  []*answer
+	closing   bool            // the writer flushes, then stops for good
+	halfClose bool            // the writer calls CloseWrite after the last flush
+	writing   bool            // a writer goroutine is running
+	failed    bool            // a write failed: nothing more is written
+	done      bool            // the last flush is done: no writer starts again
+	start     func()          // starts a writer goroutine (counted in writers already)
+	writers   *sync.WaitGroup // the writer goroutines: Add under mu, when one is to start
+	wake      chan struct{}   // wakes a waiting writer
+	quiet     bool            // pushQuiet queued frames that kick has not sent on yet
+	flush     *time.Timer     // starts the writer for lazy frames; made on first use
+	armed     bool            // flush is pending
+}
+
+// lazyFlushDelay bounds how long a lazy frame waits for company;
+// writerIdleTimeout is how long a writer with nothing to write waits
+// before it exits.
+const (
+	lazyFlushDelay    = 100 * time.Microsecond
+	writerIdleTimeout = 500 * time.Millisecond
+)
+
+// wakeWriter wakes the writer if it waits for frames.
+func (q *sendQueue) wakeWriter() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// startLocked reports whether the caller must start a writer (and marks
+// one running). Called with mu held.
+func (q *sendQueue) startLocked() bool {
+	if q.writing || q.done {
+		return false
+	}
+	q.writing = true
+	q.writers.Add(1) // under mu: before any closer can wait for writers
+	return true
+}
+
+// unlockAndKick releases mu, then starts a writer if start (from
+// startLocked) says so, else wakes the one that runs.
+func (q *sendQueue) unlockAndKick(start bool) {
+	q.mu.Unlock()
+	if start {
+		q.start()
+	} else {
+		q.wakeWriter()
+	}
+}
+
+// pushQuiet queues f for the writer without waking it: the connection
+// actor calls kick once it has nothing more to handle, so that what one
+// run of its messages produces goes out in one write.
+func (q *sendQueue) pushQuiet(f Frame, owner *answer) {
+	q.mu.Lock()
+	q.items = append(q.items, f)
+	q.owner = append(q.owner, owner)
+	q.quiet = true
+	q.mu.Unlock()
+}
+
+// kick starts or wakes the writer for what pushQuiet queued.
+func (q *sendQueue) kick() {
+	q.mu.Lock()
+	if !q.quiet {
+		q.mu.Unlock()
+		return
+	}
+	q.quiet = false
+	q.unlockAndKick(q.startLocked())
+}
+
+// pushLazy queues f without starting the writer; the flush timer does if
+// nothing else does first.
+func (q *sendQueue) pushLazy(f Frame) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.items = append(q.items, f)
+	q.owner = append(q.owner, nil)
+	if q.armed || q.closing {
+		return
+	}
+	q.armed = true
+	if q.flush == nil {
+		q.flush = time.AfterFunc(lazyFlushDelay, q.flushLazy)
+	} else {
+		q.flush.Reset(lazyFlushDelay)
+	}
+}
+
+func (q *sendQueue) flushLazy() {
+	q.mu.Lock()
+	q.armed = false
+	q.unlockAndKick(len(q.items) > 0 && q.startLocked())
+}
+
+func (q *sendQueue) close(halfClose bool) {
+	q.mu.Lock()
+	q.closing = true
+	q.halfClose = halfClose
+	if q.flush != nil {
+		q.flush.Stop()
+	}
+	q.unlockAndKick(q.startLocked())
+}
+
+// startWriter is sendQueue.start: one writer goroutine at a time, counted
+// in c.writer when it was decided.
+func (c *Conn) startWriter() { go c.writeLoop() }
+
+// writeLoop is the writer goroutine: it takes everything queued and writes
+// it in one batch, again and again; it exits when it has had nothing to
+// write for writerIdleTimeout (the next push starts another) or once the
+// queue is closed (it flushes, half-closes and exits for good). It is the
+// only caller of SendFrames and CloseWrite.
+func (c *Conn) writeLoop() {
+	defer c.writer.Done()
+	q := &c.out
+	idle := time.NewTimer(writerIdleTimeout)
+	defer idle.Stop()
+	for {
+		q.mu.Lock()
+		batch, owner := q.items, q.owner
+		closing, half, failed := q.closing, q.halfClose, q.failed
+		if len(batch) == 0 && !closing {
+			q.mu.Unlock()
+			idle.Reset(writerIdleTimeout)
+			select {
+			case <-q.wake:
+				continue
+			case <-idle.C:
+			}
+			q.mu.Lock()
+			if len(q.items) == 0 && !q.closing {
+				// Drop the buffers while this is still the writer: the
+				// next one starts afresh.
+				if r, ok := c.transport.(interface{ releaseBuffers() }); ok {
+					r.releaseBuffers()
+				}
+				q.items, q.owner, q.spare, q.spareOwn = nil, nil, nil, nil
+				q.writing = false
+				q.mu.Unlock()
+				return
+			}
+			q.mu.Unlock()
+			continue
+		}
+		q.items, q.owner = q.spare[:0], q.spareOwn[:0]
+		q.spare, q.spareOwn = nil, nil
+		q.mu.Unlock()
+		if c.trace {
+			for _, f := range batch {
+				if rm, err := rpccp.ReadRootMessage(f.Msg); err == nil {
+					c.opts.Logger.Debug("capnp send", "peer", c.opts.Peer, "msg", DescribeMessage(rm), "sidecar", f.Sidecar != nil)
+				}
+			}
+		}
+		if len(batch) > 0 && !failed {
+			if err := c.transport.SendFrames(batch); err != nil {
+				failed = true
+				_ = c.post(writerDone{err: err})
+			}
+		}
+		for i, f := range batch {
+			if a := owner[i]; a != nil {
+				a.returnWritten(f.Msg)
+			} else {
+				recycleMessage(f.Msg)
+			}
+			batch[i], owner[i] = Frame{}, nil
+		}
+		q.mu.Lock()
+		q.failed = q.failed || failed
+		q.spare, q.spareOwn = batch[:0], owner[:0]
+		if closing {
+			q.done, q.writing = true, false
+		}
+		q.mu.Unlock()
+		if closing {
+			if half && !failed {
+				_ = c.transport.CloseWrite()
+			}
+			return
+		}
+	}
+}
+
+// newMessage allocates an outgoing rpc message. Its memory comes from
+// pools: capnp's for the segment, ours for the Message, which the writer
+// gives back once it has written and released it (recycleMessage).
+func newMessage() (*capnp.Message, rpccp.Message) {
+	msg := messages.Get().(*capnp.Message)
+	seg, err := msg.Reset(capnp.SingleSegment(nil))
+	if err != nil {
+		panic(err) // a fresh single-segment arena cannot fail
+	}
+	m, err := rpccp.NewRootMessage(seg)
+	if err != nil {
+		panic(err) // allocation in a fresh message cannot fail
+	}
+	return msg, m
+}
+
+var messages = sync.Pool{New: func() any { return new(capnp.Message) }}
+
+// recycleMessage releases a written message that nobody else holds and
+// keeps it for a later newMessage.
+func recycleMessage(msg *capnp.Message) {
+	msg.Release()
+	messages.Put(msg)
+}
