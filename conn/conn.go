@@ -222,6 +222,9 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 	}
 	c.out.start, c.out.writers = c.startWriter, &c.writer
 	c.out.wake = make(chan struct{}, 1)
+	if st, ok := t.(*streamTransport); ok && st.raw != nil {
+		c.out.inline = c.writeInline
+	}
 	c.trace = opts.Logger.Enabled(context.Background(), slog.LevelDebug)
 	st := newState(c)
 	props := actor.PropsFromProducer(func() actor.Actor { return st },

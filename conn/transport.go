@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 
 	"capnproto.org/go/capnp/v3"
 )
@@ -30,7 +31,7 @@ type Transport interface {
 func NewStreamTransport(c net.Conn, lim Limits) Transport {
 	lim = lim.withDefaults()
 	// Peek must hold a whole segment table.
-	return &streamTransport{c: c, r: newFrameReader(c, 8+4*lim.MaxSegments), lim: lim}
+	return &streamTransport{c: c, r: newFrameReader(c, 8+4*lim.MaxSegments), lim: lim, raw: rawConn(c)}
 }
 
 // keepWriteBuffer is the largest write buffer kept from one batch to the
@@ -41,9 +42,10 @@ type streamTransport struct {
 	c   net.Conn
 	r   *frameReader
 	lim Limits
-	buf []byte      // writer goroutine only: small frames, copied together
-	vec net.Buffers // writer goroutine only: buf's pieces and large segments
-	sc  []byte      // writer goroutine only: the sidecar being framed
+	buf []byte          // writer goroutine only: small frames, copied together
+	vec net.Buffers     // writer goroutine only: buf's pieces and large segments
+	sc  []byte          // writer goroutine only: the sidecar being framed
+	raw syscall.RawConn // for writes that must not wait (trySend); nil: none
 }
 
 // copyLimit is the largest segment SendFrames copies into its buffer;
@@ -89,6 +91,12 @@ func (t *streamTransport) SendFrames(frames []Frame) error {
 	clear(vec)                   // drop the references to the segments
 	t.vec = vec[:0]
 	// buf is now the tail of t.buf (or of a larger buffer): t.buf stays.
+	return err
+}
+
+// writeRest writes what trySend left, waiting as long as it takes.
+func (t *streamTransport) writeRest(rest []byte) error {
+	_, err := t.c.Write(rest)
 	return err
 }
 

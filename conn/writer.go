@@ -37,10 +37,15 @@ type sendQueue struct {
 	done      bool            // the last flush is done: no writer starts again
 	start     func()          // starts a writer goroutine (counted in writers already)
 	writers   *sync.WaitGroup // the writer goroutines: Add under mu, when one is to start
-	wake      chan struct{}   // wakes a waiting writer
-	quiet     bool            // pushQuiet queued frames that kick has not sent on yet
-	flush     *time.Timer     // starts the writer for lazy frames; made on first use
-	armed     bool            // flush is pending
+	// inline, if set, writes a batch on the actor's goroutine when no
+	// writer runs (Conn.writeInline); rest is what it left for the
+	// writer goroutine, to go before the items.
+	inline func(batch []Frame, owner []*answer)
+	rest   []byte
+	wake   chan struct{} // wakes a waiting writer
+	quiet  bool          // pushQuiet queued frames that kick has not sent on yet
+	flush  *time.Timer   // starts the writer for lazy frames; made on first use
+	armed  bool          // flush is pending
 }
 
 // lazyFlushDelay bounds how long a lazy frame waits for company;
@@ -100,7 +105,22 @@ func (q *sendQueue) kick() {
 		return
 	}
 	q.quiet = false
+	if q.inline != nil && !q.writing && !q.done && !q.closing && !q.failed {
+		q.writing = true // this goroutine is the writer for one turn
+		batch, owner := q.takeLocked()
+		q.mu.Unlock()
+		q.inline(batch, owner)
+		return
+	}
 	q.unlockAndKick(q.startLocked())
+}
+
+// takeLocked takes everything queued, for the writer. Called with mu held.
+func (q *sendQueue) takeLocked() ([]Frame, []*answer) {
+	batch, owner := q.items, q.owner
+	q.items, q.owner = q.spare[:0], q.spareOwn[:0]
+	q.spare, q.spareOwn = nil, nil
+	return batch, owner
 }
 
 // pushLazy queues f without starting the writer; the flush timer does if
@@ -143,9 +163,10 @@ func (c *Conn) startWriter() { go c.writeLoop() }
 
 // writeLoop is the writer goroutine: it takes everything queued and writes
 // it in one batch, again and again; it exits when it has had nothing to
-// write for writerIdleTimeout (the next push starts another) or once the
-// queue is closed (it flushes, half-closes and exits for good). It is the
-// only caller of SendFrames and CloseWrite.
+// write for writerIdleTimeout (the next kick writes inline or starts
+// another) or once the queue is closed (it flushes, half-closes and exits
+// for good). While it runs it is the only caller of SendFrames and
+// CloseWrite.
 func (c *Conn) writeLoop() {
 	defer c.writer.Done()
 	q := &c.out
@@ -153,9 +174,8 @@ func (c *Conn) writeLoop() {
 	defer idle.Stop()
 	for {
 		q.mu.Lock()
-		batch, owner := q.items, q.owner
-		closing, half, failed := q.closing, q.halfClose, q.failed
-		if len(batch) == 0 && !closing {
+		closing, half, failed, rest := q.closing, q.halfClose, q.failed, q.rest
+		if len(q.items) == 0 && rest == nil && !closing {
 			q.mu.Unlock()
 			idle.Reset(writerIdleTimeout)
 			select {
@@ -164,7 +184,7 @@ func (c *Conn) writeLoop() {
 			case <-idle.C:
 			}
 			q.mu.Lock()
-			if len(q.items) == 0 && !q.closing {
+			if len(q.items) == 0 && q.rest == nil && !q.closing {
 				// Drop the buffers while this is still the writer: the
 				// next one starts afresh.
 				if r, ok := c.transport.(interface{ releaseBuffers() }); ok {
@@ -178,14 +198,14 @@ func (c *Conn) writeLoop() {
 			q.mu.Unlock()
 			continue
 		}
-		q.items, q.owner = q.spare[:0], q.spareOwn[:0]
-		q.spare, q.spareOwn = nil, nil
+		batch, owner := q.takeLocked()
+		q.rest = nil
 		q.mu.Unlock()
-		if c.trace {
-			for _, f := range batch {
-				if rm, err := rpccp.ReadRootMessage(f.Msg); err == nil {
-					c.opts.Logger.Debug("capnp send", "peer", c.opts.Peer, "msg", DescribeMessage(rm), "sidecar", f.Sidecar != nil)
-				}
+		c.traceSent(batch)
+		if rest != nil && !failed {
+			if err := c.transport.(*streamTransport).writeRest(rest); err != nil {
+				failed = true
+				_ = c.post(writerDone{err: err})
 			}
 		}
 		if len(batch) > 0 && !failed {
@@ -194,28 +214,82 @@ func (c *Conn) writeLoop() {
 				_ = c.post(writerDone{err: err})
 			}
 		}
-		for i, f := range batch {
-			if a := owner[i]; a != nil {
-				a.returnWritten(f.Msg)
-			} else {
-				recycleMessage(f.Msg)
-			}
-			batch[i], owner[i] = Frame{}, nil
-		}
-		q.mu.Lock()
-		q.failed = q.failed || failed
-		q.spare, q.spareOwn = batch[:0], owner[:0]
+		c.written(batch, owner, failed)
 		if closing {
+			q.mu.Lock()
 			q.done, q.writing = true, false
-		}
-		q.mu.Unlock()
-		if closing {
+			q.mu.Unlock()
 			if half && !failed {
 				_ = c.transport.CloseWrite()
 			}
 			return
 		}
 	}
+}
+
+// writeInline is one writer turn on the connection actor's goroutine, at
+// the end of a run of its messages when no writer goroutine runs: what
+// the socket accepts at once is written here, without waking another
+// goroutine; what it does not (its buffer is full), or a batch it cannot
+// write so (large segments), goes to a writer goroutine.
+func (c *Conn) writeInline(batch []Frame, owner []*answer) {
+	q := &c.out
+	handled, rest, err := c.transport.(*streamTransport).trySend(batch)
+	if !handled {
+		q.mu.Lock()
+		q.spare, q.spareOwn = q.items, q.owner // empty: nothing was queued meanwhile
+		q.items, q.owner = batch, owner
+		q.writers.Add(1) // still marked writing: a goroutine takes over
+		q.mu.Unlock()
+		q.start()
+		return
+	}
+	c.traceSent(batch)
+	if err != nil {
+		_ = c.post(writerDone{err: err})
+	}
+	c.written(batch, owner, err != nil)
+	q.mu.Lock()
+	q.rest = rest
+	more := rest != nil || len(q.items) > 0
+	q.writing = more
+	if more {
+		q.writers.Add(1)
+	}
+	q.mu.Unlock()
+	if more {
+		q.start()
+	}
+}
+
+// traceSent logs each frame of a batch at debug level.
+func (c *Conn) traceSent(batch []Frame) {
+	if !c.trace {
+		return
+	}
+	for _, f := range batch {
+		if rm, err := rpccp.ReadRootMessage(f.Msg); err == nil {
+			c.opts.Logger.Debug("capnp send", "peer", c.opts.Peer, "msg", DescribeMessage(rm), "sidecar", f.Sidecar != nil)
+		}
+	}
+}
+
+// written frees a batch once written (a Return goes back to its answer)
+// and keeps its storage for the next one; failed records a write error.
+func (c *Conn) written(batch []Frame, owner []*answer, failed bool) {
+	for i, f := range batch {
+		if a := owner[i]; a != nil {
+			a.returnWritten(f.Msg)
+		} else {
+			recycleMessage(f.Msg)
+		}
+		batch[i], owner[i] = Frame{}, nil
+	}
+	q := &c.out
+	q.mu.Lock()
+	q.failed = q.failed || failed
+	q.spare, q.spareOwn = batch[:0], owner[:0]
+	q.mu.Unlock()
 }
 
 // newMessage allocates an outgoing rpc message. Its memory comes from

@@ -1,0 +1,16 @@
+//go:build !unix
+
+package conn
+
+import (
+	"net"
+	"syscall"
+)
+
+// rawConn: writes that must not block are for Unix sockets only here.
+func rawConn(net.Conn) syscall.RawConn { return nil }
+
+// trySend never handles frames here: the writer goroutine writes them.
+func (t *streamTransport) trySend([]Frame) (handled bool, rest []byte, err error) {
+	return false, nil, nil
+}

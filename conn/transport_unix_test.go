@@ -1,0 +1,75 @@
+//go:build unix
+
+package conn
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"testing"
+
+	"capnproto.org/go/capnp/v3"
+)
+
+// TestTrySend: a write that must not wait takes what the socket accepts
+// and hands back the rest (a copy) when the peer is not reading; the
+// bytes arrive complete and in order once it reads. A frame with a large
+// segment is left to the writer goroutine.
+func TestTrySend(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	peer := <-accepted
+	defer peer.Close()
+	tr := NewStreamTransport(c, Limits{}).(*streamTransport)
+	if tr.raw == nil {
+		t.Fatal("a TCP connection without a raw socket")
+	}
+	frame := func(n, b int) Frame {
+		msg, seg := capnp.NewSingleSegmentMessage(nil)
+		data, _ := capnp.NewData(seg, bytes.Repeat([]byte{byte(b)}, n))
+		_ = msg.SetRoot(data.ToPtr())
+		return Frame{Msg: msg}
+	}
+	var want bytes.Buffer
+	var rest []byte
+	for i := 0; rest == nil && i < 10000; i++ { // until the socket is full
+		f := frame(8000, i)
+		b, _ := appendFrame(nil, f)
+		want.Write(b)
+		handled, r, err := tr.trySend([]Frame{f})
+		if !handled || err != nil {
+			t.Fatalf("trySend: handled %v, %v", handled, err)
+		}
+		rest = r
+	}
+	if rest == nil {
+		t.Fatal("the socket never filled")
+	}
+	got := make(chan []byte)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(peer, int64(want.Len())))
+		got <- b
+	}()
+	if err := tr.writeRest(rest); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; !bytes.Equal(b, want.Bytes()) {
+		t.Fatalf("read %d bytes, want the %d written, in order", len(b), want.Len())
+	}
+	if handled, _, _ := tr.trySend([]Frame{frame(2*copyLimit, 1)}); handled {
+		t.Fatal("trySend took a frame with a large segment")
+	}
+}
