@@ -15,7 +15,9 @@ import (
 // sendQueue is the writer's input: the actor appends, a writer takes
 // everything queued in one batch. The actor wakes the writer once it has
 // handled every message waiting for it (pushQuiet, then kick), so what a
-// run of messages produces under load goes out in one write. The writer
+// run of messages produces under load goes out in one write; with no
+// writer running, kick writes that batch on the actor's goroutine as far
+// as the socket takes it without waiting (Conn.writeInline). The writer
 // is a goroutine started by the first frame to send; it waits for more,
 // and exits once it has had nothing to write for writerIdleTimeout, so
 // that an idle connection has no writer (the next frame starts one).
