@@ -39,13 +39,15 @@ func NewStreamTransport(c net.Conn, lim Limits) Transport {
 const keepWriteBuffer = 32 << 10
 
 type streamTransport struct {
-	c   net.Conn
-	r   *frameReader
-	lim Limits
-	buf []byte          // writer goroutine only: small frames, copied together
-	vec net.Buffers     // writer goroutine only: buf's pieces and large segments
-	sc  []byte          // writer goroutine only: the sidecar being framed
-	raw syscall.RawConn // for writes that must not wait (trySend); nil: none
+	c     net.Conn
+	r     *frameReader
+	lim   Limits
+	buf   []byte                // writer goroutine only: small frames, copied together
+	vec   net.Buffers           // writer goroutine only: buf's pieces and large segments
+	sc    []byte                // writer goroutine only: the sidecar being framed
+	raw   syscall.RawConn       // for writes that must not wait (trySend); nil: none
+	try   tryWrite              // trySend's write in progress
+	tryFn func(fd uintptr) bool // try.write, bound once
 }
 
 // copyLimit is the largest segment SendFrames copies into its buffer;

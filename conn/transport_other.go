@@ -14,3 +14,6 @@ func rawConn(net.Conn) syscall.RawConn { return nil }
 func (t *streamTransport) trySend([]Frame) (handled bool, rest []byte, err error) {
 	return false, nil, nil
 }
+
+// tryWrite is trySend's write in progress, on Unix.
+type tryWrite struct{}

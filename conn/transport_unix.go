@@ -43,29 +43,13 @@ func (t *streamTransport) trySend(frames []Frame) (handled bool, rest []byte, er
 		}
 		buf = appendSegments(buf, segs)
 	}
-	written := 0
-	var werr error
-	err = t.raw.Write(func(fd uintptr) bool {
-		for written < len(buf) {
-			n, err := syscall.Write(int(fd), buf[written:])
-			if n > 0 {
-				written += n
-			}
-			switch {
-			case err == syscall.EINTR:
-				continue
-			case err == syscall.EAGAIN:
-				return true // the socket is full: the rest is the writer's
-			case err != nil:
-				werr = err
-				return true
-			case n == 0:
-				werr = io.ErrShortWrite
-				return true
-			}
-		}
-		return true
-	})
+	t.try = tryWrite{buf: buf}
+	if t.tryFn == nil {
+		t.tryFn = t.try.write // made once: RawConn.Write takes a func
+	}
+	err = t.raw.Write(t.tryFn)
+	written, werr := t.try.written, t.try.err
+	t.try = tryWrite{}
 	if err == nil {
 		err = werr
 	}
@@ -76,4 +60,34 @@ func (t *streamTransport) trySend(frames []Frame) (handled bool, rest []byte, er
 		t.buf = buf
 	}
 	return true, rest, err
+}
+
+// tryWrite is one trySend's write on the raw socket, as far as it goes
+// without waiting.
+type tryWrite struct {
+	buf     []byte
+	written int
+	err     error
+}
+
+func (w *tryWrite) write(fd uintptr) (done bool) {
+	for w.written < len(w.buf) {
+		n, err := syscall.Write(int(fd), w.buf[w.written:])
+		if n > 0 {
+			w.written += n
+		}
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return true // the socket is full: the rest is the writer's
+		case err != nil:
+			w.err = err
+			return true
+		case n == 0:
+			w.err = io.ErrShortWrite
+			return true
+		}
+	}
+	return true
 }
