@@ -25,10 +25,11 @@ import (
 // calls. The capability executes the call; the export actor owns its
 // lifetime.
 type answer struct {
-	c    *Conn
-	id   uint32
-	ctx  callCtx    // the callee's: carries span
-	span trace.Span // the server span; ended when the Return is queued
+	c      *Conn
+	id     uint32
+	ctx    callCtx      // the callee's: carries span
+	span   trace.Span   // the server span; ended when the Return is queued
+	method capnp.Method // named, for the span
 
 	// Written by the callee (any goroutine) before Return.
 	msg     *capnp.Message // the Return message, once results are allocated
@@ -60,7 +61,7 @@ func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar
 		return nil, fmt.Errorf("%w: question %d is already in flight", ErrDuplicateID, id)
 	}
 	a := &answer{c: s.c, id: id}
-	a.ctx.parent, a.span = s.startAnswerSpan(context.Background(), m, bootstrap, sc)
+	a.ctx.parent, a.span, a.method = s.startAnswerSpan(context.Background(), m, bootstrap, sc)
 	s.answers[id] = a
 	return a, nil
 }

@@ -286,13 +286,13 @@ func (c *Conn) publishStats(st Stats) {
 func (c *Conn) Bootstrap(ctx context.Context) capnp.Client {
 	q := newQuestion(c, bootstrapMethod, nil)
 	q.bootstrap = true
-	q.span, q.sidecar = c.startQuestionSpan(ctx, bootstrapMethod, true, false)
+	q.span, q.sidecar = c.startQuestionSpan(ctx, bootstrapMethod, true)
 	q.watch(ctx)
 	if err := c.post(callOut{q: q}); err != nil {
 		if q.stopWatch != nil {
 			q.stopWatch()
 		}
-		endQuestionSpan(q.span, err)
+		endQuestionSpan(q, err, false)
 		return capnp.ErrorClient(err)
 	}
 	bc := q.p.Answer().Client().AddRef()

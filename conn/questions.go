@@ -12,8 +12,6 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
-
-	"github.com/vatactor/vatactor/tracing"
 )
 
 // A question is one outgoing Bootstrap or Call. It is an actor, a child of
@@ -102,20 +100,22 @@ func (q *question) watch(ctx context.Context) {
 // (cancelling the call if it has not returned) and frees the results.
 func (q *question) release() {
 	if q.c.post(releaseQuestion{q: q}) != nil {
-		q.settle(capnp.Ptr{}, q.c.errDisconnected())
+		q.settle(capnp.Ptr{}, q.c.errDisconnected(), false)
 	}
 	q.p.ReleaseClients()
 }
 
 // settle resolves the caller's promise once; later calls do nothing.
-func (q *question) settle(ptr capnp.Ptr, err error) bool {
+// onActor: called by the question's actor, which may read the id the
+// connection gave the question (for its span).
+func (q *question) settle(ptr capnp.Ptr, err error, onActor bool) bool {
 	if !q.settled.CompareAndSwap(false, true) {
 		return false
 	}
 	if q.flowBytes > 0 {
 		q.target.flow.release(q.flowBytes)
 	}
-	endQuestionSpan(q.span, err)
+	endQuestionSpan(q, err, onActor && q.sent)
 	q.p.Resolve(ptr, err)
 	return true
 }
@@ -124,19 +124,19 @@ func (q *question) settle(ptr capnp.Ptr, err error) bool {
 func (q *question) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *settleQuestion:
-		q.settle(m.ptr, m.err)
+		q.settle(m.ptr, m.err, true)
 	case *actor.Stopping:
 		// Stop overtakes user messages: an outcome already sent wins.
 		// Otherwise a caller still waiting learns it will get no answer.
 		if p := q.pending; p != nil {
-			q.settle(p.ptr, p.err)
+			q.settle(p.ptr, p.err, true)
 		}
 		if !q.settled.Load() {
 			err := q.stopErr
 			if err == nil {
 				err = q.c.errDisconnected()
 			}
-			q.settle(capnp.Ptr{}, err)
+			q.settle(capnp.Ptr{}, err, true)
 		}
 	case *actor.Stopped:
 		if q.results != nil {
@@ -195,7 +195,7 @@ func (c *Conn) sendCall(ctx context.Context, tgt callTarget, s capnp.Send) (*cap
 	}
 	q := newQuestion(c, s.Method, &tgt)
 	q.msg, q.call, q.flowBytes = msg, call, flowBytes
-	q.span, q.sidecar = c.startQuestionSpan(ctx, s.Method, false, tgt.parent != nil)
+	q.span, q.sidecar = c.startQuestionSpan(ctx, s.Method, false)
 	q.watch(ctx)
 	if err := c.post(callOut{q: q}); err != nil {
 		if q.stopWatch != nil {
@@ -205,7 +205,7 @@ func (c *Conn) sendCall(ctx context.Context, tgt callTarget, s capnp.Send) (*cap
 		if flowBytes > 0 {
 			tgt.flow.release(flowBytes)
 		}
-		endQuestionSpan(q.span, err)
+		endQuestionSpan(q, err, false)
 		return capnp.ErrorAnswer(s.Method, err), func() {}
 	}
 	return q.p.Answer(), q.release
@@ -280,9 +280,6 @@ func (s *state) sendCall(q *question) {
 	q.seq = s.seq
 	q.pid = s.spawnChild(q)
 	s.byAnswer[q.p.Answer()] = q
-	if q.span != noSpan && q.span.IsRecording() {
-		q.span.SetAttributes(tracing.AttrQuestionID.Int(int(q.id)))
-	}
 	if q.bootstrap {
 		s.traceEvent("bootstrap", attribute.String("direction", "sent"))
 	}
@@ -299,7 +296,7 @@ func (s *state) rejectUnsent(q *question, err error) {
 		q.msg.Release()
 		q.msg = nil
 	}
-	go q.settle(capnp.Ptr{}, err) // never on the actor's goroutine: Resolve may block
+	go q.settle(capnp.Ptr{}, err, false) // never on the actor's goroutine: Resolve may block
 }
 
 func (s *state) encodeTarget(q *question) error {

@@ -228,19 +228,16 @@ func statsAttributes(st Stats) []attribute.KeyValue {
 // startQuestionSpan starts the client span of a call on the caller's
 // goroutine, as a child of the caller's context, and returns the sidecar
 // that carries it to the peer (nil when there is no trace context).
-func (c *Conn) startQuestionSpan(ctx context.Context, m capnp.Method, bootstrap, pipelined bool) (trace.Span, *Sidecar) {
+func (c *Conn) startQuestionSpan(ctx context.Context, m capnp.Method, bootstrap bool) (trace.Span, *Sidecar) {
 	if c.untraced && !trace.SpanContextFromContext(ctx).IsValid() {
 		return noSpan, nil
 	}
+	// The span's attributes are all set when it ends, in one call: a
+	// sampler sees only what Start is given, so nothing is lost, and the
+	// SDK sizes the span's attribute slice once.
 	ctx, span := c.tracer.Start(ctx, callSpanName(m, bootstrap), clientKind)
 	if span.IsRecording() {
 		tracing.RegisterMethods(m)
-		if pipelined {
-			var buf [8]attribute.KeyValue
-			span.SetAttributes(append(append(buf[:0], tracing.MethodAttributes(m)...), tracing.AttrPipelined.Bool(true))...)
-		} else {
-			span.SetAttributes(tracing.MethodAttributes(m)...)
-		}
 	}
 	if !span.SpanContext().IsValid() {
 		return span, nil
@@ -254,25 +251,36 @@ func (c *Conn) startQuestionSpan(ctx context.Context, m capnp.Method, bootstrap,
 // nothing and carries no context.
 var noSpan = trace.SpanFromContext(context.Background())
 
-// endQuestionSpan records a question's outcome.
-func endQuestionSpan(span trace.Span, err error) {
+// endQuestionSpan records a question's outcome and ends its span, with
+// all its attributes; withID adds the question's id.
+func endQuestionSpan(q *question, err error, withID bool) {
+	span := q.span
 	if span == nil || span == noSpan || !span.IsRecording() {
 		return
 	}
-	if errors.Is(err, ErrNotProcessed) {
-		tracing.EndCall(span, err, tracing.AttrNotProcessed.Bool(true))
-		return
+	var buf [8]attribute.KeyValue
+	attrs := buf[:0]
+	attrs = append(attrs, tracing.MethodAttributes(q.method)...)
+	if q.target.parent != nil {
+		attrs = append(attrs, tracing.AttrPipelined.Bool(true))
 	}
-	tracing.EndCall(span, err)
+	if withID {
+		attrs = append(attrs, tracing.AttrQuestionID.Int(int(q.id)))
+	}
+	if errors.Is(err, ErrNotProcessed) {
+		attrs = append(attrs, tracing.AttrNotProcessed.Bool(true))
+	}
+	tracing.EndCall(span, err, attrs...)
 }
 
 // startAnswerSpan starts the server span of an incoming call: a child of
 // the caller's question span when the call's sidecar carries it, else a
 // new trace linked to the connection span. It returns ctx carrying the
-// span, for the callee.
-func (s *state) startAnswerSpan(ctx context.Context, m capnp.Method, bootstrap bool, sc *Sidecar) (context.Context, trace.Span) {
+// span, for the callee, and m with its names when they are known (the
+// span's attributes are set when it ends, endAnswerSpan).
+func (s *state) startAnswerSpan(ctx context.Context, m capnp.Method, bootstrap bool, sc *Sidecar) (context.Context, trace.Span, capnp.Method) {
 	if s.c.untraced && (sc == nil || sc.TraceParent == "") {
-		return ctx, noSpan
+		return ctx, noSpan, m
 	}
 	if !bootstrap {
 		m, _ = tracing.LookupMethod(m.InterfaceID, m.MethodID)
@@ -287,12 +295,9 @@ func (s *state) startAnswerSpan(ctx context.Context, m capnp.Method, bootstrap b
 	}
 	_, span := s.c.tracer.Start(parent, callSpanName(m, bootstrap), opts...)
 	if !span.SpanContext().IsValid() {
-		return ctx, span
+		return ctx, span, m
 	}
-	if span.IsRecording() {
-		span.SetAttributes(tracing.MethodAttributes(m)...)
-	}
-	return trace.ContextWithSpan(ctx, span), span
+	return trace.ContextWithSpan(ctx, span), span, m
 }
 
 // Span kinds, made once.
@@ -316,8 +321,8 @@ func endAnswerSpan(a *answer) {
 	if a.span == noSpan || !a.span.IsRecording() {
 		return
 	}
-	var buf [2]attribute.KeyValue
-	attrs := append(buf[:0], tracing.AttrAnswerID.Int(int(a.id)))
+	var buf [8]attribute.KeyValue
+	attrs := append(append(buf[:0], tracing.MethodAttributes(a.method)...), tracing.AttrAnswerID.Int(int(a.id)))
 	if a.epitaph != nil {
 		attrs = append(attrs, tracing.AttrNotProcessed.Bool(true))
 	}
