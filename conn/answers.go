@@ -39,7 +39,8 @@ type answer struct {
 
 	args         *capnp.Message // the Call, freed by releaseArgs
 	argsReleased atomic.Bool
-	retState     atomic.Int32 // retWritten | retDropped
+	retState     atomic.Int32                  // retWritten | retDropped | retReleased
+	retMsg       atomic.Pointer[capnp.Message] // the queued Return, freed once retState is retAll
 
 	// Owned by the connection actor.
 	pc             capnp.PipelineCaller // from RecvCall; takes pipelined calls until Return
@@ -124,9 +125,9 @@ func (a *answer) Return() {
 	}
 }
 
-// ReleaseResults implements capnp.Returner. The results stay ours until
-// the peer's Finish.
-func (a *answer) ReleaseResults() {}
+// ReleaseResults implements capnp.Returner: the callee is done with the
+// results. They stay until the peer's Finish too (and the write).
+func (a *answer) ReleaseResults() { a.retDone(retReleased) }
 
 // handleBootstrap answers a Bootstrap with our bootstrap capability.
 func (s *state) handleBootstrap(m rpccp.Message, sc *Sidecar) error {
@@ -306,6 +307,7 @@ func (s *state) answerReturned(a *answer) {
 	// The results stay ours until both the writer has written them and
 	// the peer's Finish has come: calls pipelined on them arrive until
 	// then.
+	a.retMsg.Store(a.msg)
 	s.queue(a.msg, a, nil)
 	if a.finished {
 		s.dropAnswer(a)
@@ -374,23 +376,31 @@ func (s *state) dropAnswer(a *answer) {
 	a.resultExports = nil
 	if a.msg != nil {
 		a.msg.CapTable().Reset()
-		if a.retState.Or(retDropped)&retWritten != 0 {
-			recycleMessage(a.msg)
+	}
+	a.retDone(retDropped)
+}
+
+// Bits of answer.retState: who is done with the queued Return. The last
+// of the writer (written), the actor (the peer's Finish: dropped) and the
+// callee (ReleaseResults, as capnp.Returner promises it) frees it. A
+// Return that is never queued, or whose callee never releases it, is left
+// to the garbage collector.
+const (
+	retWritten = 1 << iota
+	retDropped
+	retReleased
+	retAll = retWritten | retDropped | retReleased
+)
+
+// retDone records that one party is done with a's queued Return; the last
+// one frees it.
+func (a *answer) retDone(bit int32) {
+	if old := a.retState.Or(bit); old|bit == retAll && old != retAll {
+		if m := a.retMsg.Load(); m != nil {
+			recycleMessage(m)
 		}
 	}
 }
 
-// Bits of answer.retState: who is done with the queued Return; the second
-// of the writer and the actor to be done frees it. A Return that was never
-// queued (the callee's, abandoned) is never written, so never freed here.
-const (
-	retWritten = 1 << iota
-	retDropped
-)
-
-// returnWritten is called by the writer once msg, a's Return, is written.
-func (a *answer) returnWritten(msg *capnp.Message) {
-	if a.retState.Or(retWritten)&retDropped != 0 {
-		recycleMessage(msg)
-	}
-}
+// returnWritten is called by the writer once a's Return is written.
+func (a *answer) returnWritten() { a.retDone(retWritten) }

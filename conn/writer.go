@@ -281,7 +281,7 @@ func (c *Conn) traceSent(batch []Frame) {
 func (c *Conn) written(batch []Frame, owner []*answer, failed bool) {
 	for i, f := range batch {
 		if a := owner[i]; a != nil {
-			a.returnWritten(f.Msg)
+			a.returnWritten()
 		} else {
 			recycleMessage(f.Msg)
 		}
