@@ -77,30 +77,26 @@ func readFrame(r *frameReader, lim Limits) (Frame, error) {
 	}
 	table := head[4:]
 	total := 4 + tableLen
+	var sizesBuf [4]uint64 // the usual frames' sizes stay on the stack
+	sizes := sizesBuf[:0]
+	if nseg > uint64(len(sizesBuf)) {
+		sizes = make([]uint64, 0, nseg)
+	}
 	for i := range nseg {
-		total += uint64(binary.LittleEndian.Uint32(table[i*4:])) * 8
+		size := uint64(binary.LittleEndian.Uint32(table[i*4:])) * 8
+		sizes = append(sizes, size)
+		total += size
 		if total > lim.MaxFrameSize {
 			return Frame{}, frameErrorf(ErrFrameTooLarge, "frame of at least %d bytes, limit %d", total, lim.MaxFrameSize)
 		}
 	}
-	size0 := uint64(binary.LittleEndian.Uint32(table)) * 8
-	var size1 uint64
-	if nseg > 1 {
-		size1 = uint64(binary.LittleEndian.Uint32(table[4:])) * 8
-	}
+	size0 := sizes[0]
 	if nseg == 1 && size0 == finishFrameBytes {
 		if whole, err := r.Peek(int(4+tableLen) + finishFrameBytes); err == nil {
 			if fin := decodeFinishFrame(whole[4+tableLen:]); fin.ok {
 				r.Discard(len(whole))
 				return Frame{finish: fin}, nil
 			}
-		}
-	}
-	var sizes []uint64 // only for messages of more than one segment
-	if nseg > 2 {
-		sizes = make([]uint64, nseg)
-		for i := range sizes {
-			sizes[i] = uint64(binary.LittleEndian.Uint32(table[i*4:])) * 8
 		}
 	}
 	r.Discard(int(4 + tableLen))
@@ -116,7 +112,7 @@ func readFrame(r *frameReader, lim Limits) (Frame, error) {
 	case nseg == 1:
 		f.Msg, _ = capnp.NewSingleSegmentMessage(body)
 	case nseg == 2 && isSidecar(body[size0:]):
-		sc, err := decodeSidecar(body[size0:size0+size1:size0+size1], lim)
+		sc, err := decodeSidecar(body[size0:], lim)
 		if err != nil {
 			return Frame{}, err
 		}
@@ -128,9 +124,6 @@ func readFrame(r *frameReader, lim Limits) (Frame, error) {
 		for i, sz := range sizes {
 			segs[i] = body[off : off+sz : off+sz]
 			off += sz
-		}
-		if sizes == nil { // two segments, the second not a sidecar
-			segs[0], segs[1] = body[:size0:size0], body[size0:]
 		}
 		if last := segs[len(segs)-1]; isSidecar(last) {
 			sc, err := decodeSidecar(last, lim)

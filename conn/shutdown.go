@@ -1,12 +1,12 @@
 package conn
 
 import (
-	"capnproto.org/go/capnp/v3"
 	"cmp"
 	"fmt"
 	"slices"
 	"time"
 
+	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"github.com/asynkron/protoactor-go/actor"

@@ -37,6 +37,8 @@ type state struct {
 	childProps *actor.Props
 	spawning   actor.Actor
 
+	unsent bool // frames queued since the writer was last kicked (flushOut)
+
 	// Lifecycle.
 	phase            phase
 	peerOurs         bool                // the peer sent a sidecar that reads epitaphs
@@ -203,6 +205,7 @@ func (s *state) queue(msg *capnp.Message, owner *answer, sc *Sidecar) {
 		sc = s.firstSidecar(sc)
 	}
 	s.c.out.pushQuiet(Frame{Msg: msg, Sidecar: sc}, owner)
+	s.unsent = true
 	s.flushOut() // at once when no other message waits: latency first
 }
 
@@ -210,7 +213,8 @@ func (s *state) queue(msg *capnp.Message, owner *answer, sc *Sidecar) {
 // messages wait: the last one of a run wakes it once for all (Receive
 // calls this as it returns).
 func (s *state) flushOut() {
-	if s.c.mailbox.UserMessageCount() == 0 {
+	if s.unsent && s.c.mailbox.UserMessageCount() == 0 {
+		s.unsent = false
 		s.c.out.kick()
 	}
 }

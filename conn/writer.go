@@ -45,7 +45,6 @@ type sendQueue struct {
 	inline func(batch []Frame, owner []*answer)
 	rest   []byte
 	wake   chan struct{} // wakes a waiting writer
-	quiet  bool          // pushQuiet queued frames that kick has not sent on yet
 	flush  *time.Timer   // starts the writer for lazy frames; made on first use
 	armed  bool          // flush is pending
 }
@@ -95,18 +94,13 @@ func (q *sendQueue) pushQuiet(f Frame, owner *answer) {
 	q.mu.Lock()
 	q.items = append(q.items, f)
 	q.owner = append(q.owner, owner)
-	q.quiet = true
 	q.mu.Unlock()
 }
 
-// kick starts or wakes the writer for what pushQuiet queued.
+// kick starts or wakes the writer for what pushQuiet queued (the actor
+// remembers whether it queued anything since its last kick).
 func (q *sendQueue) kick() {
 	q.mu.Lock()
-	if !q.quiet {
-		q.mu.Unlock()
-		return
-	}
-	q.quiet = false
 	if q.inline != nil && !q.writing && !q.done && !q.closing && !q.failed {
 		q.writing = true // this goroutine is the writer for one turn
 		batch, owner := q.takeLocked()

@@ -94,12 +94,7 @@ func (m *Mailbox) UserMessageCount() int {
 
 // PostUserMessage implements actor.Mailbox.
 func (m *Mailbox) PostUserMessage(msg any) {
-	m.mu.Lock()
-	m.user.push(msg)
-	schedule := !m.running && !m.suspended
-	m.running = m.running || schedule
-	m.mu.Unlock()
-	if schedule {
+	if m.PostHere(msg) {
 		m.schedule()
 	}
 }
