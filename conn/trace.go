@@ -259,8 +259,7 @@ func endQuestionSpan(q *question, err error, withID bool) {
 		return
 	}
 	var buf [8]attribute.KeyValue
-	attrs := buf[:0]
-	attrs = append(attrs, tracing.MethodAttributes(q.method)...)
+	attrs := append(buf[:0], tracing.MethodAttributes(q.method)...)
 	if q.target.parent != nil {
 		attrs = append(attrs, tracing.AttrPipelined.Bool(true))
 	}
