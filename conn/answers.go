@@ -43,7 +43,8 @@ type answer struct {
 	retMsg       atomic.Pointer[capnp.Message] // the queued Return, freed once retState is retAll
 
 	// Owned by the connection actor.
-	pc             capnp.PipelineCaller // from RecvCall; takes pipelined calls until Return
+	pipelined      []heldRecv   // calls on a capability in the results, waiting for the Return (E-order)
+	held           []heldResult // capabilities in the results handed out before the Return
 	returned       bool
 	finished       bool
 	releaseResults bool                // the Finish asked us to release the result caps
@@ -56,6 +57,23 @@ const noExport = ^uint32(0)
 
 // answerReturned: the callee called Return.
 type answerReturned struct{ a *answer }
+
+// heldRecv is a call the peer pipelined on an answer still running: it
+// waits in the answer, in arrival order, and goes to the capability in the
+// results once they are there.
+type heldRecv struct {
+	ctx       context.Context
+	transform []capnp.PipelineOp
+	recv      capnp.Recv
+}
+
+// heldResult is a capability in an answer's results that was handed out
+// (a receiverAnswer descriptor) before the answer returned.
+type heldResult struct {
+	transform []capnp.PipelineOp
+	cap       *heldCap
+	resolver  capnp.Resolver[capnp.Client]
+}
 
 func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar) (*answer, error) {
 	if _, dup := s.answers[id]; dup {
@@ -212,7 +230,7 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message, sc *Sidecar) (ke
 		if e == nil {
 			return false, fmt.Errorf("%w: call on export %d, which we do not export (released?)", ErrUnknownID, target.ImportedCap())
 		}
-		a.pc = e.client.RecvCall(&a.ctx, recv)
+		e.client.RecvCall(&a.ctx, recv) // a failure comes back through Return
 	case rpccp.MessageTarget_Which_promisedAnswer:
 		pa, err := target.PromisedAnswer()
 		if err != nil {
@@ -226,7 +244,7 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message, sc *Sidecar) (ke
 		if err != nil {
 			return false, err
 		}
-		a.pc = s.deliverPipelined(&a.ctx, pans, transform, recv)
+		s.deliverPipelined(&a.ctx, pans, transform, recv)
 	default:
 		return false, fmt.Errorf("%w: call target of unknown kind %d", ErrMalformedFrame, target.Which())
 	}
@@ -234,21 +252,24 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message, sc *Sidecar) (ke
 }
 
 // deliverPipelined delivers a call made on a capability inside the answer
-// to another call: into that call's pipeline while it runs, or to the
-// capability in its results once it has returned.
-func (s *state) deliverPipelined(ctx context.Context, pans *answer, transform []capnp.PipelineOp, r capnp.Recv) capnp.PipelineCaller {
-	if !pans.returned && pans.pc != nil {
-		return pans.pc.PipelineRecv(ctx, transform, r)
+// to another call: it waits in that answer while the call runs, and goes
+// to the capability in its results once it has returned. A missing or
+// null capability, or a failed call, answers it with an exception.
+func (s *state) deliverPipelined(ctx context.Context, pans *answer, transform []capnp.PipelineOp, r capnp.Recv) {
+	if !pans.returned {
+		pans.pipelined = append(pans.pipelined, heldRecv{ctx: ctx, transform: transform, recv: r})
+		return
 	}
 	c, err := s.resultCap(pans, transform)
 	if err != nil {
 		r.Reject(err)
-		return nil
+		return
 	}
-	return c.RecvCall(ctx, r)
+	c.RecvCall(ctx, r)
 }
 
-// resultCap returns (borrowed) the capability at transform in a's results.
+// resultCap returns (borrowed) the capability at transform in a's results,
+// or why there is none.
 func (s *state) resultCap(a *answer, transform []capnp.PipelineOp) (capnp.Client, error) {
 	if a.err != nil {
 		return capnp.Client{}, a.err
@@ -264,15 +285,37 @@ func (s *state) resultCap(a *answer, transform []capnp.PipelineOp) (capnp.Client
 	if err != nil {
 		return capnp.Client{}, err
 	}
-	p, err := capnp.Transform(root, transform)
-	if err != nil {
-		return capnp.Client{}, err
+	return pipelineTarget(root, nil, transform)
+}
+
+// releasePipelined hands the calls and capabilities that waited for a's
+// Return to its results, in the order they arrived.
+func (s *state) releasePipelined(a *answer) {
+	for _, h := range a.held {
+		c, err := s.resultCap(a, h.transform)
+		h.cap.resolve(h.resolver, c.AddRef(), err)
 	}
-	iface := p.Interface()
-	if p.IsValid() && !iface.IsValid() {
-		return capnp.Client{}, exc.New(exc.Failed, "capnp", "pipelined call on a field that is not a capability")
+	for _, p := range a.pipelined {
+		if c, err := s.resultCap(a, p.transform); err != nil {
+			p.recv.Reject(err)
+		} else {
+			c.RecvCall(p.ctx, p.recv)
+		}
 	}
-	return iface.Client(), nil
+	a.held, a.pipelined = nil, nil
+}
+
+// failPipelined fails what waits for a's Return, which will never come:
+// the held capabilities resolve to err; the pipelined calls, answers of
+// their own, are abandoned with it, so only their arguments are freed.
+func (s *state) failPipelined(a *answer, err error) {
+	for _, h := range a.held {
+		h.cap.resolve(h.resolver, capnp.Client{}, err)
+	}
+	for _, p := range a.pipelined {
+		p.recv.ReleaseArgs()
+	}
+	a.held, a.pipelined = nil, nil
 }
 
 // answerReturned sends the Return for a.
@@ -284,7 +327,6 @@ func (s *state) answerReturned(a *answer) {
 		return
 	}
 	a.returned = true
-	a.pc = nil
 	if a.err == nil && a.msg == nil {
 		_, a.err = a.AllocResults(capnp.ObjectSize{}) // an empty result struct
 	}
@@ -308,6 +350,7 @@ func (s *state) answerReturned(a *answer) {
 	// the peer's Finish has come: calls pipelined on them arrive until
 	// then.
 	a.retMsg.Store(a.msg)
+	s.releasePipelined(a)
 	s.queue(a.msg, a, nil)
 	if a.finished {
 		s.dropAnswer(a)
@@ -366,7 +409,7 @@ func (s *state) finish(qid uint32, releaseResultCaps bool) error {
 // capabilities.
 func (s *state) dropAnswer(a *answer) {
 	a.ctx.cancel()
-	if a.releaseResults && s.phase < phaseClosing {
+	if a.releaseResults && !s.phase.closing() {
 		for _, id := range a.resultExports {
 			if id != noExport {
 				_ = s.releaseExport(id, 1)

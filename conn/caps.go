@@ -25,8 +25,7 @@ type export struct {
 	promise  bool
 	seq      uint64 // creation order
 	pid      *actor.PID
-	stopped  chan struct{} // set before a stop: closed when the actor has stopped
-	span     trace.Span    // the export's lifetime
+	span     trace.Span // the export's lifetime
 
 	stopResolve context.CancelFunc // export actor only
 }
@@ -55,10 +54,6 @@ func (e *export) Receive(ctx actor.Context) {
 		}
 		e.release()
 		e.span.End()
-	case *actor.Stopped:
-		if e.stopped != nil {
-			close(e.stopped)
-		}
 	}
 }
 
@@ -228,8 +223,10 @@ func (s *state) importCap(d rpccp.CapDescriptor) (capnp.Client, error) {
 		if err != nil {
 			return capnp.Client{}, err
 		}
-		if !a.returned && a.pc != nil {
-			return capnp.NewClient(&pipelineHook{pc: a.pc, transform: transform}), nil
+		if !a.returned {
+			c, h, r := newHeldCap(fmt.Sprintf("capnp answer %d of %s", a.id, s.c.opts.Peer))
+			a.held = append(a.held, heldResult{transform: transform, cap: h, resolver: r})
+			return c, nil
 		}
 		c, err := s.resultCap(a, transform)
 		if err != nil {
@@ -240,24 +237,6 @@ func (s *state) importCap(d rpccp.CapDescriptor) (capnp.Client, error) {
 		return capnp.ErrorClient(exc.New(exc.Unimplemented, "capnp", "third-party capabilities are not supported")), nil
 	}
 }
-
-// pipelineHook is a capability inside the answer to a call we are still
-// executing (a receiverAnswer descriptor): calls go into that call's
-// pipeline.
-type pipelineHook struct {
-	pc        capnp.PipelineCaller
-	transform []capnp.PipelineOp
-}
-
-func (h *pipelineHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
-	return h.pc.PipelineSend(ctx, h.transform, s)
-}
-func (h *pipelineHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
-	return h.pc.PipelineRecv(ctx, h.transform, r)
-}
-func (h *pipelineHook) Brand() capnp.Brand { return capnp.Brand{Value: h} }
-func (h *pipelineHook) Shutdown()          {}
-func (h *pipelineHook) String() string     { return "capnp answer pipeline" }
 
 // An importEntry is a capability of the peer that we hold.
 type importEntry struct {
@@ -427,6 +406,10 @@ func (s *state) handleResolve(msg *capnp.Message, m rpccp.Message) error {
 		c.Release()
 		return nil
 	}
+	if rerr == nil && s.resolvesTo(c, ie.hook) {
+		c.Release()
+		return fmt.Errorf("%w: promise %d resolved to itself", ErrResolveLoop, res.PromiseId())
+	}
 	resolver := ie.resolver
 	ie.resolver = nil
 	if rerr != nil {
@@ -442,19 +425,41 @@ func (s *state) handleResolve(msg *capnp.Message, m rpccp.Message) error {
 	return nil
 }
 
+// resolvesTo reports whether c is, or resolves to, the promise whose hook
+// is h: fulfilling h's promise with c would close a loop (capnp would
+// follow it forever). The promises fulfilled so far form no loop, so c's
+// current resolution is found in a finite walk; it ends at h exactly when
+// the new resolution would make one.
+func (s *state) resolvesTo(c capnp.Client, h *importHook) bool {
+	snap := c.Snapshot()
+	defer snap.Release()
+	return snap.Brand().Value == h
+}
+
 // An embargo holds calls to a local capability until the calls sent
 // earlier on the path that led to it have come back (Disembargo).
 type embargo struct {
 	target   capnp.Client
+	cap      *heldCap
 	resolver capnp.Resolver[capnp.Client]
+}
+
+// lift ends the embargo: the calls it held go to the target, in order.
+func (e *embargo) lift() { e.cap.resolve(e.resolver, e.target, nil) }
+
+// fail ends the embargo with err: the calls it held fail.
+func (e *embargo) fail(err error) {
+	e.target.Release()
+	e.cap.resolve(e.resolver, capnp.Client{}, err)
 }
 
 // embargo returns a client that queues calls until the peer echoes the
 // Disembargo sent now on the target that setTarget writes; then they go to
-// target.
+// target. It takes target's reference.
 func (s *state) embargo(target capnp.Client, setTarget func(rpccp.MessageTarget)) capnp.Client {
-	p, r := capnp.NewLocalPromise[capnp.Client]()
-	id := s.embargoes.add(&embargo{target: target, resolver: r})
+	p, h, r := newHeldCap("capnp embargo")
+	e := &embargo{target: target, cap: h, resolver: r}
+	id := s.embargoes.add(e)
 	out, m := newMessage()
 	d, err := m.NewDisembargo()
 	if err == nil {
@@ -467,7 +472,7 @@ func (s *state) embargo(target capnp.Client, setTarget func(rpccp.MessageTarget)
 	if err != nil {
 		out.Release()
 		s.embargoes.remove(id)
-		r.Fulfill(target)
+		e.lift()
 		return p
 	}
 	s.send(out)
@@ -580,7 +585,7 @@ func (s *state) handleDisembargo(m rpccp.Message) error {
 			return fmt.Errorf("%w: disembargo for embargo %d, which we did not send", ErrUnknownID, id)
 		}
 		s.embargoes.remove(id)
-		e.resolver.Fulfill(e.target)
+		e.lift()
 	default:
 		return s.replyUnimplemented(m)
 	}

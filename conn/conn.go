@@ -195,6 +195,13 @@ type Conn struct {
 	hurryOnce sync.Once
 	hurry     chan struct{} // closed when a Shutdown's context ends: skip every wait
 
+	// endMu guards the following: who of the actor and the closer
+	// goroutine ends the connection (see Conn.closer).
+	endMu     sync.Mutex
+	endResult *socketResult // the closer's, once it has closed the socket
+	actorGone bool          // the actor has had its last turn (protoactor stopped it)
+	ended     bool          // socketClosed has run or is running
+
 	statsMu sync.Mutex
 	stats   Stats            // last published table counts
 	mailbox *mailbox.Mailbox // the actor's: the reader posts straight into it
@@ -372,6 +379,10 @@ func (c *Conn) post(msg any) error {
 	return nil
 }
 
+// postInternal delivers msg to the connection actor even once it accepts
+// nothing from outside: the timers and the closer goroutine of its end.
+func (c *Conn) postInternal(msg any) { c.mailbox.PostUserMessage(msg) }
+
 // postFromReader is post for the reader goroutine: when the actor is
 // idle, the reader handles msg (and what arrives meanwhile) itself,
 // instead of handing it to another goroutine and waiting for the next
@@ -403,14 +414,18 @@ type (
 	hurry         struct{}             // user: Shutdown's context ended
 	drainDeadline struct{}             // timer: DrainTimeout expired
 	idleDeadline  struct{ gen uint64 } // timer: IdleTimeout expired
-	socketClosed  struct {             // closer: the socket is closed
-		hard                                     bool
-		flushCut, lingerCut                      bool
-		closeWriteStart, lingerStart, closeStart time.Time
-	}
+	socketClosed  struct{}             // closer: the socket is closed (its result: Conn.takeEnd)
 )
 
-func (m socketClosed) closeWriteNote() string {
+// socketResult is what the closer goroutine did: closeWrite, linger and
+// closeSocket, with their timings.
+type socketResult struct {
+	hard                                     bool
+	flushCut, lingerCut                      bool
+	closeWriteStart, lingerStart, closeStart time.Time
+}
+
+func (m socketResult) closeWriteNote() string {
 	switch {
 	case m.hard:
 		return "socket failed or hard close"
@@ -458,9 +473,9 @@ func (c *Conn) readLoop() {
 // closeSocket runs once the actor has queued its last message:
 // closeWrite (wait for the writer's flush and FIN, at most WriteTimeout),
 // linger (wait for the peer's EOF, at most LingerTimeout), then close the
-// socket. hard skips both waits. It returns the actor's socketClosed.
-func (c *Conn) closeSocket(hard bool) socketClosed {
-	m := socketClosed{hard: hard, closeWriteStart: time.Now()}
+// socket. hard skips both waits.
+func (c *Conn) closeSocket(hard bool) socketResult {
+	m := socketResult{hard: hard, closeWriteStart: time.Now()}
 	if !hard {
 		m.flushCut = !c.waitFor(&c.writer, c.opts.WriteTimeout)
 	}

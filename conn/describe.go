@@ -73,8 +73,12 @@ func DescribeMessage(m rpccp.Message) string {
 }
 
 func describeTarget(t rpccp.MessageTarget) string {
-	if t.Which() == rpccp.MessageTarget_Which_importedCap {
+	switch t.Which() {
+	case rpccp.MessageTarget_Which_importedCap:
 		return fmt.Sprintf("import %d", t.ImportedCap())
+	case rpccp.MessageTarget_Which_promisedAnswer:
+	default:
+		return fmt.Sprintf("target of unknown kind %d", t.Which())
 	}
 	pa, _ := t.PromisedAnswer()
 	ops, _ := decodeTransform(pa)

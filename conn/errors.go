@@ -26,6 +26,9 @@ var (
 	// ErrTooManyExports: the connection would export more than
 	// Options.MaxExports capabilities.
 	ErrTooManyExports = errors.New("too many exported capabilities")
+	// ErrResolveLoop: the peer resolved a promise to itself, directly or
+	// through other promises.
+	ErrResolveLoop = errors.New("promise resolution loop")
 	// ErrClosed: the connection has ended; the reason is in Conn.Err.
 	ErrClosed = errors.New("connection closed")
 	// ErrNotProcessed marks a call that failed with disconnected without

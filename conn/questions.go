@@ -41,8 +41,7 @@ type question struct {
 	pid          *actor.PID
 	pending      *settleQuestion // the outcome sent to the actor (&outcome), kept in case a Stop overtakes it
 	outcome      settleQuestion
-	stopErr      error         // set before a stop: what a caller still waiting gets
-	stopped      chan struct{} // set before a stop: closed when the actor has stopped
+	stopErr      error // set before a stop: what a caller still waiting gets
 	sent         bool
 	canceled     error // set if cancelled before it was sent
 	returned     bool
@@ -141,9 +140,6 @@ func (q *question) Receive(ctx actor.Context) {
 	case *actor.Stopped:
 		if q.results != nil {
 			q.results.Release()
-		}
-		if q.stopped != nil {
-			close(q.stopped)
 		}
 	}
 }

@@ -20,15 +20,20 @@ type phase uint8
 
 const (
 	// phaseOpen: serving calls both ways. Next: phaseDraining (Shutdown),
-	// phaseClosing (Close, the peer's end, a protocol or transport error).
+	// phaseStopQuestions (Close, the peer's end, a protocol or transport
+	// error, a stop from protoactor).
 	phaseOpen phase = iota
 	// phaseDraining: new calls are refused both ways; calls in flight
-	// finish. Next: phaseClosing (nothing left in flight, the drain
+	// finish. Next: phaseStopQuestions (nothing left in flight, the drain
 	// deadline, the peer's end, Close).
 	phaseDraining
-	// phaseClosing: stopQuestions, stopExports, releaseImports and
-	// sendEpitaph run, in one turn of the actor. Next: phaseLingering.
-	phaseClosing
+	// phaseStopQuestions: the question actors have been told to stop; the
+	// connection waits for their Terminated, at most StopTimeout. Next:
+	// phaseStopExports.
+	phaseStopQuestions
+	// phaseStopExports: the same for the export actors. Next:
+	// phaseLingering, after releaseImports and sendEpitaph.
+	phaseStopExports
 	// phaseLingering: the queue is closed; the closer goroutine flushes,
 	// half-closes and lingers for the peer's EOF. Next: phaseClosed.
 	phaseLingering
@@ -36,9 +41,39 @@ const (
 	phaseClosed
 )
 
-var phaseNames = [...]string{"open", "draining", "closing", "lingering", "closed"}
+var phaseNames = [...]string{"open", "draining", "stopQuestions", "stopExports", "lingering", "closed"}
 
 func (p phase) String() string { return phaseNames[p] }
+
+// closing reports whether the connection's end has begun: its tables are
+// being emptied and nothing new is admitted.
+func (p phase) closing() bool { return p >= phaseStopQuestions }
+
+// stopWait is stopQuestions' or stopExports' way through its actors,
+// one at a time in the order given (newest first, as OTP stops children):
+// each is told to stop, and its Terminated (or StopTimeout, or the end of
+// the Shutdown's context) moves on to the next. No turn of the actor
+// waits.
+type stopWait struct {
+	phase   Phase
+	start   time.Time
+	note    string
+	queue   []stoppedChild  // still to stop, in order
+	live    map[string]bool // children not yet terminated, by PID id
+	current *stoppedChild   // the one being stopped
+	gen     uint64          // which stopDeadline is the current one's
+	timer   *time.Timer
+	stopped int // actors told to stop
+}
+
+type stoppedChild struct {
+	pid  *actor.PID
+	kind ActorKind
+	id   uint32
+}
+
+// stopDeadline: StopTimeout expired for the wait of generation gen.
+type stopDeadline struct{ gen uint64 }
 
 // record sets the connection's reason: the first one recorded wins; what
 // the peer does after ours is kept in the report.
@@ -155,7 +190,7 @@ func (s *state) peerEnded(reason supervisor.Reason) {
 
 // protocolError ends the connection with an Abort that names the problem.
 func (s *state) protocolError(err error) {
-	if s.phase >= phaseClosing {
+	if s.phase.closing() {
 		return
 	}
 	s.c.opts.Logger.Warn("capnp: protocol error, aborting connection", "peer", s.c.opts.Peer, "err", err)
@@ -171,7 +206,7 @@ func (s *state) protocolError(err error) {
 
 // transportFailed: the socket failed; nothing more can be written.
 func (s *state) transportFailed(err error) {
-	if s.phase >= phaseClosing {
+	if s.phase.closing() {
 		return
 	}
 	s.peerGone = true
@@ -179,13 +214,17 @@ func (s *state) transportFailed(err error) {
 	s.close(true)
 }
 
-// close runs the connection's end from stopQuestions to sendEpitaph in
-// this turn of the actor, then hands the socket to the closer goroutine
-// (closeWrite, linger, closeSocket). hard skips the flush and the linger.
+// close starts the connection's end from stopQuestions: nothing new is
+// admitted, the peer's calls still running are abandoned, and the
+// question actors are told to stop. The steps after it run as the actors'
+// Terminated messages arrive (or their deadline), one turn each, never
+// waiting inside a turn: stopExports, then finishClose. hard skips the
+// flush and the linger.
 func (s *state) close(hard bool) {
 	c := s.c
 	s.traceShutdownBegin()
-	s.phase = phaseClosing
+	s.phase = phaseStopQuestions
+	s.hard = hard
 	c.mu.Lock()
 	c.closed = true // from now on posts fail: callers get disconnected
 	c.mu.Unlock()
@@ -195,19 +234,55 @@ func (s *state) close(hard bool) {
 	}
 	s.abandonAnswers()
 	s.stopQuestions()
-	s.stopExports()
+}
+
+// finishClose runs releaseImports and sendEpitaph, then hands the socket
+// to the closer goroutine (closeWrite, linger, closeSocket), which reports
+// back with socketClosed.
+func (s *state) finishClose() {
+	c := s.c
 	s.releaseImports()
 	s.sendEpitaph()
 	if bs := c.opts.Bootstrap; bs.IsValid() {
 		bs.Release()
 	}
 	s.phase = phaseLingering
-	c.out.close(!hard)
-	if s.stopping {
-		s.socketClosed(c.closeSocket(true))
+	c.out.close(!s.hard)
+	hard := s.hard
+	go c.closer(s, hard)
+}
+
+// closer is the goroutine of closeWrite, linger and closeSocket. It hands
+// the result to the actor or, when protoactor has stopped the actor
+// meanwhile, ends the connection itself.
+func (c *Conn) closer(s *state, hard bool) {
+	m := c.closeSocket(hard)
+	c.endMu.Lock()
+	c.endResult = &m
+	mine := c.actorGone && !c.ended
+	c.ended = c.ended || mine
+	c.endMu.Unlock()
+	if mine {
+		s.socketClosed(m) // the actor is gone: s is this goroutine's now
 		return
 	}
-	go func() { c.root.Send(c.pid.Load(), c.closeSocket(hard)) }()
+	c.postInternal(socketClosed{})
+}
+
+// takeEnd returns the closer's result if the actor is to end the
+// connection with it now; gone: the actor is stopping for good (its last
+// turn).
+func (c *Conn) takeEnd(gone bool) (socketResult, bool) {
+	c.endMu.Lock()
+	defer c.endMu.Unlock()
+	if gone {
+		c.actorGone = true
+	}
+	if c.endResult == nil || c.ended {
+		return socketResult{}, false
+	}
+	c.ended = true
+	return *c.endResult, true
 }
 
 // abandonAnswers cancels the peer's calls still running and answers
@@ -228,6 +303,7 @@ func (s *state) abandonAnswers() {
 				s.send(out)
 			}
 			a.returned = true // the callee's late Return is dropped
+			s.failPipelined(a, errAbandoned)
 			if a.span.IsRecording() {
 				tracing.EndCall(a.span, errAbandoned)
 			}
@@ -239,14 +315,16 @@ func (s *state) abandonAnswers() {
 
 // stopQuestions cancels our questions still waiting for an answer (Finish
 // sent unless the peer has gone), sends Finish for answers still held,
-// and stops the question actors, newest first. Their callers get a
-// disconnected error saying whether the call was processed.
+// and tells the question actors to stop, newest first; their Terminated
+// messages end the step (stopWaitDone). Their callers get a disconnected
+// error saying whether the call was processed.
 func (s *state) stopQuestions() {
 	start := time.Now()
 	var qs []*question
 	s.questions.each(func(_ uint32, q *question) { qs = append(qs, q) })
 	slices.SortFunc(qs, func(a, b *question) int { return cmp.Compare(b.seq, a.seq) })
 	canceled := 0
+	w := s.beginStopWait(PhaseStopQuestions, start)
 	for _, q := range qs {
 		if !q.returned {
 			canceled++
@@ -259,13 +337,13 @@ func (s *state) stopQuestions() {
 			q.stopWatch()
 		}
 		q.results = nil // the caller may still read them: the garbage collector frees them
-		s.stopChild(q.pid, &q.stopped, QuestionActor, q.id)
+		s.stopChild(w, q.pid, QuestionActor, q.id)
 	}
 	s.questions = idTable[*question]{}
 	s.byAnswer = nil
 	s.report.Canceled += canceled
-	s.phaseDone(PhaseReport{Phase: PhaseStopQuestions, Start: start, Took: time.Since(start),
-		Skipped: len(qs) == 0, Note: fmt.Sprintf("%d stopped, %d without an answer", len(qs), canceled)})
+	w.note = fmt.Sprintf("%d stopped, %d without an answer", len(qs), canceled)
+	s.awaitStops(w)
 }
 
 // questionLost is the error of a question whose answer will never come.
@@ -276,45 +354,135 @@ func (s *state) questionLost() error {
 	return outcomeUnknown("the connection ended (%v) before the answer arrived", s.c.Err())
 }
 
-// stopExports stops the export actors, newest first; each releases its
-// capability as it stops.
+// stopExports tells the export actors to stop, newest first; each
+// releases its capability as it stops, and their Terminated messages end
+// the step.
 func (s *state) stopExports() {
 	start := time.Now()
 	var es []*export
 	s.exports.each(func(_ uint32, e *export) { es = append(es, e) })
 	slices.SortFunc(es, func(a, b *export) int { return cmp.Compare(b.seq, a.seq) })
+	w := s.beginStopWait(PhaseStopExports, start)
 	for _, e := range es {
-		s.stopChild(e.pid, &e.stopped, ExportActor, e.id)
+		s.stopChild(w, e.pid, ExportActor, e.id)
 	}
 	s.exports = idTable[*export]{}
 	s.exportKey = nil
-	s.phaseDone(PhaseReport{Phase: PhaseStopExports, Start: start, Took: time.Since(start),
-		Skipped: len(es) == 0, Note: fmt.Sprintf("%d stopped", len(es))})
+	w.note = fmt.Sprintf("%d stopped", len(es))
+	s.awaitStops(w)
 }
 
-// stopChild stops one question or export actor and waits for it at most
-// StopTimeout (no wait once the Shutdown's context has ended).
-func (s *state) stopChild(pid *actor.PID, stopped *chan struct{}, kind ActorKind, id uint32) {
-	ch := make(chan struct{})
-	*stopped = ch // read by the child after it receives Stop
-	s.ctx.Stop(pid)
-	t := time.NewTimer(s.c.opts.StopTimeout)
-	defer t.Stop()
-	timedOut := false
-	select {
-	case <-ch:
-	case <-t.C:
-		timedOut = true
-	case <-s.c.hurry:
-		timedOut = true
+// beginStopWait starts a stop step.
+func (s *state) beginStopWait(p Phase, start time.Time) *stopWait {
+	w := &stopWait{phase: p, start: start, live: map[string]bool{}}
+	for _, pid := range s.ctx.Children() {
+		w.live[pid.Id] = true
 	}
-	if timedOut {
-		s.report.StuckActors++
-		s.c.opts.Logger.Warn("capnp: actor did not stop in time", "peer", s.c.opts.Peer, "kind", kind, "id", id)
+	s.wait = w
+	return w
+}
+
+// stopChild puts one question or export actor in the step's queue.
+func (s *state) stopChild(w *stopWait, pid *actor.PID, kind ActorKind, id uint32) {
+	if pid != nil {
+		w.queue = append(w.queue, stoppedChild{pid: pid, kind: kind, id: id})
 	}
-	e := ActorStopped{Conn: s.c, Kind: kind, ID: id, TimedOut: timedOut}
+}
+
+// awaitStops starts stopping the step's actors.
+func (s *state) awaitStops(w *stopWait) {
+	w.stopped = len(w.queue)
+	s.stopNext()
+}
+
+// stopNext tells the next actor of the step to stop and arms its
+// deadline, or ends the step when none is left. Once the Shutdown's
+// context has ended, it tells them all at once and waits for none.
+func (s *state) stopNext() {
+	w := s.wait
+	for len(w.queue) > 0 {
+		ch := w.queue[0]
+		w.queue = w.queue[1:]
+		if !w.live[ch.pid.Id] {
+			s.actorStopped(ch, false) // gone already (protoactor stopped it)
+			continue
+		}
+		s.ctx.Stop(ch.pid)
+		if s.hurried {
+			s.stuck(ch)
+			continue
+		}
+		w.current = &ch
+		s.waitGen++
+		w.gen = s.waitGen
+		gen := w.gen
+		if w.timer != nil {
+			w.timer.Stop()
+		}
+		w.timer = time.AfterFunc(s.c.opts.StopTimeout, func() { s.c.postInternal(stopDeadline{gen: gen}) })
+		return
+	}
+	s.stopWaitDone(s.hurried && w.stopped > 0)
+}
+
+// childTerminated: a child actor has stopped.
+func (s *state) childTerminated(pid *actor.PID) {
+	w := s.wait
+	if w == nil || pid == nil {
+		return
+	}
+	delete(w.live, pid.Id)
+	if cur := w.current; cur != nil && cur.pid.Id == pid.Id {
+		w.current = nil
+		s.actorStopped(*cur, false)
+		s.stopNext()
+	}
+}
+
+// stopTimedOut: the current actor did not stop within StopTimeout (or
+// the Shutdown's context has ended, hurry): it is left to stop on its own
+// and the step goes on.
+func (s *state) stopTimedOut(hurry bool) {
+	w := s.wait
+	if w == nil {
+		return
+	}
+	s.hurried = s.hurried || hurry
+	if cur := w.current; cur != nil {
+		w.current = nil
+		s.stuck(*cur)
+	}
+	s.stopNext()
+}
+
+func (s *state) stuck(ch stoppedChild) {
+	s.report.StuckActors++
+	s.c.opts.Logger.Warn("capnp: actor did not stop in time", "peer", s.c.opts.Peer, "kind", ch.kind, "id", ch.id)
+	s.actorStopped(ch, true)
+}
+
+func (s *state) actorStopped(ch stoppedChild, timedOut bool) {
+	e := ActorStopped{Conn: s.c, Kind: ch.kind, ID: ch.id, TimedOut: timedOut}
 	s.traceActorStopped(e)
 	s.emit(e)
+}
+
+// stopWaitDone ends the current stop step and starts the next one.
+func (s *state) stopWaitDone(cut bool) {
+	w := s.wait
+	s.wait = nil
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	s.phaseDone(PhaseReport{Phase: w.phase, Start: w.start, Took: time.Since(w.start),
+		CutShort: cut, Skipped: w.stopped == 0, Note: w.note})
+	switch w.phase {
+	case PhaseStopQuestions:
+		s.phase = phaseStopExports
+		s.stopExports()
+	case PhaseStopExports:
+		s.finishClose()
+	}
 }
 
 // releaseImports sends Release for every capability still imported
@@ -339,7 +507,7 @@ func (s *state) releaseImports() {
 		}
 		delete(s.imports, id)
 	}
-	s.embargoes.each(func(_ uint32, e *embargo) { e.resolver.Reject(disc) })
+	s.embargoes.each(func(_ uint32, e *embargo) { e.fail(disc) })
 	s.embargoes = idTable[*embargo]{}
 	note := fmt.Sprintf("%d released", len(ids))
 	if s.peerGone && len(ids) > 0 {
@@ -397,8 +565,10 @@ func (s *state) sendAbort(typ rpccp.Exception_Type, reason string, ep *superviso
 }
 
 // socketClosed: the closer goroutine has finished closeWrite and linger
-// and closed the socket. The connection reports its end and stops.
-func (s *state) socketClosed(m socketClosed) {
+// and closed the socket. The connection reports its end and stops. It
+// runs on the actor or, once protoactor has stopped the actor, on the
+// closer goroutine.
+func (s *state) socketClosed(m socketResult) {
 	s.phaseDone(PhaseReport{Phase: PhaseCloseWrite, Start: m.closeWriteStart, Took: m.lingerStart.Sub(m.closeWriteStart),
 		CutShort: m.flushCut, Skipped: m.hard, Note: m.closeWriteNote()})
 	s.phaseDone(PhaseReport{Phase: PhaseLinger, Start: m.lingerStart, Took: m.closeStart.Sub(m.lingerStart),
@@ -416,7 +586,7 @@ func (s *state) socketClosed(m socketClosed) {
 	s.traceDown(s.report, m)
 	s.emit(Down{Conn: c, Report: s.report})
 	close(c.done)
-	if !s.stopping {
+	if !s.stopping && s.ctx != nil {
 		s.ctx.Stop(s.ctx.Self())
 	}
 }
@@ -434,8 +604,8 @@ func (s *state) phaseDone(p PhaseReport) {
 
 // emit sends a lifecycle event to the parent and to Options.OnEvent.
 func (s *state) emit(e Event) {
-	if parent := s.ctx.Parent(); parent != nil {
-		s.ctx.Send(parent, e)
+	if s.parent != nil {
+		s.c.root.Send(s.parent, e)
 	}
 	if f := s.c.opts.OnEvent; f != nil {
 		f(e)

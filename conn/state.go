@@ -53,7 +53,12 @@ type state struct {
 	idle             bool
 	idleGen          uint64
 	idleTimer        *time.Timer
-	stopping         bool // stopped from outside: close synchronously
+	stopping         bool      // protoactor is stopping the actor: Down goes out from the closer if need be
+	hard             bool      // the end skips the flush and the linger (the socket failed)
+	wait             *stopWait // the stop step running now
+	waitGen          uint64
+	hurried          bool       // the Shutdown's context has ended: no more waits
+	parent           *actor.PID // the actor's parent, for events (also after the actor's last turn)
 	tr               connTrace
 }
 
@@ -94,18 +99,13 @@ func (s *state) Receive(ctx actor.Context) {
 	s.ctx = ctx
 	defer func() { s.ctx = nil; s.flushOut() }()
 	msg := ctx.Message()
-	if s.phase >= phaseClosing {
-		switch m := msg.(type) {
-		case socketClosed:
-			s.socketClosed(m)
-		case *actor.Stopping, *actor.Stopped, *actor.Restarting, readerDone, writerDone, hurry:
-		default:
-			s.afterClose(msg)
-		}
+	if s.phase.closing() {
+		s.receiveClosing(msg)
 		return
 	}
 	switch m := msg.(type) {
 	case *actor.Started:
+		s.parent = ctx.Parent()
 		s.c.pid.Store(ctx.Self())
 		s.c.reader.Add(1)
 		go s.c.readLoop()
@@ -161,22 +161,75 @@ func (s *state) Receive(ctx actor.Context) {
 		s.send(m.msg)
 	case *actor.Stopping:
 		// Stopped from outside (the parent or the actor system) before
-		// the connection ended: close the socket now.
-		s.record(supervisor.LocalShutdown{Epitaph: supervisor.Epitaph{Code: supervisor.Canceled, Message: "connection actor stopped"}})
+		// the connection ended: the same end as Close, with an epitaph
+		// that says so. protoactor stops the children meanwhile; the
+		// actor keeps its turns until they have all stopped, and the
+		// closer goroutine finishes what is left after that.
+		ep := supervisor.Epitaph{Code: supervisor.Canceled, Message: "connection actor stopped"}
 		s.stopping = true
-		s.close(true)
+		if s.phase == phaseOpen {
+			s.epitaph = ep
+		}
+		s.record(supervisor.LocalShutdown{Epitaph: ep})
+		if s.phase == phaseOpen {
+			s.skipped(PhaseDrain, "connection actor stopped")
+		}
+		s.close(false)
 		return
-	case *actor.Stopped, *actor.Restarting:
+	case *actor.Stopped, *actor.Restarting, *actor.Terminated:
 	}
 	if s.phase == phaseDraining {
 		if q, a := s.inFlight(); q+a == 0 {
 			s.endDrain(false, "")
 		}
 	}
-	if s.phase < phaseClosing {
+	if !s.phase.closing() {
 		st := s.stats()
 		s.c.publishStats(st)
 		s.noteIdle(st)
+	}
+}
+
+// receiveClosing handles what arrives once the connection's end has
+// begun: the stop steps' Terminated messages and deadlines, the closer's
+// result, and what is left to free.
+func (s *state) receiveClosing(msg any) {
+	switch m := msg.(type) {
+	case *actor.Terminated:
+		s.childTerminated(m.Who)
+	case stopDeadline:
+		if s.wait != nil && s.wait.current != nil && s.wait.gen == m.gen {
+			s.stopTimedOut(false)
+		}
+	case hurry:
+		s.hurried = true
+		if s.wait != nil {
+			s.stopTimedOut(true)
+		}
+	case socketClosed:
+		if r, ok := s.c.takeEnd(false); ok {
+			s.socketClosed(r)
+		}
+	case *actor.Stopping:
+		s.stopping = true // protoactor stops the children; the steps go on
+	case *actor.Stopped:
+		// The last turn: every child has stopped, so a step still
+		// waiting has nothing left to wait for.
+		for s.wait != nil {
+			w := s.wait
+			w.live = map[string]bool{}
+			if cur := w.current; cur != nil {
+				w.current = nil
+				s.actorStopped(*cur, false)
+			}
+			s.stopNext()
+		}
+		if r, ok := s.c.takeEnd(true); ok {
+			s.socketClosed(r)
+		}
+	case readerDone, writerDone, *actor.Restarting:
+	default:
+		s.afterClose(msg)
 	}
 }
 
@@ -229,8 +282,17 @@ func (s *state) sendLazy(msg *capnp.Message) {
 	s.c.out.pushLazy(Frame{Msg: msg})
 }
 
-// handleFrame dispatches one incoming message by its type.
+// handleFrame dispatches one incoming message by its type. A panic while
+// handling it is a bug of ours that the peer's bytes reached: it ends the
+// connection as a protocol error wrapping errHandlerPanic, never the
+// process.
 func (s *state) handleFrame(f Frame) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.c.opts.Logger.Error("capnp: panic while handling a message (a bug of vatactor's)", "peer", s.c.opts.Peer, "panic", r)
+			s.protocolError(fmt.Errorf("%w: %v", errHandlerPanic, r))
+		}
+	}()
 	msg := f.Msg
 	if f.Sidecar.Has(wire.Feature_epitaphs) {
 		s.peerOurs = true
@@ -318,3 +380,6 @@ func (s *state) handleAbort(m rpccp.Message) {
 }
 
 var errNotOurs = errors.New("not a capability of this connection")
+
+// errHandlerPanic wraps a panic recovered while handling a peer's message.
+var errHandlerPanic = errors.New("internal error while handling a message")

@@ -162,7 +162,7 @@ func (s *state) traceEOFReceived() {
 
 // traceDown ends the shutdown span and the connection span with the
 // report.
-func (s *state) traceDown(r Report, m socketClosed) {
+func (s *state) traceDown(r Report, m socketResult) {
 	s.traceShutdownBegin()
 	if !m.hard && !m.flushCut {
 		s.tr.span.AddEvent("eof.sent", trace.WithTimestamp(m.lingerStart))
