@@ -51,6 +51,7 @@ type answer struct {
 	resultExports  []uint32            // export id per cap-table index of the results (noExport if none)
 	releaseParams  bool                // the params' caps were never imported: the Return asks the peer to release them
 	epitaph        *supervisor.Epitaph // refused while draining: the exception carries our epitaph
+	heldBytes      int64               // the Return's size, counted in state.answerBytes until the Finish
 }
 
 const noExport = ^uint32(0)
@@ -79,10 +80,26 @@ func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar
 	if _, dup := s.answers[id]; dup {
 		return nil, fmt.Errorf("%w: question %d is already in flight", ErrDuplicateID, id)
 	}
+	if lim := s.c.opts.Limits.MaxHeldAnswers; len(s.answers) >= lim {
+		return nil, budgetErrorf("MaxHeldAnswers", int64(lim), "the peer holds %d calls without their Finish", len(s.answers))
+	}
 	a := &answer{c: s.c, id: id}
 	a.ctx.parent, a.span, a.method = s.startAnswerSpan(context.Background(), m, bootstrap, sc)
 	s.answers[id] = a
+	s.running++
 	return a, nil
+}
+
+// overloaded answers a with "overloaded" when more of the peer's calls
+// than Options.MaxAnswers are running; it reports whether it did.
+func (s *state) overloaded(a *answer) bool {
+	if s.running <= s.c.opts.MaxAnswers {
+		return false
+	}
+	a.err = exc.New(exc.Overloaded, "capnp", fmt.Sprintf("%v: more than %d calls in flight", ErrTooManyQuestions, s.c.opts.MaxAnswers))
+	a.releaseParams = true
+	s.answerReturned(a)
+	return true
 }
 
 // releaseArgs is the call's capnp.Recv.ReleaseArgs: the callee (or the
@@ -162,6 +179,9 @@ func (s *state) handleBootstrap(m rpccp.Message, sc *Sidecar) error {
 		s.refusedDraining(a)
 		return nil
 	}
+	if s.overloaded(a) {
+		return nil
+	}
 	if boot := s.c.opts.Bootstrap; boot.IsValid() {
 		if _, a.err = a.AllocResults(capnp.ObjectSize{}); a.err == nil {
 			id := a.msg.CapTable().Add(boot.AddRef())
@@ -190,10 +210,7 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message, sc *Sidecar) (ke
 		s.refusedDraining(a)
 		return false, nil
 	}
-	if len(s.answers) > s.c.opts.MaxAnswers {
-		a.err = exc.New(exc.Overloaded, "capnp", fmt.Sprintf("%v: more than %d calls in flight", ErrTooManyQuestions, s.c.opts.MaxAnswers))
-		a.releaseParams = true
-		s.answerReturned(a)
+	if s.overloaded(a) {
 		return false, nil
 	}
 	if call.SendResultsTo().Which() != rpccp.Call_sendResultsTo_Which_caller {
@@ -327,6 +344,7 @@ func (s *state) answerReturned(a *answer) {
 		return
 	}
 	a.returned = true
+	s.running--
 	if a.err == nil && a.msg == nil {
 		_, a.err = a.AllocResults(capnp.ObjectSize{}) // an empty result struct
 	}
@@ -355,6 +373,13 @@ func (s *state) answerReturned(a *answer) {
 	if a.finished {
 		s.dropAnswer(a)
 		delete(s.answers, a.id)
+		return
+	}
+	size, _ := a.msg.TotalSize()
+	a.heldBytes = int64(size)
+	s.answerBytes += a.heldBytes
+	if lim := s.c.opts.Limits.MaxAnswerBytes; s.answerBytes > lim {
+		s.protocolError(budgetErrorf("MaxAnswerBytes", lim, "%d bytes of results held for calls the peer has not finished", s.answerBytes))
 	}
 }
 
@@ -409,6 +434,8 @@ func (s *state) finish(qid uint32, releaseResultCaps bool) error {
 // capabilities.
 func (s *state) dropAnswer(a *answer) {
 	a.ctx.cancel()
+	s.answerBytes -= a.heldBytes
+	a.heldBytes = 0
 	if a.releaseResults && !s.phase.closing() {
 		for _, id := range a.resultExports {
 			if id != noExport {

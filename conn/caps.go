@@ -182,6 +182,9 @@ func (s *state) decodeCapTable(msg *capnp.Message, payload rpccp.Payload) error 
 	if err != nil {
 		return fmt.Errorf("%w: cap table: %v", ErrMalformedFrame, err)
 	}
+	if lim := s.c.opts.Limits.MaxCapsPerMessage; list.Len() > lim {
+		return budgetErrorf("MaxCapsPerMessage", int64(lim), "a message with %d capabilities", list.Len())
+	}
 	caps := make([]capnp.Client, list.Len())
 	for i := range caps {
 		if caps[i], err = s.importCap(list.At(i)); err != nil {
@@ -200,10 +203,16 @@ func (s *state) importCap(d rpccp.CapDescriptor) (capnp.Client, error) {
 	switch d.Which() {
 	case rpccp.CapDescriptor_Which_none:
 		return capnp.Client{}, nil
-	case rpccp.CapDescriptor_Which_senderHosted:
-		return s.addImport(d.SenderHosted(), false), nil
-	case rpccp.CapDescriptor_Which_senderPromise:
-		return s.addImport(d.SenderPromise(), true), nil
+	case rpccp.CapDescriptor_Which_senderHosted, rpccp.CapDescriptor_Which_senderPromise:
+		promise := d.Which() == rpccp.CapDescriptor_Which_senderPromise
+		id := d.SenderHosted()
+		if promise {
+			id = d.SenderPromise()
+		}
+		if lim := s.c.opts.Limits.MaxImports; s.imports[id] == nil && len(s.imports) >= lim {
+			return capnp.Client{}, budgetErrorf("MaxImports", int64(lim), "the peer exports %d capabilities to us at once", len(s.imports)+1)
+		}
+		return s.addImport(id, promise), nil
 	case rpccp.CapDescriptor_Which_receiverHosted:
 		e := s.exports.get(d.ReceiverHosted())
 		if e == nil {
@@ -395,7 +404,7 @@ func (s *state) handleResolve(msg *capnp.Message, m rpccp.Message) error {
 		if err != nil {
 			return fmt.Errorf("%w: resolve exception: %v", ErrMalformedFrame, err)
 		}
-		rerr = decodeException(e)
+		rerr = decodeException(e, s.c.opts.Limits.MaxReasonLength)
 	default:
 		return fmt.Errorf("%w: resolve of unknown kind %d", ErrMalformedFrame, res.Which())
 	}

@@ -53,8 +53,10 @@ type Options struct {
 	Bootstrap capnp.Client
 	// Limits bound what the peer can make us read (stream transports only).
 	Limits Limits
-	// MaxAnswers bounds the peer's calls in flight on this connection; a
-	// call above it is answered with an "overloaded" exception. Default 8192.
+	// MaxAnswers bounds the peer's calls and bootstraps running on this
+	// connection (arrived, not yet returned); one above it is answered
+	// with an "overloaded" exception. Limits.MaxHeldAnswers bounds those
+	// held until their Finish. Default 8192.
 	MaxAnswers int
 	// MaxExports bounds the capabilities exported to the peer; a message
 	// that would export more fails (a call's Return becomes an exception).
@@ -87,9 +89,11 @@ type Options struct {
 	// stop; an actor that takes longer is left to stop on its own and
 	// counted in Report.StuckActors. Default 1s.
 	StopTimeout time.Duration
-	// WriteTimeout bounds the flush of what is queued (the epitaph last)
-	// before the half-close; when it expires (the peer stopped reading)
-	// the socket is closed at once. Default 5s.
+	// WriteTimeout bounds every wait for the peer to take our bytes: a
+	// write that makes no progress for that long ends the connection
+	// (TransportError wrapping ErrPeerNotReading), and the flush of what
+	// is queued before the half-close (the epitaph last) takes at most
+	// that long, then the socket is closed at once. Default 5s.
 	WriteTimeout time.Duration
 	// LingerTimeout bounds how long a closing connection keeps reading
 	// (and discarding) after its half-close, waiting for the peer's EOF,
@@ -229,8 +233,12 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 	}
 	c.out.start, c.out.writers = c.startWriter, &c.writer
 	c.out.wake = make(chan struct{}, 1)
-	if st, ok := t.(*streamTransport); ok && st.raw != nil {
-		c.out.inline = c.writeInline
+	c.out.limit = opts.Limits.MaxSendQueue
+	if st, ok := t.(*streamTransport); ok {
+		st.writeTimeout = opts.WriteTimeout
+		if st.raw != nil {
+			c.out.inline = c.writeInline
+		}
 	}
 	c.trace = opts.Logger.Enabled(context.Background(), slog.LevelDebug)
 	st := newState(c)
@@ -441,6 +449,7 @@ func (m socketResult) closeWriteNote() string {
 func (c *Conn) readLoop() {
 	defer c.reader.Done()
 	for {
+		c.out.awaitRoom() // backpressure: read nothing more while the peer does not read ours
 		f, err := c.transport.RecvFrame()
 		if err != nil {
 			c.readEnd, c.readEndAt = err, time.Now()

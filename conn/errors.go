@@ -26,6 +26,16 @@ var (
 	// ErrTooManyExports: the connection would export more than
 	// Options.MaxExports capabilities.
 	ErrTooManyExports = errors.New("too many exported capabilities")
+	// ErrBudgetExceeded: the peer made the connection hold more than one
+	// of its Limits allows (answers, result bytes, capabilities, an echo);
+	// a *BudgetError says which.
+	ErrBudgetExceeded = errors.New("connection budget exceeded")
+	// ErrPeerNotReading: the peer took none of the bytes queued for it
+	// for Options.WriteTimeout.
+	ErrPeerNotReading = errors.New("the peer stopped reading")
+	// ErrFrameTimeout: a frame did not arrive whole within
+	// Limits.FrameTimeout of its first bytes.
+	ErrFrameTimeout = errors.New("frame not complete in time")
 	// ErrResolveLoop: the peer resolved a promise to itself, directly or
 	// through other promises.
 	ErrResolveLoop = errors.New("promise resolution loop")
@@ -65,4 +75,21 @@ func (e *FrameError) Unwrap() error { return e.Err }
 
 func frameErrorf(sentinel error, format string, args ...any) error {
 	return &FrameError{Err: sentinel, Detail: fmt.Sprintf(format, args...)}
+}
+
+// BudgetError says which budget of Limits the peer went past. It wraps
+// ErrBudgetExceeded.
+type BudgetError struct {
+	Budget string // the Limits field, e.g. "MaxHeldAnswers"
+	Limit  int64
+	Detail string // what the peer did, with its figure
+}
+
+func (e *BudgetError) Error() string {
+	return fmt.Sprintf("%v: %s (%s %d)", ErrBudgetExceeded, e.Detail, e.Budget, e.Limit)
+}
+func (e *BudgetError) Unwrap() error { return ErrBudgetExceeded }
+
+func budgetErrorf(budget string, limit int64, format string, args ...any) error {
+	return &BudgetError{Budget: budget, Limit: limit, Detail: fmt.Sprintf(format, args...)}
 }

@@ -2,16 +2,25 @@ package conn
 
 import (
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"slices"
+	"time"
+	"unicode/utf8"
 
 	"capnproto.org/go/capnp/v3"
 )
 
-// Limits bound what a peer can make us read. Zero fields take the defaults.
+// Limits bound what a peer can make us read and hold: the budget of one
+// connection. Zero fields take the defaults. Past a budget the connection
+// either applies backpressure (MaxSendQueue) or ends with a typed reason,
+// never grows: memory follows the bytes a peer actually sends, not the
+// sizes it declares.
 type Limits struct {
-	// MaxFrameSize is the largest frame accepted, header included.
+	// MaxFrameSize is the largest frame accepted, header included; a
+	// larger one ends the connection (ProtocolError wrapping
+	// ErrFrameTooLarge). The buffer of a frame grows as its bytes arrive.
 	// Default 64 MiB.
 	MaxFrameSize uint64
 	// MaxSegments is the most segments one frame may declare. Default 512.
@@ -21,13 +30,63 @@ type Limits struct {
 	TraverseLimit uint64
 	// DepthLimit bounds pointer nesting. Default 64.
 	DepthLimit uint
+	// FrameTimeout bounds how long a frame may take to arrive once its
+	// first bytes have: a peer that sends a frame one byte at a time, or
+	// stops halfway, ends with TransportError wrapping ErrFrameTimeout.
+	// Between frames there is no limit (see Options.IdleTimeout).
+	// Default 30s.
+	FrameTimeout time.Duration
+
+	// MaxSendQueue bounds the bytes queued for the peer and not yet
+	// written. Past it the connection stops reading the peer's frames
+	// (so it admits none of its calls) until the queue has drained to
+	// half; the socket's writes meanwhile are bounded by
+	// Options.WriteTimeout: a peer that takes nothing for that long ends
+	// the connection with TransportError wrapping ErrPeerNotReading.
+	// Default 16 MiB.
+	MaxSendQueue int64
+	// MaxHeldAnswers bounds the peer's calls and bootstraps we hold, from
+	// their arrival to their Finish (running, or returned and waiting for
+	// the Finish). Past it the connection ends with ProtocolError wrapping
+	// ErrBudgetExceeded. Options.MaxAnswers, lower, bounds those running.
+	// Default 32768.
+	MaxHeldAnswers int
+	// MaxAnswerBytes bounds the bytes of results held for the peer until
+	// its Finish; past it the connection ends with ProtocolError wrapping
+	// ErrBudgetExceeded. Default 64 MiB.
+	MaxAnswerBytes int64
+	// MaxCapsPerMessage bounds the capability descriptors of one message;
+	// a message with more ends the connection with ProtocolError wrapping
+	// ErrBudgetExceeded. Default 4096.
+	MaxCapsPerMessage int
+	// MaxImports bounds the capabilities imported from the peer at once;
+	// past it the connection ends with ProtocolError wrapping
+	// ErrBudgetExceeded. Default 65536.
+	MaxImports int
+	// MaxUnimplementedEcho bounds a message we do not implement that we
+	// echo back in an Unimplemented (as much as copying it may read); a
+	// larger one ends the connection with ProtocolError wrapping
+	// ErrBudgetExceeded. Default 64 KiB.
+	MaxUnimplementedEcho uint64
+	// MaxReasonLength bounds the texts a peer sends that we keep, log and
+	// hand to callers (Abort reasons, exception reasons): longer ones are
+	// cut. Default 1024 bytes.
+	MaxReasonLength int
 }
 
 // Default limits.
 const (
-	DefaultMaxFrameSize = 64 << 20
-	DefaultMaxSegments  = 512
-	DefaultDepthLimit   = 64
+	DefaultMaxFrameSize         = 64 << 20
+	DefaultMaxSegments          = 512
+	DefaultDepthLimit           = 64
+	DefaultFrameTimeout         = 30 * time.Second
+	DefaultMaxSendQueue         = 16 << 20
+	DefaultMaxHeldAnswers       = 32768
+	DefaultMaxAnswerBytes       = 64 << 20
+	DefaultMaxCapsPerMessage    = 4096
+	DefaultMaxImports           = 65536
+	DefaultMaxUnimplementedEcho = 64 << 10
+	DefaultMaxReasonLength      = 1024
 )
 
 func (l Limits) withDefaults() Limits {
@@ -43,7 +102,44 @@ func (l Limits) withDefaults() Limits {
 	if l.DepthLimit == 0 {
 		l.DepthLimit = DefaultDepthLimit
 	}
+	if l.FrameTimeout <= 0 {
+		l.FrameTimeout = DefaultFrameTimeout
+	}
+	if l.MaxSendQueue <= 0 {
+		l.MaxSendQueue = DefaultMaxSendQueue
+	}
+	if l.MaxHeldAnswers <= 0 {
+		l.MaxHeldAnswers = DefaultMaxHeldAnswers
+	}
+	if l.MaxAnswerBytes <= 0 {
+		l.MaxAnswerBytes = DefaultMaxAnswerBytes
+	}
+	if l.MaxCapsPerMessage <= 0 {
+		l.MaxCapsPerMessage = DefaultMaxCapsPerMessage
+	}
+	if l.MaxImports <= 0 {
+		l.MaxImports = DefaultMaxImports
+	}
+	if l.MaxUnimplementedEcho == 0 {
+		l.MaxUnimplementedEcho = DefaultMaxUnimplementedEcho
+	}
+	if l.MaxReasonLength <= 0 {
+		l.MaxReasonLength = DefaultMaxReasonLength
+	}
 	return l
+}
+
+// clip cuts a text the peer sent to at most n bytes (on a UTF-8
+// boundary), saying how long it was.
+func clip(b []byte, n int) string {
+	if len(b) <= n {
+		return string(b)
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(b[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d bytes, cut)", b[:cut], len(b))
 }
 
 // readFrame reads one standard stream frame (segment table, then segments)
@@ -100,8 +196,8 @@ func readFrame(r *frameReader, lim Limits) (Frame, error) {
 		}
 	}
 	r.Discard(int(4 + tableLen))
-	body := make([]byte, total-4-tableLen)
-	if _, err := io.ReadFull(r, body); err != nil {
+	body, err := readBody(r, int(total-4-tableLen))
+	if err != nil {
 		return Frame{}, unexpectedEOF(err)
 	}
 	if size0 == 0 {
@@ -138,6 +234,35 @@ func readFrame(r *frameReader, lim Limits) (Frame, error) {
 	f.Msg.TraverseLimit = lim.TraverseLimit
 	f.Msg.DepthLimit = lim.DepthLimit
 	return f, nil
+}
+
+// firstBodyChunk is the most a frame's buffer starts with; it doubles as
+// the bytes arrive, up to the frame's size.
+const firstBodyChunk = 64 << 10
+
+// readBody reads a frame's n bytes of segments into a buffer that grows
+// as they arrive: a peer that declares a large frame and sends little
+// costs what it sent (at most twice), not what it declared.
+func readBody(r io.Reader, n int) ([]byte, error) {
+	if n <= firstBodyChunk {
+		body := make([]byte, n)
+		_, err := io.ReadFull(r, body)
+		return body, err
+	}
+	body := make([]byte, 0, firstBodyChunk)
+	for len(body) < n {
+		if len(body) == cap(body) {
+			grown := make([]byte, len(body), min(n, 2*cap(body)))
+			copy(grown, body)
+			body = grown
+		}
+		k, err := r.Read(body[len(body):cap(body)])
+		body = body[:len(body)+k]
+		if err != nil && len(body) < n {
+			return nil, err
+		}
+	}
+	return body, nil
 }
 
 func unexpectedEOF(err error) error {

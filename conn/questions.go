@@ -488,7 +488,7 @@ func (s *state) handleReturn(msg *capnp.Message, m rpccp.Message) (keep bool, er
 		if err != nil {
 			return false, fmt.Errorf("%w: return exception: %v", ErrMalformedFrame, err)
 		}
-		settle.err = decodeException(e)
+		settle.err = decodeException(e, s.c.opts.Limits.MaxReasonLength)
 	case rpccp.Return_Which_canceled:
 		settle.err = exc.New(exc.Failed, "capnp", "call canceled by the peer")
 	default:
@@ -526,9 +526,10 @@ func (s *state) releaseParamCaps(q *question, ret rpccp.Return) error {
 // is the exception's type.
 // An exception that carries an epitaph is a call refused by a draining
 // peer: it wraps ErrNotProcessed.
-func decodeException(e rpccp.Exception) error {
-	reason, _ := e.Reason()
-	if ep, ok, _ := epitaphOf(e); ok {
+func decodeException(e rpccp.Exception, maxText int) error {
+	reasonBytes, _ := e.ReasonBytes()
+	reason := clip(reasonBytes, maxText)
+	if ep, ok, _ := epitaphOf(e, maxText); ok {
 		return notProcessed("refused by the peer (epitaph %v): %s", ep, reason)
 	}
 	return &exc.Exception{Type: exc.Type(e.Type()), Prefix: "remote", Cause: errors.New(reason)}

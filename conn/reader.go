@@ -19,6 +19,20 @@ type frameReader struct {
 	r, w int     // buf[r:w] is unread
 	err  error   // the read error to report once buf is drained
 	wait [256]byte
+
+	// midFrame: a frame has begun; the first read that must wait for
+	// more of it calls arm (once), which sets the frame's deadline.
+	midFrame, armed bool
+	arm             func()
+}
+
+// read is every read from the socket.
+func (b *frameReader) read(p []byte) (int, error) {
+	if b.midFrame && !b.armed && b.arm != nil {
+		b.armed = true
+		b.arm()
+	}
+	return b.rd.Read(p)
 }
 
 // readBufferSize is the pooled read buffer's size.
@@ -60,7 +74,7 @@ func (b *frameReader) fill() error {
 	}
 	if b.buf == nil {
 		// Nothing buffered: wait for the peer without a buffer.
-		n, err := b.rd.Read(b.wait[:])
+		n, err := b.read(b.wait[:])
 		if n == 0 {
 			if err == nil {
 				err = io.ErrNoProgress
@@ -76,7 +90,7 @@ func (b *frameReader) fill() error {
 		b.w = copy(b.buf, b.buf[b.r:b.w])
 		b.r = 0
 	}
-	n, err := b.rd.Read(b.buf[b.w:])
+	n, err := b.read(b.buf[b.w:])
 	b.w += n
 	if n == 0 {
 		if err == nil {
@@ -130,7 +144,7 @@ func (b *frameReader) Read(p []byte) (int, error) {
 		}
 		if len(p) >= b.size {
 			b.giveBack()
-			return b.rd.Read(p)
+			return b.read(p)
 		}
 		if err := b.fill(); err != nil {
 			b.err = nil

@@ -294,6 +294,7 @@ func (c *Conn) takeEnd(gone bool) (socketResult, bool) {
 func (s *state) abandonAnswers() {
 	for id, a := range s.answers {
 		if !a.returned {
+			s.running--
 			s.report.Abandoned++
 			a.ctx.cancel()
 			if !s.peerGone && s.abortWith == nil {

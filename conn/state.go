@@ -30,7 +30,10 @@ type state struct {
 	embargoes idTable[*embargo]
 
 	byAnswer map[*capnp.Answer]*question // for receiverAnswer descriptors
-	seq      uint64                      // creation order of questions and exports
+
+	running     int    // the peer's calls not yet returned (Options.MaxAnswers)
+	answerBytes int64  // the Returns held until their Finish (Limits.MaxAnswerBytes)
+	seq         uint64 // creation order of questions and exports
 
 	// childProps spawn every question and export actor: made once, its
 	// producer hands over spawning (see spawnChild).
@@ -348,12 +351,20 @@ func (s *state) handleFrame(f Frame) {
 }
 
 // replyUnimplemented echoes a message we do not implement back to the
-// peer inside an Unimplemented message.
+// peer inside an Unimplemented message, within MaxUnimplementedEcho: the
+// copy may read no more than that (a small message can point at the same
+// data many times), or the connection ends.
 func (s *state) replyUnimplemented(m rpccp.Message) error {
+	lim := s.c.opts.Limits.MaxUnimplementedEcho
+	src := capnp.Struct(m).Message()
+	if size, _ := src.TotalSize(); size > lim {
+		return budgetErrorf("MaxUnimplementedEcho", int64(lim), "a message we do not implement (%v) of %d bytes", m.Which(), size)
+	}
+	src.ResetReadLimit(lim)
 	out, om := newMessage()
 	if err := om.SetUnimplemented(m); err != nil {
 		out.Release()
-		return fmt.Errorf("%w: copying unimplemented message: %v", ErrMalformedFrame, err)
+		return budgetErrorf("MaxUnimplementedEcho", int64(lim), "a message we do not implement (%v) too large to echo: %v", m.Which(), err)
 	}
 	s.send(out)
 	return nil
@@ -368,12 +379,13 @@ func (s *state) handleAbort(m rpccp.Message) {
 		s.peerEnded(supervisor.PeerAbort{Type: "failed", Reason: "(unreadable abort: " + err.Error() + ")"})
 		return
 	}
-	if ep, ok, _ := epitaphOf(e); ok {
+	if ep, ok, _ := epitaphOf(e, s.c.opts.Limits.MaxReasonLength); ok {
 		s.traceEvent("epitaph.received", epitaphAttributes(ep)...)
 		s.peerEnded(supervisor.PeerEpitaph{Epitaph: ep})
 		return
 	}
-	reason, _ := e.Reason()
+	reasonBytes, _ := e.ReasonBytes()
+	reason := clip(reasonBytes, s.c.opts.Limits.MaxReasonLength)
 	typ := exc.Type(e.Type()).String()
 	s.traceEvent("abort.received", attribute.String("exception.type", typ), attribute.String("exception.message", reason))
 	s.peerEnded(supervisor.PeerAbort{Type: typ, Reason: reason})

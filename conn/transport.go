@@ -2,10 +2,13 @@ package conn
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"capnproto.org/go/capnp/v3"
 )
@@ -31,7 +34,9 @@ type Transport interface {
 func NewStreamTransport(c net.Conn, lim Limits) Transport {
 	lim = lim.withDefaults()
 	// Peek must hold a whole segment table.
-	return &streamTransport{c: c, r: newFrameReader(c, 8+4*lim.MaxSegments), lim: lim, raw: rawConn(c)}
+	t := &streamTransport{c: c, r: newFrameReader(c, 8+4*lim.MaxSegments), lim: lim, raw: rawConn(c)}
+	t.r.arm = func() { _ = c.SetReadDeadline(time.Now().Add(lim.FrameTimeout)) }
+	return t
 }
 
 // keepWriteBuffer is the largest write buffer kept from one batch to the
@@ -39,15 +44,18 @@ func NewStreamTransport(c net.Conn, lim Limits) Transport {
 const keepWriteBuffer = 32 << 10
 
 type streamTransport struct {
-	c     net.Conn
-	r     *frameReader
-	lim   Limits
-	buf   []byte                // writer goroutine only: small frames, copied together
-	vec   net.Buffers           // writer goroutine only: buf's pieces and large segments
-	sc    []byte                // writer goroutine only: the sidecar being framed
-	raw   syscall.RawConn       // for writes that must not wait (trySend); nil: none
-	try   tryWrite              // trySend's write in progress
-	tryFn func(fd uintptr) bool // try.write, bound once
+	c   net.Conn
+	r   *frameReader
+	lim Limits
+	buf []byte          // writer goroutine only: small frames, copied together
+	vec net.Buffers     // writer goroutine only: buf's pieces and large segments
+	sc  []byte          // writer goroutine only: the sidecar being framed
+	raw syscall.RawConn // for writes that must not wait (trySend); nil: none
+	// writeTimeout bounds each wait of a write for the peer to take
+	// bytes (Options.WriteTimeout; 0: none).
+	writeTimeout time.Duration
+	try          tryWrite              // trySend's write in progress
+	tryFn        func(fd uintptr) bool // try.write, bound once
 }
 
 // copyLimit is the largest segment SendFrames copies into its buffer;
@@ -61,7 +69,19 @@ func (t *streamTransport) RecvFrame() (Frame, error) {
 	if err := t.r.await(); err != nil {
 		return Frame{}, err
 	}
-	return readFrame(t.r, t.lim)
+	// From its first bytes, the frame has FrameTimeout to arrive whole:
+	// the deadline is set only if a read has to wait for more of it.
+	t.r.midFrame = true
+	f, err := readFrame(t.r, t.lim)
+	t.r.midFrame = false
+	if t.r.armed {
+		t.r.armed = false
+		_ = t.c.SetReadDeadline(time.Time{})
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("%w: %v after its first bytes (%w)", ErrFrameTimeout, t.lim.FrameTimeout, err)
+		}
+	}
+	return f, err
 }
 
 // SendFrames writes every frame in one write: small segments are copied
@@ -77,7 +97,7 @@ func (t *streamTransport) SendFrames(frames []Frame) error {
 		}
 	}
 	if len(vec) == 0 {
-		_, err := t.c.Write(buf)
+		err := t.write(buf)
 		if cap(buf) <= keepWriteBuffer {
 			t.buf = buf // keep moderate buffers for the next batch
 		} else {
@@ -89,16 +109,57 @@ func (t *streamTransport) SendFrames(frames []Frame) error {
 		vec = append(vec, buf[mark:])
 	}
 	t.vec = vec
-	_, err := t.vec.WriteTo(t.c) // consumes t.vec
-	clear(vec)                   // drop the references to the segments
+	err := t.writeVec() // consumes t.vec
+	clear(vec)          // drop the references to the segments
 	t.vec = vec[:0]
 	// buf is now the tail of t.buf (or of a larger buffer): t.buf stays.
 	return err
 }
 
-// writeRest writes what trySend left, waiting as long as it takes.
-func (t *streamTransport) writeRest(rest []byte) error {
-	_, err := t.c.Write(rest)
+// writeRest writes what trySend left.
+func (t *streamTransport) writeRest(rest []byte) error { return t.write(rest) }
+
+// write writes b whole, waiting at most writeTimeout for each bit of
+// progress: a peer that takes nothing for that long fails it with
+// ErrPeerNotReading, one that reads slowly does not.
+func (t *streamTransport) write(b []byte) error {
+	for {
+		t.armWrite()
+		n, err := t.c.Write(b)
+		if err == nil {
+			return nil
+		}
+		if n == 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return t.writeError(err)
+		}
+		b = b[n:]
+	}
+}
+
+// writeVec is write for t.vec (a vectored write, which consumes t.vec).
+func (t *streamTransport) writeVec() error {
+	for {
+		t.armWrite()
+		n, err := t.vec.WriteTo(t.c)
+		if err == nil {
+			return nil
+		}
+		if n == 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return t.writeError(err)
+		}
+	}
+}
+
+func (t *streamTransport) armWrite() {
+	if t.writeTimeout > 0 {
+		_ = t.c.SetWriteDeadline(time.Now().Add(t.writeTimeout))
+	}
+}
+
+func (t *streamTransport) writeError(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w: nothing written for %v (%w)", ErrPeerNotReading, t.writeTimeout, err)
+	}
 	return err
 }
 

@@ -210,7 +210,7 @@ func setEpitaph(e rpccp.Exception, ep supervisor.Epitaph) error {
 }
 
 // epitaphOf returns the epitaph in e's details, if it carries one.
-func epitaphOf(e rpccp.Exception) (supervisor.Epitaph, bool, error) {
+func epitaphOf(e rpccp.Exception, maxText int) (supervisor.Epitaph, bool, error) {
 	if !e.HasDetails() {
 		return supervisor.Epitaph{}, false, nil
 	}
@@ -235,8 +235,8 @@ func epitaphOf(e rpccp.Exception) (supervisor.Epitaph, bool, error) {
 		if err != nil {
 			return supervisor.Epitaph{}, false, fmt.Errorf("%w: epitaph: %v", ErrMalformedFrame, err)
 		}
-		text, _ := we.Text()
-		return supervisor.Epitaph{Code: supervisor.Code(we.Code()), Message: text}, true, nil
+		text, _ := we.TextBytes()
+		return supervisor.Epitaph{Code: supervisor.Code(we.Code()), Message: clip(text, maxText)}, true, nil
 	}
 	return supervisor.Epitaph{}, false, nil
 }

@@ -2,6 +2,7 @@ package conn
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
@@ -47,6 +48,54 @@ type sendQueue struct {
 	wake   chan struct{} // wakes a waiting writer
 	flush  *time.Timer   // starts the writer for lazy frames; made on first use
 	armed  bool          // flush is pending
+
+	// Backpressure (Limits.MaxSendQueue): bytes counts what is queued and
+	// not yet written; the reader waits on room while it is above limit.
+	bytes atomic.Int64
+	limit int64
+	room  chan struct{} // closed when the queue has drained to limit/2; nil: nobody waits
+}
+
+// frameBytes is what f adds to the send queue's count.
+func frameBytes(f Frame) int64 {
+	n, _ := f.Msg.TotalSize()
+	return int64(n)
+}
+
+// awaitRoom is the reader's backpressure: while more than the budget is
+// queued for the peer, it reads none of the peer's frames (so admits none
+// of its calls), until the writer has drained the queue to half or the
+// connection ends.
+func (q *sendQueue) awaitRoom() {
+	if q.bytes.Load() <= q.limit {
+		return
+	}
+	q.mu.Lock()
+	for q.bytes.Load() > q.limit/2 && !q.closing && !q.failed && !q.done {
+		if q.room == nil {
+			q.room = make(chan struct{})
+		}
+		room := q.room
+		q.mu.Unlock()
+		<-room
+		q.mu.Lock()
+	}
+	q.mu.Unlock()
+}
+
+// drained records n bytes written (or dropped); it lets a waiting reader
+// go on once the queue is down to half its budget. Called with mu held.
+func (q *sendQueue) drainedLocked(n int64) {
+	if q.bytes.Add(-n) <= q.limit/2 || q.closing || q.failed {
+		q.openRoomLocked()
+	}
+}
+
+func (q *sendQueue) openRoomLocked() {
+	if q.room != nil {
+		close(q.room)
+		q.room = nil
+	}
 }
 
 // lazyFlushDelay bounds how long a lazy frame waits for company;
@@ -91,6 +140,7 @@ func (q *sendQueue) unlockAndKick(start bool) {
 // actor calls kick once it has nothing more to handle, so that what one
 // run of its messages produces goes out in one write.
 func (q *sendQueue) pushQuiet(f Frame, owner *answer) {
+	q.bytes.Add(frameBytes(f))
 	q.mu.Lock()
 	q.items = append(q.items, f)
 	q.owner = append(q.owner, owner)
@@ -122,6 +172,7 @@ func (q *sendQueue) takeLocked() ([]Frame, []*answer) {
 // pushLazy queues f without starting the writer; the flush timer does if
 // nothing else does first.
 func (q *sendQueue) pushLazy(f Frame) {
+	q.bytes.Add(frameBytes(f))
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.items = append(q.items, f)
@@ -146,6 +197,7 @@ func (q *sendQueue) flushLazy() {
 func (q *sendQueue) close(halfClose bool) {
 	q.mu.Lock()
 	q.closing = true
+	q.openRoomLocked()
 	q.halfClose = halfClose
 	if q.flush != nil {
 		q.flush.Stop()
@@ -203,6 +255,9 @@ func (c *Conn) writeLoop() {
 				failed = true
 				_ = c.post(writerDone{err: err})
 			}
+			q.mu.Lock()
+			q.drainedLocked(int64(len(rest)))
+			q.mu.Unlock()
 		}
 		if len(batch) > 0 && !failed {
 			if err := c.transport.SendFrames(batch); err != nil {
@@ -247,6 +302,7 @@ func (c *Conn) writeInline(batch []Frame, owner []*answer) {
 	c.written(batch, owner, err != nil)
 	q.mu.Lock()
 	q.rest = rest
+	q.bytes.Add(int64(len(rest))) // still to write
 	more := rest != nil || len(q.items) > 0
 	q.writing = more
 	if more {
@@ -273,7 +329,9 @@ func (c *Conn) traceSent(batch []Frame) {
 // written frees a batch once written (a Return goes back to its answer)
 // and keeps its storage for the next one; failed records a write error.
 func (c *Conn) written(batch []Frame, owner []*answer, failed bool) {
+	var n int64
 	for i, f := range batch {
+		n += frameBytes(f)
 		if a := owner[i]; a != nil {
 			a.returnWritten()
 		} else {
@@ -285,6 +343,7 @@ func (c *Conn) written(batch []Frame, owner []*answer, failed bool) {
 	q.mu.Lock()
 	q.failed = q.failed || failed
 	q.spare, q.spareOwn = batch[:0], owner[:0]
+	q.drainedLocked(n)
 	q.mu.Unlock()
 }
 
