@@ -65,6 +65,8 @@ type Vat struct {
 	ownSystem bool
 	pid       *actor.PID
 
+	stopping chan struct{} // closed when the vat begins to stop
+
 	mu          sync.Mutex // guards the following
 	stopped     bool
 	listeners   []net.Listener
@@ -94,7 +96,7 @@ func Spawn(opts Options) *Vat {
 	if opts.TracerProvider != nil {
 		opts.Conn.TracerProvider = opts.TracerProvider
 	}
-	v := &Vat{opts: opts, system: opts.System}
+	v := &Vat{opts: opts, system: opts.System, stopping: make(chan struct{})}
 	if v.system == nil {
 		v.system, v.ownSystem = QuietSystem(), true
 	}
@@ -131,15 +133,42 @@ func (v *Vat) Listen(network, address string) (net.Addr, error) {
 	return l.Addr(), nil
 }
 
+// Accept retries: the first wait after a failed Accept, and the most.
+const (
+	acceptRetryFirst = 5 * time.Millisecond
+	acceptRetryMax   = 1 * time.Second
+)
+
+// acceptLoop serves every connection l accepts until l is closed. A
+// failed Accept (out of file descriptors, a connection aborted before it
+// was accepted) is retried after a wait that doubles from 5 ms to 1 s, as
+// net/http does; the first failure of a run is logged, and so is the
+// recovery.
 func (v *Vat) acceptLoop(l net.Listener) {
 	defer v.accepting.Done()
+	var delay time.Duration
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				v.opts.Logger.Warn("capnp: accept failed; listener stops", "addr", l.Addr(), "err", err)
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			if delay == 0 {
+				delay = acceptRetryFirst
+				v.opts.Logger.Warn("capnp: accept failed; retrying", "addr", l.Addr(), "err", err)
+			} else {
+				delay = min(2*delay, acceptRetryMax)
+			}
+			select {
+			case <-time.After(delay):
+			case <-v.stopping:
+				return
+			}
+			continue
+		}
+		if delay > 0 {
+			v.opts.Logger.Info("capnp: accepting again", "addr", l.Addr())
+			delay = 0
 		}
 		if _, err := v.serve(c, "server", nil); err != nil {
 			c.Close()
@@ -166,12 +195,27 @@ func (v *Vat) Dial(ctx context.Context, network, address string) (capnp.Client, 
 		return capnp.Client{}, nil, err
 	}
 	boot := cn.Bootstrap(ctx)
-	if err := boot.Resolve(ctx); err != nil {
+	err = boot.Resolve(ctx)
+	if err == nil {
+		err = clientError(boot) // the handshake failed: the peer's exception, or why the connection ended
+	}
+	if err != nil {
 		boot.Release()
 		cn.Close()
-		return capnp.Client{}, nil, err
+		return capnp.Client{}, nil, fmt.Errorf("vat %s: dial %s: bootstrap: %w", v.opts.Name, address, err)
 	}
 	return boot, cn, nil
+}
+
+// clientError returns the error a resolved client fails every call with,
+// or nil when it is a capability.
+func clientError(c capnp.Client) error {
+	snap := c.Snapshot()
+	defer snap.Release()
+	if err, ok := snap.Brand().Value.(error); ok {
+		return err
+	}
+	return nil
 }
 
 // spawnConn asks the vat actor to start a connection as its child.
@@ -235,8 +279,8 @@ func (v *Vat) Subscribe(pid *actor.PID) {
 	v.subscribers = append(v.subscribers, pid)
 }
 
-// Report is what a vat's shutdown did: one report per connection, in the
-// order they were closed (newest first).
+// Report is what a vat's shutdown did: one report per connection, newest
+// first.
 type Report struct {
 	Conns []conn.Report
 	Took  time.Duration
@@ -256,10 +300,10 @@ func (r Report) CutShort() bool {
 //
 //  1. listeners are closed and their accept loops waited for; Dial and
 //     Serve fail with ErrStopped from now on;
-//  2. connections shut down one at a time, newest first, each with
+//  2. connections shut down all at once (they are independent), each with
 //     conn.Conn.Shutdown and epitaph ep, bounded by Options.StopTimeout
 //     and by ctx (past either, its remaining waits are skipped and its
-//     socket closed: the hard close);
+//     socket closed: the hard close), and Shutdown waits for all of them;
 //  3. the bootstrap capability is released;
 //  4. the vat actor stops (and its actor system, if the vat started it).
 //
@@ -286,6 +330,7 @@ func (v *Vat) stop(ctx context.Context, ep supervisor.Epitaph, graceful bool) (R
 		return Report{}, ErrStopped
 	}
 	v.stopped = true
+	close(v.stopping)
 	ls := v.listeners
 	v.listeners = nil
 	v.mu.Unlock()
@@ -301,11 +346,20 @@ func (v *Vat) stop(ctx context.Context, ep supervisor.Epitaph, graceful bool) (R
 	for _, r := range rds {
 		r.Close() // no redial while the connections close
 	}
-	var rep Report
+	// Connections are independent: they end all at once, each within
+	// StopTimeout (OTP stops dynamic children so; gRPC's GracefulStop
+	// drains all its connections together).
 	cs := v.Conns()
-	for i := len(cs) - 1; i >= 0; i-- {
-		rep.Conns = append(rep.Conns, v.stopConn(ctx, cs[i], ep, graceful))
+	rep := Report{Conns: make([]conn.Report, len(cs))}
+	var ending sync.WaitGroup
+	for i, c := range cs {
+		ending.Add(1)
+		go func() {
+			defer ending.Done()
+			rep.Conns[len(cs)-1-i] = v.stopConn(ctx, c, ep, graceful)
+		}()
 	}
+	ending.Wait()
 	_ = v.system.Root.StopFuture(v.pid).Wait()
 	v.opts.Bootstrap.Release()
 	if v.ownSystem {
