@@ -205,9 +205,11 @@ func (s *state) importCap(d rpccp.CapDescriptor) (capnp.Client, error) {
 		return capnp.Client{}, nil
 	case rpccp.CapDescriptor_Which_senderHosted, rpccp.CapDescriptor_Which_senderPromise:
 		promise := d.Which() == rpccp.CapDescriptor_Which_senderPromise
-		id := d.SenderHosted()
+		var id uint32
 		if promise {
 			id = d.SenderPromise()
+		} else {
+			id = d.SenderHosted()
 		}
 		if lim := s.c.opts.Limits.MaxImports; s.imports[id] == nil && len(s.imports) >= lim {
 			return capnp.Client{}, budgetErrorf("MaxImports", int64(lim), "the peer exports %d capabilities to us at once", len(s.imports)+1)

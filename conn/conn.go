@@ -486,7 +486,9 @@ func (c *Conn) readLoop() {
 func (c *Conn) closeSocket(hard bool) socketResult {
 	m := socketResult{hard: hard, closeWriteStart: time.Now()}
 	if !hard {
-		m.flushCut = !c.waitFor(&c.writer, c.opts.WriteTimeout)
+		// Cut short: past WriteTimeout, or the writer gave up (a write
+		// that made no progress for WriteTimeout).
+		m.flushCut = !c.waitFor(&c.writer, c.opts.WriteTimeout) || c.out.writeFailed()
 	}
 	m.lingerStart = time.Now()
 	if !hard && !m.flushCut {

@@ -308,6 +308,10 @@ func (s *state) abandonAnswers() {
 			if a.span.IsRecording() {
 				tracing.EndCall(a.span, errAbandoned)
 			}
+			// a.msg is still the callee's (it frees it with its late
+			// Return): nothing of it is touched here.
+			delete(s.answers, id)
+			continue
 		}
 		s.dropAnswer(a)
 		delete(s.answers, id)

@@ -161,6 +161,13 @@ func (q *sendQueue) kick() {
 	q.unlockAndKick(q.startLocked())
 }
 
+// writeFailed reports whether a write has failed.
+func (q *sendQueue) writeFailed() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.failed
+}
+
 // takeLocked takes everything queued, for the writer. Called with mu held.
 func (q *sendQueue) takeLocked() ([]Frame, []*answer) {
 	batch, owner := q.items, q.owner
