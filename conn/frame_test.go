@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/vatactor/vatactor/conn/wire"
+	"github.com/vatactor/vatactor/internal/interop"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -184,28 +186,82 @@ func FuzzReadFrame(f *testing.F) {
 	})
 }
 
-// FuzzConnMessages: the connection actor survives any message a peer can
-// send: it answers, or aborts with a reason; it never panics or hangs.
+// FuzzConnMessages: the connection actor survives any sequence of
+// messages a peer can send, with an Echo server as its bootstrap (so that
+// calls, pipelined calls on answers still running and Resolves reach
+// local servers): it answers, or aborts with a reason; it never panics,
+// hangs, or reaches the recover of a handler (errHandlerPanic: a bug).
+// The input is a stream of framed messages.
 func FuzzConnMessages(f *testing.F) {
-	for _, fill := range []func(rpccp.Message) error{
-		callImport(0, 1, "x"),
-		func(m rpccp.Message) error { b, err := m.NewBootstrap(); b.SetQuestionId(0); return err },
-		func(m rpccp.Message) error { r, err := m.NewRelease(); r.SetId(0); r.SetReferenceCount(1); return err },
-	} {
-		msg, m := newMessage()
-		_ = fill(m)
-		b, _ := msg.Marshal()
-		f.Add(b)
+	frames := func(fills ...func(rpccp.Message) error) []byte {
+		var out []byte
+		for _, fill := range fills {
+			msg, m := newMessage()
+			_ = fill(m)
+			b, _ := msg.Marshal()
+			out = append(out, b...)
+		}
+		return out
 	}
+	boot := func(m rpccp.Message) error { b, err := m.NewBootstrap(); b.SetQuestionId(0); return err }
+	onAnswer := func(q, qid uint32, method uint16, path ...uint16) func(rpccp.Message) error {
+		return func(m rpccp.Message) error {
+			call, err := m.NewCall()
+			if err != nil {
+				return err
+			}
+			call.SetQuestionId(qid)
+			call.SetInterfaceId(interop.Echo_TypeID)
+			call.SetMethodId(method)
+			t, _ := call.NewTarget()
+			pa, _ := t.NewPromisedAnswer()
+			pa.SetQuestionId(q)
+			ops, _ := pa.NewTransform(int32(len(path)))
+			for i, p := range path {
+				ops.At(i).SetGetPointerField(p)
+			}
+			return echoParams(call, "x")
+		}
+	}
+	resolve := func(id, to uint32) func(rpccp.Message) error {
+		return func(m rpccp.Message) error {
+			r, err := m.NewResolve()
+			r.SetPromiseId(id)
+			d, _ := r.NewCap()
+			d.SetSenderPromise(to)
+			return err
+		}
+	}
+	f.Add(frames(callImport(0, 1, "x")))
+	f.Add(frames(boot, callImport(0, 1, "x")))
+	f.Add(frames(func(m rpccp.Message) error { r, err := m.NewRelease(); r.SetId(0); r.SetReferenceCount(1); return err }))
+	f.Add(frames(boot, onAnswer(0, 1, 6), onAnswer(1, 2, 0, 0), onAnswer(0, 3, 2), onAnswer(3, 4, 99, 0), onAnswer(3, 5, 0, 0, 0)))
+	f.Add(frames(boot, onAnswer(0, 1, 2), onAnswer(1, 2, 2, 0), onAnswer(2, 3, 0, 0), func(m rpccp.Message) error {
+		fin, err := m.NewFinish()
+		fin.SetQuestionId(1)
+		return err
+	}))
+	f.Add(frames(boot, resolve(7, 7), resolve(8, 7)))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		msg, err := capnp.Unmarshal(data)
-		if err != nil {
+		dec := capnp.NewDecoder(bytes.NewReader(data))
+		var msgs []*capnp.Message
+		for len(msgs) < 64 {
+			msg, err := dec.Decode()
+			if err != nil {
+				break
+			}
+			msgs = append(msgs, msg)
+		}
+		if len(msgs) == 0 {
 			return
 		}
 		sys := actor.NewActorSystem(actor.WithLoggerFactory(quietLogger))
 		defer sys.Shutdown()
 		a, b := NewPipe()
-		c := Spawn(sys.Root, sys.Root, a, Options{LingerTimeout: 10 * time.Millisecond})
+		echo := capnp.Client(interop.NewEchoServer().Client(interop.PlainServer))
+		defer echo.Release()
+		c := Spawn(sys.Root, sys.Root, a, Options{Bootstrap: echo, LingerTimeout: 10 * time.Millisecond,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 		go func() {
 			for {
 				if _, err := b.RecvFrame(); err != nil {
@@ -213,11 +269,16 @@ func FuzzConnMessages(f *testing.F) {
 				}
 			}
 		}()
-		if err := b.SendFrames([]Frame{{Msg: msg}}); err != nil {
-			t.Skip()
+		for _, msg := range msgs {
+			if err := b.SendFrames([]Frame{{Msg: msg}}); err != nil {
+				break
+			}
 		}
 		c.Close()
 		b.Close()
+		if err := c.Err(); errors.Is(err, errHandlerPanic) {
+			t.Fatalf("a handler panicked: %v", err)
+		}
 	})
 }
 
