@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -242,6 +243,8 @@ func FuzzConnMessages(f *testing.F) {
 		return err
 	}))
 	f.Add(frames(boot, resolve(7, 7), resolve(8, 7)))
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(quietLogger))
+	defer sys.Shutdown()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		dec := capnp.NewDecoder(bytes.NewReader(data))
 		var msgs []*capnp.Message
@@ -255,13 +258,19 @@ func FuzzConnMessages(f *testing.F) {
 		if len(msgs) == 0 {
 			return
 		}
-		sys := actor.NewActorSystem(actor.WithLoggerFactory(quietLogger))
-		defer sys.Shutdown()
+		// A connection that does not end is a failure too: the fuzzer
+		// keeps the input that hangs.
+		watchdog := time.AfterFunc(20*time.Second, func() {
+			buf := make([]byte, 1<<20)
+			panic("the connection did not end:\n" + string(buf[:runtime.Stack(buf, true)]))
+		})
+		defer watchdog.Stop()
 		a, b := NewPipe()
 		echo := capnp.Client(interop.NewEchoServer().Client(interop.PlainServer))
 		defer echo.Release()
-		c := Spawn(sys.Root, sys.Root, a, Options{Bootstrap: echo, LingerTimeout: 10 * time.Millisecond,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+		c := Spawn(sys.Root, sys.Root, a, Options{Bootstrap: echo,
+			Logger:        slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelDebug})),
+			LingerTimeout: time.Millisecond})
 		go func() {
 			for {
 				if _, err := b.RecvFrame(); err != nil {
@@ -273,6 +282,9 @@ func FuzzConnMessages(f *testing.F) {
 			if err := b.SendFrames([]Frame{{Msg: msg}}); err != nil {
 				break
 			}
+		}
+		if len(data)%2 == 0 {
+			_ = b.CloseWrite() // the peer's EOF, or our Close: both ends
 		}
 		c.Close()
 		b.Close()

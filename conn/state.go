@@ -170,13 +170,13 @@ func (s *state) Receive(ctx actor.Context) {
 		// closer goroutine finishes what is left after that.
 		ep := supervisor.Epitaph{Code: supervisor.Canceled, Message: "connection actor stopped"}
 		s.stopping = true
-		if s.phase == phaseOpen {
-			s.epitaph = ep
-		}
 		s.record(supervisor.LocalShutdown{Epitaph: ep})
-		if s.phase == phaseOpen {
-			s.skipped(PhaseDrain, "connection actor stopped")
+		if s.phase == phaseDraining {
+			s.endDrain(true, "connection actor stopped") // the drain's epitaph stays
+			return
 		}
+		s.epitaph = ep
+		s.skipped(PhaseDrain, "connection actor stopped")
 		s.close(false)
 		return
 	case *actor.Stopped, *actor.Restarting, *actor.Terminated:
