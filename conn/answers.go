@@ -51,6 +51,7 @@ type answer struct {
 	resultExports  []uint32            // export id per cap-table index of the results (noExport if none)
 	releaseParams  bool                // the params' caps were never imported: the Return asks the peer to release them
 	epitaph        *supervisor.Epitaph // refused while draining: the exception carries our epitaph
+	callBytes      int64               // the Call's size, counted in state.callBytes until the Return
 	heldBytes      int64               // the Return's size, counted in state.answerBytes until the Finish
 }
 
@@ -93,10 +94,14 @@ func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar
 // overloaded answers a with "overloaded" when more of the peer's calls
 // than Options.MaxAnswers are running; it reports whether it did.
 func (s *state) overloaded(a *answer) bool {
-	if s.running <= s.c.opts.MaxAnswers {
+	switch lim := s.c.opts.Limits.MaxCallBytes; {
+	case s.running > s.c.opts.MaxAnswers:
+		a.err = exc.New(exc.Overloaded, "capnp", fmt.Sprintf("%v: more than %d calls in flight", ErrTooManyQuestions, s.c.opts.MaxAnswers))
+	case s.callBytes > lim:
+		a.err = exc.New(exc.Overloaded, "capnp", fmt.Sprintf("%v: more than %d bytes of calls in flight (MaxCallBytes)", ErrTooManyQuestions, lim))
+	default:
 		return false
 	}
-	a.err = exc.New(exc.Overloaded, "capnp", fmt.Sprintf("%v: more than %d calls in flight", ErrTooManyQuestions, s.c.opts.MaxAnswers))
 	a.releaseParams = true
 	s.answerReturned(a)
 	return true
@@ -210,6 +215,9 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message, sc *Sidecar) (ke
 		s.refusedDraining(a)
 		return false, nil
 	}
+	size, _ := msg.TotalSize()
+	a.callBytes = int64(size)
+	s.callBytes += a.callBytes
 	if s.overloaded(a) {
 		return false, nil
 	}
@@ -345,6 +353,7 @@ func (s *state) answerReturned(a *answer) {
 	}
 	a.returned = true
 	s.running--
+	s.callBytes -= a.callBytes
 	if a.err == nil && a.msg == nil {
 		_, a.err = a.AllocResults(capnp.ObjectSize{}) // an empty result struct
 	}

@@ -51,6 +51,11 @@ type Limits struct {
 	// ErrBudgetExceeded. Options.MaxAnswers, lower, bounds those running.
 	// Default 32768.
 	MaxHeldAnswers int
+	// MaxCallBytes bounds the bytes of the peer's calls running (their
+	// Call messages, held from arrival to Return); a call that would go
+	// past it is answered "overloaded", as one past Options.MaxAnswers.
+	// Default 64 MiB.
+	MaxCallBytes int64
 	// MaxAnswerBytes bounds the bytes of results held for the peer until
 	// its Finish; past it the connection ends with ProtocolError wrapping
 	// ErrBudgetExceeded. Default 64 MiB.
@@ -82,6 +87,7 @@ const (
 	DefaultFrameTimeout         = 30 * time.Second
 	DefaultMaxSendQueue         = 16 << 20
 	DefaultMaxHeldAnswers       = 32768
+	DefaultMaxCallBytes         = 64 << 20
 	DefaultMaxAnswerBytes       = 64 << 20
 	DefaultMaxCapsPerMessage    = 4096
 	DefaultMaxImports           = 65536
@@ -110,6 +116,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxHeldAnswers <= 0 {
 		l.MaxHeldAnswers = DefaultMaxHeldAnswers
+	}
+	if l.MaxCallBytes <= 0 {
+		l.MaxCallBytes = DefaultMaxCallBytes
 	}
 	if l.MaxAnswerBytes <= 0 {
 		l.MaxAnswerBytes = DefaultMaxAnswerBytes

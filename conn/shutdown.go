@@ -295,6 +295,7 @@ func (s *state) abandonAnswers() {
 	for id, a := range s.answers {
 		if !a.returned {
 			s.running--
+			s.callBytes -= a.callBytes
 			s.report.Abandoned++
 			a.ctx.cancel()
 			if !s.peerGone && s.abortWith == nil {

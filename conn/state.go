@@ -32,6 +32,7 @@ type state struct {
 	byAnswer map[*capnp.Answer]*question // for receiverAnswer descriptors
 
 	running     int    // the peer's calls not yet returned (Options.MaxAnswers)
+	callBytes   int64  // their Call messages (Limits.MaxCallBytes)
 	answerBytes int64  // the Returns held until their Finish (Limits.MaxAnswerBytes)
 	seq         uint64 // creation order of questions and exports
 
