@@ -413,25 +413,7 @@ func bootstrapMsg(q uint32) func(rpccp.Message) error {
 
 // waitCall: a Call of Echo.wait(ms) on the answer to question boot.
 func waitCall(q, boot, ms uint32) func(rpccp.Message) error {
-	return func(m rpccp.Message) error {
-		c, err := m.NewCall()
-		if err != nil {
-			return err
-		}
-		c.SetQuestionId(q)
-		c.SetInterfaceId(interop.Echo_TypeID)
-		c.SetMethodId(6)
-		tgt, _ := c.NewTarget()
-		pa, _ := tgt.NewPromisedAnswer()
-		pa.SetQuestionId(boot)
-		params, _ := c.NewParams()
-		args, err := capnp.NewStruct(params.Segment(), capnp.ObjectSize{DataSize: 8})
-		if err != nil {
-			return err
-		}
-		args.SetUint32(0, ms)
-		return params.SetContent(args.ToPtr())
-	}
+	return callOn(q, onAnswer(boot), methodWait, waitArgs(ms))
 }
 
 // The ways a peer can end a connection, produced by a hand-driven peer

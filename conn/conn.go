@@ -132,28 +132,23 @@ const (
 
 func (o Options) withDefaults() Options {
 	o.Limits = o.Limits.withDefaults()
-	if o.MaxAnswers <= 0 {
-		o.MaxAnswers = DefaultMaxAnswers
-	}
-	if o.MaxExports <= 0 {
-		o.MaxExports = DefaultMaxExports
-	}
-	if o.DrainTimeout <= 0 {
-		o.DrainTimeout = DefaultDrainTimeout
-	}
-	if o.StopTimeout <= 0 {
-		o.StopTimeout = DefaultStopTimeout
-	}
-	if o.WriteTimeout <= 0 {
-		o.WriteTimeout = DefaultWriteTimeout
-	}
-	if o.LingerTimeout <= 0 {
-		o.LingerTimeout = DefaultLingerTimeout
-	}
+	orDefault(&o.MaxAnswers, DefaultMaxAnswers)
+	orDefault(&o.MaxExports, DefaultMaxExports)
+	orDefault(&o.DrainTimeout, DefaultDrainTimeout)
+	orDefault(&o.StopTimeout, DefaultStopTimeout)
+	orDefault(&o.WriteTimeout, DefaultWriteTimeout)
+	orDefault(&o.LingerTimeout, DefaultLingerTimeout)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return o
+}
+
+// orDefault sets *v to def when it is zero or negative (unset).
+func orDefault[T ~int | ~int64 | ~uint64 | ~uint](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
 }
 
 // Stats counts the entries of a connection's tables.

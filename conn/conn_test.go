@@ -153,7 +153,31 @@ func echoParams(call rpccp.Call, text string) error {
 	return p.SetContent(args.ToPtr())
 }
 
+// callImport: a Call of Echo.echo(text) on import id.
 func callImport(id, qid uint32, text string) func(rpccp.Message) error {
+	return echoCall(qid, 0, text, func(t rpccp.MessageTarget) error { t.SetImportedCap(id); return nil })
+}
+
+// callAnswer: a Call of Echo method (with echo's params) on the answer to
+// question q, at the pointer fields path.
+func callAnswer(q, qid uint32, method uint16, path ...uint16) func(rpccp.Message) error {
+	return echoCall(qid, method, "x", func(t rpccp.MessageTarget) error {
+		pa, err := t.NewPromisedAnswer()
+		if err != nil {
+			return err
+		}
+		pa.SetQuestionId(q)
+		ops, err := pa.NewTransform(int32(len(path)))
+		for i, p := range path {
+			ops.At(i).SetGetPointerField(p)
+		}
+		return err
+	})
+}
+
+// echoCall: a Call of Echo's method with echo's params on the target that
+// setTarget writes.
+func echoCall(qid uint32, method uint16, text string, setTarget func(rpccp.MessageTarget) error) func(rpccp.Message) error {
 	return func(m rpccp.Message) error {
 		call, err := m.NewCall()
 		if err != nil {
@@ -161,9 +185,14 @@ func callImport(id, qid uint32, text string) func(rpccp.Message) error {
 		}
 		call.SetQuestionId(qid)
 		call.SetInterfaceId(interop.Echo_TypeID)
-		call.SetMethodId(0)
-		t, _ := call.NewTarget()
-		t.SetImportedCap(id)
+		call.SetMethodId(method)
+		t, err := call.NewTarget()
+		if err != nil {
+			return err
+		}
+		if err := setTarget(t); err != nil {
+			return err
+		}
 		return echoParams(call, text)
 	}
 }

@@ -96,45 +96,19 @@ const (
 )
 
 func (l Limits) withDefaults() Limits {
-	if l.MaxFrameSize == 0 {
-		l.MaxFrameSize = DefaultMaxFrameSize
-	}
-	if l.MaxSegments == 0 {
-		l.MaxSegments = DefaultMaxSegments
-	}
-	if l.TraverseLimit == 0 {
-		l.TraverseLimit = 8 * l.MaxFrameSize
-	}
-	if l.DepthLimit == 0 {
-		l.DepthLimit = DefaultDepthLimit
-	}
-	if l.FrameTimeout <= 0 {
-		l.FrameTimeout = DefaultFrameTimeout
-	}
-	if l.MaxSendQueue <= 0 {
-		l.MaxSendQueue = DefaultMaxSendQueue
-	}
-	if l.MaxHeldAnswers <= 0 {
-		l.MaxHeldAnswers = DefaultMaxHeldAnswers
-	}
-	if l.MaxCallBytes <= 0 {
-		l.MaxCallBytes = DefaultMaxCallBytes
-	}
-	if l.MaxAnswerBytes <= 0 {
-		l.MaxAnswerBytes = DefaultMaxAnswerBytes
-	}
-	if l.MaxCapsPerMessage <= 0 {
-		l.MaxCapsPerMessage = DefaultMaxCapsPerMessage
-	}
-	if l.MaxImports <= 0 {
-		l.MaxImports = DefaultMaxImports
-	}
-	if l.MaxUnimplementedEcho == 0 {
-		l.MaxUnimplementedEcho = DefaultMaxUnimplementedEcho
-	}
-	if l.MaxReasonLength <= 0 {
-		l.MaxReasonLength = DefaultMaxReasonLength
-	}
+	orDefault(&l.MaxFrameSize, DefaultMaxFrameSize)
+	orDefault(&l.MaxSegments, DefaultMaxSegments)
+	orDefault(&l.TraverseLimit, 8*l.MaxFrameSize)
+	orDefault(&l.DepthLimit, DefaultDepthLimit)
+	orDefault(&l.FrameTimeout, DefaultFrameTimeout)
+	orDefault(&l.MaxSendQueue, DefaultMaxSendQueue)
+	orDefault(&l.MaxHeldAnswers, DefaultMaxHeldAnswers)
+	orDefault(&l.MaxCallBytes, DefaultMaxCallBytes)
+	orDefault(&l.MaxAnswerBytes, DefaultMaxAnswerBytes)
+	orDefault(&l.MaxCapsPerMessage, DefaultMaxCapsPerMessage)
+	orDefault(&l.MaxImports, DefaultMaxImports)
+	orDefault(&l.MaxUnimplementedEcho, DefaultMaxUnimplementedEcho)
+	orDefault(&l.MaxReasonLength, DefaultMaxReasonLength)
 	return l
 }
 

@@ -205,25 +205,6 @@ func FuzzConnMessages(f *testing.F) {
 		return out
 	}
 	boot := func(m rpccp.Message) error { b, err := m.NewBootstrap(); b.SetQuestionId(0); return err }
-	onAnswer := func(q, qid uint32, method uint16, path ...uint16) func(rpccp.Message) error {
-		return func(m rpccp.Message) error {
-			call, err := m.NewCall()
-			if err != nil {
-				return err
-			}
-			call.SetQuestionId(qid)
-			call.SetInterfaceId(interop.Echo_TypeID)
-			call.SetMethodId(method)
-			t, _ := call.NewTarget()
-			pa, _ := t.NewPromisedAnswer()
-			pa.SetQuestionId(q)
-			ops, _ := pa.NewTransform(int32(len(path)))
-			for i, p := range path {
-				ops.At(i).SetGetPointerField(p)
-			}
-			return echoParams(call, "x")
-		}
-	}
 	resolve := func(id, to uint32) func(rpccp.Message) error {
 		return func(m rpccp.Message) error {
 			r, err := m.NewResolve()
@@ -236,8 +217,8 @@ func FuzzConnMessages(f *testing.F) {
 	f.Add(frames(callImport(0, 1, "x")))
 	f.Add(frames(boot, callImport(0, 1, "x")))
 	f.Add(frames(func(m rpccp.Message) error { r, err := m.NewRelease(); r.SetId(0); r.SetReferenceCount(1); return err }))
-	f.Add(frames(boot, onAnswer(0, 1, 6), onAnswer(1, 2, 0, 0), onAnswer(0, 3, 2), onAnswer(3, 4, 99, 0), onAnswer(3, 5, 0, 0, 0)))
-	f.Add(frames(boot, onAnswer(0, 1, 2), onAnswer(1, 2, 2, 0), onAnswer(2, 3, 0, 0), func(m rpccp.Message) error {
+	f.Add(frames(boot, callAnswer(0, 1, 6), callAnswer(1, 2, 0, 0), callAnswer(0, 3, 2), callAnswer(3, 4, 99, 0), callAnswer(3, 5, 0, 0, 0)))
+	f.Add(frames(boot, callAnswer(0, 1, 2), callAnswer(1, 2, 2, 0), callAnswer(2, 3, 0, 0), func(m rpccp.Message) error {
 		fin, err := m.NewFinish()
 		fin.SetQuestionId(1)
 		return err
