@@ -1030,3 +1030,27 @@ func TestHostileShutdownManyLingering(t *testing.T) {
 	}
 	t.Logf("51 connections shut down in %v", rep.Took)
 }
+
+// TestStopByProtoactorParent: stopping a vat actor the protoactor way
+// stops its connections through the same close path as Close: the peer
+// (one of ours) reads the epitaph CANCELED, not a reset.
+func TestStopByProtoactorParent(t *testing.T) {
+	p := newPair(t, conn.Options{}, conn.Options{})
+	if got, err := echoText(context.Background(), p.echo, "before"); err != nil || got != "before" {
+		t.Fatalf("echo: %q, %v", got, err)
+	}
+	p.server.vat.System().Root.Stop(p.server.vat.PID())
+	sd := p.server.waitDown(t)
+	var ls supervisor.LocalShutdown
+	if !errors.As(sd.Reason, &ls) || ls.Epitaph.Code != supervisor.Canceled {
+		t.Fatalf("server: %v", sd.Reason)
+	}
+	cd := p.client.waitDown(t)
+	var pe supervisor.PeerEpitaph
+	if !errors.As(cd.Reason, &pe) || pe.Epitaph.Code != supervisor.Canceled {
+		t.Fatalf("client: %v", cd.Reason)
+	}
+	if ph := sd.Phases; ph[len(ph)-1].Phase != conn.PhaseCloseSocket {
+		t.Fatalf("server phases: %v", ph)
+	}
+}
