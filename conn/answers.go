@@ -42,8 +42,14 @@ type answer struct {
 	retState     atomic.Int32                  // retWritten | retDropped | retReleased
 	retMsg       atomic.Pointer[capnp.Message] // the queued Return, freed once retState is retAll
 
+	// hc is the callee's Returner (wrapping the answer) and holds the
+	// calls the peer pipelines on the answer until its results are
+	// there: the callee's Return delivers them, on its goroutine, in
+	// arrival order, before the Return is sent. Unused by bootstraps and
+	// refused calls, which return at once.
+	hc heldCall
+
 	// Owned by the connection actor.
-	pipelined      []heldRecv   // calls on a capability in the results, waiting for the Return (E-order)
 	held           []heldResult // capabilities in the results handed out before the Return
 	returned       bool
 	finished       bool
@@ -59,15 +65,6 @@ const noExport = ^uint32(0)
 
 // answerReturned: the callee called Return.
 type answerReturned struct{ a *answer }
-
-// heldRecv is a call the peer pipelined on an answer still running: it
-// waits in the answer, in arrival order, and goes to the capability in the
-// results once they are there.
-type heldRecv struct {
-	ctx       context.Context
-	transform []capnp.PipelineOp
-	recv      capnp.Recv
-}
 
 // heldResult is a capability in an answer's results that was handed out
 // (a receiverAnswer descriptor) before the answer returned.
@@ -243,19 +240,19 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message, sc *Sidecar) (ke
 		return false, fmt.Errorf("%w: call target: %v", ErrMalformedFrame, err)
 	}
 	a.args = msg
-	recv := capnp.Recv{
+	a.hc.init(&a.ctx, capnp.Recv{
 		Method:      method,
 		Args:        content.Struct(),
 		ReleaseArgs: a.releaseArgs,
 		Returner:    a,
-	}
+	})
 	switch target.Which() {
 	case rpccp.MessageTarget_Which_importedCap:
 		e := s.exports.get(target.ImportedCap())
 		if e == nil {
 			return false, fmt.Errorf("%w: call on export %d, which we do not export (released?)", ErrUnknownID, target.ImportedCap())
 		}
-		e.client.RecvCall(&a.ctx, recv) // a failure comes back through Return
+		e.client.RecvCall(&a.ctx, a.hc.recv) // a failure comes back through Return
 	case rpccp.MessageTarget_Which_promisedAnswer:
 		pa, err := target.PromisedAnswer()
 		if err != nil {
@@ -269,7 +266,7 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message, sc *Sidecar) (ke
 		if err != nil {
 			return false, err
 		}
-		s.deliverPipelined(&a.ctx, pans, transform, recv)
+		s.deliverPipelined(pans, transform, &a.hc)
 	default:
 		return false, fmt.Errorf("%w: call target of unknown kind %d", ErrMalformedFrame, target.Which())
 	}
@@ -278,19 +275,17 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message, sc *Sidecar) (ke
 
 // deliverPipelined delivers a call made on a capability inside the answer
 // to another call: it waits in that answer while the call runs, and goes
-// to the capability in its results once it has returned. A missing or
-// null capability, or a failed call, answers it with an exception.
-func (s *state) deliverPipelined(ctx context.Context, pans *answer, transform []capnp.PipelineOp, r capnp.Recv) {
-	if !pans.returned {
-		pans.pipelined = append(pans.pipelined, heldRecv{ctx: ctx, transform: transform, recv: r})
+// to the capability in its results once they are there (the callee's
+// Return delivers it). A missing or null capability, or a failed call,
+// answers it with an exception.
+func (s *state) deliverPipelined(pans *answer, transform []capnp.PipelineOp, call *heldCall) {
+	if pans.hc.inner != nil {
+		pans.hc.pipeline(pipelinedCall{transform: transform, call: call})
 		return
 	}
+	// A bootstrap or a refused call: returned when it arrived.
 	c, err := s.resultCap(pans, transform)
-	if err != nil {
-		r.Reject(err)
-		return
-	}
-	c.RecvCall(ctx, r)
+	call.deliverTo(c, err)
 }
 
 // resultCap returns (borrowed) the capability at transform in a's results,
@@ -313,34 +308,27 @@ func (s *state) resultCap(a *answer, transform []capnp.PipelineOp) (capnp.Client
 	return pipelineTarget(root, nil, transform)
 }
 
-// releasePipelined hands the calls and capabilities that waited for a's
-// Return to its results, in the order they arrived.
-func (s *state) releasePipelined(a *answer) {
+// releaseHeld hands the capabilities of a's results that were handed out
+// before its Return to what they point at.
+func (s *state) releaseHeld(a *answer) {
 	for _, h := range a.held {
 		c, err := s.resultCap(a, h.transform)
 		h.cap.resolve(h.resolver, c.AddRef(), err)
 	}
-	for _, p := range a.pipelined {
-		if c, err := s.resultCap(a, p.transform); err != nil {
-			p.recv.Reject(err)
-		} else {
-			c.RecvCall(p.ctx, p.recv)
-		}
-	}
-	a.held, a.pipelined = nil, nil
+	a.held = nil
 }
 
 // failPipelined fails what waits for a's Return, which will never come:
-// the held capabilities resolve to err; the pipelined calls, answers of
-// their own, are abandoned with it, so only their arguments are freed.
+// the held capabilities resolve to err, and the calls pipelined on it
+// fail with it.
 func (s *state) failPipelined(a *answer, err error) {
 	for _, h := range a.held {
 		h.cap.resolve(h.resolver, capnp.Client{}, err)
 	}
-	for _, p := range a.pipelined {
-		p.recv.ReleaseArgs()
+	a.held = nil
+	if a.hc.inner != nil {
+		a.hc.fail(err)
 	}
-	a.held, a.pipelined = nil, nil
 }
 
 // answerReturned sends the Return for a.
@@ -377,7 +365,7 @@ func (s *state) answerReturned(a *answer) {
 	// the peer's Finish has come: calls pipelined on them arrive until
 	// then.
 	a.retMsg.Store(a.msg)
-	s.releasePipelined(a)
+	s.releaseHeld(a)
 	s.queue(a.msg, a, nil)
 	if a.finished {
 		s.dropAnswer(a)

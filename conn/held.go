@@ -165,10 +165,31 @@ type pipelinedCall struct {
 }
 
 func newHeldCall(ctx context.Context, r capnp.Recv) *heldCall {
-	hc := &heldCall{ctx: ctx, inner: r.Returner}
+	hc := new(heldCall)
+	hc.init(ctx, r)
+	return hc
+}
+
+// init makes hc the Returner of r (a heldCall can live inside another
+// struct: an answer).
+func (hc *heldCall) init(ctx context.Context, r capnp.Recv) {
+	hc.ctx, hc.inner = ctx, r.Returner
 	hc.recv = r
 	hc.recv.Returner = hc
-	return hc
+}
+
+// fail fails the calls pipelined on this one, whose results will never
+// come (the connection abandoned the call); they go nowhere afterwards.
+func (hc *heldCall) fail(err error) {
+	hc.mu.Lock()
+	pending := hc.pipelined
+	hc.pipelined = nil
+	hc.err = err
+	hc.returned, hc.results = true, capnp.Struct{}
+	hc.mu.Unlock()
+	for _, p := range pending {
+		p.call.deliverTo(capnp.Client{}, err)
+	}
 }
 
 // deliverTo hands the call to target, or fails it with err.
@@ -184,7 +205,9 @@ func (hc *heldCall) AllocResults(sz capnp.ObjectSize) (capnp.Struct, error) {
 	st, err := hc.inner.AllocResults(sz)
 	if err == nil {
 		hc.mu.Lock()
-		hc.results = st
+		if !hc.returned {
+			hc.results = st
+		}
 		hc.mu.Unlock()
 	}
 	return st, err
@@ -192,7 +215,9 @@ func (hc *heldCall) AllocResults(sz capnp.ObjectSize) (capnp.Struct, error) {
 
 func (hc *heldCall) PrepareReturn(e error) {
 	hc.mu.Lock()
-	hc.err = e
+	if !hc.returned {
+		hc.err = e
+	}
 	hc.mu.Unlock()
 	hc.inner.PrepareReturn(e)
 }
@@ -201,7 +226,7 @@ func (hc *heldCall) PrepareReturn(e error) {
 // its results (or fails them), then returns to the caller.
 func (hc *heldCall) Return() {
 	hc.mu.Lock()
-	hc.returned = true
+	hc.returned = true // (already, if the call was abandoned: nothing is pipelined then)
 	for _, p := range hc.pipelined { // under mu: a later pipelined call waits its turn
 		hc.deliverPipelined(p)
 	}
