@@ -672,6 +672,9 @@ func TestHostileDeclaredSize(t *testing.T) {
 	}
 	for _, p := range peers {
 		wantReason[supervisor.TransportError](t, a.down(p), conn.ErrFrameTimeout)
+		if n := countPrefix(p, ""); n != 0 {
+			t.Fatalf("%d messages sent to a peer whose frame never came", n)
+		}
 	}
 	h.check(t, 50*256<<10+8<<20, "50 peers declaring 64 MiB") // a first chunk each (256 KiB), not 64 MiB
 	a.checkHealthy()
