@@ -57,25 +57,32 @@ type arena struct {
 // debug) and a healthy vat-to-vat connection that echoes in a loop.
 func newArena(t *testing.T, copts conn.Options, debug bool) *arena {
 	t.Helper()
+	return newArenaWith(t, actors.Options{}, copts, debug)
+}
+
+// newArenaWith is newArena with the victim vat's options (its Name,
+// Conn, Bootstrap, OnEvent and Logger are set here).
+func newArenaWith(t *testing.T, opts actors.Options, copts conn.Options, debug bool) *arena {
+	t.Helper()
 	leaks := append([]goleak.Option{goleak.IgnoreCurrent()}, leakOptions...)
 	t.Cleanup(func() { goleak.VerifyNone(t, leaks...) }) // runs last
 	if copts.LingerTimeout == 0 {
 		copts.LingerTimeout = 200 * time.Millisecond // the peers here never send their FIN
 	}
 	a := &arena{t: t, downs: map[string]conn.Down{}, downCh: make(chan struct{}, 1), logs: &wireLog{}}
-	opts := actors.Options{Name: "victim", Conn: copts,
-		Bootstrap: capnp.Client(interop.NewEchoServer().Client(actors.NewServer)),
-		OnEvent: func(e conn.Event) {
-			if d, ok := e.(conn.Down); ok {
-				a.mu.Lock()
-				a.downs[d.Conn.Peer()] = d
-				a.mu.Unlock()
-				select {
-				case a.downCh <- struct{}{}:
-				default:
-				}
+	opts.Name, opts.Conn = "victim", copts
+	opts.Bootstrap = capnp.Client(interop.NewEchoServer().Client(actors.NewServer))
+	opts.OnEvent = func(e conn.Event) {
+		if d, ok := e.(conn.Down); ok {
+			a.mu.Lock()
+			a.downs[d.Conn.Peer()] = d
+			a.mu.Unlock()
+			select {
+			case a.downCh <- struct{}{}:
+			default:
 			}
-		}}
+		}
+	}
 	opts.Logger = slog.New(logRecorder{a.logs, debug})
 	a.vat = actors.Spawn(opts)
 	addr, err := a.vat.Listen("tcp", "127.0.0.1:0")
@@ -1056,4 +1063,25 @@ func TestStopByProtoactorParent(t *testing.T) {
 	if ph := sd.Phases; ph[len(ph)-1].Phase != conn.PhaseCloseSocket {
 		t.Fatalf("server phases: %v", ph)
 	}
+}
+
+// TestHostileManyConns: the vat accepts at most MaxConns connections at
+// once; the next peer waits in the backlog until one ends, then is served.
+func TestHostileManyConns(t *testing.T) {
+	a := newArenaWith(t, actors.Options{MaxConns: 3}, conn.Options{}, false) // the healthy connection is one
+	first, second := a.attack(true), a.attack(true)
+	for _, p := range []*hostilePeer{first, second} {
+		p.send(bootstrapMsg(0))
+		p.expect("return q0")
+	}
+	third := a.attack(true) // connected in the kernel, not accepted
+	third.send(bootstrapMsg(0))
+	select {
+	case d := <-third.recv:
+		t.Fatalf("a connection past MaxConns was served: %s", d)
+	case <-time.After(200 * time.Millisecond):
+	}
+	first.nc.Close()
+	third.expect("return q0")
+	a.checkHealthy()
 }

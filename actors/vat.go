@@ -41,6 +41,13 @@ type Options struct {
 	// Vat.Shutdown; when it expires the connection's remaining waits are
 	// skipped and its socket closed. Default 10s.
 	StopTimeout time.Duration
+	// MaxConns bounds the connections accepted by the vat's listeners that
+	// are open at once (the vat-wide budget: each connection has its own,
+	// conn.Limits). At the bound the listeners accept nothing more, and
+	// new peers wait in the kernel's backlog, until a connection ends.
+	// Connections dialed or given to Serve are not counted. Default
+	// 16384; negative: no bound.
+	MaxConns int
 	// OnEvent, if set, receives the lifecycle events of every connection
 	// of the vat (conn.Up, conn.Busy, conn.Idle, conn.PhaseDone,
 	// conn.ActorStopped, conn.Down), on the connection actor's goroutine:
@@ -52,8 +59,11 @@ type Options struct {
 	TracerProvider trace.TracerProvider
 }
 
-// DefaultStopTimeout is the default of Options.StopTimeout.
-const DefaultStopTimeout = 10 * time.Second
+// Defaults of Options.
+const (
+	DefaultStopTimeout = 10 * time.Second
+	DefaultMaxConns    = 16384
+)
 
 // ErrStopped is returned by a vat's methods once it has stopped.
 var ErrStopped = errors.New("vat stopped")
@@ -65,7 +75,8 @@ type Vat struct {
 	ownSystem bool
 	pid       *actor.PID
 
-	stopping chan struct{} // closed when the vat begins to stop
+	stopping  chan struct{} // closed when the vat begins to stop
+	connSlots chan struct{} // one token per accepted connection open (Options.MaxConns); nil: no bound
 
 	mu          sync.Mutex // guards the following
 	stopped     bool
@@ -93,10 +104,16 @@ func Spawn(opts Options) *Vat {
 	if opts.StopTimeout <= 0 {
 		opts.StopTimeout = DefaultStopTimeout
 	}
+	if opts.MaxConns == 0 {
+		opts.MaxConns = DefaultMaxConns
+	}
 	if opts.TracerProvider != nil {
 		opts.Conn.TracerProvider = opts.TracerProvider
 	}
 	v := &Vat{opts: opts, system: opts.System, stopping: make(chan struct{})}
+	if opts.MaxConns > 0 {
+		v.connSlots = make(chan struct{}, opts.MaxConns)
+	}
 	if v.system == nil {
 		v.system, v.ownSystem = QuietSystem(), true
 	}
@@ -148,8 +165,12 @@ func (v *Vat) acceptLoop(l net.Listener) {
 	defer v.accepting.Done()
 	var delay time.Duration
 	for {
+		if !v.takeConnSlot() {
+			return
+		}
 		c, err := l.Accept()
 		if err != nil {
+			v.giveConnSlot()
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -170,15 +191,43 @@ func (v *Vat) acceptLoop(l net.Listener) {
 			v.opts.Logger.Info("capnp: accepting again", "addr", l.Addr())
 			delay = 0
 		}
-		if _, err := v.serve(c, "server", nil); err != nil {
+		if _, err := v.serveAccepted(c); err != nil {
+			v.giveConnSlot()
 			c.Close()
 		}
 	}
 }
 
+// takeConnSlot waits until an accepted connection may be opened
+// (Options.MaxConns); false: the vat is stopping.
+func (v *Vat) takeConnSlot() bool {
+	if v.connSlots == nil {
+		return true
+	}
+	select {
+	case v.connSlots <- struct{}{}:
+		return true
+	case <-v.stopping:
+		return false
+	}
+}
+
+// giveConnSlot returns the slot of an accepted connection that has ended.
+func (v *Vat) giveConnSlot() {
+	if v.connSlots != nil {
+		<-v.connSlots
+	}
+}
+
 // Serve runs a connection over an already-open socket, as the accepting
 // side.
-func (v *Vat) Serve(c net.Conn) (*conn.Conn, error) { return v.serve(c, "server", nil) }
+func (v *Vat) Serve(c net.Conn) (*conn.Conn, error) { return v.serve(spawnConn{nc: c, role: "server"}) }
+
+// serveAccepted is Serve for a listener's connection: it holds a slot of
+// Options.MaxConns until it ends.
+func (v *Vat) serveAccepted(c net.Conn) (*conn.Conn, error) {
+	return v.serve(spawnConn{nc: c, role: "server", slot: v.connSlots != nil})
+}
 
 // Dial connects to address and returns the peer's bootstrap capability,
 // resolved, and the connection. The caller releases the client. The
@@ -189,7 +238,8 @@ func (v *Vat) Dial(ctx context.Context, network, address string) (capnp.Client, 
 	if err != nil {
 		return capnp.Client{}, nil, err
 	}
-	cn, err := v.serve(nc, "client", trace.ContextWithSpanContext(context.Background(), trace.SpanContextFromContext(ctx)))
+	cn, err := v.serve(spawnConn{nc: nc, role: "client",
+		spanParent: trace.ContextWithSpanContext(context.Background(), trace.SpanContextFromContext(ctx))})
 	if err != nil {
 		nc.Close()
 		return capnp.Client{}, nil, err
@@ -223,16 +273,17 @@ type spawnConn struct {
 	nc         net.Conn
 	role       string
 	spanParent context.Context
+	slot       bool // it holds a slot of Options.MaxConns, given back at its Down
 }
 
-func (v *Vat) serve(nc net.Conn, role string, spanParent context.Context) (*conn.Conn, error) {
+func (v *Vat) serve(sc spawnConn) (*conn.Conn, error) {
 	v.mu.Lock()
 	stopped := v.stopped
 	v.mu.Unlock()
 	if stopped {
 		return nil, ErrStopped
 	}
-	res, err := v.system.Root.RequestFuture(v.pid, spawnConn{nc: nc, role: role, spanParent: spanParent}, 10*time.Second).Result()
+	res, err := v.system.Root.RequestFuture(v.pid, sc, 10*time.Second).Result()
 	if err != nil {
 		return nil, fmt.Errorf("vat %s: %w", v.opts.Name, err)
 	}
@@ -400,8 +451,9 @@ func (v *Vat) event(e conn.Event) {
 // vatActor is the vat's actor: it spawns connection actors as children and
 // keeps them in start order.
 type vatActor struct {
-	v     *Vat
-	conns []*conn.Conn
+	v       *Vat
+	conns   []*conn.Conn
+	slotted map[*conn.Conn]bool // accepted connections holding a slot of Options.MaxConns
 }
 
 func (a *vatActor) Receive(ctx actor.Context) {
@@ -424,6 +476,12 @@ func (a *vatActor) Receive(ctx actor.Context) {
 		}
 		c := conn.Spawn(ctx, a.v.system.Root, conn.NewStreamTransport(m.nc, opts.Limits), opts)
 		a.conns = append(a.conns, c)
+		if m.slot {
+			if a.slotted == nil {
+				a.slotted = map[*conn.Conn]bool{}
+			}
+			a.slotted[c] = true
+		}
 		ctx.Respond(c)
 	case spawnChild:
 		ctx.Respond(ctx.Spawn(m.props))
@@ -443,6 +501,10 @@ func (a *vatActor) Receive(ctx actor.Context) {
 				a.conns = append(a.conns[:i], a.conns[i+1:]...)
 				break
 			}
+		}
+		if a.slotted[m.Conn] {
+			delete(a.slotted, m.Conn)
+			a.v.giveConnSlot()
 		}
 	}
 }
