@@ -233,15 +233,28 @@ func (a *arena) attack(read bool) *hostilePeer {
 				}
 				m, err := rpccp.ReadRootMessage(msg)
 				if err == nil {
-					select {
-					case p.recv <- conn.DescribeMessage(m):
-					default: // a peer flooded with answers keeps only the first ones
-					}
+					keepLatest(p.recv, conn.DescribeMessage(m))
 				}
 			}
 		}()
 	}
 	return p
+}
+
+// keepLatest queues d; a peer flooded with answers drops the oldest it
+// has not looked at, so that the last messages (an Abort) are kept.
+func keepLatest(ch chan string, d string) {
+	for {
+		select {
+		case ch <- d:
+			return
+		default:
+		}
+		select {
+		case <-ch:
+		default:
+		}
+	}
 }
 
 // send writes one message built by fill.
@@ -298,16 +311,27 @@ type heapWatch struct {
 	done chan struct{}
 }
 
+// end stops the watch (once).
+func (h *heapWatch) end() {
+	select {
+	case <-h.stop:
+	default:
+		close(h.stop)
+	}
+	<-h.done
+}
+
 func liveHeap() uint64 {
 	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	metrics.Read(s)
 	return s[0].Value.Uint64()
 }
 
-func watchHeap() *heapWatch {
+func watchHeap(t *testing.T) *heapWatch {
 	runtime.GC()
 	h := &heapWatch{base: liveHeap(), stop: make(chan struct{}), done: make(chan struct{})}
 	h.peak.Store(h.base)
+	t.Cleanup(h.end)
 	go func() {
 		defer close(h.done)
 		for {
@@ -327,8 +351,7 @@ func watchHeap() *heapWatch {
 // check stops the watch and checks the growth is within limit.
 func (h *heapWatch) check(t *testing.T, limit uint64, what string) {
 	t.Helper()
-	close(h.stop)
-	<-h.done
+	h.end()
 	grew := int64(h.peak.Load()) - int64(h.base)
 	t.Logf("%s: live heap grew by at most %.1f MiB (bound %.1f MiB)", what, float64(grew)/(1<<20), float64(limit)/(1<<20))
 	if grew > int64(limit) {
@@ -589,7 +612,7 @@ func TestHostileNeverReads(t *testing.T) {
 	const budget = 1 << 20
 	a := newArena(t, conn.Options{Limits: conn.Limits{MaxSendQueue: budget, MaxCallBytes: budget}, WriteTimeout: 500 * time.Millisecond}, false)
 	p := a.attack(false)
-	h := watchHeap()
+	h := watchHeap(t)
 	big := strings.Repeat("x", 32<<10)
 	p.send(bootstrapMsg(0))
 	for q := uint32(1); ; q++ {
@@ -627,7 +650,7 @@ func TestHostileNeverFinishes(t *testing.T) {
 			const held = 2000
 			a := newArena(t, conn.Options{MaxAnswers: 100, Limits: conn.Limits{MaxHeldAnswers: held}}, false)
 			p := a.attack(true)
-			h := watchHeap()
+			h := watchHeap(t)
 			p.send(bootstrapMsg(0))
 			for q := uint32(1); q <= 3*held; q++ {
 				if !p.write(marshal(t, tc.msg(q))) {
@@ -667,7 +690,7 @@ func marshal(t *testing.T, fill func(rpccp.Message) error) []byte {
 // they declared, and each ends at FrameTimeout.
 func TestHostileDeclaredSize(t *testing.T) {
 	a := newArena(t, conn.Options{Limits: conn.Limits{FrameTimeout: time.Second}}, false)
-	h := watchHeap()
+	h := watchHeap(t)
 	var peers []*hostilePeer
 	for range 50 {
 		p := a.attack(true)
@@ -710,7 +733,7 @@ func TestHostileSlowFrame(t *testing.T) {
 func TestHostileUnimplementedEcho(t *testing.T) {
 	a := newArena(t, conn.Options{}, false)
 	p := a.attack(true)
-	h := watchHeap()
+	h := watchHeap(t)
 	p.send(func(m rpccp.Message) error {
 		if err := callOn(1, onAnswer(0), methodEcho, textArgs(strings.Repeat("u", 1<<20)))(m); err != nil {
 			return err
@@ -743,7 +766,7 @@ func TestHostileManyCaps(t *testing.T) {
 		}
 		return textArgs("x")(pl)
 	}))
-	h := watchHeap()
+	h := watchHeap(t)
 	p.write(frame)
 	if ab := p.expect("abort"); !strings.Contains(ab, "MaxCapsPerMessage") {
 		t.Fatalf("abort %s", ab)
