@@ -89,7 +89,8 @@ func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar
 }
 
 // overloaded answers a with "overloaded" when more of the peer's calls
-// than Options.MaxAnswers are running; it reports whether it did.
+// are running than Options.MaxAnswers, or more bytes of them than
+// Limits.MaxCallBytes; it reports whether it did.
 func (s *state) overloaded(a *answer) bool {
 	switch lim := s.c.opts.Limits.MaxCallBytes; {
 	case s.running > s.c.opts.MaxAnswers:
