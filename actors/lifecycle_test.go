@@ -537,6 +537,16 @@ func TestEndRawPeer(t *testing.T) {
 			t.Fatal(err)
 		}
 		server.waitDown(t)
+		// A write that makes no progress for WriteTimeout ends the
+		// connection by itself; if the Shutdown came first, its
+		// closeWrite is cut at WriteTimeout instead.
+		if errors.Is(rep.Reason, conn.ErrPeerNotReading) {
+			var te supervisor.TransportError
+			if !errors.As(rep.Reason, &te) {
+				t.Errorf("reason %v, want a TransportError", rep.Reason)
+			}
+			return
+		}
 		cut := false
 		for _, ph := range rep.Phases {
 			if ph.Phase == conn.PhaseCloseWrite && ph.CutShort {
@@ -544,7 +554,7 @@ func TestEndRawPeer(t *testing.T) {
 			}
 		}
 		if !cut {
-			t.Errorf("closeWrite not cut short although the peer never read: %v", rep.Phases)
+			t.Errorf("closeWrite not cut short although the peer never read: %v (%v)", rep.Phases, rep.Reason)
 		}
 	})
 

@@ -480,9 +480,10 @@ func (c *Conn) readLoop() {
 // socket. hard skips both waits.
 func (c *Conn) closeSocket(hard bool) socketResult {
 	m := socketResult{hard: hard, closeWriteStart: time.Now()}
+	// Cut short: past WriteTimeout, or the writer gave up (a write that
+	// made no progress for WriteTimeout, or failed).
+	m.flushCut = c.out.writeFailed()
 	if !hard {
-		// Cut short: past WriteTimeout, or the writer gave up (a write
-		// that made no progress for WriteTimeout).
 		m.flushCut = !c.waitFor(&c.writer, c.opts.WriteTimeout) || c.out.writeFailed()
 	}
 	m.lingerStart = time.Now()

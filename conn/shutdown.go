@@ -210,7 +210,12 @@ func (s *state) transportFailed(err error) {
 		return
 	}
 	s.peerGone = true
+	s.hard = true
 	s.record(supervisor.TransportError{Err: err})
+	if s.phase == phaseDraining {
+		s.endDrain(true, "the socket failed: "+err.Error())
+		return
+	}
 	s.close(true)
 }
 
@@ -224,7 +229,7 @@ func (s *state) close(hard bool) {
 	c := s.c
 	s.traceShutdownBegin()
 	s.phase = phaseStopQuestions
-	s.hard = hard
+	s.hard = s.hard || hard
 	c.mu.Lock()
 	c.closed = true // from now on posts fail: callers get disconnected
 	c.mu.Unlock()
@@ -576,7 +581,7 @@ func (s *state) sendAbort(typ rpccp.Exception_Type, reason string, ep *superviso
 // closer goroutine.
 func (s *state) socketClosed(m socketResult) {
 	s.phaseDone(PhaseReport{Phase: PhaseCloseWrite, Start: m.closeWriteStart, Took: m.lingerStart.Sub(m.closeWriteStart),
-		CutShort: m.flushCut, Skipped: m.hard, Note: m.closeWriteNote()})
+		CutShort: m.flushCut, Skipped: m.hard && !m.flushCut, Note: m.closeWriteNote()})
 	s.phaseDone(PhaseReport{Phase: PhaseLinger, Start: m.lingerStart, Took: m.closeStart.Sub(m.lingerStart),
 		CutShort: m.lingerCut, Skipped: m.hard || m.flushCut})
 	s.phaseDone(PhaseReport{Phase: PhaseCloseSocket, Start: m.closeStart, Took: time.Since(m.closeStart)})
