@@ -226,8 +226,11 @@ func (hc *heldCall) PrepareReturn(e error) {
 // its results (or fails them), then returns to the caller.
 func (hc *heldCall) Return() {
 	hc.mu.Lock()
-	hc.returned = true // (already, if the call was abandoned: nothing is pipelined then)
-	for _, p := range hc.pipelined { // under mu: a later pipelined call waits its turn
+	// Already returned if the call was abandoned (fail): nothing is
+	// pipelined then. Delivered under mu: a later pipelined call waits
+	// its turn.
+	hc.returned = true
+	for _, p := range hc.pipelined {
 		hc.deliverPipelined(p)
 	}
 	hc.pipelined = nil
