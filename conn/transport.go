@@ -69,8 +69,14 @@ func (t *streamTransport) RecvFrame() (Frame, error) {
 	if err := t.r.await(); err != nil {
 		return Frame{}, err
 	}
-	// From its first bytes, the frame has FrameTimeout to arrive whole:
-	// the deadline is set only if a read has to wait for more of it.
+	return t.readTimedFrame()
+}
+
+// readTimedFrame reads the frame whose first bytes have arrived. It has
+// FrameTimeout to arrive whole: the deadline is set only if a read has to
+// wait for more of it. (A function of its own, so that RecvFrame's frame,
+// on an idle reader's stack, stays small.)
+func (t *streamTransport) readTimedFrame() (Frame, error) {
 	t.r.midFrame = true
 	f, err := readFrame(t.r, t.lim)
 	t.r.midFrame = false
