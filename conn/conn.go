@@ -171,6 +171,7 @@ func (s Stats) String() string {
 type Conn struct {
 	opts      Options
 	transport Transport
+	stream    streamWriter // the transport's, if it has one (nil: SendFrames alone)
 	root      *actor.RootContext
 	pid       atomic.Pointer[actor.PID] // set by Spawn and by the actor's Started
 	start     time.Time
@@ -229,9 +230,10 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 	c.out.start, c.out.writers = c.startWriter, &c.writer
 	c.out.wake = make(chan struct{}, 1)
 	c.out.limit = opts.Limits.MaxSendQueue
-	if st, ok := t.(*streamTransport); ok {
-		st.writeTimeout = opts.WriteTimeout
-		if st.raw != nil {
+	if sw, ok := t.(streamWriter); ok {
+		c.stream = sw
+		sw.setWriteTimeout(opts.WriteTimeout)
+		if sw.canTry() {
 			c.out.inline = c.writeInline
 		}
 	}

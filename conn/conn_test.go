@@ -49,7 +49,7 @@ func newHarnessWith(t *testing.T, opts Options) *harness {
 	t.Helper()
 	bootstrap := opts.Bootstrap
 	sys := actor.NewActorSystem(actor.WithLoggerFactory(quietLogger))
-	a, b := NewPipe()
+	a, b := newPipe()
 	h := &harness{t: t, sys: sys, peer: b, in: make(chan *capnp.Message, 64)}
 	opts.Peer, opts.LingerTimeout = "test", 100*time.Millisecond
 	h.c = Spawn(sys.Root, sys.Root, a, opts)

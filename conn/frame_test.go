@@ -246,7 +246,7 @@ func FuzzConnMessages(f *testing.F) {
 			panic("the connection did not end:\n" + string(buf[:runtime.Stack(buf, true)]))
 		})
 		defer watchdog.Stop()
-		a, b := NewPipe()
+		a, b := newPipe()
 		echo := capnp.Client(interop.NewEchoServer().Client(interop.PlainServer))
 		defer echo.Release()
 		c := Spawn(sys.Root, sys.Root, a, Options{Bootstrap: echo,

@@ -3,14 +3,10 @@ package conn
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"sync"
 	"syscall"
 	"time"
-
-	"capnproto.org/go/capnp/v3"
 )
 
 // Transport moves whole frames: a Cap'n Proto message and its sidecar. The
@@ -25,8 +21,32 @@ type Transport interface {
 	// CloseWrite shuts down the write side (TCP FIN) where the transport
 	// has one; otherwise it closes.
 	CloseWrite() error
-	// Close releases the transport; a blocked RecvMessage returns.
+	// Close releases the transport; a blocked RecvFrame returns.
 	Close() error
+}
+
+// streamWriter is what the connection's writing side uses of a transport
+// beyond Transport when the transport has it (the stream transport does):
+// the actor's own write of a batch without waiting (trySend, see
+// Conn.writeInline), the writer goroutine's write of what that left
+// (writeRest), a bound on each write's wait for progress, and dropping
+// the write buffers of an idle connection. A transport without it is
+// written by the writer goroutine alone, with SendFrames.
+type streamWriter interface {
+	// trySend writes frames without waiting for the socket; handled is
+	// false, and nothing written, when it cannot. rest is what the socket
+	// did not take, to be written next.
+	trySend(frames []Frame) (handled bool, rest []byte, err error)
+	// canTry reports whether trySend can ever handle frames.
+	canTry() bool
+	// writeRest writes what trySend left.
+	writeRest(rest []byte) error
+	// setWriteTimeout bounds each wait of a write for progress
+	// (Options.WriteTimeout).
+	setWriteTimeout(time.Duration)
+	// releaseBuffers drops the write buffers; the writer calls it as it
+	// exits.
+	releaseBuffers()
 }
 
 // NewStreamTransport returns a Transport that speaks the standard stream
@@ -173,6 +193,9 @@ func (t *streamTransport) writeError(err error) error {
 // writer goroutine calls it, as it exits.
 func (t *streamTransport) releaseBuffers() { t.buf, t.vec, t.sc = nil, nil, nil }
 
+func (t *streamTransport) setWriteTimeout(d time.Duration) { t.writeTimeout = d }
+func (t *streamTransport) canTry() bool                    { return t.raw != nil }
+
 // closeWriter is implemented by *net.TCPConn and *net.UnixConn.
 type closeWriter interface{ CloseWrite() error }
 
@@ -184,97 +207,3 @@ func (t *streamTransport) CloseWrite() error {
 }
 
 func (t *streamTransport) Close() error { return t.c.Close() }
-
-// NewPipe returns two connected in-memory Transports that pass frames
-// without framing them. It is for tests of the connection's state machine:
-// no socket, and every frame the other side sends can be read back with
-// RecvFrame.
-func NewPipe() (Transport, Transport) {
-	a2b := newMsgQueue()
-	b2a := newMsgQueue()
-	return &pipeEnd{in: b2a, out: a2b}, &pipeEnd{in: a2b, out: b2a}
-}
-
-type pipeEnd struct {
-	in, out *msgQueue
-}
-
-func (p *pipeEnd) RecvFrame() (Frame, error) { return p.in.pop() }
-func (p *pipeEnd) SendFrames(frames []Frame) error {
-	for _, f := range frames {
-		// Re-decode from bytes so the receiver owns an independent copy,
-		// as it would after a real wire.
-		b, err := f.Msg.Marshal()
-		if err != nil {
-			return err
-		}
-		cp, err := capnp.Unmarshal(b)
-		if err != nil {
-			return err
-		}
-		var sc *Sidecar
-		if f.Sidecar != nil {
-			c := *f.Sidecar
-			sc = &c
-		}
-		if err := p.out.push(Frame{Msg: cp, Sidecar: sc}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-func (p *pipeEnd) CloseWrite() error { p.out.closeWith(io.EOF); return nil }
-func (p *pipeEnd) Close() error {
-	p.out.closeWith(io.EOF)
-	p.in.closeWith(net.ErrClosed)
-	return nil
-}
-
-var errPipeClosed = errors.New("pipe closed")
-
-type msgQueue struct {
-	mu     sync.Mutex
-	cond   *sync.Cond
-	q      []Frame
-	closed error
-}
-
-func newMsgQueue() *msgQueue {
-	m := &msgQueue{}
-	m.cond = sync.NewCond(&m.mu)
-	return m
-}
-
-func (m *msgQueue) push(f Frame) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed != nil {
-		return errPipeClosed
-	}
-	m.q = append(m.q, f)
-	m.cond.Signal()
-	return nil
-}
-
-func (m *msgQueue) pop() (Frame, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for len(m.q) == 0 && m.closed == nil {
-		m.cond.Wait()
-	}
-	if len(m.q) > 0 {
-		f := m.q[0]
-		m.q = m.q[1:]
-		return f, nil
-	}
-	return Frame{}, m.closed
-}
-
-func (m *msgQueue) closeWith(err error) {
-	m.mu.Lock()
-	if m.closed == nil {
-		m.closed = err
-	}
-	m.cond.Broadcast()
-	m.mu.Unlock()
-}

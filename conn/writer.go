@@ -242,8 +242,8 @@ func (c *Conn) writeLoop() {
 			if len(q.items) == 0 && q.rest == nil && !q.closing {
 				// Drop the buffers while this is still the writer: the
 				// next one starts afresh.
-				if r, ok := c.transport.(interface{ releaseBuffers() }); ok {
-					r.releaseBuffers()
+				if c.stream != nil {
+					c.stream.releaseBuffers()
 				}
 				q.items, q.owner, q.spare, q.spareOwn = nil, nil, nil, nil
 				q.writing = false
@@ -258,7 +258,7 @@ func (c *Conn) writeLoop() {
 		q.mu.Unlock()
 		c.traceSent(batch)
 		if rest != nil && !failed {
-			if err := c.transport.(*streamTransport).writeRest(rest); err != nil {
+			if err := c.stream.writeRest(rest); err != nil { // rest comes from the stream's trySend
 				failed = true
 				_ = c.post(writerDone{err: err})
 			}
@@ -292,7 +292,7 @@ func (c *Conn) writeLoop() {
 // write so (large segments), goes to a writer goroutine.
 func (c *Conn) writeInline(batch []Frame, owner []*answer) {
 	q := &c.out
-	handled, rest, err := c.transport.(*streamTransport).trySend(batch)
+	handled, rest, err := c.stream.trySend(batch)
 	if !handled {
 		q.mu.Lock()
 		q.spare, q.spareOwn = q.items, q.owner // empty: nothing was queued meanwhile
