@@ -132,9 +132,9 @@ func (s *state) shutdown(ep supervisor.Epitaph, drain bool) {
 // drain: refuse new calls both ways, let those in flight finish, for at
 // most DrainTimeout. endDrain runs when nothing is left in flight.
 func (s *state) drain() {
-	s.traceShutdownBegin()
 	s.phase = phaseDraining
 	s.drainStart = time.Now()
+	s.tracePhaseStart(PhaseDrain, s.drainStart)
 	s.drainTimer = time.AfterFunc(s.c.opts.DrainTimeout, func() { _ = s.c.post(drainDeadline{}) })
 }
 
@@ -385,6 +385,7 @@ func (s *state) stopExports() {
 
 // beginStopWait starts a stop step.
 func (s *state) beginStopWait(p Phase, start time.Time) *stopWait {
+	s.tracePhaseStart(p, start)
 	w := &stopWait{phase: p, start: start, live: map[string]bool{}}
 	for _, pid := range s.ctx.Children() {
 		w.live[pid.Id] = true

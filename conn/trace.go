@@ -29,6 +29,8 @@ type connTrace struct {
 	parent      context.Context // span's parent: the dial's context or the peer's connection span
 	shutdown    trace.Span      // nil until the connection starts ending
 	shutdownCtx context.Context
+	step        trace.Span  // the span of the step running now (tracePhaseStart), or nil
+	stepPhase   Phase       // its step
 	pending     []actorStop // actors stopped during the step running now
 	eofReceived bool
 }
@@ -119,12 +121,32 @@ func (s *state) traceShutdownBegin() {
 		trace.WithAttributes(reasonAttributes(s.c.Err())...))
 }
 
+// tracePhaseStart starts the span of a step of the connection's end that
+// lasts more than one turn (drain, stopQuestions, stopExports), as the
+// step starts; tracePhase ends it.
+func (s *state) tracePhaseStart(p Phase, start time.Time) {
+	s.traceShutdownBegin()
+	if !s.tr.shutdown.IsRecording() {
+		return
+	}
+	_, s.tr.step = s.c.tracer.Start(s.tr.shutdownCtx, string(p), trace.WithTimestamp(start))
+	s.tr.stepPhase = p
+}
+
 // tracePhase records one step of the connection's end as a child of the
-// shutdown span, with the actors it stopped as events.
+// shutdown span, with the actors it stopped as events: it ends the span
+// tracePhaseStart began for it, or makes one for a step done within a
+// turn (or timed by the closer goroutine).
 func (s *state) tracePhase(p PhaseReport) {
 	s.traceShutdownBegin()
-	pending := s.tr.pending
-	s.tr.pending = nil
+	span := s.tr.step
+	if span == nil || s.tr.stepPhase != p.Phase {
+		if span != nil { // a step that did not end: it ends here
+			span.End()
+		}
+		span = nil
+	}
+	s.tr.step = nil
 	if !s.tr.shutdown.IsRecording() {
 		return
 	}
@@ -135,16 +157,20 @@ func (s *state) tracePhase(p PhaseReport) {
 	if p.CutShort {
 		attrs = append(attrs, tracing.AttrPhaseCutShort.Bool(true))
 	}
-	_, span := s.c.tracer.Start(s.tr.shutdownCtx, string(p.Phase),
-		trace.WithTimestamp(p.Start), trace.WithAttributes(attrs...))
-	for _, a := range pending {
+	if span == nil {
+		_, span = s.c.tracer.Start(s.tr.shutdownCtx, string(p.Phase), trace.WithTimestamp(p.Start))
+	}
+	span.SetAttributes(attrs...)
+	for _, a := range s.tr.pending {
 		span.AddEvent(string(a.Kind)+" stopped", trace.WithTimestamp(a.at), trace.WithAttributes(
 			attribute.Int(string(a.Kind)+".id", int(a.ID)), attribute.Bool("timed_out", a.TimedOut)))
 	}
+	s.tr.pending = nil
 	span.End(trace.WithTimestamp(p.Start.Add(p.Took)))
 }
 
 // traceActorStopped: a question or export actor stopped during a step.
+// It becomes an event of the step's span, at the time it stopped.
 func (s *state) traceActorStopped(e ActorStopped) {
 	if s.tr.shutdown != nil && s.tr.shutdown.IsRecording() {
 		s.tr.pending = append(s.tr.pending, actorStop{at: time.Now(), ActorStopped: e})
