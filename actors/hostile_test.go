@@ -1108,3 +1108,80 @@ func TestHostileManyConns(t *testing.T) {
 	third.expect("return q0")
 	a.checkHealthy()
 }
+
+// TestHostileNeverReadsOurCalls: a server that answers the bootstrap,
+// then reads nothing: our callers making calls on it wait once the send
+// queue is over budget (the heap stays near it), and the connection ends
+// after WriteTimeout without progress; their calls fail.
+func TestHostileNeverReadsOurCalls(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	hold := make(chan struct{})
+	defer close(hold)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := capnp.NewDecoder(c).Decode(); err != nil { // our Bootstrap
+			return
+		}
+		_, _ = c.Write(marshal(t, func(m rpccp.Message) error {
+			r, err := m.NewReturn()
+			if err != nil {
+				return err
+			}
+			r.SetAnswerId(0)
+			p, _ := r.NewResults()
+			caps, _ := p.NewCapTable(1)
+			caps.At(0).SetSenderHosted(0)
+			return p.SetContent(capnp.NewInterface(p.Segment(), 0).ToPtr())
+		}))
+		<-hold // and never read again
+	}()
+	const budget = 1 << 20
+	var down atomic.Pointer[conn.Down]
+	v := actors.Spawn(actors.Options{Name: "caller",
+		Conn: conn.Options{Limits: conn.Limits{MaxSendQueue: budget}, WriteTimeout: time.Second},
+		OnEvent: func(e conn.Event) {
+			if d, ok := e.(conn.Down); ok {
+				down.Store(&d)
+			}
+		}})
+	defer v.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	boot, _, err := v.Dial(ctx, "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer boot.Release()
+	echo := interop.Echo(boot)
+	h := watchHeap(t)
+	big := strings.Repeat("y", 64<<10)
+	var failed, sent int
+	for i := 0; i < 4096 && down.Load() == nil; i++ { // 256 MiB, were nothing to hold it back
+		f, rel := echo.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText(big) })
+		sent++
+		select {
+		case <-f.Done():
+			failed++
+		default:
+		}
+		defer rel()
+	}
+	for down.Load() == nil && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	d := down.Load()
+	if d == nil {
+		t.Fatal("the connection did not end")
+	}
+	h.check(t, 24<<20, "our calls to a peer that never reads")
+	t.Logf("%d calls made before the end (%d failed at once)", sent, failed)
+	wantReason[supervisor.TransportError](t, *d, conn.ErrPeerNotReading)
+}

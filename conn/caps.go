@@ -270,7 +270,7 @@ type importHook struct {
 type importShutdown struct{ hook *importHook }
 
 func (h *importHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
-	return h.c.sendCall(ctx, callTarget{importID: h.id, flow: h.flow}, s)
+	return h.c.sendLocalCall(ctx, callTarget{importID: h.id, flow: h.flow}, s)
 }
 func (h *importHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
 	return h.c.forwardRecv(ctx, callTarget{importID: h.id}, r)

@@ -39,8 +39,9 @@ type Limits struct {
 
 	// MaxSendQueue bounds the bytes queued for the peer and not yet
 	// written. Past it the connection stops reading the peer's frames
-	// (so it admits none of its calls) until the queue has drained to
-	// half; the socket's writes meanwhile are bounded by
+	// (so it admits none of its calls), and local calls wait in Send
+	// (within their context), until the queue has drained to half; the
+	// socket's writes meanwhile are bounded by
 	// Options.WriteTimeout: a peer that takes nothing for that long ends
 	// the connection with TransportError wrapping ErrPeerNotReading.
 	// Default 16 MiB.

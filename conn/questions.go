@@ -147,7 +147,20 @@ func (q *question) Receive(ctx actor.Context) {
 // PipelineSend implements capnp.PipelineCaller: a call on a capability
 // inside this question's not-yet-known answer.
 func (q *question) PipelineSend(ctx context.Context, transform []capnp.PipelineOp, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
-	return q.c.sendCall(ctx, callTarget{parent: q, transform: transform}, s)
+	return q.c.sendLocalCall(ctx, callTarget{parent: q, transform: transform}, s)
+}
+
+// sendLocalCall is sendCall for a call made by local code (Send): it
+// waits first while more than Limits.MaxSendQueue is queued for the peer
+// (a peer that does not read holds our callers back, not our memory),
+// until the queue drains to half, the connection ends, or ctx does.
+// Calls forwarded from elsewhere (Recv: another connection's actor
+// delivering) never wait here; the other connection's budgets bound them.
+func (c *Conn) sendLocalCall(ctx context.Context, tgt callTarget, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	if err := c.out.awaitRoomCtx(ctx); err != nil {
+		return capnp.ErrorAnswer(s.Method, exc.WrapError("send queue full", err)), func() {}
+	}
+	return c.sendCall(ctx, tgt, s)
 }
 
 // PipelineRecv implements capnp.PipelineCaller for calls that arrive as

@@ -1,6 +1,7 @@
 package conn
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,9 +67,14 @@ func frameBytes(f Frame) int64 {
 // queued for the peer, it reads none of the peer's frames (so admits none
 // of its calls), until the writer has drained the queue to half or the
 // connection ends.
-func (q *sendQueue) awaitRoom() {
+func (q *sendQueue) awaitRoom() { _ = q.awaitRoomCtx(context.Background()) }
+
+// awaitRoomCtx waits while more than the budget is queued for the peer,
+// until the queue has drained to half, the connection ends, or ctx does
+// (its error).
+func (q *sendQueue) awaitRoomCtx(ctx context.Context) error {
 	if q.bytes.Load() <= q.limit {
-		return
+		return nil
 	}
 	q.mu.Lock()
 	for q.bytes.Load() > q.limit/2 && !q.closing && !q.failed && !q.done {
@@ -77,10 +83,15 @@ func (q *sendQueue) awaitRoom() {
 		}
 		room := q.room
 		q.mu.Unlock()
-		<-room
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		q.mu.Lock()
 	}
 	q.mu.Unlock()
+	return nil
 }
 
 // drained records n bytes written (or dropped); it lets a waiting reader
