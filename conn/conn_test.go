@@ -119,6 +119,17 @@ func (h *harness) expect(prefix string) rpccp.Message {
 // export 0 and returns it resolved.
 func (h *harness) bootstrapImport(ctx context.Context) interop.Echo {
 	h.t.Helper()
+	boot := h.bootstrapAnswer(ctx, func(d rpccp.CapDescriptor) { d.SetSenderHosted(0) })
+	if err := boot.Resolve(ctx); err != nil {
+		h.t.Fatal(err)
+	}
+	return boot
+}
+
+// bootstrapAnswer asks for the peer's bootstrap capability and answers
+// with the descriptor desc writes (not waiting for it to resolve).
+func (h *harness) bootstrapAnswer(ctx context.Context, desc func(rpccp.CapDescriptor)) interop.Echo {
+	h.t.Helper()
 	boot := interop.Echo(h.c.Bootstrap(ctx))
 	h.expect("bootstrap q0")
 	h.send(func(m rpccp.Message) error {
@@ -129,12 +140,9 @@ func (h *harness) bootstrapImport(ctx context.Context) interop.Echo {
 		r.SetAnswerId(0)
 		p, _ := r.NewResults()
 		caps, _ := p.NewCapTable(1)
-		caps.At(0).SetSenderHosted(0)
+		desc(caps.At(0))
 		return p.SetContent(capnp.NewInterface(p.Segment(), 0).ToPtr())
 	})
-	if err := boot.Resolve(ctx); err != nil {
-		h.t.Fatal(err)
-	}
 	return boot
 }
 

@@ -257,20 +257,8 @@ func TestResolvePromise(t *testing.T) {
 	h := newHarness(t, capnp.Client{})
 	ctx := context.Background()
 	// The bootstrap answer is the peer's promise 5.
-	boot := interop.Echo(h.c.Bootstrap(ctx))
+	boot := h.bootstrapAnswer(ctx, func(d rpccp.CapDescriptor) { d.SetSenderPromise(5) })
 	defer boot.Release()
-	h.expect("bootstrap q0")
-	h.send(func(m rpccp.Message) error {
-		r, err := m.NewReturn()
-		if err != nil {
-			return err
-		}
-		r.SetAnswerId(0)
-		p, _ := r.NewResults()
-		caps, _ := p.NewCapTable(1)
-		caps.At(0).SetSenderPromise(5)
-		return p.SetContent(capnp.NewInterface(p.Segment(), 0).ToPtr())
-	})
 	waitFor(t, func() bool { return h.c.Stats().Imports == 1 }) // the Return is in
 	f1, rel1 := boot.Echo(ctx, nil)
 	defer rel1()
@@ -320,20 +308,8 @@ func TestResolvePromise(t *testing.T) {
 func TestResolveToException(t *testing.T) {
 	h := newHarness(t, capnp.Client{})
 	ctx := context.Background()
-	boot := interop.Echo(h.c.Bootstrap(ctx))
+	boot := h.bootstrapAnswer(ctx, func(d rpccp.CapDescriptor) { d.SetSenderPromise(3) })
 	defer boot.Release()
-	h.expect("bootstrap q0")
-	h.send(func(m rpccp.Message) error {
-		r, err := m.NewReturn()
-		if err != nil {
-			return err
-		}
-		r.SetAnswerId(0)
-		p, _ := r.NewResults()
-		caps, _ := p.NewCapTable(1)
-		caps.At(0).SetSenderPromise(3)
-		return p.SetContent(capnp.NewInterface(p.Segment(), 0).ToPtr())
-	})
 	h.send(func(m rpccp.Message) error {
 		r, err := m.NewResolve()
 		if err != nil {
