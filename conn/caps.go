@@ -103,7 +103,7 @@ func (s *state) describeCap(d rpccp.CapDescriptor, c capnp.Client) (uint32, erro
 			}
 		}
 	case capnp.PipelineClient:
-		if q := s.byAnswer[h.Answer()]; q != nil && q.sent && !q.finishSent {
+		if q := s.byAnswer[h.Answer()]; q != nil && q.sent() && !q.finishSent() {
 			pa, err := d.NewReceiverAnswer()
 			if err != nil {
 				return noExport, err
@@ -611,10 +611,10 @@ func (s *state) handleUnimplemented(m rpccp.Message) error {
 	}
 	failQuestion := func(id uint32) {
 		q := s.questions.get(id)
-		if q == nil || q.returned {
+		if q == nil || q.returned() {
 			return
 		}
-		q.returned, q.finishSent = true, true // the peer never knew it
+		q.state = questionDone // the peer never knew it: no Return to wait for, no Finish to send
 		s.settleQuestion(q, settleQuestion{err: exc.New(exc.Unimplemented, "capnp", "the peer does not implement this message")})
 		if q.released {
 			s.retireQuestion(q)

@@ -41,15 +41,75 @@ type question struct {
 	pid          *actor.PID
 	pending      *settleQuestion // the outcome sent to the actor (&outcome), kept in case a Stop overtakes it
 	outcome      settleQuestion
-	stopErr      error // set before a stop: what a caller still waiting gets
-	sent         bool
-	canceled     error // set if cancelled before it was sent
-	returned     bool
-	finishSent   bool
-	released     bool
+	stopErr      error                // set before a stop: what a caller still waiting gets
+	state        questionState        // where it is in its life on the wire
+	canceled     error                // set if cancelled before it was sent
+	released     bool                 // the caller has released the answer
 	results      *capnp.Message       // released by the actor when it stops
 	paramExports []uint32             // export id per cap of the params (noExport if none)
 	pipelined    [][]capnp.PipelineOp // transforms of calls pipelined on the answer
+}
+
+// questionState is where a question is in its life on the wire. Each
+// constant's doc says where it may go next.
+type questionState uint8
+
+const (
+	// questionUnsent: posted to the connection, not yet on the wire; a
+	// cancel or release now means it is never sent. Next: questionWaiting.
+	questionUnsent questionState = iota
+	// questionWaiting: the Call (or Bootstrap) is sent; neither its
+	// Return nor our Finish has gone by. Next: questionReturned (its
+	// Return), questionFinishing (our Finish first: a cancel or release).
+	questionWaiting
+	// questionReturned: its Return is in; our Finish is not sent (the
+	// caller holds the answer, calls may be pipelined on it). Next:
+	// questionDone (Finish sent).
+	questionReturned
+	// questionFinishing: our Finish went first; its Return is still to
+	// come, and is dropped when it does. Next: questionDone.
+	questionFinishing
+	// questionDone: Return in (or never to be waited for) and Finish sent;
+	// the question is retired.
+	questionDone
+)
+
+var questionStateNames = [...]string{"unsent", "waiting", "returned", "finishing", "done"}
+
+func (st questionState) String() string { return questionStateNames[st] }
+
+// sent reports whether the question has gone on the wire.
+func (q *question) sent() bool { return q.state != questionUnsent }
+
+// returned reports whether its Return has arrived (or will not be waited
+// for: questionDone).
+func (q *question) returned() bool {
+	return q.state == questionReturned || q.state == questionDone
+}
+
+// finishSent reports whether our Finish has been sent.
+func (q *question) finishSent() bool {
+	return q.state == questionFinishing || q.state == questionDone
+}
+
+// gotReturn: its Return has arrived.
+func (q *question) gotReturn() {
+	switch q.state {
+	case questionWaiting:
+		q.state = questionReturned
+	case questionFinishing:
+		q.state = questionDone
+	}
+}
+
+// sentFinish: our Finish is sent.
+func (q *question) sentFinish() {
+	switch q.state {
+	case questionWaiting:
+		q.state = questionFinishing
+	case questionReturned:
+		q.state = questionDone
+	}
 }
 
 // callTarget is where a call goes: an import of this connection, or a
@@ -114,7 +174,7 @@ func (q *question) settle(ptr capnp.Ptr, err error, onActor bool) bool {
 	if q.flowBytes > 0 {
 		q.target.flow.release(q.flowBytes)
 	}
-	endQuestionSpan(q, err, onActor && q.sent)
+	endQuestionSpan(q, err, onActor) // a question with an actor was sent
 	q.p.Resolve(ptr, err)
 	return true
 }
@@ -284,7 +344,7 @@ func (s *state) sendCall(q *question) {
 		q.call.SetQuestionId(q.id)
 	}
 	q.msg = nil
-	q.sent = true
+	q.state = questionWaiting
 	s.seq++
 	q.seq = s.seq
 	q.pid = s.spawnChild(q)
@@ -317,7 +377,7 @@ func (s *state) encodeTarget(q *question) error {
 		if pq.c != s.c {
 			return errNotOurs
 		}
-		if !pq.sent || pq.finishSent {
+		if !pq.sent() || pq.finishSent() {
 			return exc.New(exc.Failed, "capnp", "pipelined call on an answer that was already released")
 		}
 		pa, err := tgt.NewPromisedAnswer()
@@ -375,11 +435,11 @@ func decodeTransform(pa rpccp.PromisedAnswer) ([]capnp.PipelineOp, error) {
 
 // cancelQuestion: the caller's context ended before the Return.
 func (s *state) cancelQuestion(q *question, err error) {
-	if !q.sent {
+	if !q.sent() {
 		q.canceled = err
 		return
 	}
-	if q.returned || q.finishSent {
+	if q.state != questionWaiting {
 		return
 	}
 	s.sendFinish(q, true)
@@ -399,7 +459,7 @@ func (s *state) settleQuestion(q *question, m settleQuestion) {
 
 // releaseQuestion: the caller is done with the answer.
 func (s *state) releaseQuestion(q *question) {
-	if !q.sent {
+	if !q.sent() {
 		q.canceled = errors.New("answer released before the call was sent")
 		return
 	}
@@ -407,9 +467,10 @@ func (s *state) releaseQuestion(q *question) {
 		return
 	}
 	q.released = true
-	if !q.finishSent {
-		s.sendFinish(q, !q.returned)
-		if !q.returned {
+	if !q.finishSent() {
+		returned := q.returned()
+		s.sendFinish(q, !returned)
+		if !returned {
 			s.settleQuestion(q, settleQuestion{err: exc.New(exc.Failed, "capnp", "answer released before it arrived")})
 		}
 	}
@@ -420,7 +481,7 @@ func (s *state) releaseQuestion(q *question) {
 // is true when we will not import the capabilities of its results (the
 // Return has not arrived).
 func (s *state) sendFinish(q *question, releaseResultCaps bool) {
-	q.finishSent = true
+	q.sentFinish()
 	out, m := newMessage()
 	f, err := m.NewFinish()
 	if err != nil {
@@ -440,7 +501,7 @@ func (s *state) sendFinish(q *question, releaseResultCaps bool) {
 // retireQuestion removes q once its Return has arrived and its Finish has
 // been sent; its actor stops.
 func (s *state) retireQuestion(q *question) {
-	if !q.returned || !q.finishSent {
+	if q.state != questionDone {
 		return
 	}
 	if s.questions.get(q.id) == q {
@@ -465,14 +526,15 @@ func (s *state) handleReturn(msg *capnp.Message, m rpccp.Message) (keep bool, er
 	if q == nil {
 		return false, fmt.Errorf("%w: return for question %d, which is not in flight", ErrUnknownID, ret.AnswerId())
 	}
-	if q.returned {
+	if q.returned() {
 		return false, fmt.Errorf("%w: second return for question %d", ErrDuplicateID, q.id)
 	}
-	q.returned = true
+	finished := q.finishSent()
+	q.gotReturn()
 	if q.stopWatch != nil {
 		q.stopWatch()
 	}
-	if q.finishSent {
+	if finished {
 		// Cancelled or released before the answer came: nothing of it is
 		// imported (our Finish asked the peer to release its caps).
 		s.retireQuestion(q)

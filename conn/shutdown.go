@@ -142,7 +142,7 @@ func (s *state) drain() {
 // calls we have not answered yet.
 func (s *state) inFlight() (questions, answers int) {
 	s.questions.each(func(_ uint32, q *question) {
-		if !q.returned && !q.finishSent {
+		if q.state == questionWaiting {
 			questions++
 		}
 	})
@@ -337,12 +337,13 @@ func (s *state) stopQuestions() {
 	canceled := 0
 	w := s.beginStopWait(PhaseStopQuestions, start)
 	for _, q := range qs {
-		if !q.returned {
+		returned := q.returned()
+		if !returned {
 			canceled++
 			q.stopErr = s.questionLost()
 		}
-		if !q.finishSent && !s.peerGone {
-			s.sendFinish(q, !q.returned)
+		if !q.finishSent() && !s.peerGone {
+			s.sendFinish(q, !returned)
 		}
 		if q.stopWatch != nil {
 			q.stopWatch()
