@@ -436,9 +436,9 @@ type (
 // socketResult is what the closer goroutine did: closeWrite, linger and
 // closeSocket, with their timings.
 type socketResult struct {
-	hard                                     bool
-	flushCut, lingerCut                      bool
-	closeWriteStart, lingerStart, closeStart time.Time
+	hard                                          bool
+	flushCut, lingerCut                           bool
+	closeWriteStart, lingerStart, closeStart, end time.Time
 }
 
 func (m socketResult) closeWriteNote() string {
@@ -449,6 +449,21 @@ func (m socketResult) closeWriteNote() string {
 		return "the peer stopped reading: closed without FIN"
 	}
 	return "flushed, FIN sent"
+}
+
+// The reports of the closer's three steps.
+func (m socketResult) closeWriteReport() PhaseReport {
+	return PhaseReport{Phase: PhaseCloseWrite, Start: m.closeWriteStart, Took: m.lingerStart.Sub(m.closeWriteStart),
+		CutShort: m.flushCut, Skipped: m.hard && !m.flushCut, Note: m.closeWriteNote()}
+}
+
+func (m socketResult) lingerReport() PhaseReport {
+	return PhaseReport{Phase: PhaseLinger, Start: m.lingerStart, Took: m.closeStart.Sub(m.lingerStart),
+		CutShort: m.lingerCut, Skipped: m.hard || m.flushCut}
+}
+
+func (m socketResult) closeSocketReport() PhaseReport {
+	return PhaseReport{Phase: PhaseCloseSocket, Start: m.closeStart, Took: m.end.Sub(m.closeStart)}
 }
 
 // readLoop is the reader goroutine: frames in, actor messages out.
@@ -491,8 +506,10 @@ func (c *Conn) readLoop() {
 // closeWrite (wait for the writer's flush and FIN, at most WriteTimeout),
 // linger (wait for the peer's EOF, at most LingerTimeout), then close the
 // socket. hard skips both waits.
-func (c *Conn) closeSocket(hard bool) socketResult {
+// Each step's span (st) starts when the step does.
+func (c *Conn) closeSocket(hard bool, st stepTracer) socketResult {
 	m := socketResult{hard: hard, closeWriteStart: time.Now()}
+	span := st.start(PhaseCloseWrite, m.closeWriteStart)
 	// Cut short: past WriteTimeout, or the writer gave up (a write that
 	// made no progress for WriteTimeout, or failed).
 	m.flushCut = c.out.writeFailed()
@@ -500,13 +517,19 @@ func (c *Conn) closeSocket(hard bool) socketResult {
 		m.flushCut = !c.waitFor(&c.writer, c.opts.WriteTimeout) || c.out.writeFailed()
 	}
 	m.lingerStart = time.Now()
+	st.end(span, m.closeWriteReport())
+	span = st.start(PhaseLinger, m.lingerStart)
 	if !hard && !m.flushCut {
 		m.lingerCut = !c.waitFor(&c.reader, c.opts.LingerTimeout)
 	}
 	m.closeStart = time.Now()
+	st.end(span, m.lingerReport())
+	span = st.start(PhaseCloseSocket, m.closeStart)
 	_ = c.transport.Close()
 	c.writer.Wait()
 	c.reader.Wait()
+	m.end = time.Now()
+	st.end(span, m.closeSocketReport())
 	return m
 }
 

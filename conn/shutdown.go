@@ -254,14 +254,15 @@ func (s *state) finishClose() {
 	s.phase = phaseLingering
 	c.out.close(!s.hard)
 	hard := s.hard
-	go c.closer(s, hard)
+	st := s.closerTracer()
+	go c.closer(s, hard, st)
 }
 
 // closer is the goroutine of closeWrite, linger and closeSocket. It hands
 // the result to the actor or, when protoactor has stopped the actor
 // meanwhile, ends the connection itself.
-func (c *Conn) closer(s *state, hard bool) {
-	m := c.closeSocket(hard)
+func (c *Conn) closer(s *state, hard bool, st stepTracer) {
+	m := c.closeSocket(hard, st)
 	c.endMu.Lock()
 	c.endResult = &m
 	mine := c.actorGone && !c.ended
@@ -582,11 +583,10 @@ func (s *state) sendAbort(typ rpccp.Exception_Type, reason string, ep *superviso
 // runs on the actor or, once protoactor has stopped the actor, on the
 // closer goroutine.
 func (s *state) socketClosed(m socketResult) {
-	s.phaseDone(PhaseReport{Phase: PhaseCloseWrite, Start: m.closeWriteStart, Took: m.lingerStart.Sub(m.closeWriteStart),
-		CutShort: m.flushCut, Skipped: m.hard && !m.flushCut, Note: m.closeWriteNote()})
-	s.phaseDone(PhaseReport{Phase: PhaseLinger, Start: m.lingerStart, Took: m.closeStart.Sub(m.lingerStart),
-		CutShort: m.lingerCut, Skipped: m.hard || m.flushCut})
-	s.phaseDone(PhaseReport{Phase: PhaseCloseSocket, Start: m.closeStart, Took: time.Since(m.closeStart)})
+	// Their spans were made by the closer as the steps ran.
+	for _, p := range [...]PhaseReport{m.closeWriteReport(), m.lingerReport(), m.closeSocketReport()} {
+		s.phaseRecorded(p)
+	}
 	s.phase = phaseClosed
 	c := s.c
 	s.report.Duration = time.Since(c.start)
@@ -611,6 +611,12 @@ func (s *state) skipped(p Phase, note string) {
 
 func (s *state) phaseDone(p PhaseReport) {
 	s.tracePhase(p)
+	s.phaseRecorded(p)
+}
+
+// phaseRecorded adds a step, already traced, to the report and tells the
+// parent.
+func (s *state) phaseRecorded(p PhaseReport) {
 	s.report.Phases = append(s.report.Phases, p)
 	s.emit(PhaseDone{Conn: s.c, Phase: p})
 }

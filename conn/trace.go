@@ -150,6 +150,19 @@ func (s *state) tracePhase(p PhaseReport) {
 	if !s.tr.shutdown.IsRecording() {
 		return
 	}
+	if span == nil {
+		_, span = s.c.tracer.Start(s.tr.shutdownCtx, string(p.Phase), trace.WithTimestamp(p.Start))
+	}
+	span.SetAttributes(phaseAttributes(p)...)
+	for _, a := range s.tr.pending {
+		span.AddEvent(string(a.Kind)+" stopped", trace.WithTimestamp(a.at), trace.WithAttributes(
+			attribute.Int(string(a.Kind)+".id", int(a.ID)), attribute.Bool("timed_out", a.TimedOut)))
+	}
+	s.tr.pending = nil
+	span.End(trace.WithTimestamp(p.Start.Add(p.Took)))
+}
+
+func phaseAttributes(p PhaseReport) []attribute.KeyValue {
 	attrs := []attribute.KeyValue{tracing.AttrPhaseNote.String(p.Note)}
 	if p.Skipped {
 		attrs = append(attrs, tracing.AttrPhaseSkipped.Bool(true))
@@ -157,15 +170,40 @@ func (s *state) tracePhase(p PhaseReport) {
 	if p.CutShort {
 		attrs = append(attrs, tracing.AttrPhaseCutShort.Bool(true))
 	}
+	return attrs
+}
+
+// stepTracer makes the spans of the closer goroutine's steps (closeWrite,
+// linger, closeSocket) as they run, as children of the shutdown span. Its
+// zero value makes none. It holds only what the closer may touch: the
+// tracer and the shutdown span's context, fixed before the closer starts.
+type stepTracer struct {
+	tracer trace.Tracer
+	ctx    context.Context // nil: not recording
+}
+
+// closerTracer is the stepTracer of this connection's closer.
+func (s *state) closerTracer() stepTracer {
+	s.traceShutdownBegin()
+	if !s.tr.shutdown.IsRecording() {
+		return stepTracer{}
+	}
+	return stepTracer{tracer: s.c.tracer, ctx: s.tr.shutdownCtx}
+}
+
+func (st stepTracer) start(p Phase, at time.Time) trace.Span {
+	if st.ctx == nil {
+		return nil
+	}
+	_, span := st.tracer.Start(st.ctx, string(p), trace.WithTimestamp(at))
+	return span
+}
+
+func (st stepTracer) end(span trace.Span, p PhaseReport) {
 	if span == nil {
-		_, span = s.c.tracer.Start(s.tr.shutdownCtx, string(p.Phase), trace.WithTimestamp(p.Start))
+		return
 	}
-	span.SetAttributes(attrs...)
-	for _, a := range s.tr.pending {
-		span.AddEvent(string(a.Kind)+" stopped", trace.WithTimestamp(a.at), trace.WithAttributes(
-			attribute.Int(string(a.Kind)+".id", int(a.ID)), attribute.Bool("timed_out", a.TimedOut)))
-	}
-	s.tr.pending = nil
+	span.SetAttributes(phaseAttributes(p)...)
 	span.End(trace.WithTimestamp(p.Start.Add(p.Took)))
 }
 
