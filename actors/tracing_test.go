@@ -156,11 +156,36 @@ func TestTraceCall(t *testing.T) {
 // span as child.
 func TestTracePipelinedCall(t *testing.T) {
 	tr := newTraced(t, "client", "server")
-	_, _, echo, _, root, ctx := tracedPair(t, tr)
+	// The server's self() waits until the pipelined call has been made,
+	// so that it is pipelined for certain (a fast server could answer
+	// before the call is made, and the call would go to the answer).
+	gate := make(chan struct{})
+	srv := &gatedSelf{EchoServer: interop.NewEchoServer(), gate: gate}
+	server := actors.Spawn(actors.Options{Name: "server", TracerProvider: tr.tps["server"],
+		Bootstrap: actors.NewServer(interop.Echo_Methods(nil, srv), srv)})
+	t.Cleanup(server.Stop)
+	addr, err := server.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := actors.Spawn(actors.Options{Name: "client", TracerProvider: tr.tps["client"]})
+	t.Cleanup(client.Stop)
+	ctx, root := tr.tps["client"].Tracer("test").Start(context.Background(), "work")
+	boot, _, err := client.Dial(ctx, "tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(boot.Release)
+	echo := interop.Echo(boot)
 	self, release := echo.Self(ctx, func(p interop.Echo_self_Params) error { return p.SetTag("a:") })
 	defer release()
-	if got, err := echoText(ctx, self.Echo(), "x"); err != nil || got != "a:x" {
-		t.Fatalf("pipelined echo = %q, %v", got, err)
+	f, rel := self.Echo().Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("x") })
+	defer rel()
+	close(gate)
+	if res, err := f.Struct(); err != nil {
+		t.Fatalf("pipelined echo: %v", err)
+	} else if got, _ := res.Text(); got != "a:x" {
+		t.Fatalf("pipelined echo = %q", got)
 	}
 	if _, err := self.Struct(); err != nil { // its client span ends before it resolves
 		t.Fatal(err)
@@ -190,6 +215,21 @@ func TestTracePipelinedCall(t *testing.T) {
 	if attr(selfC, tracing.AttrPipelined).AsBool() {
 		t.Error("direct call's span is marked pipelined")
 	}
+}
+
+// gatedSelf is an Echo whose self() waits for gate.
+type gatedSelf struct {
+	*interop.EchoServer
+	gate chan struct{}
+}
+
+func (g *gatedSelf) Self(ctx context.Context, call interop.Echo_self) error {
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return g.EchoServer.Self(ctx, call)
 }
 
 // callbackActor implements Callback as a protoactor actor; inside, it
