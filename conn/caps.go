@@ -203,18 +203,10 @@ func (s *state) importCap(d rpccp.CapDescriptor) (capnp.Client, error) {
 	switch d.Which() {
 	case rpccp.CapDescriptor_Which_none:
 		return capnp.Client{}, nil
-	case rpccp.CapDescriptor_Which_senderHosted, rpccp.CapDescriptor_Which_senderPromise:
-		promise := d.Which() == rpccp.CapDescriptor_Which_senderPromise
-		var id uint32
-		if promise {
-			id = d.SenderPromise()
-		} else {
-			id = d.SenderHosted()
-		}
-		if lim := s.c.opts.Limits.MaxImports; s.imports[id] == nil && len(s.imports) >= lim {
-			return capnp.Client{}, budgetErrorf("MaxImports", int64(lim), "the peer exports %d capabilities to us at once", len(s.imports)+1)
-		}
-		return s.addImport(id, promise), nil
+	case rpccp.CapDescriptor_Which_senderHosted:
+		return s.addImport(d.SenderHosted(), false)
+	case rpccp.CapDescriptor_Which_senderPromise:
+		return s.addImport(d.SenderPromise(), true)
 	case rpccp.CapDescriptor_Which_receiverHosted:
 		e := s.exports.get(d.ReceiverHosted())
 		if e == nil {
@@ -281,16 +273,21 @@ func (h *importHook) String() string {
 	return fmt.Sprintf("capnp import %d from %s", h.id, h.c.opts.Peer)
 }
 
-func (s *state) addImport(id uint32, promise bool) capnp.Client {
+// addImport returns a client for the peer's capability id, counting one
+// more reference to it; a new import past Limits.MaxImports is refused.
+func (s *state) addImport(id uint32, promise bool) (capnp.Client, error) {
 	ie := s.imports[id]
 	if ie != nil {
 		ie.wireRefs++
 		if c, ok := ie.client.AddRef(); ok {
-			return c
+			return c, nil
 		}
 		// The last client is gone but its Release is still in our mailbox:
 		// a new hook takes over the entry and its count.
 	} else {
+		if lim := s.c.opts.Limits.MaxImports; len(s.imports) >= lim {
+			return capnp.Client{}, budgetErrorf("MaxImports", int64(lim), "the peer exports %d capabilities to us at once", len(s.imports)+1)
+		}
 		ie = &importEntry{wireRefs: 1}
 		s.imports[id] = ie
 	}
@@ -304,7 +301,7 @@ func (s *state) addImport(id uint32, promise bool) capnp.Client {
 	}
 	w := c.WeakRef()
 	ie.client = &w
-	return c
+	return c, nil
 }
 
 func (s *state) importShutdown(h *importHook) {

@@ -85,17 +85,16 @@ func (h *heldCap) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.
 }
 
 func (h *heldCap) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
+	hc := newHeldCall(ctx, r)
 	h.mu.Lock()
 	if h.resolved {
 		target, err := h.target, h.err
 		h.mu.Unlock()
-		hc := newHeldCall(ctx, r)
 		hc.deliverTo(target, err)
 		return hc
 	}
-	defer h.mu.Unlock()
-	hc := newHeldCall(ctx, r)
 	h.calls = append(h.calls, hc)
+	h.mu.Unlock()
 	return hc
 }
 
