@@ -1,6 +1,8 @@
 package core
 
 import (
+	"slices"
+
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -26,6 +28,35 @@ type answer struct {
 	epitaph        *supervisor.Epitaph
 	callBytes      int64 // the Call's size, counted until the Return
 	heldBytes      int64 // the Return's size, counted until the Finish
+	capRefs        int   // CapAnswer caps naming its results
+}
+
+// answerOf returns the answer a CapAnswer names, in the table or retired.
+func (c *Core) answerOf(cp Cap) *answer {
+	if a := c.answers[cp.ID]; a != nil && a.seq == cp.Gen {
+		return a
+	}
+	return c.retired[cp.Gen]
+}
+
+// capAnswer is a capability in a's results as a CapAnswer (one more
+// reference to them).
+func (c *Core) capAnswer(a *answer, transform []uint16) Cap {
+	a.capRefs++
+	return Cap{Kind: CapAnswer, ID: a.id, Gen: a.seq, Transform: transform}
+}
+
+// releaseAnswerRef drops one CapAnswer reference to a's results.
+func (c *Core) releaseAnswerRef(a *answer) {
+	a.capRefs--
+	if a.capRefs > 0 || c.retired[a.seq] != a {
+		return
+	}
+	delete(c.retired, a.seq)
+	if a.results != nil {
+		c.releaseCaps(a.results.CapTable)
+		a.results = nil
+	}
 }
 
 // heldCall is a call pipelined on an answer still running.
@@ -168,13 +199,16 @@ func (c *Core) receiveCall(m Call) error {
 func (c *Core) returned(m Returned) {
 	a := c.answers[m.Answer]
 	if a == nil || a.returned || !a.delivered {
-		// Abandoned (the connection is ending), or not ours to answer.
-		if m.Results != nil {
-			c.releaseCaps(m.Results.CapTable)
-		}
-		return
+		return // abandoned (the connection is ending), or not ours to answer
 	}
-	c.answerReturn(a, m.Results, m.Err)
+	results := m.Results
+	if results != nil {
+		cp := *results
+		cp.CapTable = slices.Clone(results.CapTable)
+		c.retainCaps(cp.CapTable)
+		results = &cp
+	}
+	c.answerReturn(a, results, m.Err)
 }
 
 // answerReturn sends a's Return: results (whose references it takes) or
@@ -275,11 +309,15 @@ func (c *Core) dropAnswer(a *answer) {
 		}
 	}
 	a.resultExports = nil
+	if c.answers[a.id] == a {
+		delete(c.answers, a.id)
+	}
+	if a.capRefs > 0 {
+		c.retired[a.seq] = a // CapAnswer caps still name its results
+		return
+	}
 	if a.results != nil {
 		c.releaseCaps(a.results.CapTable)
 		a.results = nil
-	}
-	if c.answers[a.id] == a {
-		delete(c.answers, a.id)
 	}
 }

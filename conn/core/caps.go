@@ -7,7 +7,6 @@ type export struct {
 	ref      Ref    // the identity it is exported under (0: none, never reused)
 	promise  bool   // exported as a promise (senderPromise)
 	resolved bool   // the promise has resolved (cap is what to)
-	answer   uint32 // a promise standing for a capability in a running answer (cap.Kind == CapAnswer)
 	wireRefs uint32 // descriptors sent, less the peer's Releases
 	seq      uint64
 }
@@ -79,18 +78,23 @@ func (c *Core) encodeCap(cp Cap) (CapDescriptor, uint32, error) {
 		}
 		return c.exportNew(Cap{Kind: CapBroken, Err: newError(ExcFailed, "capability released (import %d)", cp.ID)}, false)
 	case CapQuestion:
-		if q := c.questions.get(cp.ID); q != nil && !q.finishSent() {
-			return CapDescriptor{Kind: ReceiverAnswer, ID: cp.ID, Transform: cp.Transform}, noExport, nil
+		if q := c.byCall[cp.Call]; q != nil && !q.finishSent() {
+			return CapDescriptor{Kind: ReceiverAnswer, ID: q.id, Transform: cp.Transform}, noExport, nil
 		}
 		return c.exportNew(Cap{Kind: CapBroken, Err: newError(ExcFailed, "capability of an answer already finished")}, false)
 	case CapAnswer:
-		if a := c.answers[cp.ID]; a != nil && a.returned {
+		a := c.answerOf(cp)
+		switch {
+		case a == nil:
+			return c.exportNew(Cap{Kind: CapBroken, Err: newError(ExcFailed, "capability of an answer that is gone")}, false)
+		case a.returned:
 			to, err := a.resultCap(cp.Transform)
 			if err != nil {
 				to = Cap{Kind: CapBroken, Err: err}
 			}
 			return c.encodeCap(to)
 		}
+		c.retainCap(cp)              // the export's
 		return c.exportNew(cp, true) // a promise, resolved when the answer returns
 	case CapLocal:
 		if id, ok := c.exportKey[cp.Ref]; ok {
@@ -127,8 +131,6 @@ func (c *Core) exportNew(cp Cap, promise bool) (CapDescriptor, uint32, error) {
 	case CapLocal:
 		e.ref = cp.Ref
 		c.exportKey[cp.Ref] = e.id
-	case CapAnswer:
-		e.answer = cp.ID
 	}
 	c.emit(SpawnChild{Child: Child{Kind: ExportChild, ID: e.id, Ref: e.ref}})
 	return e.descriptor(), e.id, nil
@@ -152,7 +154,7 @@ func (c *Core) releaseExport(id uint32, n uint32) error {
 	if e.ref != 0 && c.exportKey[e.ref] == id {
 		delete(c.exportKey, e.ref)
 	}
-	if e.resolved {
+	if e.resolved || e.cap.Kind == CapAnswer {
 		c.releaseCap(e.cap)
 	}
 	c.emit(StopChild{Child: Child{Kind: ExportChild, ID: id, Ref: e.ref}})
@@ -209,7 +211,7 @@ func (c *Core) decodeCap(d CapDescriptor) (Cap, error) {
 			return Cap{}, protocolErrorf(ErrUnknownID, "receiverAnswer in question %d, which is not in flight", d.ID)
 		}
 		if !a.returned {
-			return Cap{Kind: CapAnswer, ID: d.ID, Transform: d.Transform}, nil
+			return c.capAnswer(a, d.Transform), nil
 		}
 		to, err := a.resultCap(d.Transform)
 		if err != nil {
@@ -223,11 +225,21 @@ func (c *Core) decodeCap(d CapDescriptor) (Cap, error) {
 	return Cap{}, protocolErrorf(ErrMalformed, "capability descriptor of unknown kind %d", d.Kind)
 }
 
-// retainCap takes one more reference to cp (imports are counted).
+// retainCap takes one more reference to cp (imports and answers' results
+// are counted).
 func (c *Core) retainCap(cp Cap) {
-	if cp.Kind == CapImport {
+	switch cp.Kind {
+	case CapImport:
 		if im := c.imports[cp.ID]; im != nil {
 			im.localRefs++
+		}
+	case CapAnswer:
+		if a := c.answerOf(cp); a != nil {
+			a.capRefs++
+		}
+	case CapQuestion:
+		if q := c.byCall[cp.Call]; q != nil {
+			q.capRefs++
 		}
 	}
 }
@@ -247,6 +259,22 @@ func (c *Core) releaseCaps(caps []Cap) {
 // releaseCap drops one reference to cp; an import whose last reference
 // goes is released to the peer with every reference it sent us.
 func (c *Core) releaseCap(cp Cap) {
+	switch cp.Kind {
+	case CapAnswer:
+		if a := c.answerOf(cp); a != nil {
+			c.releaseAnswerRef(a)
+		}
+		return
+	case CapQuestion:
+		if q := c.byCall[cp.Call]; q != nil {
+			q.capRefs--
+			if q.capRefs == 0 && q.finishLater && len(q.embargoes) == 0 {
+				q.finishLater = false
+				c.localFinish(q.call)
+			}
+		}
+		return
+	}
 	if cp.Kind != CapImport {
 		return
 	}
@@ -279,9 +307,9 @@ func (c *Core) localResolved(ref Ref, to Cap) {
 	id, ok := c.exportKey[ref]
 	e := c.exports.get(id)
 	if !ok || e == nil || !e.promise || e.resolved {
-		c.releaseCap(to)
 		return
 	}
+	c.retainCap(to)
 	c.resolveExport(e, to)
 }
 
@@ -309,7 +337,7 @@ func (c *Core) resolveExport(e *export, to Cap) {
 func (c *Core) resolveAnswerExports(a *answer) {
 	var es []*export
 	c.exports.each(func(_ uint32, e *export) {
-		if !e.resolved && e.cap.Kind == CapAnswer && e.cap.ID == a.id {
+		if !e.resolved && e.cap.Kind == CapAnswer && e.cap.ID == a.id && e.cap.Gen == a.seq {
 			es = append(es, e)
 		}
 	})
@@ -319,7 +347,9 @@ func (c *Core) resolveAnswerExports(a *answer) {
 			to = Cap{Kind: CapBroken, Err: err}
 		}
 		c.retainCap(to)
+		held := e.cap
 		c.resolveExport(e, to)
+		c.releaseCap(held) // the export's reference to the answer
 	}
 }
 
@@ -356,9 +386,17 @@ func (c *Core) receiveResolve(r Resolve) error {
 		c.emit(ImportResolved{ID: im.id, To: Cap{Kind: CapBroken, Err: im.broken}})
 		return nil
 	}
-	if c.resolvesTo(to, im.id) {
+	if to.Kind == CapImport && to.ID == im.id {
 		c.releaseCap(to)
 		return protocolErrorf(ErrResolveLoop, "promise %d resolved to itself", im.id)
+	}
+	if c.resolvesTo(to, im.id) {
+		// A longer loop may be of two vats' making, not the peer's alone:
+		// the promise breaks, the connection stays.
+		c.releaseCap(to)
+		im.broken = newError(ExcFailed, "%w: promise %d resolves to itself through other promises", ErrResolveLoop, im.id)
+		c.emit(ImportResolved{ID: im.id, To: Cap{Kind: CapBroken, Err: im.broken}})
+		return nil
 	}
 	im.resolved = &to
 	if (to.Kind == CapLocal || to.Kind == CapAnswer) && im.callsSent {
@@ -426,7 +464,11 @@ func (c *Core) receiveDisembargo(d Disembargo) error {
 		case CapImport:
 			back = Target{Kind: ImportedCap, ID: to.ID}
 		case CapQuestion:
-			back = Target{Kind: PromisedAnswer, ID: to.ID, Transform: to.Transform}
+			q := c.byCall[to.Call]
+			if q == nil {
+				return protocolErrorf(ErrMalformed, "disembargo of %v, whose question is finished", d.Target)
+			}
+			back = Target{Kind: PromisedAnswer, ID: q.id, Transform: to.Transform}
 		default:
 			return protocolErrorf(ErrMalformed, "disembargo of %v, which does not point back to the peer", d.Target)
 		}

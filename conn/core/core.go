@@ -121,12 +121,14 @@ const (
 	// (ID: the import id).
 	CapImport
 	// CapQuestion: the capability at Transform in the answer to one of
-	// our questions on this connection (ID: the question id), whether or
-	// not the answer is in (promise pipelining).
+	// our questions on this connection, named by the local call it
+	// answers (Call), whether or not the answer is in (promise
+	// pipelining). It is valid until that call's LocalFinish.
 	CapQuestion
 	// CapAnswer: the capability at Transform in the results of one of
-	// the peer's calls on this connection (ID: its question id), which
-	// may still be running.
+	// the peer's calls on this connection (ID: its question id; Gen: which
+	// call of that id), which may still be running. The core keeps the
+	// results while such a Cap is held (LocalRelease gives it back).
 	CapAnswer
 	// CapBroken: a capability that fails every call with Err.
 	CapBroken
@@ -143,6 +145,8 @@ type Cap struct {
 	Ref       Ref  // CapLocal
 	Promise   bool // CapLocal: it may resolve later (LocalResolved says to what)
 	ID        uint32
+	Call      CallID   // CapQuestion
+	Gen       uint64   // CapAnswer
 	Transform []uint16 // CapQuestion, CapAnswer
 	Err       error    // CapBroken
 }
@@ -157,7 +161,7 @@ func (c Cap) String() string {
 	case CapImport:
 		return fmt.Sprintf("import %d", c.ID)
 	case CapQuestion:
-		return fmt.Sprintf("question %d%s", c.ID, transformString(c.Transform))
+		return fmt.Sprintf("question of c%d%s", c.Call, transformString(c.Transform))
 	case CapAnswer:
 		return fmt.Sprintf("answer %d%s", c.ID, transformString(c.Transform))
 	case CapBroken:
@@ -181,9 +185,10 @@ type (
 	Received struct{ Msg Message }
 	// LocalCall: local code calls Target (an import, a question's answer,
 	// an answer's results) with Params, whose CapTable holds the
-	// capabilities (the core takes the references). Its outcome comes
-	// back as one Settle, or as a Redirect when the target turns out to be
-	// local.
+	// capabilities (borrowed: the core takes references of its own, and
+	// the runner keeps the params until the call settles or is
+	// redirected). Its outcome comes back as one Settle, or as a Redirect
+	// when the target turns out to be local.
 	LocalCall struct {
 		Call   CallID
 		Target Cap
@@ -191,8 +196,8 @@ type (
 		Params Payload
 	}
 	// LocalBootstrap: local code asks for the peer's bootstrap capability;
-	// the answer is CapQuestion{ID: the question} with no transform, and
-	// its Settle brings the results.
+	// the answer is CapQuestion{Call: Call} with no transform, and its
+	// Settle brings the results.
 	LocalBootstrap struct{ Call CallID }
 	// LocalFinish: local code is done with the answer of a call (Finish
 	// is sent; a call not yet answered is cancelled).
@@ -206,16 +211,17 @@ type (
 	// LocalRelease: local code drops one reference to a Cap it was given
 	// (imports are counted; other kinds are ignored).
 	LocalRelease struct{ Cap Cap }
+	// LocalRetain: local code takes one more reference to a Cap.
+	LocalRetain struct{ Cap Cap }
 	// LocalResolved: a local promise (a Ref exported as a promise) has
-	// become To. The runner reports it after it has made, on To, the
-	// calls the promise was holding.
+	// become To (borrowed). The runner reports it after it has made, on
+	// To, the calls the promise was holding.
 	LocalResolved struct {
 		Ref Ref
 		To  Cap
 	}
 	// Returned: a call delivered with Deliver has returned: Results (its
-	// CapTable holds the capabilities; the core takes the references) or
-	// Err.
+	// CapTable holds the capabilities, borrowed) or Err.
 	Returned struct {
 		Answer  uint32
 		Results *Payload
@@ -260,6 +266,7 @@ func (LocalBootstrap) input() {}
 func (LocalFinish) input()    {}
 func (LocalCancel) input()    {}
 func (LocalRelease) input()   {}
+func (LocalRetain) input()    {}
 func (LocalResolved) input()  {}
 func (Returned) input()       {}
 func (Shutdown) input()       {}
@@ -423,6 +430,9 @@ type Core struct {
 	callBytes   int64 // their sizes (MaxCallBytes)
 	answerBytes int64 // Returns held until their Finish (MaxAnswerBytes)
 	seq         uint64
+	// retired: answers dropped from the table (their Finish came) whose
+	// results are still named by CapAnswer caps, by Gen.
+	retired map[uint64]*answer
 
 	life lifecycle
 }
@@ -436,6 +446,7 @@ func New(cfg Config, now time.Time) *Core {
 		answers:   make(map[uint32]*answer),
 		exportKey: make(map[Ref]uint32),
 		imports:   make(map[uint32]*importEntry),
+		retired:   make(map[uint64]*answer),
 	}
 	c.life.start = now
 	c.life.idle = true
@@ -482,6 +493,8 @@ func (c *Core) step(in Input) {
 		c.localCancel(m.Call, m.Err)
 	case LocalRelease:
 		c.localRelease(m.Cap)
+	case LocalRetain:
+		c.retainCap(m.Cap)
 	case LocalResolved:
 		c.localResolved(m.Ref, m.To)
 	case Returned:

@@ -438,6 +438,9 @@ func (c *Core) abandonAnswers() {
 	slices.Sort(ids)
 	for _, id := range ids {
 		a := c.answers[id]
+		if a == nil {
+			continue // dropped meanwhile: a held call on it failed
+		}
 		if !a.returned {
 			a.returned = true
 			c.running--
@@ -475,11 +478,7 @@ func (c *Core) stopQuestions() {
 		returned := q.returned()
 		if !returned {
 			canceled++
-			switch {
-			case q.forward != nil:
-			case q.call != 0:
-				c.emit(Settle{Call: q.call, Err: lost})
-			}
+			c.settle(q, nil, lost)
 		}
 		for _, e := range q.embargoes {
 			c.failEmbargo(e)
@@ -518,9 +517,7 @@ func (c *Core) stopExports() {
 	c.exports.each(func(_ uint32, e *export) { es = append(es, e) })
 	slices.SortFunc(es, func(a, b *export) int { return cmp.Compare(b.seq, a.seq) })
 	for _, e := range es {
-		if e.resolved {
-			c.releaseCap(e.cap)
-		}
+		// A resolution's import reference goes with releaseImports.
 		w.queue = append(w.queue, Child{Kind: ExportChild, ID: e.id, Ref: e.ref})
 	}
 	c.exports = idTable[*export]{}
@@ -609,6 +606,7 @@ func (c *Core) releaseImports() {
 	for _, e := range es {
 		c.failEmbargo(e)
 	}
+	clear(c.retired)
 	note := fmt.Sprintf("%d released", len(ids))
 	if c.life.peerGone && len(ids) > 0 {
 		note = fmt.Sprintf("%d dropped (the peer has gone)", len(ids))
@@ -691,19 +689,22 @@ func (c *Core) stepClosing(in Input) {
 			c.receiveAbort(a) // kept in Report.Peer; never answered
 		}
 	case ReadEnded:
+		// The peer has gone meanwhile: what is left of the end writes
+		// nothing more to it (no epitaph after its EOF).
+		c.life.peerGone = true
 		if m.EOF {
-			c.record(supervisor.PeerEOF{})
+			c.record(supervisor.PeerEOF{Idle: c.Stats().Idle()})
+		} else {
+			c.life.hard = true
 		}
+	case WriteFailed:
+		c.life.peerGone, c.life.hard = true, true
 	case LocalCall:
 		c.fail(caller{local: m.Call, params: m.Params}, c.errDisconnected())
 	case LocalBootstrap:
 		c.emit(Settle{Call: m.Call, Err: c.errDisconnected()})
-	case Returned:
-		if m.Results != nil {
-			c.releaseCaps(m.Results.CapTable)
-		}
-	case LocalResolved:
-		c.releaseCap(m.To)
+	case LocalRelease:
+		c.releaseCap(m.Cap)
 	}
 }
 

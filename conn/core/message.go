@@ -349,4 +349,6 @@ func (m Unimplemented) String() string {
 	return "unimplemented (" + m.Message.String() + ")"
 }
 
-func (m Unknown) String() string { return fmt.Sprintf("unknown message kind %d (%d bytes)", m.Kind, m.Size) }
+func (m Unknown) String() string {
+	return fmt.Sprintf("unknown message kind %d (%d bytes)", m.Kind, m.Size)
+}

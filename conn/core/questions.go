@@ -23,7 +23,18 @@ type question struct {
 	results      *Payload   // once returned with results; CapTable: the question's own references
 	err          error      // once returned with an exception
 	embargoes    []*embargo // on capabilities of its results pointing back to us
-	finishLater  bool       // Finish asked for while embargoes are up
+	finishLater  bool       // Finish asked for while embargoes are up or capRefs held
+	settled      bool       // its local call has had its Settle
+	capRefs      int        // CapQuestion caps the core holds (resolutions, results)
+}
+
+// settle gives q's local call its one Settle.
+func (c *Core) settle(q *question, results *Payload, err error) {
+	if q.settled || q.call == 0 {
+		return
+	}
+	q.settled = true
+	c.emit(Settle{Call: q.call, Results: results, Err: err})
 }
 
 // questionState is where a question is in its life on the wire. Each
@@ -60,12 +71,20 @@ func (q *question) finishSent() bool {
 const noExport = ^uint32(0)
 
 // caller is a call being routed: a local one (local), or one of the
-// peer's (answer). Its params' CapTable references belong to it.
+// peer's (answer). The params' CapTable references of the peer's call
+// belong to it; a local call's are the runner's.
 type caller struct {
 	local  CallID
 	answer *answer
 	method Method
 	params Payload
+}
+
+// dropParams releases the references cl's params hold, if they are its.
+func (c *Core) dropParams(cl caller) {
+	if cl.answer != nil {
+		c.releaseCaps(cl.params.CapTable)
+	}
 }
 
 // maxRouteDepth bounds how many resolutions a call follows; a longer
@@ -154,7 +173,7 @@ func (c *Core) route(cl caller, to Cap, depth int) {
 		im.callsSent = true
 		c.sendCall(cl, Target{Kind: ImportedCap, ID: to.ID})
 	case CapQuestion:
-		q := c.questions.get(to.ID)
+		q := c.byCall[to.Call]
 		if q == nil || q.finishSent() {
 			c.fail(cl, newError(ExcFailed, "pipelined call on an answer that was already finished"))
 			return
@@ -177,7 +196,7 @@ func (c *Core) route(cl caller, to Cap, depth int) {
 		}
 		c.sendCall(cl, Target{Kind: PromisedAnswer, ID: q.id, Transform: to.Transform})
 	case CapAnswer:
-		a := c.answers[to.ID]
+		a := c.answerOf(to)
 		if a == nil {
 			c.fail(cl, newError(ExcFailed, "call on a capability in an answer that is gone"))
 			return
@@ -204,16 +223,18 @@ func (c *Core) sendCall(cl caller, target Target) {
 		c.fail(cl, err)
 		return
 	}
-	c.releaseCaps(cl.params.CapTable) // described: the wire carries them now
 	q := c.newQuestion(cl)
 	q.paramExports = ids
 	c.send(Call{QuestionID: q.id, Target: target, Method: cl.method,
 		Params: Payload{Content: cl.params.Content, Caps: descs, Size: cl.params.Size}})
+	// Only now: a Release of an import the params named must not overtake
+	// the Call that names it.
+	c.dropParams(cl)
 }
 
 // fail ends cl with err: a local call settles, the peer's call returns.
 func (c *Core) fail(cl caller, err error) {
-	c.releaseCaps(cl.params.CapTable)
+	c.dropParams(cl)
 	if a := cl.answer; a != nil {
 		c.answerReturn(a, nil, err)
 		return
@@ -324,7 +345,7 @@ func (c *Core) receiveReturn(r Return) error {
 			cp.CapTable = slices.Clone(results.CapTable)
 			out = &cp
 		}
-		c.emit(Settle{Call: q.call, Results: out, Err: err})
+		c.settle(q, out, err)
 	}
 	c.retireQuestion(q)
 	return nil
@@ -387,14 +408,16 @@ func (c *Core) localFinish(call CallID) {
 	if q == nil || q.finishSent() {
 		return
 	}
-	if len(q.embargoes) > 0 {
-		q.finishLater = true // the Disembargo's reflection names the question
+	if len(q.embargoes) > 0 || q.capRefs > 0 {
+		// A Disembargo's reflection, or a capability the core holds, names
+		// the question: its Finish waits for them.
+		q.finishLater = true
 		return
 	}
 	returned := q.returned()
 	c.sendFinish(q, !returned)
 	if !returned {
-		c.emit(Settle{Call: q.call, Err: newError(ExcFailed, "answer finished before it arrived")})
+		c.settle(q, nil, newError(ExcFailed, "answer finished before it arrived"))
 	}
 	c.retireQuestion(q)
 }
@@ -409,7 +432,7 @@ func (c *Core) localCancel(call CallID, err error) {
 		err = errCanceled
 	}
 	c.sendFinish(q, true)
-	c.emit(Settle{Call: q.call, Err: err})
+	c.settle(q, nil, err)
 }
 
 // sendFinish tells the peer we are done with q. releaseResultCaps: we
