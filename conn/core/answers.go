@@ -237,6 +237,8 @@ func (c *Core) answerReturn(a *answer, results *Payload, err error) {
 		} else {
 			a.resultExports = ids
 			ret.Results = &Payload{Content: results.Content, Caps: descs, Size: results.Size}
+			// Calls pipelined on the results go where the Return said.
+			c.innermostCaps(results.CapTable)
 		}
 	}
 	if err != nil {

@@ -1,5 +1,7 @@
 package core
 
+import "slices"
+
 // An export is a capability of ours that the peer holds references to.
 type export struct {
 	id       uint32
@@ -9,6 +11,7 @@ type export struct {
 	resolved bool   // the promise has resolved (cap is what to)
 	wireRefs uint32 // descriptors sent, less the peer's Releases
 	seq      uint64
+	held     []caller // a promise's: the peer's calls on it until it resolves
 }
 
 // An importEntry is a capability of the peer that we hold.
@@ -112,6 +115,56 @@ func (c *Core) encodeCap(cp Cap) (CapDescriptor, uint32, error) {
 	return CapDescriptor{}, noExport, newError(ExcFailed, "capability of unknown kind %d", cp.Kind)
 }
 
+// innermost is the capability a descriptor of cp denotes: what cp has
+// resolved to, as far as the peer is told. Calls that the peer makes on
+// what we described (a promise's resolution, a capability in our results)
+// go there, and nowhere cp resolves to later: a Disembargo the peer sends
+// after them must find them on the same path (the Tribble rule).
+func (c *Core) innermost(cp Cap) Cap {
+	for range maxRouteDepth {
+		switch cp.Kind {
+		case CapAnswer:
+			a := c.answerOf(cp)
+			if a == nil || !a.returned {
+				return cp
+			}
+			to, err := a.resultCap(cp.Transform)
+			if err != nil {
+				return Cap{Kind: CapBroken, Err: err}
+			}
+			cp = to
+		case CapLocal:
+			id, ok := c.exportKey[cp.Ref]
+			e := c.exports.get(id)
+			if !ok || e == nil || !e.resolved {
+				return cp
+			}
+			cp = e.cap
+		default:
+			return cp
+		}
+	}
+	return cp
+}
+
+// innermostCaps replaces each capability of caps (whose references it
+// holds) by its innermost.
+func (c *Core) innermostCaps(caps []Cap) {
+	for i, cp := range caps {
+		if in := c.innermost(cp); !in.Equal(cp) {
+			c.retainCap(in)
+			c.releaseCap(cp)
+			caps[i] = in
+		}
+	}
+}
+
+// Equal reports whether a and b are the same capability (errors aside).
+func (a Cap) Equal(b Cap) bool {
+	return a.Kind == b.Kind && a.Ref == b.Ref && a.Promise == b.Promise && a.ID == b.ID && a.Call == b.Call &&
+		a.Gen == b.Gen && slices.Equal(a.Transform, b.Transform)
+}
+
 func (e *export) descriptor() CapDescriptor {
 	if e.promise {
 		return CapDescriptor{Kind: SenderPromise, ID: e.id}
@@ -153,6 +206,18 @@ func (c *Core) releaseExport(id uint32, n uint32) error {
 	c.exports.remove(id)
 	if e.ref != 0 && c.exportKey[e.ref] == id {
 		delete(c.exportKey, e.ref)
+	}
+	// Calls the peer made on the promise before it let go of it: the
+	// runner's promise takes them now (nothing can follow them here).
+	held := e.held
+	e.held = nil
+	for _, cl := range held {
+		if a := cl.answer; a != nil {
+			a.delivered = true
+			c.emit(Deliver{Answer: a.id, To: e.cap, Method: cl.method, Params: cl.params})
+			continue
+		}
+		c.emit(Redirect{Call: cl.local, To: e.cap, Method: cl.method, Params: cl.params})
 	}
 	if e.resolved || e.cap.Kind == CapAnswer {
 		c.releaseCap(e.cap)
@@ -316,8 +381,18 @@ func (c *Core) localResolved(ref Ref, to Cap) {
 // resolveExport sends the Resolve of promise export e to to (whose
 // reference it takes).
 func (c *Core) resolveExport(e *export, to Cap) {
+	if in := c.innermost(to); !in.Equal(to) {
+		c.retainCap(in)
+		c.releaseCap(to)
+		to = in
+	}
 	e.resolved = true
 	e.cap = to
+	held := e.held
+	e.held = nil
+	for _, cl := range held {
+		c.route(cl, to, 1)
+	}
 	r := Resolve{PromiseID: e.id}
 	if to.Kind == CapBroken {
 		r.Exception = exceptionOf(to.Err)
@@ -356,6 +431,9 @@ func (c *Core) resolveAnswerExports(a *answer) {
 // receiveResolve: the peer's promise import has become something.
 func (c *Core) receiveResolve(r Resolve) error {
 	im := c.imports[r.PromiseID]
+	if d := r.Cap; d != nil && (d.Kind == SenderHosted || d.Kind == SenderPromise) && d.ID == r.PromiseID {
+		return protocolErrorf(ErrResolveLoop, "promise %d resolved to itself", r.PromiseID)
+	}
 	var to Cap
 	if r.Cap != nil {
 		var err error
@@ -386,15 +464,19 @@ func (c *Core) receiveResolve(r Resolve) error {
 		c.emit(ImportResolved{ID: im.id, To: Cap{Kind: CapBroken, Err: im.broken}})
 		return nil
 	}
-	if to.Kind == CapImport && to.ID == im.id {
-		c.releaseCap(to)
-		return protocolErrorf(ErrResolveLoop, "promise %d resolved to itself", im.id)
-	}
 	if c.resolvesTo(to, im.id) {
-		// A longer loop may be of two vats' making, not the peer's alone:
-		// the promise breaks, the connection stays.
+		// A loop through other promises or answers may be of two vats'
+		// making, not the peer's alone: the promise breaks, the
+		// connection stays. An export of ours in the loop breaks too, or
+		// the peer's calls on it would go round for ever.
 		c.releaseCap(to)
 		im.broken = newError(ExcFailed, "%w: promise %d resolves to itself through other promises", ErrResolveLoop, im.id)
+		if d := r.Cap; d.Kind == ReceiverHosted {
+			if e := c.exports.get(d.ID); e != nil && e.resolved && e.cap.Kind == CapImport {
+				c.releaseCap(e.cap)
+				e.cap = Cap{Kind: CapBroken, Err: im.broken}
+			}
+		}
 		c.emit(ImportResolved{ID: im.id, To: Cap{Kind: CapBroken, Err: im.broken}})
 		return nil
 	}

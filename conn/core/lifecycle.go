@@ -417,6 +417,7 @@ func (c *Core) close(hard bool) {
 	c.life.hard = c.life.hard || hard
 	c.emit(Closing{Err: c.errDisconnected()})
 	c.abandonAnswers()
+	c.failHeldOnPromises()
 	c.stopQuestions()
 }
 
@@ -461,6 +462,18 @@ func (c *Core) abandonAnswers() {
 		a.releaseResults = false
 		c.dropAnswer(a)
 	}
+}
+
+// failHeldOnPromises fails the calls waiting for our promises to
+// resolve: the connection that would carry them on is ending.
+func (c *Core) failHeldOnPromises() {
+	c.exports.each(func(_ uint32, e *export) {
+		held := e.held
+		e.held = nil
+		for _, cl := range held {
+			c.fail(cl, c.errDisconnected())
+		}
+	})
 }
 
 // stopQuestions ends our questions: those still waiting settle with a

@@ -145,6 +145,21 @@ func (c *Core) route(cl caller, to Cap, depth int) {
 	case CapBroken:
 		c.fail(cl, to.Err)
 	case CapLocal:
+		if to.Promise {
+			// Calls that reach an exported promise of ours through the
+			// connection wait here, in one queue, not in the runner's
+			// promise: when it resolves they go on in the order they
+			// came (an embargo lifted by the peer counts on it), ahead
+			// of any made after.
+			if e := c.exports.get(c.exportKey[to.Ref]); e != nil && e.ref == to.Ref {
+				if !e.resolved {
+					e.held = append(e.held, cl)
+					return
+				}
+				c.route(cl, e.cap, depth+1)
+				return
+			}
+		}
 		if a := cl.answer; a != nil {
 			a.delivered = true
 			c.emit(Deliver{Answer: a.id, To: to, Method: cl.method, Params: cl.params})

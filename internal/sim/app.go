@@ -31,6 +31,7 @@ func (v *vat) call() bool {
 		inv.params = append(inv.params, v.someCap())
 	}
 	ac := &appCall{}
+	v.w.logf("v%d calls %v: client %d seq %d uid %d", v.id, cl.cap, cl.key, cl.seq, ct.tag.uid)
 	inv.done = func(results []vcap, rc core.Content, err error) {
 		ac.settled = true
 		if err == nil && len(results) > 0 && v.w.rng.IntN(3) == 0 {
@@ -65,7 +66,12 @@ func (v *vat) someCap() vcap {
 	case n == 1:
 		return vcap{ref: v.newObj(promise).ref}
 	case len(v.clients) > 0:
-		return v.clients[v.w.rng.IntN(len(v.clients))].cap
+		// Not a pipelined capability: two vats whose answers hold each
+		// other's pipelined capabilities make a cycle no Cap'n Proto
+		// implementation collects.
+		if c := v.clients[v.w.rng.IntN(len(v.clients))]; c.call == nil {
+			return c.cap
+		}
 	}
 	return vcap{ref: v.boot}
 }
@@ -149,8 +155,11 @@ func (v *vat) resolve() bool {
 	var to vcap
 	switch n := v.w.rng.IntN(4); {
 	case n == 0 && len(v.clients) > 0:
-		to = v.clients[v.w.rng.IntN(len(v.clients))].cap
-		if to.end != nil {
+		// Not to a pipelined capability: its answer may be this very
+		// promise, a loop of the application's making that the runner
+		// would chase for ever.
+		if c := v.clients[v.w.rng.IntN(len(v.clients))]; c.call == nil {
+			to = c.cap
 			v.retain(to)
 		}
 	case n == 1:
@@ -187,6 +196,7 @@ func (v *vat) leadsTo(ref, target core.Ref) bool {
 }
 
 func (v *vat) settlePromise(p *obj, to vcap) {
+	v.w.logf("v%d resolves promise #%d to %v (holding %d calls)", v.id, p.ref, to, len(p.held))
 	p.resolved, p.to = true, to
 	held := p.held
 	p.held = nil

@@ -177,7 +177,7 @@ func (e *end) payloadFor(caps []vcap, rc core.Content) *core.Payload {
 // connection) among the vat's local capabilities; it holds a reference.
 func (v *vat) proxyFor(c vcap) *obj {
 	for _, o := range v.sortedObjs() {
-		if o.kind == proxy && o.end == c.end && sameCap(o.cap, c.cap) {
+		if o.kind == proxy && o.end == c.end && o.cap.Equal(c.cap) {
 			return o
 		}
 	}
@@ -185,18 +185,6 @@ func (v *vat) proxyFor(c vcap) *obj {
 	p.end, p.cap = c.end, c.cap
 	c.end.post(core.LocalRetain{Cap: c.cap})
 	return p
-}
-
-func sameCap(a, b core.Cap) bool {
-	if a.Kind != b.Kind || a.ID != b.ID || a.Ref != b.Ref || len(a.Transform) != len(b.Transform) {
-		return false
-	}
-	for i := range a.Transform {
-		if a.Transform[i] != b.Transform[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // deliverLocal hands inv to a local capability.
@@ -210,6 +198,7 @@ func (v *vat) deliverLocal(ref core.Ref, inv *invocation) {
 	switch o.kind {
 	case object:
 		t := inv.content.tag
+		v.w.logf("v%d #%d executes uid %d (client %d seq %d of v%d)", v.id, o.ref, t.uid, t.client, t.seq, t.vat)
 		if t.client != 0 {
 			if last, ok := o.lastSeq[t.client]; ok && t.seq <= last {
 				v.w.failf("E-order: #%d of v%d executed call seq %d of client %d (v%d) after seq %d", o.ref, v.id, t.seq, t.client, t.vat, last)
