@@ -481,7 +481,7 @@ func (c *Core) receiveResolve(r Resolve) error {
 		return nil
 	}
 	im.resolved = &to
-	if (to.Kind == CapLocal || to.Kind == CapAnswer) && im.callsSent {
+	if pointsBack(r.Cap.Kind) && im.callsSent {
 		// Our calls on it are on their way to the peer, which will
 		// reflect them back to us: later ones wait for them.
 		e := &embargo{imp: im}

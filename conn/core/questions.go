@@ -340,7 +340,7 @@ func (c *Core) receiveReturn(r Return) error {
 	}
 	q.results, q.err = results, err
 	if results != nil {
-		c.embargoResults(q)
+		c.embargoResults(q, r.Results.Caps)
 	}
 	switch {
 	case q.forward != nil:
@@ -386,11 +386,12 @@ func (c *Core) releaseParamCaps(q *question, released bool) error {
 
 // embargoResults: calls we pipelined on q went to the peer, which
 // delivers them to the capabilities in its results. Where such a
-// capability is one of ours, calls made on it from now on would overtake
-// them: they wait behind an embargo until the peer reflects our
-// Disembargo. Where it is the peer's, the calls are counted as sent on
-// it (a later resolution of it to one of ours embargoes them too).
-func (c *Core) embargoResults(q *question) {
+// capability is one of ours (the descriptor says so, whatever ours has
+// resolved to since), calls made on it from now on would overtake them:
+// they wait behind an embargo until the peer reflects our Disembargo.
+// Where it is the peer's, the calls are counted as sent on it (a later
+// resolution of it to one of ours embargoes them too).
+func (c *Core) embargoResults(q *question, descs []CapDescriptor) {
 	seen := make([][]uint16, 0, len(q.pipelined))
 	for _, tr := range q.pipelined {
 		if slices.ContainsFunc(seen, func(s []uint16) bool { return slices.Equal(s, tr) }) {
@@ -401,14 +402,14 @@ func (c *Core) embargoResults(q *question) {
 		if err != nil {
 			continue
 		}
-		switch cp.Kind {
-		case CapLocal, CapAnswer:
+		switch i, _, _ := q.results.Content.Locate(tr); {
+		case pointsBack(descs[i].Kind):
 			e := &embargo{question: q, transform: tr}
 			e.id = c.embargoes.add(e)
 			q.embargoes = append(q.embargoes, e)
 			c.send(Disembargo{Target: Target{Kind: PromisedAnswer, ID: q.id, Transform: tr},
 				Context: SenderLoopback, EmbargoID: e.id})
-		case CapImport:
+		case cp.Kind == CapImport:
 			if im := c.imports[cp.ID]; im != nil {
 				im.callsSent = true
 			}
@@ -416,6 +417,10 @@ func (c *Core) embargoResults(q *question) {
 	}
 	q.pipelined = nil
 }
+
+// pointsBack reports whether a descriptor names one of the receiver's own
+// capabilities.
+func pointsBack(k DescriptorKind) bool { return k == ReceiverHosted || k == ReceiverAnswer }
 
 // localFinish: local code is done with the answer of call.
 func (c *Core) localFinish(call CallID) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/vatactor/vatactor/conn/core"
 )
@@ -33,6 +34,7 @@ func (e *end) carryOut(o core.Output) {
 		}
 		e.out = append(e.out, o.Msg)
 		w.messages++
+		w.kinds[messageKind(o.Msg)]++
 	case core.Deliver:
 		inv := &invocation{content: o.Params.Content.(*content), method: o.Method, owned: true}
 		inv.params = e.vcaps(o.Params.CapTable)
@@ -86,6 +88,28 @@ func (e *end) carryOut(o core.Output) {
 	default:
 		w.failf("%s: output of unknown type %T", e.name, o)
 	}
+}
+
+// messageKind names a message's kind for the run's figures.
+func messageKind(m core.Message) string {
+	switch m := m.(type) {
+	case core.Disembargo:
+		if m.Context == core.SenderLoopback {
+			return "disembargo.senderLoopback"
+		}
+		return "disembargo.receiverLoopback"
+	case core.Call:
+		if m.Target.Kind == core.PromisedAnswer {
+			return "call.pipelined"
+		}
+		return "call"
+	case core.Abort:
+		if m.Exception.Epitaph != nil {
+			return "abort.epitaph"
+		}
+		return "abort"
+	}
+	return strings.ToLower(strings.TrimPrefix(fmt.Sprintf("%T", m), "core."))
 }
 
 // settle: a call given to e's core has its outcome.

@@ -433,7 +433,7 @@ func (w *world) checkReason(c *connection, e *end) {
 }
 
 func (w *world) result() Result {
-	r := Result{Steps: w.steps, Calls: len(w.calls), Messages: w.messages, Faults: w.faults, Failures: w.failures}
+	r := Result{Steps: w.steps, Calls: len(w.calls), Messages: w.messages, Faults: w.faults, Failures: w.failures, Kinds: w.kinds}
 	r.Transcript = w.trace
 	if !w.cfg.Trace && len(r.Transcript) > TraceTail {
 		r.Transcript = r.Transcript[len(r.Transcript)-TraceTail:]

@@ -45,7 +45,8 @@ type Result struct {
 	Calls      int
 	Messages   int
 	Faults     []string
-	Failures   []string // broken oracles; empty when the run passed
+	Kinds      map[string]int // messages sent, by kind
+	Failures   []string       // broken oracles; empty when the run passed
 	Transcript []string
 }
 
@@ -71,6 +72,7 @@ type world struct {
 	nextUID    int
 	nextClient int
 	messages   int
+	kinds      map[string]int
 	faults     []string
 
 	failures []string
@@ -258,7 +260,7 @@ func newWorld(cfg Config) *world {
 		cfg.Steps = 300
 	}
 	w := &world{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15)), now: epoch,
-		calls: map[core.CallID]*callRec{}, received: map[int]bool{}}
+		calls: map[core.CallID]*callRec{}, received: map[int]bool{}, kinds: map[string]int{}}
 	for i := range cfg.Vats {
 		v := &vat{w: w, id: i, objs: map[core.Ref]*obj{}}
 		v.boot = v.newObj(object).ref

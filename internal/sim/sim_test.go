@@ -45,12 +45,16 @@ func TestSimulation(t *testing.T) {
 	}
 	start := time.Now()
 	var steps, calls, msgs, faults, failed int
+	kinds := map[string]int{}
 	for s := *first; s < *first+uint64(n); s++ {
 		r := runSeed(t, s, false)
 		steps += r.Steps
 		calls += r.Calls
 		msgs += r.Messages
 		faults += len(r.Faults)
+		for k, n := range r.Kinds {
+			kinds[k] += n
+		}
 		if len(r.Failures) > 0 {
 			failed++
 			if failed >= 3 {
@@ -58,7 +62,7 @@ func TestSimulation(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d seeds in %v: %d steps, %d calls, %d messages, %d faults", n, time.Since(start).Round(time.Millisecond), steps, calls, msgs, faults)
+	t.Logf("%d seeds in %v: %d steps, %d calls, %d messages, %d faults; messages by kind: %v", n, time.Since(start).Round(time.Millisecond), steps, calls, msgs, faults, kinds)
 }
 
 // TestSimulationRegressions replays the seeds that once broke an oracle
