@@ -282,7 +282,7 @@ func TestScriptUnimplemented(t *testing.T) {
 	s.has("send unimplemented (unknown message kind 42 (64 bytes))")
 	s.in(LocalCall{Call: 2, Target: Cap{Kind: CapImport, ID: 0}, Method: echo})
 	s.recv(Unimplemented{Message: Call{QuestionID: 0, Target: Target{Kind: ImportedCap, ID: 0}, Method: echo}})
-	s.has("settle c2 error remote: unimplemented")
+	s.has("settle c2 error capnp: unimplemented")
 	s.recv(Unknown{Kind: 43, Size: 1000})
 	var be *BudgetError
 	if !errors.As(s.core.Reason(), &be) || be.Budget != "MaxUnimplementedEcho" {

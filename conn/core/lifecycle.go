@@ -219,26 +219,37 @@ func (c *Core) receiveAbort(m Abort) {
 }
 
 // receiveUnimplemented: the peer did not implement a message we sent.
-// A Bootstrap or Call is answered as if by an unimplemented exception; a
+// A Bootstrap or Call fails with an unimplemented exception and is over
+// (the peer never knew the question: no Return comes, no Finish goes); a
 // Resolve's capability is dropped; anything else is logged.
 func (c *Core) receiveUnimplemented(m Unimplemented) error {
-	ex := Exception{Type: ExcUnimplemented, Reason: "the peer does not implement " + describe(m.Message)}
+	var qid uint32
 	switch inner := m.Message.(type) {
 	case Call:
-		if q := c.questions.get(inner.QuestionID); q != nil && !q.returned() {
-			return c.receiveReturn(Return{AnswerID: inner.QuestionID, Exception: &ex, ReleaseParamCaps: true})
-		}
+		qid = inner.QuestionID
 	case Bootstrap:
-		if q := c.questions.get(inner.QuestionID); q != nil && !q.returned() {
-			return c.receiveReturn(Return{AnswerID: inner.QuestionID, Exception: &ex})
-		}
+		qid = inner.QuestionID
 	case Resolve:
 		if d := inner.Cap; d != nil && (d.Kind == SenderHosted || d.Kind == SenderPromise) {
 			_ = c.releaseExport(d.ID, 1)
 		}
+		return nil
 	default:
 		c.logf(slog.LevelInfo, "capnp: the peer does not implement a message we sent", "msg", describe(m.Message))
+		return nil
 	}
+	q := c.questions.get(qid)
+	if q == nil || q.returned() {
+		return nil
+	}
+	err := newError(ExcUnimplemented, "the peer does not implement %s", describe(m.Message))
+	_ = c.releaseParamCaps(q, true) // it never held them
+	q.state = questionDone
+	if q.forward != nil {
+		c.answerReturn(q.forward, nil, err)
+	}
+	c.settle(q, nil, err)
+	c.retireQuestion(q)
 	return nil
 }
 

@@ -43,6 +43,9 @@ func TestSimulation(t *testing.T) {
 	if testing.Short() {
 		n = min(n, 1000)
 	}
+	if raceSeeds > 0 && !flagSet("seeds") {
+		n = raceSeeds
+	}
 	start := time.Now()
 	var steps, calls, msgs, faults, failed int
 	kinds := map[string]int{}
@@ -88,4 +91,11 @@ func TestSimulationRegressions(t *testing.T) {
 		}
 		t.Run(fmt.Sprint(s), func(t *testing.T) { runSeed(t, s, false) })
 	}
+}
+
+// flagSet reports whether the named flag was given on the command line.
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
