@@ -313,6 +313,7 @@ func (c *Core) dropAnswer(a *answer) {
 	a.resultExports = nil
 	if c.answers[a.id] == a {
 		delete(c.answers, a.id)
+		c.emit(AnswerDone{Answer: a.id})
 	}
 	if a.capRefs > 0 {
 		c.retired[a.seq] = a // CapAnswer caps still name its results

@@ -262,7 +262,7 @@ func (c *Core) decodeCap(d CapDescriptor) (Cap, error) {
 		}
 		im.wireRefs++
 		im.localRefs++
-		return Cap{Kind: CapImport, ID: d.ID}, nil
+		return Cap{Kind: CapImport, ID: d.ID, Promise: im.promise && im.resolved == nil && im.broken == nil}, nil
 	case ReceiverHosted:
 		e := c.exports.get(d.ID)
 		if e == nil {

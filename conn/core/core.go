@@ -143,7 +143,7 @@ func (k CapKind) String() string { return capKindNames[k] }
 type Cap struct {
 	Kind      CapKind
 	Ref       Ref  // CapLocal
-	Promise   bool // CapLocal: it may resolve later (LocalResolved says to what)
+	Promise   bool // CapLocal: it may resolve later (LocalResolved says to what); CapImport: the peer sent it as a promise
 	ID        uint32
 	Call      CallID   // CapQuestion
 	Gen       uint64   // CapAnswer
@@ -300,6 +300,10 @@ type (
 	// ending); the call's context should be cancelled. Its Returned is
 	// still expected, and dropped.
 	CancelAnswer struct{ Answer uint32 }
+	// AnswerDone: the peer's call Answer is gone from the table (its
+	// Return sent and its Finish in, or the connection ending): what the
+	// runner keeps for it (the Return's message) may go.
+	AnswerDone struct{ Answer uint32 }
 	// Redirect: the local call Call turned out to target the local
 	// capability To (an embargo lifted, a promise resolved to one of
 	// ours): the runner delivers it there and settles it itself; the core
@@ -355,6 +359,7 @@ type (
 func (Send) output()           {}
 func (Deliver) output()        {}
 func (CancelAnswer) output()   {}
+func (AnswerDone) output()     {}
 func (Redirect) output()       {}
 func (Settle) output()         {}
 func (ImportResolved) output() {}

@@ -63,6 +63,8 @@ func Describe(v any) string {
 		return fmt.Sprintf("deliver a%d to %v %v%s", m.Answer, m.To, m.Method, capTableString(m.Params.CapTable))
 	case CancelAnswer:
 		return fmt.Sprintf("cancel a%d", m.Answer)
+	case AnswerDone:
+		return fmt.Sprintf("a%d done", m.Answer)
 	case Redirect:
 		return fmt.Sprintf("redirect c%d to %v %v%s", m.Call, m.To, m.Method, capTableString(m.Params.CapTable))
 	case Settle:

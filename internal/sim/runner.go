@@ -84,7 +84,7 @@ func (e *end) carryOut(o core.Output) {
 				w.failf("%s went down twice", e.name)
 			}
 		}
-	case core.CancelAnswer, core.ImportResolved, core.Closing, core.Log:
+	case core.CancelAnswer, core.AnswerDone, core.ImportResolved, core.Closing, core.Log:
 	default:
 		w.failf("%s: output of unknown type %T", e.name, o)
 	}
