@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/vatactor/vatactor/conn/core"
 	"github.com/vatactor/vatactor/supervisor"
 	"github.com/vatactor/vatactor/tracing"
 )
@@ -324,7 +325,7 @@ func endQuestionSpan(q *question, err error, withID bool) {
 	}
 	var buf [8]attribute.KeyValue
 	attrs := append(buf[:0], tracing.MethodAttributes(q.method)...)
-	if q.target.parent != nil {
+	if q.target.cap.Kind == core.CapQuestion {
 		attrs = append(attrs, tracing.AttrPipelined.Bool(true))
 	}
 	if withID {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/vatactor/vatactor/supervisor"
@@ -69,6 +70,21 @@ type PhaseReport struct {
 	CutShort bool   // its deadline (or Hurry) ended it
 	Skipped  bool   // not needed: the peer had gone, or nothing to do
 	Note     string // what it did, in a few words
+}
+
+func (p PhaseReport) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-14s %8v", p.Phase, p.Took.Round(time.Microsecond))
+	if p.CutShort {
+		b.WriteString(" CUT SHORT")
+	}
+	if p.Skipped {
+		b.WriteString(" skipped")
+	}
+	if p.Note != "" {
+		b.WriteString(" " + p.Note)
+	}
+	return b.String()
 }
 
 // Report is what a connection's end did.

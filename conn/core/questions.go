@@ -358,6 +358,16 @@ func (c *Core) receiveReturn(r Return) error {
 			c.retainCaps(results.CapTable)
 			cp := *results
 			cp.CapTable = slices.Clone(results.CapTable)
+			// A capability under embargo is given as the question's: calls
+			// on it come here and wait behind the embargo (local code
+			// would otherwise call ours at once).
+			for _, e := range q.embargoes {
+				if i, ok, _ := results.Content.Locate(e.transform); ok && i < len(cp.CapTable) {
+					c.releaseCap(cp.CapTable[i])
+					cp.CapTable[i] = Cap{Kind: CapQuestion, Call: q.call, Transform: e.transform}
+					q.capRefs++
+				}
+			}
 			out = &cp
 		}
 		c.settle(q, out, err)
