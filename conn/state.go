@@ -502,9 +502,6 @@ func (s *state) down(r core.Report) {
 	rep := Report{Reason: r.Reason, Peer: r.Peer, Stats: r.Stats, Phases: r.Phases, Refused: r.Refused,
 		Canceled: r.Canceled, Abandoned: r.Abandoned, StuckActors: r.StuckActors, EpitaphSent: r.EpitaphSent,
 		Duration: time.Since(c.start), ReadEnd: c.readEnd}
-	if bs := c.opts.Bootstrap; bs.IsValid() {
-		bs.Release()
-	}
 	c.mu.Lock()
 	c.report = rep
 	c.mu.Unlock()
