@@ -9,7 +9,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/conn/core"
-	"github.com/vatactor/vatactor/supervisor"
 )
 
 // An answer is one of the peer's Bootstraps or Calls as the shell holds
@@ -31,6 +30,7 @@ type answer struct {
 	args         *capnp.Message // the Call, freed by releaseArgs (or when the answer is done)
 	argsReleased atomic.Bool
 	delivered    bool // the callee has the args
+	returned     bool // the callee has returned and the core been told (the callee's fields are ours)
 
 	// Written by the callee (any goroutine) before Return.
 	msg     *capnp.Message // the Return message, once results are allocated
@@ -40,7 +40,6 @@ type answer struct {
 
 	retState atomic.Int32                  // retWritten | retDropped | retReleased
 	retMsg   atomic.Pointer[capnp.Message] // the queued Return, freed once retState is retAll
-	epitaph  *supervisor.Epitaph
 }
 
 // answerReturned: the callee called Return.
@@ -149,6 +148,7 @@ func (s *state) answerReturned(a *answer) {
 		}
 		return
 	}
+	a.returned = true
 	if a.err != nil {
 		s.feed(core.Returned{Answer: a.id, Err: coreError(a.err)})
 		return

@@ -512,14 +512,11 @@ func (s *state) encodeCall(m core.Call) (*capnp.Message, *answer, *Sidecar, erro
 func (s *state) encodeReturn(m core.Return) (*capnp.Message, *answer, *Sidecar, error) {
 	a := s.answers[m.AnswerID]
 	if a != nil {
-		a.err = nil
+		var err error
 		if m.Exception != nil {
-			a.err = excError(exceptionError(*m.Exception))
-			if m.Exception.Epitaph != nil {
-				a.epitaph = m.Exception.Epitaph
-			}
+			err = excError(exceptionError(*m.Exception))
 		}
-		endAnswerSpan(a)
+		endAnswerSpan(a, err, m.Exception != nil && m.Exception.Epitaph != nil)
 	}
 	if r := m.Results; r != nil {
 		if or, ok := r.Content.(*outReturn); ok && or.a.msg != nil {
@@ -532,7 +529,7 @@ func (s *state) encodeReturn(m core.Return) (*capnp.Message, *answer, *Sidecar, 
 			return a.msg, a, nil, nil
 		}
 	}
-	if a != nil && a.msg != nil {
+	if a != nil && a.returned && a.msg != nil {
 		a.msg.Release() // written by the callee, not sent: an exception goes instead
 		a.msg = nil
 	}

@@ -380,17 +380,18 @@ func callSpanName(m capnp.Method, bootstrap bool) string {
 	return tracing.SpanName(m)
 }
 
-// endAnswerSpan records an answer's outcome when its Return is queued.
-func endAnswerSpan(a *answer) {
+// endAnswerSpan records an answer's outcome when its Return is queued;
+// notProcessed: the call was refused by our drain.
+func endAnswerSpan(a *answer, err error, notProcessed bool) {
 	if a.span == noSpan || !a.span.IsRecording() {
 		return
 	}
 	var buf [8]attribute.KeyValue
 	attrs := append(append(buf[:0], tracing.MethodAttributes(a.method)...), tracing.AttrAnswerID.Int(int(a.id)))
-	if a.epitaph != nil {
+	if notProcessed {
 		attrs = append(attrs, tracing.AttrNotProcessed.Bool(true))
 	}
-	tracing.EndCall(a.span, a.err, attrs...)
+	tracing.EndCall(a.span, err, attrs...)
 }
 
 // startExportSpan starts the span of an export's lifetime, a child of the
