@@ -130,7 +130,7 @@ func (s *state) deliver(o core.Deliver) {
 	l := s.locals[o.To.Ref]
 	if l == nil || in == nil {
 		s.releaseCaps(o.Params.CapTable)
-		s.later = append(s.later, core.Returned{Answer: a.id, Err: &core.Error{Type: core.ExcFailed, Prefix: "capnp",
+		s.later = append(s.later, &core.Returned{Answer: a.id, Err: &core.Error{Type: core.ExcFailed, Prefix: "capnp",
 			Cause: errCapGone}})
 		return
 	}
@@ -150,11 +150,11 @@ func (s *state) answerReturned(a *answer) {
 	}
 	a.returned = true
 	if a.err != nil {
-		s.feed(core.Returned{Answer: a.id, Err: coreError(a.err)})
+		s.feed(&core.Returned{Answer: a.id, Err: coreError(a.err)})
 		return
 	}
 	if a.msg == nil {
-		s.feed(core.Returned{Answer: a.id, Results: &core.Payload{}})
+		s.feed(&core.Returned{Answer: a.id, Results: &core.Payload{}})
 		return
 	}
 	ct := a.msg.CapTable()
@@ -166,7 +166,7 @@ func (s *state) answerReturned(a *answer) {
 		}
 	}
 	size, _ := a.msg.TotalSize()
-	s.feed(core.Returned{Answer: a.id, Results: &core.Payload{Content: &outReturn{a: a}, CapTable: caps, Size: int(size)}})
+	s.feed(&core.Returned{Answer: a.id, Results: &core.Payload{Content: &outReturn{a: a}, CapTable: caps, Size: int(size)}})
 }
 
 // answerDone: the core is done with the answer; what is left of it goes.

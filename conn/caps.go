@@ -73,7 +73,7 @@ func (s *state) exportResolved(e *export) {
 		return // released meanwhile
 	}
 	to := s.describe(e.client)
-	s.feed(core.LocalResolved{Ref: e.ref, To: to})
+	s.feed(&core.LocalResolved{Ref: e.ref, To: to})
 }
 
 // exportKeyOf returns an identity for the capability behind brand, or
@@ -149,7 +149,7 @@ func (s *state) client(cp core.Cap) capnp.Client {
 	case core.CapImport:
 		if ie := s.imports[cp.ID]; ie != nil {
 			if c, ok := ie.client.AddRef(); ok {
-				s.later = append(s.later, core.LocalRelease{Cap: cp}) // the hook holds one
+				s.later = append(s.later, &core.LocalRelease{Cap: cp}) // the hook holds one
 				return c
 			}
 		}
@@ -166,7 +166,7 @@ func (s *state) client(cp core.Cap) capnp.Client {
 	case core.CapNone:
 		return capnp.Client{}
 	}
-	s.later = append(s.later, core.LocalRelease{Cap: cp})
+	s.later = append(s.later, &core.LocalRelease{Cap: cp})
 	return capnp.ErrorClient(fmt.Errorf("capnp: capability of kind %v cannot be held", cp.Kind))
 }
 
@@ -174,7 +174,7 @@ func (s *state) client(cp core.Cap) capnp.Client {
 // takes.
 func (s *state) releaseCaps(caps []core.Cap) {
 	for _, cp := range caps {
-		s.later = append(s.later, core.LocalRelease{Cap: cp})
+		s.later = append(s.later, &core.LocalRelease{Cap: cp})
 	}
 }
 
@@ -245,7 +245,7 @@ func (s *state) importResolved(id uint32, to core.Cap) {
 	case core.CapBroken:
 		ie.resolver.Reject(excError(to.Err))
 	case core.CapImport:
-		s.later = append(s.later, core.LocalRetain{Cap: to})
+		s.later = append(s.later, &core.LocalRetain{Cap: to})
 		ie.resolver.Fulfill(s.client(to))
 	default:
 		return

@@ -85,13 +85,13 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 		}
 		s.traceEvent("bootstrap", attribute.String("direction", "received"))
 		s.newAnswer(bs.QuestionId(), bootstrapMethod, true, sc)
-		return core.Bootstrap{QuestionID: bs.QuestionId()}, nil
+		return &core.Bootstrap{QuestionID: bs.QuestionId()}, nil
 	case rpccp.Message_Which_call:
 		call, err := m.Call()
 		if err != nil {
 			return nil, malformed("call", err)
 		}
-		out := core.Call{QuestionID: call.QuestionId(),
+		out := &core.Call{QuestionID: call.QuestionId(),
 			Method:           core.Method{InterfaceID: call.InterfaceId(), MethodID: call.MethodId()},
 			ResultsElsewhere: call.SendResultsTo().Which() != rpccp.Call_sendResultsTo_Which_caller}
 		tgt, err := call.Target()
@@ -121,7 +121,7 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 		if err != nil {
 			return nil, malformed("return", err)
 		}
-		out := core.Return{AnswerID: ret.AnswerId(), ReleaseParamCaps: ret.ReleaseParamCaps()}
+		out := &core.Return{AnswerID: ret.AnswerId(), ReleaseParamCaps: ret.ReleaseParamCaps()}
 		switch ret.Which() {
 		case rpccp.Return_Which_results:
 			payload, err := ret.Results()
@@ -155,13 +155,13 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 		if err != nil {
 			return nil, malformed("finish", err)
 		}
-		return core.Finish{QuestionID: f.QuestionId(), ReleaseResultCaps: f.ReleaseResultCaps()}, nil
+		return &core.Finish{QuestionID: f.QuestionId(), ReleaseResultCaps: f.ReleaseResultCaps()}, nil
 	case rpccp.Message_Which_resolve:
 		res, err := m.Resolve()
 		if err != nil {
 			return nil, malformed("resolve", err)
 		}
-		out := core.Resolve{PromiseID: res.PromiseId()}
+		out := &core.Resolve{PromiseID: res.PromiseId()}
 		switch res.Which() {
 		case rpccp.Resolve_Which_cap:
 			d, err := res.Cap()
@@ -192,7 +192,7 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 		if err != nil {
 			return nil, malformed("release", err)
 		}
-		return core.Release{ID: rel.Id(), Count: rel.ReferenceCount()}, nil
+		return &core.Release{ID: rel.Id(), Count: rel.ReferenceCount()}, nil
 	case rpccp.Message_Which_disembargo:
 		d, err := m.Disembargo()
 		if err != nil {
@@ -202,7 +202,7 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 		if err != nil {
 			return nil, malformed("disembargo target", err)
 		}
-		out := core.Disembargo{}
+		out := &core.Disembargo{}
 		if out.Target, err = decodeTarget(tgt); err != nil {
 			return nil, err
 		}
@@ -218,19 +218,19 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 	case rpccp.Message_Which_abort:
 		e, err := m.Abort()
 		if err != nil {
-			return core.Abort{Exception: core.Exception{Type: core.ExcFailed, Reason: "(unreadable abort: " + err.Error() + ")"}}, nil
+			return &core.Abort{Exception: core.Exception{Type: core.ExcFailed, Reason: "(unreadable abort: " + err.Error() + ")"}}, nil
 		}
 		ex, err := decodeException(e)
 		if err != nil {
 			ex = core.Exception{Type: core.ExcFailed, Reason: "(unreadable abort: " + err.Error() + ")"}
 		}
-		return core.Abort{Exception: ex}, nil
+		return &core.Abort{Exception: ex}, nil
 	case rpccp.Message_Which_unimplemented:
 		inner, err := m.Unimplemented()
 		if err != nil {
 			return nil, malformed("unimplemented", err)
 		}
-		return core.Unimplemented{Message: decodeEchoed(inner)}, nil
+		return &core.Unimplemented{Message: decodeEchoed(inner)}, nil
 	}
 	return s.unknown(m, msg, &release), nil
 }
@@ -240,7 +240,7 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 func (s *state) unknown(m rpccp.Message, msg *capnp.Message, release *bool) core.Message {
 	size, _ := msg.TotalSize()
 	*release = false
-	return core.Unknown{Kind: int(m.Which()), Size: int(size), Raw: m}
+	return &core.Unknown{Kind: int(m.Which()), Size: int(size), Raw: m}
 }
 
 // decodeEchoed reads what the peer echoed in an Unimplemented: the kind
@@ -249,22 +249,22 @@ func decodeEchoed(m rpccp.Message) core.Message {
 	switch m.Which() {
 	case rpccp.Message_Which_call:
 		if call, err := m.Call(); err == nil {
-			return core.Call{QuestionID: call.QuestionId()}
+			return &core.Call{QuestionID: call.QuestionId()}
 		}
 	case rpccp.Message_Which_bootstrap:
 		if bs, err := m.Bootstrap(); err == nil {
-			return core.Bootstrap{QuestionID: bs.QuestionId()}
+			return &core.Bootstrap{QuestionID: bs.QuestionId()}
 		}
 	case rpccp.Message_Which_resolve:
 		if res, err := m.Resolve(); err == nil && res.Which() == rpccp.Resolve_Which_cap {
 			if d, err := res.Cap(); err == nil {
 				if cd, err := decodeDescriptor(d); err == nil {
-					return core.Resolve{PromiseID: res.PromiseId(), Cap: &cd}
+					return &core.Resolve{PromiseID: res.PromiseId(), Cap: &cd}
 				}
 			}
 		}
 	}
-	return core.Unknown{Kind: int(m.Which())}
+	return &core.Unknown{Kind: int(m.Which())}
 }
 
 func (s *state) decodePayload(msg *capnp.Message, p rpccp.Payload) (core.Payload, error) {
@@ -374,10 +374,10 @@ func decodeException(e rpccp.Exception) (core.Exception, error) {
 // a call.
 func (s *state) encode(m core.Message) (msg *capnp.Message, owner *answer, sc *Sidecar, err error) {
 	switch m := m.(type) {
-	case core.Call:
-		return s.encodeCall(m)
-	case core.Return:
-		return s.encodeReturn(m)
+	case *core.Call:
+		return s.encodeCall(*m)
+	case *core.Return:
+		return s.encodeReturn(*m)
 	}
 	msg, rm := newMessage()
 	defer func() {
@@ -386,7 +386,7 @@ func (s *state) encode(m core.Message) (msg *capnp.Message, owner *answer, sc *S
 		}
 	}()
 	switch m := m.(type) {
-	case core.Bootstrap:
+	case *core.Bootstrap:
 		var bs rpccp.Bootstrap
 		if bs, err = rm.NewBootstrap(); err == nil {
 			bs.SetQuestionId(m.QuestionID)
@@ -394,20 +394,20 @@ func (s *state) encode(m core.Message) (msg *capnp.Message, owner *answer, sc *S
 				sc = q.sidecar
 			}
 		}
-	case core.Finish:
+	case *core.Finish:
 		var f rpccp.Finish
 		if f, err = rm.NewFinish(); err == nil {
 			f.SetQuestionId(m.QuestionID)
 			f.SetReleaseResultCaps(m.ReleaseResultCaps)
 			f.SetRequireEarlyCancellationWorkaround(false)
 		}
-	case core.Release:
+	case *core.Release:
 		var rel rpccp.Release
 		if rel, err = rm.NewRelease(); err == nil {
 			rel.SetId(m.ID)
 			rel.SetReferenceCount(m.Count)
 		}
-	case core.Resolve:
+	case *core.Resolve:
 		var res rpccp.Resolve
 		if res, err = rm.NewResolve(); err == nil {
 			res.SetPromiseId(m.PromiseID)
@@ -423,7 +423,7 @@ func (s *state) encode(m core.Message) (msg *capnp.Message, owner *answer, sc *S
 				}
 			}
 		}
-	case core.Disembargo:
+	case *core.Disembargo:
 		var d rpccp.Disembargo
 		if d, err = rm.NewDisembargo(); err == nil {
 			var t rpccp.MessageTarget
@@ -437,13 +437,13 @@ func (s *state) encode(m core.Message) (msg *capnp.Message, owner *answer, sc *S
 				d.Context().SetReceiverLoopback(m.EmbargoID)
 			}
 		}
-	case core.Abort:
+	case *core.Abort:
 		var e rpccp.Exception
 		if e, err = rm.NewAbort(); err == nil {
 			err = encodeException(e, m.Exception)
 		}
-	case core.Unimplemented:
-		u, ok := m.Message.(core.Unknown)
+	case *core.Unimplemented:
+		u, ok := m.Message.(*core.Unknown)
 		raw, isRaw := u.Raw.(rpccp.Message)
 		if !ok || !isRaw {
 			return nil, nil, nil, fmt.Errorf("unimplemented echo of %v", m.Message)

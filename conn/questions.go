@@ -274,7 +274,7 @@ func (s *state) localCall(q *question) {
 	s.byAns[q.p.Answer()] = q
 	if q.bootstrap {
 		s.traceEvent("bootstrap", attribute.String("direction", "sent"))
-		s.feed(core.LocalBootstrap{Call: q.call})
+		s.feed(&core.LocalBootstrap{Call: q.call})
 		return
 	}
 	ct := q.msg.CapTable()
@@ -288,7 +288,7 @@ func (s *state) localCall(q *question) {
 	params, _ := q.rcall.Params()
 	size, _ := q.msg.TotalSize()
 	content, _ := params.Content()
-	s.feed(core.LocalCall{Call: q.call, Target: q.target.cap, Method: coreMethod(q.method),
+	s.feed(&core.LocalCall{Call: q.call, Target: q.target.cap, Method: coreMethod(q.method),
 		Params: core.Payload{Content: &outCall{q: q, content: content}, CapTable: caps, Size: int(size)}})
 }
 

@@ -168,26 +168,26 @@ func (s *state) Receive(ctx actor.Context) {
 	case readerDone:
 		s.readerDone(m.err)
 	case writerDone:
-		s.feed(core.WriteFailed{Err: m.err})
+		s.feed(&core.WriteFailed{Err: m.err})
 	case shutdownReq:
-		s.feed(core.Shutdown{Epitaph: m.epitaph, Drain: m.drain})
+		s.feed(&core.Shutdown{Epitaph: m.epitaph, Drain: m.drain})
 	case hurry:
-		s.feed(core.Hurry{})
+		s.feed(&core.Hurry{})
 	case deadlineFired:
-		s.feed(core.DeadlineFired{Deadline: m.d, Gen: m.gen})
+		s.feed(&core.DeadlineFired{Deadline: m.d, Gen: m.gen})
 	case callOut:
 		s.localCall(m.q)
 	case cancelQuestion:
-		s.feed(core.LocalCancel{Call: m.q.call, Err: m.err})
+		s.feed(&core.LocalCancel{Call: m.q.call, Err: m.err})
 	case releaseQuestion:
-		s.feed(core.LocalFinish{Call: m.q.call})
+		s.feed(&core.LocalFinish{Call: m.q.call})
 	case importShutdown:
 		if ie := s.imports[m.hook.id]; ie != nil && ie.hook == m.hook {
 			delete(s.imports, m.hook.id)
 		}
-		s.feed(core.LocalRelease{Cap: core.Cap{Kind: core.CapImport, ID: m.hook.id}})
+		s.feed(&core.LocalRelease{Cap: core.Cap{Kind: core.CapImport, ID: m.hook.id}})
 	case capReleased:
-		s.feed(core.LocalRelease{Cap: m.cap})
+		s.feed(&core.LocalRelease{Cap: m.cap})
 	case answerReturned:
 		s.answerReturned(m.a)
 	case exportResolved:
@@ -196,7 +196,7 @@ func (s *state) Receive(ctx actor.Context) {
 		if ch, ok := s.children[m.Who.Id]; ok {
 			delete(s.children, m.Who.Id)
 			delete(s.pids, ch)
-			s.feed(core.ChildStopped{Child: ch})
+			s.feed(&core.ChildStopped{Child: ch})
 		}
 	case socketClosed:
 		if r, ok := s.c.takeEnd(false); ok {
@@ -209,7 +209,7 @@ func (s *state) Receive(ctx actor.Context) {
 		// left once the actor has had its last turn.
 		s.stopping = true
 		if !s.core.Closed() {
-			s.feed(core.Stopped{})
+			s.feed(&core.Stopped{})
 		}
 	case *actor.Stopped:
 		// The last turn: every child has stopped.
@@ -217,7 +217,7 @@ func (s *state) Receive(ctx actor.Context) {
 			for id, ch := range s.children {
 				delete(s.children, id)
 				delete(s.pids, ch)
-				s.feed(core.ChildStopped{Child: ch})
+				s.feed(&core.ChildStopped{Child: ch})
 			}
 		}
 		if r, ok := s.c.takeEnd(true); ok {
@@ -239,7 +239,7 @@ func (s *state) frame(f Frame) {
 		if r := recover(); r != nil {
 			s.c.opts.Logger.Error("capnp: panic while handling a message (a bug of vatactor's)", "peer", s.c.opts.Peer, "panic", r)
 			s.later = s.later[:0]
-			s.feed(core.ReadEnded{Malformed: true, Err: fmt.Errorf("%w: %v", errHandlerPanic, r)})
+			s.feed(&core.ReadEnded{Malformed: true, Err: fmt.Errorf("%w: %v", errHandlerPanic, r)})
 		}
 	}()
 	if f.Sidecar.Has(wire.Feature_epitaphs) && !s.peerOurs {
@@ -251,28 +251,28 @@ func (s *state) frame(f Frame) {
 		if s.c.trace {
 			s.c.opts.Logger.Debug("capnp recv", "peer", s.c.opts.Peer, "msg", fin.describe())
 		}
-		s.feed(core.Received{Msg: core.Finish{QuestionID: fin.questionID, ReleaseResultCaps: fin.releaseResultCaps}})
+		s.feed(&core.Received{Msg: &core.Finish{QuestionID: fin.questionID, ReleaseResultCaps: fin.releaseResultCaps}})
 		return
 	}
 	m, err := s.decode(f.Msg, f.Sidecar)
 	if err != nil {
 		f.Msg.Release()
-		s.feed(core.ReadEnded{Malformed: true, Err: err})
+		s.feed(&core.ReadEnded{Malformed: true, Err: err})
 		return
 	}
-	s.feed(core.Received{Msg: m})
+	s.feed(&core.Received{Msg: m})
 }
 
 // readerDone: the reader's RecvFrame failed.
 func (s *state) readerDone(err error) {
 	switch reason := classifyReadError(err, false).(type) {
 	case supervisor.ProtocolError:
-		s.feed(core.ReadEnded{Malformed: true, Err: reason.Err})
+		s.feed(&core.ReadEnded{Malformed: true, Err: reason.Err})
 	case supervisor.PeerEOF:
 		s.traceEOFReceived()
-		s.feed(core.ReadEnded{EOF: true})
+		s.feed(&core.ReadEnded{EOF: true})
 	default:
-		s.feed(core.ReadEnded{Err: err})
+		s.feed(&core.ReadEnded{Err: err})
 	}
 }
 
@@ -280,41 +280,41 @@ func (s *state) readerDone(err error) {
 func (s *state) apply(out []core.Output) {
 	for _, o := range out {
 		if s.c.trace {
-			if _, isLog := o.(core.Log); !isLog {
+			if _, isLog := o.(*core.Log); !isLog {
 				s.c.opts.Logger.Debug("capnp", "peer", s.c.opts.Peer, "out", core.Describe(o))
 			}
 		}
 		switch o := o.(type) {
-		case core.Send:
+		case *core.Send:
 			s.send(o.Msg)
-		case core.Deliver:
-			s.deliver(o)
-		case core.CancelAnswer:
+		case *core.Deliver:
+			s.deliver(*o)
+		case *core.CancelAnswer:
 			if a := s.answers[o.Answer]; a != nil {
 				a.span.AddEvent("canceled by the caller")
 				a.ctx.cancel()
 			}
-		case core.AnswerDone:
+		case *core.AnswerDone:
 			s.answerDone(o.Answer)
-		case core.Redirect:
-			s.redirect(o)
-		case core.Settle:
-			s.settle(o)
-		case core.ImportResolved:
+		case *core.Redirect:
+			s.redirect(*o)
+		case *core.Settle:
+			s.settle(*o)
+		case *core.ImportResolved:
 			s.importResolved(o.ID, o.To)
-		case core.SpawnChild:
+		case *core.SpawnChild:
 			s.spawn(o.Child)
-		case core.StopChild:
+		case *core.StopChild:
 			s.stopChild(o.Child)
-		case core.Arm:
-			s.arm(o)
-		case core.Closing:
+		case *core.Arm:
+			s.arm(*o)
+		case *core.Closing:
 			s.closingStarts()
-		case core.CloseSocket:
+		case *core.CloseSocket:
 			s.closeSocket(o.Hard)
-		case core.Emit:
+		case *core.Emit:
 			s.event(o.Event)
-		case core.Log:
+		case *core.Log:
 			s.c.opts.Logger.Log(nil, o.Level, o.Msg, append([]any{"peer", s.c.opts.Peer}, o.Args...)...)
 		}
 	}
@@ -394,37 +394,37 @@ func (s *state) stopChild(ch core.Child) {
 // event carries out a lifecycle event of the core.
 func (s *state) event(e core.Event) {
 	switch e := e.(type) {
-	case core.Ending:
+	case *core.Ending:
 		c := s.c
 		c.mu.Lock()
 		if c.reason == nil {
 			c.reason = e.Reason
 		}
 		c.mu.Unlock()
-	case core.Busy:
+	case *core.Busy:
 		s.traceEvent("busy", statsAttributes(e.Stats)...)
 		s.emit(Busy{Conn: s.c, Stats: e.Stats})
-	case core.Idle:
+	case *core.Idle:
 		s.traceEvent("idle")
 		s.emit(Idle{Conn: s.c})
-	case core.PhaseStarted:
+	case *core.PhaseStarted:
 		if !closerPhase(e.Phase) {
 			s.tracePhaseStart(e.Phase, e.At)
 		}
-	case core.PhaseDone:
+	case *core.PhaseDone:
 		if !closerPhase(e.Report.Phase) {
 			s.tracePhase(e.Report) // the closer's steps made their spans as they ran
 		}
 		s.emit(PhaseDone{Conn: s.c, Phase: e.Report})
-	case core.ActorStopped:
+	case *core.ActorStopped:
 		ev := ActorStopped{Conn: s.c, Kind: actorKind(e.Child.Kind), ID: e.Child.ID, TimedOut: e.TimedOut}
 		s.traceActorStopped(ev)
 		s.emit(ev)
-	case core.EpitaphSent:
+	case *core.EpitaphSent:
 		s.traceEvent("epitaph.sent", epitaphAttributes(e.Epitaph)...)
-	case core.EpitaphReceived:
+	case *core.EpitaphReceived:
 		s.traceEvent("epitaph.received", epitaphAttributes(e.Epitaph)...)
-	case core.Down:
+	case *core.Down:
 		s.down(e.Report)
 	}
 }
@@ -492,7 +492,7 @@ func (c *Conn) takeEnd(gone bool) (socketResult, bool) {
 // socketClosed: the closer has finished; the core reports the end (Down).
 func (s *state) socketClosed(m socketResult) {
 	s.last = m
-	s.feed(core.SocketClosed{Steps: []PhaseReport{m.closeWriteReport(), m.lingerReport(), m.closeSocketReport()}})
+	s.feed(&core.SocketClosed{Steps: []PhaseReport{m.closeWriteReport(), m.lingerReport(), m.closeSocketReport()}})
 }
 
 // down: the connection has ended. It runs on the actor or, once
@@ -543,9 +543,9 @@ func (s *state) send(m core.Message) {
 // Release): it goes out with the next frame, or after lazyFlushDelay.
 func lazy(m core.Message) bool {
 	switch m := m.(type) {
-	case core.Finish:
+	case *core.Finish:
 		return !m.ReleaseResultCaps
-	case core.Release:
+	case *core.Release:
 		return true
 	}
 	return false

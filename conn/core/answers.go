@@ -247,7 +247,7 @@ func (c *Core) answerReturn(a *answer, results *Payload, err error) {
 		ret.Exception = ex
 	}
 	a.results, a.err = results, err
-	c.send(ret)
+	c.send(put(&c.o.ret, ret))
 	held := a.held
 	a.held = nil
 	for _, h := range held {
@@ -289,7 +289,7 @@ func (c *Core) receiveFinish(f Finish) error {
 	}
 	// Still running: the callee is told; its Return is still sent.
 	if a.delivered {
-		c.emit(CancelAnswer{Answer: a.id})
+		c.emit(put(&c.o.cancel, CancelAnswer{Answer: a.id}))
 	}
 	if q := a.forward; q != nil {
 		c.sendFinish(q, true)
@@ -313,7 +313,7 @@ func (c *Core) dropAnswer(a *answer) {
 	a.resultExports = nil
 	if c.answers[a.id] == a {
 		delete(c.answers, a.id)
-		c.emit(AnswerDone{Answer: a.id})
+		c.emit(put(&c.o.done, AnswerDone{Answer: a.id}))
 	}
 	if a.capRefs > 0 {
 		c.retired[a.seq] = a // CapAnswer caps still name its results

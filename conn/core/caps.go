@@ -185,7 +185,7 @@ func (c *Core) exportNew(cp Cap, promise bool) (CapDescriptor, uint32, error) {
 		e.ref = cp.Ref
 		c.exportKey[cp.Ref] = e.id
 	}
-	c.emit(SpawnChild{Child: Child{Kind: ExportChild, ID: e.id, Ref: e.ref}})
+	c.emit(put(&c.o.spawn, SpawnChild{Child: Child{Kind: ExportChild, ID: e.id, Ref: e.ref}}))
 	return e.descriptor(), e.id, nil
 }
 
@@ -214,15 +214,15 @@ func (c *Core) releaseExport(id uint32, n uint32) error {
 	for _, cl := range held {
 		if a := cl.answer; a != nil {
 			a.delivered = true
-			c.emit(Deliver{Answer: a.id, To: e.cap, Method: cl.method, Params: cl.params})
+			c.emit(put(&c.o.deliver, Deliver{Answer: a.id, To: e.cap, Method: cl.method, Params: cl.params}))
 			continue
 		}
-		c.emit(Redirect{Call: cl.local, To: e.cap, Method: cl.method, Params: cl.params})
+		c.emit(put(&c.o.redirect, Redirect{Call: cl.local, To: e.cap, Method: cl.method, Params: cl.params}))
 	}
 	if e.resolved || e.cap.Kind == CapAnswer {
 		c.releaseCap(e.cap)
 	}
-	c.emit(StopChild{Child: Child{Kind: ExportChild, ID: id, Ref: e.ref}})
+	c.emit(put(&c.o.stop, StopChild{Child: Child{Kind: ExportChild, ID: id, Ref: e.ref}}))
 	return nil
 }
 
@@ -353,7 +353,7 @@ func (c *Core) releaseCap(cp Cap) {
 	}
 	delete(c.imports, im.id)
 	if !c.life.peerGone {
-		c.send(Release{ID: im.id, Count: im.wireRefs})
+		c.send(put(&c.o.release, Release{ID: im.id, Count: im.wireRefs}))
 	}
 	if im.resolved != nil {
 		r := *im.resolved
@@ -404,7 +404,7 @@ func (c *Core) resolveExport(e *export, to Cap) {
 			r.Cap = &d
 		}
 	}
-	c.send(r)
+	c.send(put(&c.o.resolve, r))
 }
 
 // resolveAnswerExports resolves the exports that stand for capabilities
@@ -461,7 +461,7 @@ func (c *Core) receiveResolve(r Resolve) error {
 			ex = *r.Exception
 		}
 		im.broken = decodeException(ex, c.cfg.Limits.MaxReasonLength)
-		c.emit(ImportResolved{ID: im.id, To: Cap{Kind: CapBroken, Err: im.broken}})
+		c.emit(put(&c.o.resolved, ImportResolved{ID: im.id, To: Cap{Kind: CapBroken, Err: im.broken}}))
 		return nil
 	}
 	if c.resolvesTo(to, im.id) {
@@ -477,7 +477,7 @@ func (c *Core) receiveResolve(r Resolve) error {
 				e.cap = Cap{Kind: CapBroken, Err: im.broken}
 			}
 		}
-		c.emit(ImportResolved{ID: im.id, To: Cap{Kind: CapBroken, Err: im.broken}})
+		c.emit(put(&c.o.resolved, ImportResolved{ID: im.id, To: Cap{Kind: CapBroken, Err: im.broken}}))
 		return nil
 	}
 	im.resolved = &to
@@ -488,10 +488,10 @@ func (c *Core) receiveResolve(r Resolve) error {
 		e.id = c.embargoes.add(e)
 		im.embargo = e
 		im.localRefs++ // the embargo's
-		c.send(Disembargo{Target: Target{Kind: ImportedCap, ID: im.id}, Context: SenderLoopback, EmbargoID: e.id})
+		c.send(put(&c.o.disembargo, Disembargo{Target: Target{Kind: ImportedCap, ID: im.id}, Context: SenderLoopback, EmbargoID: e.id}))
 		return nil
 	}
-	c.emit(ImportResolved{ID: im.id, To: to})
+	c.emit(put(&c.o.resolved, ImportResolved{ID: im.id, To: to}))
 	return nil
 }
 
@@ -554,7 +554,7 @@ func (c *Core) receiveDisembargo(d Disembargo) error {
 		default:
 			return protocolErrorf(ErrMalformed, "disembargo of %v, which does not point back to the peer", d.Target)
 		}
-		c.send(Disembargo{Target: back, Context: ReceiverLoopback, EmbargoID: d.EmbargoID})
+		c.send(put(&c.o.disembargo, Disembargo{Target: back, Context: ReceiverLoopback, EmbargoID: d.EmbargoID}))
 	case ReceiverLoopback:
 		e := c.embargoes.get(d.EmbargoID)
 		if e == nil {
@@ -562,7 +562,7 @@ func (c *Core) receiveDisembargo(d Disembargo) error {
 		}
 		c.lift(e)
 	default:
-		c.send(Unimplemented{Message: d})
+		c.send(put(&c.o.unimpl, Unimplemented{Message: put(&c.o.disembargo, d)}))
 	}
 	return nil
 }
@@ -579,7 +579,7 @@ func (c *Core) lift(e *embargo) {
 		for _, cl := range held {
 			c.route(cl, to, 1)
 		}
-		c.emit(ImportResolved{ID: im.id, To: to})
+		c.emit(put(&c.o.resolved, ImportResolved{ID: im.id, To: to}))
 		c.releaseCap(Cap{Kind: CapImport, ID: im.id}) // the embargo's reference
 		return
 	}

@@ -34,7 +34,7 @@ func (c *Core) settle(q *question, results *Payload, err error) {
 		return
 	}
 	q.settled = true
-	c.emit(Settle{Call: q.call, Results: results, Err: err})
+	c.emit(put(&c.o.settle, Settle{Call: q.call, Results: results, Err: err}))
 }
 
 // questionState is where a question is in its life on the wire. Each
@@ -104,12 +104,12 @@ func (c *Core) localCall(m LocalCall) {
 // localBootstrap: local code asks for the peer's bootstrap capability.
 func (c *Core) localBootstrap(call CallID) {
 	if c.life.phase == phaseDraining {
-		c.emit(Settle{Call: call, Err: errLocalDraining()})
+		c.emit(put(&c.o.settle, Settle{Call: call, Err: errLocalDraining()}))
 		return
 	}
 	q := c.newQuestion(caller{local: call, method: bootstrapMethod})
 	q.bootstrap = true
-	c.send(Bootstrap{QuestionID: q.id})
+	c.send(put(&c.o.bootstrap, Bootstrap{QuestionID: q.id}))
 }
 
 // bootstrapMethod names a bootstrap where a method is expected.
@@ -121,7 +121,7 @@ func (c *Core) newQuestion(cl caller) *question {
 	q.id = c.questions.add(q)
 	if cl.local != 0 {
 		c.byCall[cl.local] = q
-		c.emit(SpawnChild{Child: Child{Kind: QuestionChild, ID: q.id, Call: cl.local}})
+		c.emit(put(&c.o.spawn, SpawnChild{Child: Child{Kind: QuestionChild, ID: q.id, Call: cl.local}}))
 	}
 	if cl.answer != nil {
 		cl.answer.forward = q
@@ -162,10 +162,10 @@ func (c *Core) route(cl caller, to Cap, depth int) {
 		}
 		if a := cl.answer; a != nil {
 			a.delivered = true
-			c.emit(Deliver{Answer: a.id, To: to, Method: cl.method, Params: cl.params})
+			c.emit(put(&c.o.deliver, Deliver{Answer: a.id, To: to, Method: cl.method, Params: cl.params}))
 			return
 		}
-		c.emit(Redirect{Call: cl.local, To: to, Method: cl.method, Params: cl.params})
+		c.emit(put(&c.o.redirect, Redirect{Call: cl.local, To: to, Method: cl.method, Params: cl.params}))
 	case CapImport:
 		im := c.imports[to.ID]
 		if im == nil {
@@ -240,8 +240,8 @@ func (c *Core) sendCall(cl caller, target Target) {
 	}
 	q := c.newQuestion(cl)
 	q.paramExports = ids
-	c.send(Call{QuestionID: q.id, Target: target, Method: cl.method,
-		Params: Payload{Content: cl.params.Content, Caps: descs, Size: cl.params.Size}})
+	c.send(put(&c.o.call, Call{QuestionID: q.id, Target: target, Method: cl.method,
+		Params: Payload{Content: cl.params.Content, Caps: descs, Size: cl.params.Size}}))
 	// Only now: a Release of an import the params named must not overtake
 	// the Call that names it.
 	c.dropParams(cl)
@@ -254,7 +254,7 @@ func (c *Core) fail(cl caller, err error) {
 		c.answerReturn(a, nil, err)
 		return
 	}
-	c.emit(Settle{Call: cl.local, Err: err})
+	c.emit(put(&c.o.settle, Settle{Call: cl.local, Err: err}))
 }
 
 // embargoOn returns the embargo on the capability at transform of q's
@@ -417,8 +417,8 @@ func (c *Core) embargoResults(q *question, descs []CapDescriptor) {
 			e := &embargo{question: q, transform: tr}
 			e.id = c.embargoes.add(e)
 			q.embargoes = append(q.embargoes, e)
-			c.send(Disembargo{Target: Target{Kind: PromisedAnswer, ID: q.id, Transform: tr},
-				Context: SenderLoopback, EmbargoID: e.id})
+			c.send(put(&c.o.disembargo, Disembargo{Target: Target{Kind: PromisedAnswer, ID: q.id, Transform: tr},
+				Context: SenderLoopback, EmbargoID: e.id}))
 		case cp.Kind == CapImport:
 			if im := c.imports[cp.ID]; im != nil {
 				im.callsSent = true
@@ -476,7 +476,7 @@ func (c *Core) sendFinish(q *question, releaseResultCaps bool) {
 	default:
 		return
 	}
-	c.send(Finish{QuestionID: q.id, ReleaseResultCaps: releaseResultCaps})
+	c.send(put(&c.o.finish, Finish{QuestionID: q.id, ReleaseResultCaps: releaseResultCaps}))
 }
 
 // retireQuestion removes q once its Return is in and its Finish sent.
@@ -491,7 +491,7 @@ func (c *Core) retireQuestion(q *question) {
 	}
 	if q.call != 0 {
 		delete(c.byCall, q.call)
-		c.emit(StopChild{Child: Child{Kind: QuestionChild, ID: q.id, Call: q.call}})
+		c.emit(put(&c.o.stop, StopChild{Child: Child{Kind: QuestionChild, ID: q.id, Call: q.call}}))
 	}
 }
 
