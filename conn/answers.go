@@ -28,6 +28,8 @@ type answer struct {
 	method capnp.Method // named, for the span
 
 	args         *capnp.Message // the Call, freed by releaseArgs (or when the answer is done)
+	in           inPayload      // its params' content, as the core names it
+	outr         outReturn      // its results' content, as the core names it
 	argsReleased atomic.Bool
 	delivered    bool // the callee has the args
 	returned     bool // the callee has returned and the core been told (the callee's fields are ours)
@@ -166,7 +168,10 @@ func (s *state) answerReturned(a *answer) {
 		}
 	}
 	size, _ := a.msg.TotalSize()
-	s.feed(&core.Returned{Answer: a.id, Results: &core.Payload{Content: &outReturn{a: a}, CapTable: caps, Size: int(size)}})
+	a.outr.a = a
+	s.in.results = core.Payload{Content: &a.outr, CapTable: caps, Size: int(size)}
+	s.in.returned = core.Returned{Answer: a.id, Results: &s.in.results}
+	s.feed(&s.in.returned)
 }
 
 // answerDone: the core is done with the answer; what is left of it goes.

@@ -91,7 +91,8 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 		if err != nil {
 			return nil, malformed("call", err)
 		}
-		out := &core.Call{QuestionID: call.QuestionId(),
+		out := &s.in.call
+		*out = core.Call{QuestionID: call.QuestionId(),
 			Method:           core.Method{InterfaceID: call.InterfaceId(), MethodID: call.MethodId()},
 			ResultsElsewhere: call.SendResultsTo().Which() != rpccp.Call_sendResultsTo_Which_caller}
 		tgt, err := call.Target()
@@ -114,6 +115,8 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 		if a.args == nil {
 			a.args = msg
 			release = false
+			a.in = s.scratch // the call's content lives in its answer
+			out.Params.Content = &a.in
 		}
 		return out, nil
 	case rpccp.Message_Which_return:
@@ -121,7 +124,8 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 		if err != nil {
 			return nil, malformed("return", err)
 		}
-		out := &core.Return{AnswerID: ret.AnswerId(), ReleaseParamCaps: ret.ReleaseParamCaps()}
+		out := &s.in.ret
+		*out = core.Return{AnswerID: ret.AnswerId(), ReleaseParamCaps: ret.ReleaseParamCaps()}
 		switch ret.Which() {
 		case rpccp.Return_Which_results:
 			payload, err := ret.Results()
@@ -132,7 +136,15 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 			if err != nil {
 				return nil, err
 			}
-			out.Results = &p
+			if q := s.byQID[out.AnswerID]; q != nil {
+				q.in = s.scratch // the results' content lives in their question
+				p.Content = &q.in
+			} else {
+				in := s.scratch
+				p.Content = &in
+			}
+			s.in.payload = p
+			out.Results = &s.in.payload
 			release = false // the question's results (or the garbage collector's)
 		case rpccp.Return_Which_exception:
 			e, err := ret.Exception()
@@ -272,7 +284,7 @@ func (s *state) decodePayload(msg *capnp.Message, p rpccp.Payload) (core.Payload
 	if err != nil {
 		return core.Payload{}, fmt.Errorf("%w: payload content: %v", ErrMalformedFrame, err)
 	}
-	out := core.Payload{Content: &inPayload{msg: msg, content: content}}
+	out := core.Payload{Content: s.newInPayload(msg, content)}
 	if !p.HasCapTable() {
 		return out, nil
 	}
@@ -290,6 +302,13 @@ func (s *state) decodePayload(msg *capnp.Message, p rpccp.Payload) (core.Payload
 		}
 	}
 	return out, nil
+}
+
+// newInPayload is the content of a payload the peer sent; a pool of one
+// is enough while the caller moves it into its answer or question.
+func (s *state) newInPayload(msg *capnp.Message, content capnp.Ptr) *inPayload {
+	s.scratch = inPayload{msg: msg, content: content}
+	return &s.scratch
 }
 
 func decodeDescriptor(d rpccp.CapDescriptor) (core.CapDescriptor, error) {

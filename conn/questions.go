@@ -47,6 +47,8 @@ type question struct {
 	pending  *settleQuestion // the outcome sent to the actor, kept in case a Stop overtakes it
 	outcome  settleQuestion
 	results *capnp.Message // released by the actor when it stops
+	outc    outCall        // its params' content, as the core names it
+	in      inPayload      // its results' content, as the core names it
 }
 
 // callTarget is where a call goes, as the core names it, and the flow
@@ -288,8 +290,10 @@ func (s *state) localCall(q *question) {
 	params, _ := q.rcall.Params()
 	size, _ := q.msg.TotalSize()
 	content, _ := params.Content()
-	s.feed(&core.LocalCall{Call: q.call, Target: q.target.cap, Method: coreMethod(q.method),
-		Params: core.Payload{Content: &outCall{q: q, content: content}, CapTable: caps, Size: int(size)}})
+	q.outc = outCall{q: q, content: content}
+	s.in.local = core.LocalCall{Call: q.call, Target: q.target.cap, Method: coreMethod(q.method),
+		Params: core.Payload{Content: &q.outc, CapTable: caps, Size: int(size)}}
+	s.feed(&s.in.local)
 }
 
 func coreMethod(m capnp.Method) core.Method {

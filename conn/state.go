@@ -61,6 +61,22 @@ type state struct {
 	last        socketResult
 	parent      *actor.PID // the actor's parent, for events (also after its last turn)
 	tr          connTrace
+
+	scratch inPayload // see newInPayload
+
+	// Storage of the inputs of the hot path, reused from message to
+	// message: the core keeps no input it is given.
+	in struct {
+		recv     core.Received
+		call     core.Call
+		ret      core.Return
+		payload  core.Payload
+		finish   core.Finish
+		local    core.LocalCall
+		fin      core.LocalFinish
+		returned core.Returned
+		results  core.Payload
+	}
 }
 
 // localCap is one of our capabilities as the core knows it: a Ref.
@@ -180,7 +196,8 @@ func (s *state) Receive(ctx actor.Context) {
 	case cancelQuestion:
 		s.feed(&core.LocalCancel{Call: m.q.call, Err: m.err})
 	case releaseQuestion:
-		s.feed(&core.LocalFinish{Call: m.q.call})
+		s.in.fin = core.LocalFinish{Call: m.q.call}
+		s.feed(&s.in.fin)
 	case importShutdown:
 		if ie := s.imports[m.hook.id]; ie != nil && ie.hook == m.hook {
 			delete(s.imports, m.hook.id)
@@ -251,7 +268,9 @@ func (s *state) frame(f Frame) {
 		if s.c.trace {
 			s.c.opts.Logger.Debug("capnp recv", "peer", s.c.opts.Peer, "msg", fin.describe())
 		}
-		s.feed(&core.Received{Msg: &core.Finish{QuestionID: fin.questionID, ReleaseResultCaps: fin.releaseResultCaps}})
+		s.in.finish = core.Finish{QuestionID: fin.questionID, ReleaseResultCaps: fin.releaseResultCaps}
+		s.in.recv = core.Received{Msg: &s.in.finish}
+		s.feed(&s.in.recv)
 		return
 	}
 	m, err := s.decode(f.Msg, f.Sidecar)
@@ -260,7 +279,8 @@ func (s *state) frame(f Frame) {
 		s.feed(&core.ReadEnded{Malformed: true, Err: err})
 		return
 	}
-	s.feed(&core.Received{Msg: m})
+	s.in.recv = core.Received{Msg: m}
+	s.feed(&s.in.recv)
 }
 
 // readerDone: the reader's RecvFrame failed.

@@ -29,6 +29,8 @@ type answer struct {
 	callBytes      int64 // the Call's size, counted until the Return
 	heldBytes      int64 // the Return's size, counted until the Finish
 	capRefs        int   // CapAnswer caps naming its results
+
+	resultsVal, wireVal Payload // storage of its results and of the Return's
 }
 
 // answerOf returns the answer a CapAnswer names, in the table or retired.
@@ -203,10 +205,10 @@ func (c *Core) returned(m Returned) {
 	}
 	results := m.Results
 	if results != nil {
-		cp := *results
-		cp.CapTable = slices.Clone(results.CapTable)
-		c.retainCaps(cp.CapTable)
-		results = &cp
+		a.resultsVal = *results
+		a.resultsVal.CapTable = slices.Clone(results.CapTable)
+		c.retainCaps(a.resultsVal.CapTable)
+		results = &a.resultsVal
 	}
 	c.answerReturn(a, results, m.Err)
 }
@@ -236,7 +238,8 @@ func (c *Core) answerReturn(a *answer, results *Payload, err error) {
 			results, err = nil, eerr
 		} else {
 			a.resultExports = ids
-			ret.Results = &Payload{Content: results.Content, Caps: descs, Size: results.Size}
+			a.wireVal = Payload{Content: results.Content, Caps: descs, Size: results.Size}
+			ret.Results = &a.wireVal
 			// Calls pipelined on the results go where the Return said.
 			c.innermostCaps(results.CapTable)
 		}

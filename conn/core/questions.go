@@ -26,6 +26,8 @@ type question struct {
 	finishLater  bool       // Finish asked for while embargoes are up or capRefs held
 	settled      bool       // its local call has had its Settle
 	capRefs      int        // CapQuestion caps the core holds (resolutions, results)
+
+	resultsVal, settleVal Payload // storage of results and of the Settle's copy
 }
 
 // settle gives q's local call its one Settle.
@@ -332,7 +334,8 @@ func (c *Core) receiveReturn(r Return) error {
 		if derr != nil {
 			return derr
 		}
-		results = &Payload{Content: r.Results.Content, CapTable: caps, Size: r.Results.Size}
+		q.resultsVal = Payload{Content: r.Results.Content, CapTable: caps, Size: r.Results.Size}
+		results = &q.resultsVal
 	case r.Exception != nil:
 		err = decodeException(*r.Exception, c.cfg.Limits.MaxReasonLength)
 	default:
@@ -356,7 +359,8 @@ func (c *Core) receiveReturn(r Return) error {
 			// The caller gets its own references; the question keeps one
 			// of each import for calls pipelined on its answer.
 			c.retainCaps(results.CapTable)
-			cp := *results
+			q.settleVal = *results
+			cp := &q.settleVal
 			cp.CapTable = slices.Clone(results.CapTable)
 			// A capability under embargo is given as the question's: calls
 			// on it come here and wait behind the embargo (local code
@@ -368,7 +372,7 @@ func (c *Core) receiveReturn(r Return) error {
 					q.capRefs++
 				}
 			}
-			out = &cp
+			out = cp
 		}
 		c.settle(q, out, err)
 	}
