@@ -9,8 +9,6 @@ import (
 	"github.com/vatactor/vatactor/conn/core"
 )
 
-// asCoreError reports whether err is (or wraps) one of the core's errors.
-func asCoreError(err error, target **core.Error) bool { return errors.As(err, target) }
 
 // Sentinels of package conn. Check them with errors.Is. Those of the
 // protocol are the core's (package core), under the names conn has

@@ -386,8 +386,8 @@ func (s *state) redirect(o core.Redirect) {
 // excError is a core error as callers see it: a capnp exception of its
 // type, wrapping what it wraps.
 func excError(err error) error {
-	var ce *core.Error
-	if !asCoreError(err, &ce) {
+	ce, ok := err.(*core.Error)
+	if !ok {
 		return err
 	}
 	return &exc.Exception{Type: exc.Type(ce.Type), Prefix: ce.Prefix, Cause: ce.Cause}

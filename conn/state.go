@@ -213,7 +213,9 @@ func (s *state) Receive(ctx actor.Context) {
 		if ch, ok := s.children[m.Who.Id]; ok {
 			delete(s.children, m.Who.Id)
 			delete(s.pids, ch)
-			s.feed(&core.ChildStopped{Child: ch})
+			if s.closing {
+				s.feed(&core.ChildStopped{Child: ch}) // what the end's stop steps wait for
+			}
 		}
 	case socketClosed:
 		if r, ok := s.c.takeEnd(false); ok {
