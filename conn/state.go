@@ -133,11 +133,12 @@ var stopChildren = actor.NewOneForOneStrategy(0, 0, func(any) actor.Directive { 
 // feed gives the core one input and carries out what it does, then the
 // inputs that gave rise to.
 func (s *state) feed(in core.Input) {
-	s.apply(s.core.Step(time.Now(), in))
+	now := time.Now()
+	s.apply(s.core.Step(now, in))
 	for len(s.later) > 0 {
 		next := s.later[0]
 		s.later = s.later[1:]
-		s.apply(s.core.Step(time.Now(), next))
+		s.apply(s.core.Step(now, next))
 	}
 	s.later = s.later[:0]
 	s.sweep()
@@ -358,6 +359,15 @@ func (s *state) closingStarts() {
 	c.mu.Lock()
 	c.closed = true
 	c.mu.Unlock()
+	// The question actors still running: the end waits for their
+	// Terminated.
+	for _, q := range s.calls {
+		if q.pid != nil {
+			ch := core.Child{Kind: core.QuestionChild, ID: q.id, Call: q.call}
+			s.children[q.pid.Id] = ch
+			s.pids[ch] = q.pid
+		}
+	}
 	s.traceShutdownBegin()
 }
 
@@ -387,7 +397,10 @@ func (s *state) spawn(ch core.Child) {
 	}
 	pid := s.spawnChild(a)
 	if q, ok := a.(*question); ok {
+		// Its Terminated matters only to the end, which names its
+		// question actors then (closingStarts): none in the maps now.
 		q.pid = pid
+		return
 	}
 	s.children[pid.Id] = ch
 	s.pids[ch] = pid
@@ -400,6 +413,10 @@ func (s *state) stopChild(ch core.Child) {
 	case core.QuestionChild:
 		if q := s.calls[ch.Call]; q != nil {
 			s.retire(q)
+			if s.pids[ch] == nil && q.pid != nil {
+				s.ctx.Stop(q.pid)
+				return
+			}
 		}
 	case core.ExportChild:
 		if l := s.locals[ch.Ref]; l != nil && ch.Ref != 0 {

@@ -439,6 +439,9 @@ type Core struct {
 	// retired: answers dropped from the table (their Finish came) whose
 	// results are still named by CapAnswer caps, by Gen.
 	retired map[uint64]*answer
+	// retiredQ: questions retired during the last Step, free for reuse
+	// from the next one on (freeQ).
+	retiredQ, freeQ []*question
 
 	life lifecycle
 }
@@ -477,6 +480,11 @@ func (c *Core) Step(now time.Time, in Input) []Output {
 	clear(c.out) // what the last Step returned: the runner is done with it
 	c.out = c.out[:0]
 	c.o.reset()
+	if len(c.retiredQ) > 0 && len(c.freeQ) < 64 {
+		c.freeQ = append(c.freeQ, c.retiredQ...)
+	}
+	clear(c.retiredQ)
+	c.retiredQ = c.retiredQ[:0]
 	c.step(in)
 	c.afterStep()
 	return c.out

@@ -119,7 +119,13 @@ var bootstrapMethod = Method{}
 
 func (c *Core) newQuestion(cl caller) *question {
 	c.seq++
-	q := &question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq}
+	var q *question
+	if n := len(c.freeQ); n > 0 {
+		q, c.freeQ = c.freeQ[n-1], c.freeQ[:n-1]
+		*q = question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq}
+	} else {
+		q = &question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq}
+	}
 	q.id = c.questions.add(q)
 	if cl.local != 0 {
 		c.byCall[cl.local] = q
@@ -496,6 +502,11 @@ func (c *Core) retireQuestion(q *question) {
 	if q.call != 0 {
 		delete(c.byCall, q.call)
 		c.emit(put(&c.o.stop, StopChild{Child: Child{Kind: QuestionChild, ID: q.id, Call: q.call}}))
+		if q.forward == nil {
+			// Nothing names it any more; what this Step handed out of it
+			// (a Settle's results) is the runner's until the next Step.
+			c.retiredQ = append(c.retiredQ, q)
+		}
 	}
 }
 
