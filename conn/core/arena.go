@@ -23,8 +23,10 @@ func put[T any](a *arena[T], v T) *T {
 }
 
 func (a *arena[T]) reset() {
-	clear(a.buf[:a.n])
-	a.n = 0
+	if a.n > 0 {
+		clear(a.buf[:a.n])
+		a.n = 0
+	}
 }
 
 // stepStorage is the storage of one Step's outputs, by kind.

@@ -97,7 +97,8 @@ func (c *Core) encodeCap(cp Cap) (CapDescriptor, uint32, error) {
 			}
 			return c.encodeCap(to)
 		}
-		c.retainCap(cp)              // the export's
+		c.retainCap(cp) // the export's
+		c.answerExports++
 		return c.exportNew(cp, true) // a promise, resolved when the answer returns
 	case CapLocal:
 		if id, ok := c.exportKey[cp.Ref]; ok {
@@ -220,6 +221,9 @@ func (c *Core) releaseExport(id uint32, n uint32) error {
 		c.emit(put(&c.o.redirect, Redirect{Call: cl.local, To: e.cap, Method: cl.method, Params: cl.params}))
 	}
 	if e.resolved || e.cap.Kind == CapAnswer {
+		if !e.resolved {
+			c.answerExports--
+		}
 		c.releaseCap(e.cap)
 	}
 	c.emit(put(&c.o.stop, StopChild{Child: Child{Kind: ExportChild, ID: id, Ref: e.ref}}))
@@ -410,6 +414,9 @@ func (c *Core) resolveExport(e *export, to Cap) {
 // resolveAnswerExports resolves the exports that stand for capabilities
 // in a's results, now that it has returned.
 func (c *Core) resolveAnswerExports(a *answer) {
+	if c.answerExports == 0 {
+		return
+	}
 	var es []*export
 	c.exports.each(func(_ uint32, e *export) {
 		if !e.resolved && e.cap.Kind == CapAnswer && e.cap.ID == a.id && e.cap.Gen == a.seq {
@@ -423,6 +430,7 @@ func (c *Core) resolveAnswerExports(a *answer) {
 		}
 		c.retainCap(to)
 		held := e.cap
+		c.answerExports--
 		c.resolveExport(e, to)
 		c.releaseCap(held) // the export's reference to the answer
 	}

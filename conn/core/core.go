@@ -442,6 +442,10 @@ type Core struct {
 	// retiredQ: questions retired during the last Step, free for reuse
 	// from the next one on (freeQ).
 	retiredQ, freeQ []*question
+	// answerExports counts the exports standing for capabilities in
+	// running answers (resolveAnswerExports has work only while it is
+	// above zero).
+	answerExports int
 
 	life lifecycle
 }

@@ -562,6 +562,7 @@ func (c *Core) stopExports() {
 	}
 	c.exports = idTable[*export]{}
 	clear(c.exportKey)
+	c.answerExports = 0
 	w.note = fmt.Sprintf("%d stopped", len(es))
 	c.stopNext()
 }
