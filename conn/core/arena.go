@@ -22,12 +22,11 @@ func put[T any](a *arena[T], v T) *T {
 	return p
 }
 
-func (a *arena[T]) reset() {
-	if a.n > 0 {
-		clear(a.buf[:a.n])
-		a.n = 0
-	}
-}
+// reset makes the storage free again. It does not clear it: put
+// overwrites a value whole, and clearing would cost a write barrier per
+// pointer during a collection; what it still points to (the last Steps'
+// outputs, a bounded few) is freed when overwritten.
+func (a *arena[T]) reset() { a.n = 0 }
 
 // stepStorage is the storage of one Step's outputs, by kind.
 type stepStorage struct {

@@ -481,8 +481,7 @@ func (c *Core) Step(now time.Time, in Input) []Output {
 	if now.After(c.now) {
 		c.now = now
 	}
-	clear(c.out) // what the last Step returned: the runner is done with it
-	c.out = c.out[:0]
+	c.out = c.out[:0] // what the last Step returned: the runner is done with it
 	c.o.reset()
 	if len(c.retiredQ) > 0 && len(c.freeQ) < 64 {
 		c.freeQ = append(c.freeQ, c.retiredQ...)
