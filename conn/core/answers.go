@@ -59,6 +59,11 @@ func (c *Core) releaseAnswerRef(a *answer) {
 		c.releaseCaps(a.results.CapTable)
 		a.results = nil
 	}
+	if a.forward == nil && len(a.held) == 0 {
+		// Nothing names it any more (what this Step handed out of it is
+		// the runner's until the next Step).
+		c.retiredA = append(c.retiredA, a)
+	}
 }
 
 // heldCall is a call pipelined on an answer still running.
@@ -97,7 +102,13 @@ func (c *Core) newAnswer(id uint32, m Method) (*answer, error) {
 		return nil, budgetErrorf("MaxHeldAnswers", int64(lim), "the peer holds %d calls without their Finish", len(c.answers))
 	}
 	c.seq++
-	a := &answer{id: id, method: m, seq: c.seq}
+	var a *answer
+	if n := len(c.freeA); n > 0 {
+		a, c.freeA = c.freeA[n-1], c.freeA[:n-1]
+		*a = answer{id: id, method: m, seq: c.seq}
+	} else {
+		a = &answer{id: id, method: m, seq: c.seq}
+	}
 	c.answers[id] = a
 	c.running++
 	return a, nil

@@ -442,6 +442,7 @@ type Core struct {
 	// retiredQ: questions retired during the last Step, free for reuse
 	// from the next one on (freeQ).
 	retiredQ, freeQ []*question
+	retiredA, freeA []*answer // the same for answers
 	// answerExports counts the exports standing for capabilities in
 	// running answers (resolveAnswerExports has work only while it is
 	// above zero).
@@ -488,6 +489,11 @@ func (c *Core) Step(now time.Time, in Input) []Output {
 	}
 	clear(c.retiredQ)
 	c.retiredQ = c.retiredQ[:0]
+	if len(c.retiredA) > 0 && len(c.freeA) < 64 {
+		c.freeA = append(c.freeA, c.retiredA...)
+	}
+	clear(c.retiredA)
+	c.retiredA = c.retiredA[:0]
 	c.step(in)
 	c.afterStep()
 	return c.out
