@@ -476,7 +476,7 @@ func (c *Conn) readLoop() {
 		f, err := c.transport.RecvFrame()
 		if err != nil {
 			c.readEnd, c.readEndAt = err, time.Now()
-			_ = c.post(readerDone{err: err})
+			c.postInternal(readerDone{err: err}) // also while the end runs: it must know the peer has gone
 			return
 		}
 		var posted error

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -395,5 +396,51 @@ func (h *harness) recvNot(skip ...string) rpccp.Message {
 		if ok {
 			return m
 		}
+	}
+}
+
+// TestPeerEOFDuringOurEnd: the peer half-closes while our end is under
+// way (between stopQuestions and stopExports): the epitaph that would
+// come next is not written into its socket (nothing is, after its EOF),
+// and the report keeps what the peer did.
+func TestPeerEOFDuringOurEnd(t *testing.T) {
+	var h *harness
+	var once sync.Once
+	opts := Options{Bootstrap: capnp.Client(interop.Echo_ServerToClient(&recordingEcho{}))}
+	opts.OnEvent = func(e Event) {
+		if pd, ok := e.(PhaseDone); ok && pd.Phase.Phase == PhaseStopQuestions {
+			once.Do(func() {
+				_ = h.peer.CloseWrite()
+				// Until the reader has read the EOF and posted it (the
+				// actor, busy here, handles it next).
+				for deadline := time.Now().Add(5 * time.Second); h.c.mailbox.UserMessageCount() == 0 && time.Now().Before(deadline); {
+					time.Sleep(time.Millisecond)
+				}
+			})
+		}
+	}
+	h = newHarnessWith(t, opts)
+	// The peer fetches our bootstrap: an export the end must stop.
+	h.send(func(m rpccp.Message) error {
+		bs, err := m.NewBootstrap()
+		bs.SetQuestionId(0)
+		return err
+	})
+	h.expect("return q0 results")
+	r, err := h.c.Shutdown(context.Background(), supervisor.Epitaph{Code: supervisor.Unavailable, Message: "going away"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range h.in {
+		rm, _ := rpccp.ReadRootMessage(m)
+		if rm.Which() == rpccp.Message_Which_abort {
+			t.Fatalf("an Abort went into a socket whose peer had sent EOF: %s", DescribeMessage(rm))
+		}
+	}
+	if _, ok := r.Peer.(supervisor.PeerEOF); !ok {
+		t.Errorf("report's peer end %v, want PeerEOF", r.Peer)
+	}
+	if r.EpitaphSent {
+		t.Error("report says the epitaph was sent")
 	}
 }

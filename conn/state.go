@@ -3,6 +3,7 @@ package conn
 import (
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
@@ -231,7 +232,20 @@ func (s *state) receiveClosing(msg any) {
 		if r, ok := s.c.takeEnd(true); ok {
 			s.socketClosed(r)
 		}
-	case readerDone, writerDone, *actor.Restarting:
+	case readerDone:
+		// The peer has gone while we end (EOF, or the socket failed): what
+		// is left of the end writes nothing more to it, no epitaph after
+		// its EOF (the simulation of conn/core found this one).
+		s.peerGone = true
+		if errors.Is(m.err, io.EOF) {
+			s.traceEOFReceived()
+			s.record(supervisor.PeerEOF{Idle: s.stats().Idle()})
+		} else {
+			s.hard = true
+		}
+	case writerDone:
+		s.peerGone, s.hard = true, true
+	case *actor.Restarting:
 	default:
 		s.afterClose(msg)
 	}
