@@ -249,7 +249,7 @@ func (s *state) handleCall(msg *capnp.Message, m rpccp.Message, sc *Sidecar) (ke
 	})
 	switch target.Which() {
 	case rpccp.MessageTarget_Which_importedCap:
-		e := s.exports.get(target.ImportedCap())
+		e := s.exports.Get(target.ImportedCap())
 		if e == nil {
 			return false, fmt.Errorf("%w: call on export %d, which we do not export (released?)", ErrUnknownID, target.ImportedCap())
 		}

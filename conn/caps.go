@@ -115,17 +115,17 @@ func (s *state) describeCap(d rpccp.CapDescriptor, c capnp.Client) (uint32, erro
 	key := exportKeyOf(brand)
 	if key != nil {
 		if id, ok := s.exportKey[key]; ok {
-			e := s.exports.get(id)
+			e := s.exports.Get(id)
 			e.wireRefs++
 			setExportDescriptor(d, e)
 			return id, nil
 		}
 	}
-	if s.exports.len() >= s.c.opts.MaxExports {
+	if s.exports.Len() >= s.c.opts.MaxExports {
 		return noExport, exc.New(exc.Overloaded, "capnp", fmt.Sprintf("%v (limit %d)", ErrTooManyExports, s.c.opts.MaxExports))
 	}
 	e := &export{c: s.c, client: c.AddRef(), key: key, wireRefs: 1, promise: isPromise}
-	e.id = s.exports.add(e)
+	e.id = s.exports.Add(e)
 	if key != nil {
 		s.exportKey[key] = e.id
 	}
@@ -208,7 +208,7 @@ func (s *state) importCap(d rpccp.CapDescriptor) (capnp.Client, error) {
 	case rpccp.CapDescriptor_Which_senderPromise:
 		return s.addImport(d.SenderPromise(), true)
 	case rpccp.CapDescriptor_Which_receiverHosted:
-		e := s.exports.get(d.ReceiverHosted())
+		e := s.exports.Get(d.ReceiverHosted())
 		if e == nil {
 			return capnp.Client{}, fmt.Errorf("%w: descriptor names export %d, which we do not export", ErrUnknownID, d.ReceiverHosted())
 		}
@@ -328,7 +328,7 @@ func (s *state) sendRelease(id, n uint32) {
 
 // releaseExport drops n of the peer's references to export id.
 func (s *state) releaseExport(id uint32, n uint32) error {
-	e := s.exports.get(id)
+	e := s.exports.Get(id)
 	if e == nil {
 		return fmt.Errorf("%w: release of export %d, which we do not export", ErrUnknownID, id)
 	}
@@ -337,7 +337,7 @@ func (s *state) releaseExport(id uint32, n uint32) error {
 	}
 	e.wireRefs -= n
 	if e.wireRefs == 0 {
-		s.exports.remove(id)
+		s.exports.Remove(id)
 		if e.key != nil && s.exportKey[e.key] == id {
 			delete(s.exportKey, e.key)
 		}
@@ -356,7 +356,7 @@ func (s *state) handleRelease(m rpccp.Message) error {
 
 // exportResolved sends the Resolve for an exported promise.
 func (s *state) exportResolved(e *export) {
-	if s.exports.get(e.id) != e {
+	if s.exports.Get(e.id) != e {
 		return // released meanwhile
 	}
 	out, m := newMessage()
@@ -467,7 +467,7 @@ func (e *embargo) fail(err error) {
 func (s *state) embargo(target capnp.Client, setTarget func(rpccp.MessageTarget)) capnp.Client {
 	p, h, r := newHeldCap("capnp embargo")
 	e := &embargo{target: target, cap: h, resolver: r}
-	id := s.embargoes.add(e)
+	id := s.embargoes.Add(e)
 	out, m := newMessage()
 	d, err := m.NewDisembargo()
 	if err == nil {
@@ -479,7 +479,7 @@ func (s *state) embargo(target capnp.Client, setTarget func(rpccp.MessageTarget)
 	}
 	if err != nil {
 		out.Release()
-		s.embargoes.remove(id)
+		s.embargoes.Remove(id)
 		e.lift()
 		return p
 	}
@@ -548,7 +548,7 @@ func (s *state) handleDisembargo(m rpccp.Message) error {
 		var c capnp.Client
 		switch tgt.Which() {
 		case rpccp.MessageTarget_Which_importedCap:
-			e := s.exports.get(tgt.ImportedCap())
+			e := s.exports.Get(tgt.ImportedCap())
 			if e == nil {
 				return fmt.Errorf("%w: disembargo on export %d, which we do not export", ErrUnknownID, tgt.ImportedCap())
 			}
@@ -588,11 +588,11 @@ func (s *state) handleDisembargo(m rpccp.Message) error {
 		s.ctx.Send(s.ctx.Self(), disembargoReply{msg: out})
 	case rpccp.Disembargo_context_Which_receiverLoopback:
 		id := d.Context().ReceiverLoopback()
-		e := s.embargoes.get(id)
+		e := s.embargoes.Get(id)
 		if e == nil {
 			return fmt.Errorf("%w: disembargo for embargo %d, which we did not send", ErrUnknownID, id)
 		}
-		s.embargoes.remove(id)
+		s.embargoes.Remove(id)
 		e.lift()
 	default:
 		return s.replyUnimplemented(m)
@@ -607,7 +607,7 @@ func (s *state) handleUnimplemented(m rpccp.Message) error {
 		return fmt.Errorf("%w: unimplemented: %v", ErrMalformedFrame, err)
 	}
 	failQuestion := func(id uint32) {
-		q := s.questions.get(id)
+		q := s.questions.Get(id)
 		if q == nil || q.returned() {
 			return
 		}

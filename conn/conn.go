@@ -50,6 +50,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/vatactor/vatactor/conn/core"
 	"github.com/vatactor/vatactor/internal/mailbox"
 	"github.com/vatactor/vatactor/supervisor"
 	"github.com/vatactor/vatactor/tracing"
@@ -132,11 +133,11 @@ type Options struct {
 
 // Defaults for Options.
 const (
-	DefaultMaxAnswers = 8192
-	DefaultMaxExports = 65536
+	DefaultMaxAnswers = core.DefaultMaxAnswers
+	DefaultMaxExports = core.DefaultMaxExports
 
-	DefaultDrainTimeout  = 5 * time.Second
-	DefaultStopTimeout   = 1 * time.Second
+	DefaultDrainTimeout  = core.DefaultDrainTimeout
+	DefaultStopTimeout   = core.DefaultStopTimeout
 	DefaultWriteTimeout  = 5 * time.Second
 	DefaultLingerTimeout = 2 * time.Second
 )
@@ -163,19 +164,7 @@ func orDefault[T ~int | ~int64 | ~uint64 | ~uint](v *T, def T) {
 }
 
 // Stats counts the entries of a connection's tables.
-type Stats struct {
-	Questions, Answers, Exports, Imports, Embargoes int
-}
-
-// Idle reports whether all tables are empty.
-func (s Stats) Idle() bool {
-	return s.Questions == 0 && s.Answers == 0 && s.Exports == 0 && s.Imports == 0 && s.Embargoes == 0
-}
-
-func (s Stats) String() string {
-	return fmt.Sprintf("questions=%d answers=%d exports=%d imports=%d embargoes=%d",
-		s.Questions, s.Answers, s.Exports, s.Imports, s.Embargoes)
-}
+type Stats = core.Stats
 
 // Conn is the handle of one connection actor. Its methods are safe to call
 // from any goroutine.

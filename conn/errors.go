@@ -5,9 +5,12 @@ import (
 	"fmt"
 
 	"capnproto.org/go/capnp/v3/exc"
+
+	"github.com/vatactor/vatactor/conn/core"
 )
 
-// Sentinels of package conn. Check them with errors.Is.
+// Sentinels of package conn. Check them with errors.Is. Those the
+// protocol shares with package core are core's.
 var (
 	// ErrFrameTooLarge: a frame's declared size is above Limits.MaxFrameSize.
 	ErrFrameTooLarge = errors.New("frame too large")
@@ -17,19 +20,19 @@ var (
 	ErrMalformedFrame = errors.New("malformed frame")
 	// ErrUnknownID: the peer named a question, answer, export or import id
 	// that is not in our tables.
-	ErrUnknownID = errors.New("unknown id")
+	ErrUnknownID = core.ErrUnknownID
 	// ErrDuplicateID: the peer reused an id that is still in use.
-	ErrDuplicateID = errors.New("duplicate id")
+	ErrDuplicateID = core.ErrDuplicateID
 	// ErrTooManyQuestions: the peer has more calls in flight than
 	// Options.MaxAnswers allows.
-	ErrTooManyQuestions = errors.New("too many calls in flight")
+	ErrTooManyQuestions = core.ErrTooManyCalls
 	// ErrTooManyExports: the connection would export more than
 	// Options.MaxExports capabilities.
-	ErrTooManyExports = errors.New("too many exported capabilities")
+	ErrTooManyExports = core.ErrTooManyExports
 	// ErrBudgetExceeded: the peer made the connection hold more than one
 	// of its Limits allows (answers, result bytes, capabilities, an echo);
 	// a *BudgetError says which.
-	ErrBudgetExceeded = errors.New("connection budget exceeded")
+	ErrBudgetExceeded = core.ErrBudgetExceeded
 	// ErrPeerNotReading: the peer took none of the bytes queued for it
 	// for Options.WriteTimeout.
 	ErrPeerNotReading = errors.New("the peer stopped reading")
@@ -38,17 +41,17 @@ var (
 	ErrFrameTimeout = errors.New("frame not complete in time")
 	// ErrResolveLoop: the peer resolved a promise to itself, directly or
 	// through other promises.
-	ErrResolveLoop = errors.New("promise resolution loop")
+	ErrResolveLoop = core.ErrResolveLoop
 	// ErrClosed: the connection has ended; the reason is in Conn.Err.
-	ErrClosed = errors.New("connection closed")
+	ErrClosed = core.ErrClosed
 	// ErrNotProcessed marks a call that failed with disconnected without
 	// being processed: refused by a draining connection (ours or the
 	// peer's), or left unanswered by a peer that drained before its
 	// epitaph. It is safe to retry.
-	ErrNotProcessed = errors.New("call not processed, safe to retry")
+	ErrNotProcessed = core.ErrNotProcessed
 	// ErrOutcomeUnknown marks a call that failed with disconnected after
 	// it was sent: the peer may or may not have processed it.
-	ErrOutcomeUnknown = errors.New("call may have been processed")
+	ErrOutcomeUnknown = core.ErrOutcomeUnknown
 )
 
 // notProcessed returns a disconnected exception that wraps ErrNotProcessed.
@@ -79,16 +82,7 @@ func frameErrorf(sentinel error, format string, args ...any) error {
 
 // BudgetError says which budget of Limits the peer went past. It wraps
 // ErrBudgetExceeded.
-type BudgetError struct {
-	Budget string // the Limits field, e.g. "MaxHeldAnswers"
-	Limit  int64
-	Detail string // what the peer did, with its figure
-}
-
-func (e *BudgetError) Error() string {
-	return fmt.Sprintf("%v: %s (%s %d)", ErrBudgetExceeded, e.Detail, e.Budget, e.Limit)
-}
-func (e *BudgetError) Unwrap() error { return ErrBudgetExceeded }
+type BudgetError = core.BudgetError
 
 func budgetErrorf(budget string, limit int64, format string, args ...any) error {
 	return &BudgetError{Budget: budget, Limit: limit, Detail: fmt.Sprintf(format, args...)}

@@ -2,9 +2,9 @@ package conn
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
+	"github.com/vatactor/vatactor/conn/core"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -91,46 +91,24 @@ func (e Down) String() string {
 	return fmt.Sprintf("down: %s after %v: %v (expected=%v)", e.Conn.Peer(), e.Duration.Round(time.Millisecond), e.Reason, e.Reason.Expected())
 }
 
-// Phase names the steps of a connection's end, in the order they run.
-// Each is one function of the connection with the same name.
-type Phase string
+// Phase names the steps of a connection's end, in the order they run
+// (the core's vocabulary: package core).
+type Phase = core.Phase
 
 // The steps of a connection's end (see Conn.Shutdown).
 const (
-	PhaseDrain          Phase = "drain"
-	PhaseStopQuestions  Phase = "stopQuestions"
-	PhaseStopExports    Phase = "stopExports"
-	PhaseReleaseImports Phase = "releaseImports"
-	PhaseSendEpitaph    Phase = "sendEpitaph"
-	PhaseCloseWrite     Phase = "closeWrite"
-	PhaseLinger         Phase = "linger"
-	PhaseCloseSocket    Phase = "closeSocket"
+	PhaseDrain          = core.PhaseDrain
+	PhaseStopQuestions  = core.PhaseStopQuestions
+	PhaseStopExports    = core.PhaseStopExports
+	PhaseReleaseImports = core.PhaseReleaseImports
+	PhaseSendEpitaph    = core.PhaseSendEpitaph
+	PhaseCloseWrite     = core.PhaseCloseWrite
+	PhaseLinger         = core.PhaseLinger
+	PhaseCloseSocket    = core.PhaseCloseSocket
 )
 
 // PhaseReport is what one step of a connection's end did.
-type PhaseReport struct {
-	Phase    Phase
-	Start    time.Time
-	Took     time.Duration
-	CutShort bool   // its deadline (or the Shutdown context) ended it
-	Skipped  bool   // not needed: the peer had already gone, or nothing to do
-	Note     string // what it did, in a few words
-}
-
-func (p PhaseReport) String() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%-14s %8v", p.Phase, p.Took.Round(time.Microsecond))
-	if p.CutShort {
-		b.WriteString(" CUT SHORT")
-	}
-	if p.Skipped {
-		b.WriteString(" skipped")
-	}
-	if p.Note != "" {
-		b.WriteString(" " + p.Note)
-	}
-	return b.String()
-}
+type PhaseReport = core.PhaseReport
 
 // Report is what a connection's end did: why it ended, each step, and what
 // was cut short.

@@ -325,7 +325,7 @@ func (s *state) sendCall(q *question) {
 			s.rejectUnsent(q, err)
 			return
 		}
-		q.id = s.questions.add(q)
+		q.id = s.questions.Add(q)
 		bs.SetQuestionId(q.id)
 	} else {
 		out = q.msg
@@ -340,7 +340,7 @@ func (s *state) sendCall(q *question) {
 			return
 		}
 		q.paramExports = ids
-		q.id = s.questions.add(q)
+		q.id = s.questions.Add(q)
 		q.call.SetQuestionId(q.id)
 	}
 	q.msg = nil
@@ -504,8 +504,8 @@ func (s *state) retireQuestion(q *question) {
 	if q.state != questionDone {
 		return
 	}
-	if s.questions.get(q.id) == q {
-		s.questions.remove(q.id)
+	if s.questions.Get(q.id) == q {
+		s.questions.Remove(q.id)
 	}
 	delete(s.byAnswer, q.p.Answer())
 	if q.stopWatch != nil {
@@ -522,7 +522,7 @@ func (s *state) handleReturn(msg *capnp.Message, m rpccp.Message) (keep bool, er
 	if err != nil {
 		return false, fmt.Errorf("%w: return: %v", ErrMalformedFrame, err)
 	}
-	q := s.questions.get(ret.AnswerId())
+	q := s.questions.Get(ret.AnswerId())
 	if q == nil {
 		return false, fmt.Errorf("%w: return for question %d, which is not in flight", ErrUnknownID, ret.AnswerId())
 	}

@@ -11,6 +11,7 @@ import (
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"github.com/asynkron/protoactor-go/actor"
 
+	"github.com/vatactor/vatactor/internal/idtable"
 	"github.com/vatactor/vatactor/supervisor"
 	"github.com/vatactor/vatactor/tracing"
 )
@@ -141,7 +142,7 @@ func (s *state) drain() {
 // inFlight counts our questions waiting for their Return and the peer's
 // calls we have not answered yet.
 func (s *state) inFlight() (questions, answers int) {
-	s.questions.each(func(_ uint32, q *question) {
+	s.questions.Each(func(_ uint32, q *question) {
 		if q.state == questionWaiting {
 			questions++
 		}
@@ -333,7 +334,7 @@ func (s *state) abandonAnswers() {
 func (s *state) stopQuestions() {
 	start := time.Now()
 	var qs []*question
-	s.questions.each(func(_ uint32, q *question) { qs = append(qs, q) })
+	s.questions.Each(func(_ uint32, q *question) { qs = append(qs, q) })
 	slices.SortFunc(qs, func(a, b *question) int { return cmp.Compare(b.seq, a.seq) })
 	canceled := 0
 	w := s.beginStopWait(PhaseStopQuestions, start)
@@ -352,7 +353,7 @@ func (s *state) stopQuestions() {
 		q.results = nil // the caller may still read them: the garbage collector frees them
 		s.stopChild(w, q.pid, QuestionActor, q.id)
 	}
-	s.questions = idTable[*question]{}
+	s.questions = idtable.Table[*question]{}
 	s.byAnswer = nil
 	s.report.Canceled += canceled
 	w.note = fmt.Sprintf("%d stopped, %d without an answer", len(qs), canceled)
@@ -373,13 +374,13 @@ func (s *state) questionLost() error {
 func (s *state) stopExports() {
 	start := time.Now()
 	var es []*export
-	s.exports.each(func(_ uint32, e *export) { es = append(es, e) })
+	s.exports.Each(func(_ uint32, e *export) { es = append(es, e) })
 	slices.SortFunc(es, func(a, b *export) int { return cmp.Compare(b.seq, a.seq) })
 	w := s.beginStopWait(PhaseStopExports, start)
 	for _, e := range es {
 		s.stopChild(w, e.pid, ExportActor, e.id)
 	}
-	s.exports = idTable[*export]{}
+	s.exports = idtable.Table[*export]{}
 	s.exportKey = nil
 	w.note = fmt.Sprintf("%d stopped", len(es))
 	s.awaitStops(w)
@@ -521,8 +522,8 @@ func (s *state) releaseImports() {
 		}
 		delete(s.imports, id)
 	}
-	s.embargoes.each(func(_ uint32, e *embargo) { e.fail(disc) })
-	s.embargoes = idTable[*embargo]{}
+	s.embargoes.Each(func(_ uint32, e *embargo) { e.fail(disc) })
+	s.embargoes = idtable.Table[*embargo]{}
 	note := fmt.Sprintf("%d released", len(ids))
 	if s.peerGone && len(ids) > 0 {
 		note = fmt.Sprintf("%d dropped (the peer has gone)", len(ids))

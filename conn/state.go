@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/vatactor/vatactor/conn/wire"
+	"github.com/vatactor/vatactor/internal/idtable"
 	"github.com/vatactor/vatactor/internal/mailbox"
 	"github.com/vatactor/vatactor/supervisor"
 )
@@ -23,12 +24,12 @@ type state struct {
 	c   *Conn
 	ctx actor.Context // valid only inside Receive
 
-	questions idTable[*question]
+	questions idtable.Table[*question]
 	answers   map[uint32]*answer
-	exports   idTable[*export]
+	exports   idtable.Table[*export]
 	exportKey map[any]uint32 // identity of an exported capability → export id
 	imports   map[uint32]*importEntry
-	embargoes idTable[*embargo]
+	embargoes idtable.Table[*embargo]
 
 	byAnswer map[*capnp.Answer]*question // for receiverAnswer descriptors
 
@@ -253,11 +254,11 @@ func (s *state) receiveClosing(msg any) {
 
 func (s *state) stats() Stats {
 	return Stats{
-		Questions: s.questions.len(),
+		Questions: s.questions.Len(),
 		Answers:   len(s.answers),
-		Exports:   s.exports.len(),
+		Exports:   s.exports.Len(),
 		Imports:   len(s.imports),
-		Embargoes: s.embargoes.len(),
+		Embargoes: s.embargoes.Len(),
 	}
 }
 

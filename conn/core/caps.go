@@ -97,11 +97,12 @@ func (c *Core) encodeCap(cp Cap) (CapDescriptor, uint32, error) {
 			}
 			return c.encodeCap(to)
 		}
-		c.retainCap(cp)              // the export's
+		c.retainCap(cp) // the export's
+		c.answerExports++
 		return c.exportNew(cp, true) // a promise, resolved when the answer returns
 	case CapLocal:
 		if id, ok := c.exportKey[cp.Ref]; ok {
-			e := c.exports.get(id)
+			e := c.exports.Get(id)
 			if e.resolved {
 				return c.encodeCap(e.cap)
 			}
@@ -135,7 +136,7 @@ func (c *Core) innermost(cp Cap) Cap {
 			cp = to
 		case CapLocal:
 			id, ok := c.exportKey[cp.Ref]
-			e := c.exports.get(id)
+			e := c.exports.Get(id)
 			if !ok || e == nil || !e.resolved {
 				return cp
 			}
@@ -174,12 +175,12 @@ func (e *export) descriptor() CapDescriptor {
 
 // exportNew adds an export of cp with one reference.
 func (c *Core) exportNew(cp Cap, promise bool) (CapDescriptor, uint32, error) {
-	if c.exports.len() >= c.cfg.MaxExports {
+	if c.exports.Len() >= c.cfg.MaxExports {
 		return CapDescriptor{}, noExport, newError(ExcFailed, "%v (MaxExports %d)", ErrTooManyExports, c.cfg.MaxExports)
 	}
 	c.seq++
 	e := &export{cap: cp, promise: promise, wireRefs: 1, seq: c.seq}
-	e.id = c.exports.add(e)
+	e.id = c.exports.Add(e)
 	switch cp.Kind {
 	case CapLocal:
 		e.ref = cp.Ref
@@ -192,7 +193,7 @@ func (c *Core) exportNew(cp Cap, promise bool) (CapDescriptor, uint32, error) {
 // releaseExport drops n of the peer's references to export id; at none
 // the export is gone and its actor stops.
 func (c *Core) releaseExport(id uint32, n uint32) error {
-	e := c.exports.get(id)
+	e := c.exports.Get(id)
 	if e == nil {
 		return protocolErrorf(ErrUnknownID, "release of export %d, which we do not export", id)
 	}
@@ -203,7 +204,7 @@ func (c *Core) releaseExport(id uint32, n uint32) error {
 	if e.wireRefs > 0 {
 		return nil
 	}
-	c.exports.remove(id)
+	c.exports.Remove(id)
 	if e.ref != 0 && c.exportKey[e.ref] == id {
 		delete(c.exportKey, e.ref)
 	}
@@ -220,6 +221,9 @@ func (c *Core) releaseExport(id uint32, n uint32) error {
 		c.emit(Redirect{Call: cl.local, To: e.cap, Method: cl.method, Params: cl.params})
 	}
 	if e.resolved || e.cap.Kind == CapAnswer {
+		if !e.resolved {
+			c.answerExports--
+		}
 		c.releaseCap(e.cap)
 	}
 	c.emit(StopChild{Child: Child{Kind: ExportChild, ID: id, Ref: e.ref}})
@@ -264,7 +268,7 @@ func (c *Core) decodeCap(d CapDescriptor) (Cap, error) {
 		im.localRefs++
 		return Cap{Kind: CapImport, ID: d.ID, Promise: im.promise && im.resolved == nil && im.broken == nil}, nil
 	case ReceiverHosted:
-		e := c.exports.get(d.ID)
+		e := c.exports.Get(d.ID)
 		if e == nil {
 			return Cap{}, protocolErrorf(ErrUnknownID, "receiverHosted capability %d, which we do not export", d.ID)
 		}
@@ -370,7 +374,7 @@ func (c *Core) localRelease(cp Cap) { c.releaseCap(cp) }
 // where to is the peer's, to exactly that capability: see route).
 func (c *Core) localResolved(ref Ref, to Cap) {
 	id, ok := c.exportKey[ref]
-	e := c.exports.get(id)
+	e := c.exports.Get(id)
 	if !ok || e == nil || !e.promise || e.resolved {
 		return
 	}
@@ -410,8 +414,11 @@ func (c *Core) resolveExport(e *export, to Cap) {
 // resolveAnswerExports resolves the exports that stand for capabilities
 // in a's results, now that it has returned.
 func (c *Core) resolveAnswerExports(a *answer) {
+	if c.answerExports == 0 {
+		return
+	}
 	var es []*export
-	c.exports.each(func(_ uint32, e *export) {
+	c.exports.Each(func(_ uint32, e *export) {
 		if !e.resolved && e.cap.Kind == CapAnswer && e.cap.ID == a.id && e.cap.Gen == a.seq {
 			es = append(es, e)
 		}
@@ -423,6 +430,7 @@ func (c *Core) resolveAnswerExports(a *answer) {
 		}
 		c.retainCap(to)
 		held := e.cap
+		c.answerExports--
 		c.resolveExport(e, to)
 		c.releaseCap(held) // the export's reference to the answer
 	}
@@ -472,7 +480,7 @@ func (c *Core) receiveResolve(r Resolve) error {
 		c.releaseCap(to)
 		im.broken = newError(ExcFailed, "%w: promise %d resolves to itself through other promises", ErrResolveLoop, im.id)
 		if d := r.Cap; d.Kind == ReceiverHosted {
-			if e := c.exports.get(d.ID); e != nil && e.resolved && e.cap.Kind == CapImport {
+			if e := c.exports.Get(d.ID); e != nil && e.resolved && e.cap.Kind == CapImport {
 				c.releaseCap(e.cap)
 				e.cap = Cap{Kind: CapBroken, Err: im.broken}
 			}
@@ -485,7 +493,7 @@ func (c *Core) receiveResolve(r Resolve) error {
 		// Our calls on it are on their way to the peer, which will
 		// reflect them back to us: later ones wait for them.
 		e := &embargo{imp: im}
-		e.id = c.embargoes.add(e)
+		e.id = c.embargoes.Add(e)
 		im.embargo = e
 		im.localRefs++ // the embargo's
 		c.send(Disembargo{Target: Target{Kind: ImportedCap, ID: im.id}, Context: SenderLoopback, EmbargoID: e.id})
@@ -521,7 +529,7 @@ func (c *Core) receiveDisembargo(d Disembargo) error {
 		var to Cap
 		switch d.Target.Kind {
 		case ImportedCap:
-			e := c.exports.get(d.Target.ID)
+			e := c.exports.Get(d.Target.ID)
 			if e == nil {
 				return protocolErrorf(ErrUnknownID, "disembargo of export %d, which we do not export", d.Target.ID)
 			}
@@ -556,7 +564,7 @@ func (c *Core) receiveDisembargo(d Disembargo) error {
 		}
 		c.send(Disembargo{Target: back, Context: ReceiverLoopback, EmbargoID: d.EmbargoID})
 	case ReceiverLoopback:
-		e := c.embargoes.get(d.EmbargoID)
+		e := c.embargoes.Get(d.EmbargoID)
 		if e == nil {
 			return protocolErrorf(ErrUnknownID, "disembargo of embargo %d, which is not up", d.EmbargoID)
 		}
@@ -570,7 +578,7 @@ func (c *Core) receiveDisembargo(d Disembargo) error {
 // lift ends embargo e: the calls it held go on, in order, to where its
 // capability is now.
 func (c *Core) lift(e *embargo) {
-	c.embargoes.remove(e.id)
+	c.embargoes.Remove(e.id)
 	held := e.held
 	e.held = nil
 	if im := e.imp; im != nil {

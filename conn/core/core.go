@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/vatactor/vatactor/internal/idtable"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -423,13 +424,13 @@ type Core struct {
 	now time.Time
 	out []Output
 
-	questions idTable[*question]
+	questions idtable.Table[*question]
 	byCall    map[CallID]*question
 	answers   map[uint32]*answer
-	exports   idTable[*export]
+	exports   idtable.Table[*export]
 	exportKey map[Ref]uint32
 	imports   map[uint32]*importEntry
-	embargoes idTable[*embargo]
+	embargoes idtable.Table[*embargo]
 
 	running     int   // the peer's calls not yet returned (MaxAnswers)
 	callBytes   int64 // their sizes (MaxCallBytes)
@@ -438,6 +439,10 @@ type Core struct {
 	// retired: answers dropped from the table (their Finish came) whose
 	// results are still named by CapAnswer caps, by Gen.
 	retired map[uint64]*answer
+	// answerExports counts the exports standing for capabilities in
+	// running answers: resolveAnswerExports has work only while it is
+	// above zero.
+	answerExports int
 
 	life lifecycle
 }
@@ -543,11 +548,11 @@ func (c *Core) afterStep() {
 // Stats returns the table counts.
 func (c *Core) Stats() Stats {
 	return Stats{
-		Questions: c.questions.len(),
+		Questions: c.questions.Len(),
 		Answers:   len(c.answers),
-		Exports:   c.exports.len(),
+		Exports:   c.exports.Len(),
 		Imports:   len(c.imports),
-		Embargoes: c.embargoes.len(),
+		Embargoes: c.embargoes.Len(),
 	}
 }
 
