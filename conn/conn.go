@@ -133,11 +133,11 @@ type Options struct {
 
 // Defaults for Options.
 const (
-	DefaultMaxAnswers = 8192
-	DefaultMaxExports = 65536
+	DefaultMaxAnswers = core.DefaultMaxAnswers
+	DefaultMaxExports = core.DefaultMaxExports
 
-	DefaultDrainTimeout  = 5 * time.Second
-	DefaultStopTimeout   = 1 * time.Second
+	DefaultDrainTimeout  = core.DefaultDrainTimeout
+	DefaultStopTimeout   = core.DefaultStopTimeout
 	DefaultWriteTimeout  = 5 * time.Second
 	DefaultLingerTimeout = 2 * time.Second
 )
@@ -430,7 +430,7 @@ type (
 		drain   bool
 	}
 	hurry         struct{} // user: Shutdown's context ended
-	deadlineFired struct {   // timer: a deadline the core armed
+	deadlineFired struct { // timer: a deadline the core armed
 		d   core.Deadline
 		gen uint64
 	}

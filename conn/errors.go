@@ -9,10 +9,8 @@ import (
 	"github.com/vatactor/vatactor/conn/core"
 )
 
-
-// Sentinels of package conn. Check them with errors.Is. Those of the
-// protocol are the core's (package core), under the names conn has
-// always given them.
+// Sentinels of package conn. Check them with errors.Is. Those the
+// protocol shares with package core are core's.
 var (
 	// ErrFrameTooLarge: a frame's declared size is above Limits.MaxFrameSize.
 	ErrFrameTooLarge = errors.New("frame too large")

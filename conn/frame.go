@@ -10,6 +10,8 @@ import (
 	"unicode/utf8"
 
 	"capnproto.org/go/capnp/v3"
+
+	"github.com/vatactor/vatactor/conn/core"
 )
 
 // Limits bound what a peer can make us read and hold: the budget of one
@@ -87,13 +89,13 @@ const (
 	DefaultDepthLimit           = 64
 	DefaultFrameTimeout         = 30 * time.Second
 	DefaultMaxSendQueue         = 16 << 20
-	DefaultMaxHeldAnswers       = 32768
-	DefaultMaxCallBytes         = 64 << 20
-	DefaultMaxAnswerBytes       = 64 << 20
-	DefaultMaxCapsPerMessage    = 4096
-	DefaultMaxImports           = 65536
-	DefaultMaxUnimplementedEcho = 64 << 10
-	DefaultMaxReasonLength      = 1024
+	DefaultMaxHeldAnswers       = core.DefaultMaxHeldAnswers
+	DefaultMaxCallBytes         = core.DefaultMaxCallBytes
+	DefaultMaxAnswerBytes       = core.DefaultMaxAnswerBytes
+	DefaultMaxCapsPerMessage    = core.DefaultMaxCapsPerMessage
+	DefaultMaxImports           = core.DefaultMaxImports
+	DefaultMaxUnimplementedEcho = core.DefaultMaxUnimplementedEcho
+	DefaultMaxReasonLength      = core.DefaultMaxReasonLength
 )
 
 func (l Limits) withDefaults() Limits {

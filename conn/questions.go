@@ -42,10 +42,10 @@ type question struct {
 	redirected atomic.Pointer[redirectedCall]
 
 	// Owned by the connection actor.
-	id       uint32 // on the wire (from the core's SpawnChild)
-	pid      *actor.PID
-	pending  *settleQuestion // the outcome sent to the actor, kept in case a Stop overtakes it
-	outcome  settleQuestion
+	id      uint32 // on the wire (from the core's SpawnChild)
+	pid     *actor.PID
+	pending *settleQuestion // the outcome sent to the actor, kept in case a Stop overtakes it
+	outcome settleQuestion
 	results *capnp.Message // released by the actor when it stops
 	outc    outCall        // its params' content, as the core names it
 	in      inPayload      // its results' content, as the core names it

@@ -179,7 +179,7 @@ func (c *Core) receiveCall(m Call) error {
 		params: Payload{Content: m.Params.Content, CapTable: caps, Size: m.Params.Size}}
 	switch m.Target.Kind {
 	case ImportedCap:
-		e := c.exports.get(m.Target.ID)
+		e := c.exports.Get(m.Target.ID)
 		if e == nil {
 			c.releaseCaps(caps)
 			return protocolErrorf(ErrUnknownID, "call on export %d, which we do not export (released?)", m.Target.ID)

@@ -102,7 +102,7 @@ func (c *Core) encodeCap(cp Cap) (CapDescriptor, uint32, error) {
 		return c.exportNew(cp, true) // a promise, resolved when the answer returns
 	case CapLocal:
 		if id, ok := c.exportKey[cp.Ref]; ok {
-			e := c.exports.get(id)
+			e := c.exports.Get(id)
 			if e.resolved {
 				return c.encodeCap(e.cap)
 			}
@@ -136,7 +136,7 @@ func (c *Core) innermost(cp Cap) Cap {
 			cp = to
 		case CapLocal:
 			id, ok := c.exportKey[cp.Ref]
-			e := c.exports.get(id)
+			e := c.exports.Get(id)
 			if !ok || e == nil || !e.resolved {
 				return cp
 			}
@@ -175,12 +175,12 @@ func (e *export) descriptor() CapDescriptor {
 
 // exportNew adds an export of cp with one reference.
 func (c *Core) exportNew(cp Cap, promise bool) (CapDescriptor, uint32, error) {
-	if c.exports.len() >= c.cfg.MaxExports {
+	if c.exports.Len() >= c.cfg.MaxExports {
 		return CapDescriptor{}, noExport, newError(ExcFailed, "%v (MaxExports %d)", ErrTooManyExports, c.cfg.MaxExports)
 	}
 	c.seq++
 	e := &export{cap: cp, promise: promise, wireRefs: 1, seq: c.seq}
-	e.id = c.exports.add(e)
+	e.id = c.exports.Add(e)
 	switch cp.Kind {
 	case CapLocal:
 		e.ref = cp.Ref
@@ -193,7 +193,7 @@ func (c *Core) exportNew(cp Cap, promise bool) (CapDescriptor, uint32, error) {
 // releaseExport drops n of the peer's references to export id; at none
 // the export is gone and its actor stops.
 func (c *Core) releaseExport(id uint32, n uint32) error {
-	e := c.exports.get(id)
+	e := c.exports.Get(id)
 	if e == nil {
 		return protocolErrorf(ErrUnknownID, "release of export %d, which we do not export", id)
 	}
@@ -204,7 +204,7 @@ func (c *Core) releaseExport(id uint32, n uint32) error {
 	if e.wireRefs > 0 {
 		return nil
 	}
-	c.exports.remove(id)
+	c.exports.Remove(id)
 	if e.ref != 0 && c.exportKey[e.ref] == id {
 		delete(c.exportKey, e.ref)
 	}
@@ -268,7 +268,7 @@ func (c *Core) decodeCap(d CapDescriptor) (Cap, error) {
 		im.localRefs++
 		return Cap{Kind: CapImport, ID: d.ID, Promise: im.promise && im.resolved == nil && im.broken == nil}, nil
 	case ReceiverHosted:
-		e := c.exports.get(d.ID)
+		e := c.exports.Get(d.ID)
 		if e == nil {
 			return Cap{}, protocolErrorf(ErrUnknownID, "receiverHosted capability %d, which we do not export", d.ID)
 		}
@@ -374,7 +374,7 @@ func (c *Core) localRelease(cp Cap) { c.releaseCap(cp) }
 // where to is the peer's, to exactly that capability: see route).
 func (c *Core) localResolved(ref Ref, to Cap) {
 	id, ok := c.exportKey[ref]
-	e := c.exports.get(id)
+	e := c.exports.Get(id)
 	if !ok || e == nil || !e.promise || e.resolved {
 		return
 	}
@@ -418,7 +418,7 @@ func (c *Core) resolveAnswerExports(a *answer) {
 		return
 	}
 	var es []*export
-	c.exports.each(func(_ uint32, e *export) {
+	c.exports.Each(func(_ uint32, e *export) {
 		if !e.resolved && e.cap.Kind == CapAnswer && e.cap.ID == a.id && e.cap.Gen == a.seq {
 			es = append(es, e)
 		}
@@ -480,7 +480,7 @@ func (c *Core) receiveResolve(r Resolve) error {
 		c.releaseCap(to)
 		im.broken = newError(ExcFailed, "%w: promise %d resolves to itself through other promises", ErrResolveLoop, im.id)
 		if d := r.Cap; d.Kind == ReceiverHosted {
-			if e := c.exports.get(d.ID); e != nil && e.resolved && e.cap.Kind == CapImport {
+			if e := c.exports.Get(d.ID); e != nil && e.resolved && e.cap.Kind == CapImport {
 				c.releaseCap(e.cap)
 				e.cap = Cap{Kind: CapBroken, Err: im.broken}
 			}
@@ -493,7 +493,7 @@ func (c *Core) receiveResolve(r Resolve) error {
 		// Our calls on it are on their way to the peer, which will
 		// reflect them back to us: later ones wait for them.
 		e := &embargo{imp: im}
-		e.id = c.embargoes.add(e)
+		e.id = c.embargoes.Add(e)
 		im.embargo = e
 		im.localRefs++ // the embargo's
 		c.send(put(&c.o.disembargo, Disembargo{Target: Target{Kind: ImportedCap, ID: im.id}, Context: SenderLoopback, EmbargoID: e.id}))
@@ -529,7 +529,7 @@ func (c *Core) receiveDisembargo(d Disembargo) error {
 		var to Cap
 		switch d.Target.Kind {
 		case ImportedCap:
-			e := c.exports.get(d.Target.ID)
+			e := c.exports.Get(d.Target.ID)
 			if e == nil {
 				return protocolErrorf(ErrUnknownID, "disembargo of export %d, which we do not export", d.Target.ID)
 			}
@@ -564,7 +564,7 @@ func (c *Core) receiveDisembargo(d Disembargo) error {
 		}
 		c.send(put(&c.o.disembargo, Disembargo{Target: back, Context: ReceiverLoopback, EmbargoID: d.EmbargoID}))
 	case ReceiverLoopback:
-		e := c.embargoes.get(d.EmbargoID)
+		e := c.embargoes.Get(d.EmbargoID)
 		if e == nil {
 			return protocolErrorf(ErrUnknownID, "disembargo of embargo %d, which is not up", d.EmbargoID)
 		}
@@ -578,7 +578,7 @@ func (c *Core) receiveDisembargo(d Disembargo) error {
 // lift ends embargo e: the calls it held go on, in order, to where its
 // capability is now.
 func (c *Core) lift(e *embargo) {
-	c.embargoes.remove(e.id)
+	c.embargoes.Remove(e.id)
 	held := e.held
 	e.held = nil
 	if im := e.imp; im != nil {

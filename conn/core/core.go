@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/vatactor/vatactor/internal/idtable"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -424,13 +425,13 @@ type Core struct {
 	out []Output
 	o   stepStorage // where the outputs of a Step live
 
-	questions idTable[*question]
+	questions idtable.Table[*question]
 	byCall    map[CallID]*question
 	answers   map[uint32]*answer
-	exports   idTable[*export]
+	exports   idtable.Table[*export]
 	exportKey map[Ref]uint32
 	imports   map[uint32]*importEntry
-	embargoes idTable[*embargo]
+	embargoes idtable.Table[*embargo]
 
 	running     int   // the peer's calls not yet returned (MaxAnswers)
 	callBytes   int64 // their sizes (MaxCallBytes)
@@ -562,11 +563,11 @@ func (c *Core) afterStep() {
 // Stats returns the table counts.
 func (c *Core) Stats() Stats {
 	return Stats{
-		Questions: c.questions.len(),
+		Questions: c.questions.Len(),
 		Answers:   len(c.answers),
-		Exports:   c.exports.len(),
+		Exports:   c.exports.Len(),
 		Imports:   len(c.imports),
-		Embargoes: c.embargoes.len(),
+		Embargoes: c.embargoes.Len(),
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vatactor/vatactor/internal/idtable"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -254,7 +255,7 @@ func (c *Core) receiveUnimplemented(m Unimplemented) error {
 		c.logf(slog.LevelInfo, "capnp: the peer does not implement a message we sent", "msg", describe(m.Message))
 		return nil
 	}
-	q := c.questions.get(qid)
+	q := c.questions.Get(qid)
 	if q == nil || q.returned() {
 		return nil
 	}
@@ -349,7 +350,7 @@ func (c *Core) drain() {
 // inFlight counts our questions waiting for their Return and the peer's
 // calls not answered yet.
 func (c *Core) inFlight() (questions, answers int) {
-	c.questions.each(func(_ uint32, q *question) {
+	c.questions.Each(func(_ uint32, q *question) {
 		if q.state == questionWaiting {
 			questions++
 		}
@@ -494,7 +495,7 @@ func (c *Core) abandonAnswers() {
 // failHeldOnPromises fails the calls waiting for our promises to
 // resolve: the connection that would carry them on is ending.
 func (c *Core) failHeldOnPromises() {
-	c.exports.each(func(_ uint32, e *export) {
+	c.exports.Each(func(_ uint32, e *export) {
 		held := e.held
 		e.held = nil
 		for _, cl := range held {
@@ -510,7 +511,7 @@ func (c *Core) failHeldOnPromises() {
 func (c *Core) stopQuestions() {
 	w := c.beginStopWait(PhaseStopQuestions)
 	var qs []*question
-	c.questions.each(func(_ uint32, q *question) { qs = append(qs, q) })
+	c.questions.Each(func(_ uint32, q *question) { qs = append(qs, q) })
 	slices.SortFunc(qs, func(a, b *question) int { return cmp.Compare(b.seq, a.seq) })
 	canceled := 0
 	lost := c.questionLost()
@@ -534,7 +535,7 @@ func (c *Core) stopQuestions() {
 			w.queue = append(w.queue, Child{Kind: QuestionChild, ID: q.id, Call: q.call})
 		}
 	}
-	c.questions = idTable[*question]{}
+	c.questions = idtable.Table[*question]{}
 	clear(c.byCall)
 	c.life.report.Canceled += canceled
 	w.note = fmt.Sprintf("%d stopped, %d without an answer", len(w.queue), canceled)
@@ -554,13 +555,13 @@ func (c *Core) questionLost() error {
 func (c *Core) stopExports() {
 	w := c.beginStopWait(PhaseStopExports)
 	var es []*export
-	c.exports.each(func(_ uint32, e *export) { es = append(es, e) })
+	c.exports.Each(func(_ uint32, e *export) { es = append(es, e) })
 	slices.SortFunc(es, func(a, b *export) int { return cmp.Compare(b.seq, a.seq) })
 	for _, e := range es {
 		// A resolution's import reference goes with releaseImports.
 		w.queue = append(w.queue, Child{Kind: ExportChild, ID: e.id, Ref: e.ref})
 	}
-	c.exports = idTable[*export]{}
+	c.exports = idtable.Table[*export]{}
 	clear(c.exportKey)
 	c.answerExports = 0
 	w.note = fmt.Sprintf("%d stopped", len(es))
@@ -643,7 +644,7 @@ func (c *Core) releaseImports() {
 		delete(c.imports, id)
 	}
 	var es []*embargo
-	c.embargoes.each(func(_ uint32, e *embargo) { es = append(es, e) })
+	c.embargoes.Each(func(_ uint32, e *embargo) { es = append(es, e) })
 	for _, e := range es {
 		c.failEmbargo(e)
 	}
@@ -657,10 +658,10 @@ func (c *Core) releaseImports() {
 
 // failEmbargo fails the calls e holds: the connection is ending.
 func (c *Core) failEmbargo(e *embargo) {
-	if c.embargoes.get(e.id) != e {
+	if c.embargoes.Get(e.id) != e {
 		return
 	}
-	c.embargoes.remove(e.id)
+	c.embargoes.Remove(e.id)
 	held := e.held
 	e.held = nil
 	for _, cl := range held {

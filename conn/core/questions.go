@@ -126,7 +126,7 @@ func (c *Core) newQuestion(cl caller) *question {
 	} else {
 		q = &question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq}
 	}
-	q.id = c.questions.add(q)
+	q.id = c.questions.Add(q)
 	if cl.local != 0 {
 		c.byCall[cl.local] = q
 		c.emit(put(&c.o.spawn, SpawnChild{Child: Child{Kind: QuestionChild, ID: q.id, Call: cl.local}}))
@@ -159,7 +159,7 @@ func (c *Core) route(cl caller, to Cap, depth int) {
 			// promise: when it resolves they go on in the order they
 			// came (an embargo lifted by the peer counts on it), ahead
 			// of any made after.
-			if e := c.exports.get(c.exportKey[to.Ref]); e != nil && e.ref == to.Ref {
+			if e := c.exports.Get(c.exportKey[to.Ref]); e != nil && e.ref == to.Ref {
 				if !e.resolved {
 					e.held = append(e.held, cl)
 					return
@@ -303,7 +303,7 @@ func locate(p *Payload, transform []uint16) (Cap, error) {
 
 // receiveReturn: the answer to one of our questions.
 func (c *Core) receiveReturn(r Return) error {
-	q := c.questions.get(r.AnswerID)
+	q := c.questions.Get(r.AnswerID)
 	if q == nil {
 		return protocolErrorf(ErrUnknownID, "return for question %d, which is not in flight", r.AnswerID)
 	}
@@ -425,7 +425,7 @@ func (c *Core) embargoResults(q *question, descs []CapDescriptor) {
 		switch i, _, _ := q.results.Content.Locate(tr); {
 		case pointsBack(descs[i].Kind):
 			e := &embargo{question: q, transform: tr}
-			e.id = c.embargoes.add(e)
+			e.id = c.embargoes.Add(e)
 			q.embargoes = append(q.embargoes, e)
 			c.send(put(&c.o.disembargo, Disembargo{Target: Target{Kind: PromisedAnswer, ID: q.id, Transform: tr},
 				Context: SenderLoopback, EmbargoID: e.id}))
@@ -491,10 +491,10 @@ func (c *Core) sendFinish(q *question, releaseResultCaps bool) {
 
 // retireQuestion removes q once its Return is in and its Finish sent.
 func (c *Core) retireQuestion(q *question) {
-	if q.state != questionDone || c.questions.get(q.id) != q {
+	if q.state != questionDone || c.questions.Get(q.id) != q {
 		return
 	}
-	c.questions.remove(q.id)
+	c.questions.Remove(q.id)
 	if q.results != nil {
 		c.releaseCaps(q.results.CapTable)
 		q.results = nil

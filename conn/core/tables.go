@@ -15,12 +15,12 @@ type Tables struct {
 
 // Tables returns a copy of the connection's tables.
 func (c *Core) Tables() Tables {
-	t := Tables{Exports: map[uint32]uint32{}, Imports: map[uint32]uint32{}, Embargoes: c.embargoes.len(), Retired: len(c.retired)}
-	c.questions.each(func(id uint32, _ *question) { t.Questions = append(t.Questions, id) })
+	t := Tables{Exports: map[uint32]uint32{}, Imports: map[uint32]uint32{}, Embargoes: c.embargoes.Len(), Retired: len(c.retired)}
+	c.questions.Each(func(id uint32, _ *question) { t.Questions = append(t.Questions, id) })
 	for id := range maps.Keys(c.answers) {
 		t.Answers = append(t.Answers, id)
 	}
-	c.exports.each(func(id uint32, e *export) { t.Exports[id] = e.wireRefs })
+	c.exports.Each(func(id uint32, e *export) { t.Exports[id] = e.wireRefs })
 	for id, im := range c.imports {
 		t.Imports[id] = im.wireRefs
 	}
