@@ -337,4 +337,10 @@ func (c *Core) dropAnswer(a *answer) {
 		c.releaseCaps(a.results.CapTable)
 		a.results = nil
 	}
+	if a.returned && a.forward == nil && len(a.held) == 0 {
+		// Returned, so no queue holds its call; nothing else names it
+		// (what this Step handed out of it is the runner's until the
+		// next Step).
+		c.retiredA = append(c.retiredA, a)
+	}
 }

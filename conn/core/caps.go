@@ -378,6 +378,12 @@ func (c *Core) localResolved(ref Ref, to Cap) {
 	if !ok || e == nil || !e.promise || e.resolved {
 		return
 	}
+	if c.reaches(to, func(cp Cap) bool { return cp.Kind == CapLocal && cp.Ref == ref }) {
+		// Resolved to itself through capabilities of the peer (a
+		// question's results that name this promise): calls on it would
+		// go between the vats for ever.
+		to = Cap{Kind: CapBroken, Err: newError(ExcFailed, "%w: a promise resolved to itself through the peer's capabilities", ErrResolveLoop)}
+	}
 	c.retainCap(to)
 	c.resolveExport(e, to)
 }
@@ -505,18 +511,54 @@ func (c *Core) receiveResolve(r Resolve) error {
 
 // resolvesTo reports whether following to's resolutions reaches import id.
 func (c *Core) resolvesTo(to Cap, id uint32) bool {
-	for range len(c.imports) + 1 {
-		if to.Kind != CapImport {
-			return false
-		}
-		if to.ID == id {
+	return c.reaches(to, func(cp Cap) bool { return cp.Kind == CapImport && cp.ID == id })
+}
+
+// reaches reports whether following cp's resolutions comes to a
+// capability for which is returns true, or goes round for longer than
+// the tables are long (a loop elsewhere). It follows the peer's promises
+// that it resolved, our exported promises that resolved, and the results
+// of answers and questions that returned: every link of a loop that two
+// vats can make between them, one resolution on each side.
+func (c *Core) reaches(cp Cap, is func(Cap) bool) bool {
+	for range len(c.imports) + c.exports.Len() + len(c.answers) + c.questions.Len() + 1 {
+		if is(cp) {
 			return true
 		}
-		im := c.imports[to.ID]
-		if im == nil || im.resolved == nil {
+		var err error
+		switch cp.Kind {
+		case CapImport:
+			im := c.imports[cp.ID]
+			if im == nil || im.resolved == nil {
+				return false
+			}
+			cp = *im.resolved
+		case CapLocal:
+			id, ok := c.exportKey[cp.Ref]
+			e := c.exports.Get(id)
+			if !ok || e == nil || !e.resolved {
+				return false
+			}
+			cp = e.cap
+		case CapAnswer:
+			a := c.answerOf(cp)
+			if a == nil || !a.returned {
+				return false
+			}
+			if cp, err = a.resultCap(cp.Transform); err != nil {
+				return false
+			}
+		case CapQuestion:
+			q := c.byCall[cp.Call]
+			if q == nil || q.results == nil {
+				return false
+			}
+			if cp, err = locate(q.results, cp.Transform); err != nil {
+				return false
+			}
+		default:
 			return false
 		}
-		to = *im.resolved
 	}
 	return true
 }
