@@ -163,6 +163,18 @@ func orDefault[T ~int | ~int64 | ~uint64 | ~uint](v *T, def T) {
 	}
 }
 
+// coreConfig is what the connection's core is told.
+func (o Options) coreConfig(boot core.Cap) core.Config {
+	l := o.Limits
+	return core.Config{
+		Bootstrap: boot, MaxAnswers: o.MaxAnswers, MaxExports: o.MaxExports,
+		Limits: core.Limits{MaxHeldAnswers: l.MaxHeldAnswers, MaxCallBytes: l.MaxCallBytes,
+			MaxAnswerBytes: l.MaxAnswerBytes, MaxCapsPerMessage: l.MaxCapsPerMessage, MaxImports: l.MaxImports,
+			MaxUnimplementedEcho: int(l.MaxUnimplementedEcho), MaxReasonLength: l.MaxReasonLength},
+		DrainTimeout: o.DrainTimeout, StopTimeout: o.StopTimeout, IdleTimeout: o.IdleTimeout,
+	}
+}
+
 // Stats counts the entries of a connection's tables.
 type Stats = core.Stats
 
@@ -175,6 +187,7 @@ type Conn struct {
 	root      *actor.RootContext
 	pid       atomic.Pointer[actor.PID] // set by Spawn and by the actor's Started
 	start     time.Time
+	calls     atomic.Uint64 // the last CallID given to a local call
 
 	// mu guards the following. Senders hold it for reading while they
 	// post to the actor, so that once closing has set closed under the
@@ -296,7 +309,7 @@ func (c *Conn) publishStats(st Stats) {
 // client is a promise: calls made on it before the answer arrives are
 // pipelined. The caller must release it.
 func (c *Conn) Bootstrap(ctx context.Context) capnp.Client {
-	q := newQuestion(c, bootstrapMethod, nil)
+	q := c.newQuestion(bootstrapMethod, callTarget{})
 	q.bootstrap = true
 	q.span, q.sidecar = c.startQuestionSpan(ctx, bootstrapMethod, true)
 	q.watch(ctx)
@@ -416,10 +429,12 @@ type (
 		epitaph supervisor.Epitaph
 		drain   bool
 	}
-	hurry         struct{}             // user: Shutdown's context ended
-	drainDeadline struct{}             // timer: DrainTimeout expired
-	idleDeadline  struct{ gen uint64 } // timer: IdleTimeout expired
-	socketClosed  struct{}             // closer: the socket is closed (its result: Conn.takeEnd)
+	hurry         struct{} // user: Shutdown's context ended
+	deadlineFired struct { // timer: a deadline the core armed
+		d   core.Deadline
+		gen uint64
+	}
+	socketClosed struct{} // closer: the socket is closed (its result: Conn.takeEnd)
 )
 
 // socketResult is what the closer goroutine did: closeWrite, linger and

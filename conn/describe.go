@@ -85,7 +85,7 @@ func describeTarget(t rpccp.MessageTarget) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "answer q%d", pa.QuestionId())
 	for _, op := range ops {
-		fmt.Fprintf(&b, ".%d", op.Field)
+		fmt.Fprintf(&b, ".%d", op)
 	}
 	return b.String()
 }

@@ -17,7 +17,7 @@ var (
 	// ErrTooManySegments: a frame declares more than Limits.MaxSegments segments.
 	ErrTooManySegments = errors.New("too many segments in frame")
 	// ErrMalformedFrame: a frame or the message in it cannot be decoded.
-	ErrMalformedFrame = errors.New("malformed frame")
+	ErrMalformedFrame = core.ErrMalformed
 	// ErrUnknownID: the peer named a question, answer, export or import id
 	// that is not in our tables.
 	ErrUnknownID = core.ErrUnknownID

@@ -91,11 +91,11 @@ func (e Down) String() string {
 	return fmt.Sprintf("down: %s after %v: %v (expected=%v)", e.Conn.Peer(), e.Duration.Round(time.Millisecond), e.Reason, e.Reason.Expected())
 }
 
-// Phase names the steps of a connection's end, in the order they run
-// (the core's vocabulary: package core).
+// Phase names the steps of a connection's end, in the order they run.
+// Each is one function of the connection's core with the same name.
 type Phase = core.Phase
 
-// The steps of a connection's end (see Conn.Shutdown).
+// The steps of a connection's end, in order.
 const (
 	PhaseDrain          = core.PhaseDrain
 	PhaseStopQuestions  = core.PhaseStopQuestions

@@ -2,8 +2,6 @@ package conn
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"sync/atomic"
 
 	"capnproto.org/go/capnp/v3"
@@ -12,21 +10,25 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/vatactor/vatactor/conn/core"
 )
 
-// A question is one outgoing Bootstrap or Call. It is an actor, a child of
-// the connection, from the moment the call is sent until both its Return
-// has arrived and its Finish has been sent; the actor settles the caller's
-// promise, off the connection's goroutine.
+// A question is one outgoing Bootstrap or Call of local code: its
+// promise, its message until it is on the wire, its span. The core holds
+// its place on the wire (core.LocalCall, named by call); from Call until
+// Return and Finish it is also an actor, a child of the connection, that
+// settles the caller's promise off the connection's goroutine.
 type question struct {
 	c      *Conn
+	call   core.CallID
 	method capnp.Method
 	p      *capnp.Promise
 	target callTarget
 
 	// Set by the caller before the question is posted.
 	msg       *capnp.Message // the outgoing Call (nil for Bootstrap)
-	call      rpccp.Call
+	rcall     rpccp.Call
 	bootstrap bool
 	stopWatch func() bool
 	span      trace.Span // the client span; ended when the promise is settled
@@ -35,90 +37,25 @@ type question struct {
 
 	settled atomic.Bool // the promise has been (or is being) resolved
 
+	// redirected: the call went to one of our capabilities instead (see
+	// state.redirect); calls pipelined on it go to that call's answer.
+	redirected atomic.Pointer[redirectedCall]
+
 	// Owned by the connection actor.
-	id           uint32
-	seq          uint64 // creation order
-	pid          *actor.PID
-	pending      *settleQuestion // the outcome sent to the actor (&outcome), kept in case a Stop overtakes it
-	outcome      settleQuestion
-	stopErr      error                // set before a stop: what a caller still waiting gets
-	state        questionState        // where it is in its life on the wire
-	canceled     error                // set if cancelled before it was sent
-	released     bool                 // the caller has released the answer
-	results      *capnp.Message       // released by the actor when it stops
-	paramExports []uint32             // export id per cap of the params (noExport if none)
-	pipelined    [][]capnp.PipelineOp // transforms of calls pipelined on the answer
+	id      uint32 // on the wire (from the core's SpawnChild)
+	pid     *actor.PID
+	pending *settleQuestion // the outcome sent to the actor, kept in case a Stop overtakes it
+	outcome settleQuestion
+	results *capnp.Message // released by the actor when it stops
+	outc    outCall        // its params' content, as the core names it
+	in      inPayload      // its results' content, as the core names it
 }
 
-// questionState is where a question is in its life on the wire. Each
-// constant's doc says where it may go next.
-type questionState uint8
-
-const (
-	// questionUnsent: posted to the connection, not yet on the wire; a
-	// cancel or release now means it is never sent. Next: questionWaiting.
-	questionUnsent questionState = iota
-	// questionWaiting: the Call (or Bootstrap) is sent; neither its
-	// Return nor our Finish has gone by. Next: questionReturned (its
-	// Return), questionFinishing (our Finish first: a cancel or release).
-	questionWaiting
-	// questionReturned: its Return is in; our Finish is not sent (the
-	// caller holds the answer, calls may be pipelined on it). Next:
-	// questionDone (Finish sent).
-	questionReturned
-	// questionFinishing: our Finish went first; its Return is still to
-	// come, and is dropped when it does. Next: questionDone.
-	questionFinishing
-	// questionDone: Return in (or never to be waited for) and Finish sent;
-	// the question is retired.
-	questionDone
-)
-
-var questionStateNames = [...]string{"unsent", "waiting", "returned", "finishing", "done"}
-
-func (st questionState) String() string { return questionStateNames[st] }
-
-// sent reports whether the question has gone on the wire.
-func (q *question) sent() bool { return q.state != questionUnsent }
-
-// returned reports whether its Return has arrived (or will not be waited
-// for: questionDone).
-func (q *question) returned() bool {
-	return q.state == questionReturned || q.state == questionDone
-}
-
-// finishSent reports whether our Finish has been sent.
-func (q *question) finishSent() bool {
-	return q.state == questionFinishing || q.state == questionDone
-}
-
-// gotReturn: its Return has arrived.
-func (q *question) gotReturn() {
-	switch q.state {
-	case questionWaiting:
-		q.state = questionReturned
-	case questionFinishing:
-		q.state = questionDone
-	}
-}
-
-// sentFinish: our Finish is sent.
-func (q *question) sentFinish() {
-	switch q.state {
-	case questionWaiting:
-		q.state = questionFinishing
-	case questionReturned:
-		q.state = questionDone
-	}
-}
-
-// callTarget is where a call goes: an import of this connection, or a
-// capability inside a question's answer (promise pipelining).
+// callTarget is where a call goes, as the core names it, and the flow
+// control of an import.
 type callTarget struct {
-	importID  uint32
-	flow      *window // the import's flow control, if any
-	parent    *question
-	transform []capnp.PipelineOp
+	cap  core.Cap
+	flow *window
 }
 
 // Messages about questions.
@@ -135,17 +72,14 @@ type (
 	}
 )
 
-func newQuestion(c *Conn, m capnp.Method, tgt *callTarget) *question {
-	q := &question{c: c, method: m}
-	if tgt != nil {
-		q.target = *tgt
-	}
+func (c *Conn) newQuestion(m capnp.Method, tgt callTarget) *question {
+	q := &question{c: c, method: m, target: tgt, call: core.CallID(c.calls.Add(1))}
 	q.p = capnp.NewPromise(m, q, nil)
 	return q
 }
 
-// watch sends Finish at once when ctx is cancelled before the Return.
-// It costs no goroutine: context.AfterFunc runs only on cancellation.
+// watch cancels the call when ctx ends before the Return. It costs no
+// goroutine: context.AfterFunc runs only on cancellation.
 func (q *question) watch(ctx context.Context) {
 	if ctx.Done() == nil {
 		return
@@ -155,9 +89,20 @@ func (q *question) watch(ctx context.Context) {
 	})
 }
 
+// redirectedCall is the local call a question became.
+type redirectedCall struct {
+	ans     *capnp.Answer
+	release capnp.ReleaseFunc
+}
+
 // release is the caller's ReleaseFunc for the answer: it sends Finish
 // (cancelling the call if it has not returned) and frees the results.
 func (q *question) release() {
+	if r := q.redirected.Load(); r != nil {
+		r.release()
+		q.p.ReleaseClients()
+		return
+	}
 	if q.c.post(releaseQuestion{q: q}) != nil {
 		q.settle(capnp.Ptr{}, q.c.errDisconnected(), false)
 	}
@@ -165,8 +110,8 @@ func (q *question) release() {
 }
 
 // settle resolves the caller's promise once; later calls do nothing.
-// onActor: called by the question's actor, which may read the id the
-// connection gave the question (for its span).
+// onActor: called by the question's actor, which may read the question's
+// id (for its span).
 func (q *question) settle(ptr capnp.Ptr, err error, onActor bool) bool {
 	if !q.settled.CompareAndSwap(false, true) {
 		return false
@@ -174,7 +119,7 @@ func (q *question) settle(ptr capnp.Ptr, err error, onActor bool) bool {
 	if q.flowBytes > 0 {
 		q.target.flow.release(q.flowBytes)
 	}
-	endQuestionSpan(q, err, onActor) // a question with an actor was sent
+	endQuestionSpan(q, err, onActor)
 	q.p.Resolve(ptr, err)
 	return true
 }
@@ -191,11 +136,7 @@ func (q *question) Receive(ctx actor.Context) {
 			q.settle(p.ptr, p.err, true)
 		}
 		if !q.settled.Load() {
-			err := q.stopErr
-			if err == nil {
-				err = q.c.errDisconnected()
-			}
-			q.settle(capnp.Ptr{}, err, true)
+			q.settle(capnp.Ptr{}, q.c.errDisconnected(), true)
 		}
 	case *actor.Stopped:
 		if q.results != nil {
@@ -207,7 +148,34 @@ func (q *question) Receive(ctx actor.Context) {
 // PipelineSend implements capnp.PipelineCaller: a call on a capability
 // inside this question's not-yet-known answer.
 func (q *question) PipelineSend(ctx context.Context, transform []capnp.PipelineOp, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
-	return q.c.sendLocalCall(ctx, callTarget{parent: q, transform: transform}, s)
+	if r := q.redirected.Load(); r != nil {
+		return r.ans.PipelineSend(ctx, transform, s)
+	}
+	return q.c.sendLocalCall(ctx, q.pipelineTarget(transform), s)
+}
+
+// PipelineRecv implements capnp.PipelineCaller for calls that arrive as
+// capnp.Recv (forwarded from elsewhere).
+func (q *question) PipelineRecv(ctx context.Context, transform []capnp.PipelineOp, r capnp.Recv) capnp.PipelineCaller {
+	if rc := q.redirected.Load(); rc != nil {
+		return rc.ans.PipelineRecv(ctx, transform, r)
+	}
+	return q.c.forwardRecv(ctx, q.pipelineTarget(transform), r)
+}
+
+func (q *question) pipelineTarget(transform []capnp.PipelineOp) callTarget {
+	return callTarget{cap: core.Cap{Kind: core.CapQuestion, Call: q.call, Transform: pipelineOps(transform)}}
+}
+
+func pipelineOps(transform []capnp.PipelineOp) []uint16 {
+	if len(transform) == 0 {
+		return nil
+	}
+	out := make([]uint16, len(transform))
+	for i, op := range transform {
+		out[i] = op.Field
+	}
+	return out
 }
 
 // sendLocalCall is sendCall for a call made by local code (Send): it
@@ -221,12 +189,6 @@ func (c *Conn) sendLocalCall(ctx context.Context, tgt callTarget, s capnp.Send) 
 		return capnp.ErrorAnswer(s.Method, exc.WrapError("send queue full", err)), func() {}
 	}
 	return c.sendCall(ctx, tgt, s)
-}
-
-// PipelineRecv implements capnp.PipelineCaller for calls that arrive as
-// capnp.Recv (forwarded from elsewhere).
-func (q *question) PipelineRecv(ctx context.Context, transform []capnp.PipelineOp, r capnp.Recv) capnp.PipelineCaller {
-	return q.c.forwardRecv(ctx, callTarget{parent: q, transform: transform}, r)
 }
 
 // sendCall builds a Call on the caller's goroutine (PlaceArgs must run
@@ -262,8 +224,8 @@ func (c *Conn) sendCall(ctx context.Context, tgt callTarget, s capnp.Send) (*cap
 		}
 		flowBytes = int64(size)
 	}
-	q := newQuestion(c, s.Method, &tgt)
-	q.msg, q.call, q.flowBytes = msg, call, flowBytes
+	q := c.newQuestion(s.Method, tgt)
+	q.msg, q.rcall, q.flowBytes = msg, call, flowBytes
 	q.span, q.sidecar = c.startQuestionSpan(ctx, s.Method, false)
 	q.watch(ctx)
 	if err := c.post(callOut{q: q}); err != nil {
@@ -307,311 +269,126 @@ func (c *Conn) forwardRecv(ctx context.Context, tgt callTarget, r capnp.Recv) ca
 	return ans
 }
 
-// sendCall (actor side) assigns the question its id, encodes the target
-// and the capabilities in the params, starts the question actor and
-// queues the message.
-func (s *state) sendCall(q *question) {
-	if q.canceled != nil {
-		s.rejectUnsent(q, q.canceled)
-		return
-	}
-	var out *capnp.Message
-	if q.bootstrap {
-		var m rpccp.Message
-		out, m = newMessage()
-		bs, err := m.NewBootstrap()
-		if err != nil {
-			out.Release()
-			s.rejectUnsent(q, err)
-			return
-		}
-		q.id = s.questions.Add(q)
-		bs.SetQuestionId(q.id)
-	} else {
-		out = q.msg
-		if err := s.encodeTarget(q); err != nil {
-			s.rejectUnsent(q, err)
-			return
-		}
-		params, _ := q.call.Params()
-		ids, err := s.encodeCapTableIDs(params, out)
-		if err != nil {
-			s.rejectUnsent(q, err)
-			return
-		}
-		q.paramExports = ids
-		q.id = s.questions.Add(q)
-		q.call.SetQuestionId(q.id)
-	}
-	q.msg = nil
-	q.state = questionWaiting
-	s.seq++
-	q.seq = s.seq
-	q.pid = s.spawnChild(q)
-	s.byAnswer[q.p.Answer()] = q
+// localCall (actor side) gives the core a call or bootstrap of local
+// code, with the capabilities of its params as the core names them.
+func (s *state) localCall(q *question) {
+	s.calls[q.call] = q
+	s.byAns[q.p.Answer()] = q
 	if q.bootstrap {
 		s.traceEvent("bootstrap", attribute.String("direction", "sent"))
+		s.feed(&core.LocalBootstrap{Call: q.call})
+		return
 	}
-	s.queue(out, nil, q.sidecar)
+	ct := q.msg.CapTable()
+	var caps []core.Cap
+	if n := ct.Len(); n > 0 {
+		caps = make([]core.Cap, n)
+		for i := range caps {
+			caps[i] = s.describe(ct.At(i))
+		}
+	}
+	params, _ := q.rcall.Params()
+	size, _ := q.msg.TotalSize()
+	content, _ := params.Content()
+	q.outc = outCall{q: q, content: content}
+	s.in.local = core.LocalCall{Call: q.call, Target: q.target.cap, Method: coreMethod(q.method),
+		Params: core.Payload{Content: &q.outc, CapTable: caps, Size: int(size)}}
+	s.feed(&s.in.local)
 }
 
-// rejectUnsent fails a question that never reached the wire and frees
-// its Call.
-func (s *state) rejectUnsent(q *question, err error) {
-	if q.stopWatch != nil {
-		q.stopWatch()
+func coreMethod(m capnp.Method) core.Method {
+	return core.Method{InterfaceID: m.InterfaceID, MethodID: m.MethodID}
+}
+
+// settle: a local call has its outcome from the core; its actor resolves
+// the caller's promise (or, not on the wire yet, a goroutine does).
+func (s *state) settle(o core.Settle) {
+	q := s.calls[o.Call]
+	if q == nil {
+		return
+	}
+	m := settleQuestion{err: excError(o.Err)}
+	if r := o.Results; r != nil {
+		in, _ := r.Content.(*inPayload)
+		if in != nil {
+			in.msg.CapTable().Reset(s.clients(r.CapTable)...)
+			m.ptr = in.content
+			q.results = in.msg
+		} else {
+			s.releaseCaps(r.CapTable)
+		}
 	}
 	if q.msg != nil {
-		q.msg.Release()
+		q.msg.Release() // never sent
 		q.msg = nil
 	}
-	go q.settle(capnp.Ptr{}, err, false) // never on the actor's goroutine: Resolve may block
-}
-
-func (s *state) encodeTarget(q *question) error {
-	tgt, err := q.call.NewTarget()
-	if err != nil {
-		return err
-	}
-	if pq := q.target.parent; pq != nil {
-		if pq.c != s.c {
-			return errNotOurs
-		}
-		if !pq.sent() || pq.finishSent() {
-			return exc.New(exc.Failed, "capnp", "pipelined call on an answer that was already released")
-		}
-		pa, err := tgt.NewPromisedAnswer()
-		if err != nil {
-			return err
-		}
-		pa.SetQuestionId(pq.id)
-		if err := encodeTransform(pa, q.target.transform); err != nil {
-			return err
-		}
-		pq.pipelined = append(pq.pipelined, q.target.transform)
-		return nil
-	}
-	ie, ok := s.imports[q.target.importID]
-	if !ok {
-		return exc.New(exc.Failed, "capnp", "call on a released capability")
-	}
-	ie.callsSent = true
-	tgt.SetImportedCap(q.target.importID)
-	return nil
-}
-
-func encodeTransform(pa rpccp.PromisedAnswer, transform []capnp.PipelineOp) error {
-	ops, err := pa.NewTransform(int32(len(transform)))
-	if err != nil {
-		return err
-	}
-	for i, op := range transform {
-		ops.At(i).SetGetPointerField(op.Field)
-	}
-	return nil
-}
-
-func decodeTransform(pa rpccp.PromisedAnswer) ([]capnp.PipelineOp, error) {
-	ops, err := pa.Transform()
-	if err != nil {
-		return nil, err
-	}
-	if ops.Len() == 0 {
-		return nil, nil
-	}
-	out := make([]capnp.PipelineOp, 0, ops.Len())
-	for i := 0; i < ops.Len(); i++ {
-		op := ops.At(i)
-		switch op.Which() {
-		case rpccp.PromisedAnswer_Op_Which_noop:
-		case rpccp.PromisedAnswer_Op_Which_getPointerField:
-			out = append(out, capnp.PipelineOp{Field: op.GetPointerField()})
-		default:
-			return nil, fmt.Errorf("%w: unknown transform op %d", ErrMalformedFrame, op.Which())
-		}
-	}
-	return out, nil
-}
-
-// cancelQuestion: the caller's context ended before the Return.
-func (s *state) cancelQuestion(q *question, err error) {
-	if !q.sent() {
-		q.canceled = err
+	if q.pid == nil {
+		// Never on the wire: no actor settles it.
+		s.retire(q)
+		go q.settle(m.ptr, m.err, false) // never on the actor's goroutine: Resolve may block
 		return
 	}
-	if q.state != questionWaiting {
-		return
-	}
-	s.sendFinish(q, true)
-	s.settleQuestion(q, settleQuestion{err: err})
-}
-
-// settleQuestion hands q's outcome to its actor, which resolves the
-// caller's promise off the connection's goroutine.
-func (s *state) settleQuestion(q *question, m settleQuestion) {
 	if q.pending != nil {
-		return // settled once already: the first outcome wins
+		return
 	}
 	q.outcome = m
 	q.pending = &q.outcome
 	s.ctx.Send(q.pid, q.pending)
 }
 
-// releaseQuestion: the caller is done with the answer.
-func (s *state) releaseQuestion(q *question) {
-	if !q.sent() {
-		q.canceled = errors.New("answer released before the call was sent")
-		return
+// retire forgets a local call the core is done with.
+func (s *state) retire(q *question) {
+	if s.calls[q.call] == q {
+		delete(s.calls, q.call)
 	}
-	if q.released {
-		return
+	if s.byQID[q.id] == q {
+		delete(s.byQID, q.id)
 	}
-	q.released = true
-	if !q.finishSent() {
-		returned := q.returned()
-		s.sendFinish(q, !returned)
-		if !returned {
-			s.settleQuestion(q, settleQuestion{err: exc.New(exc.Failed, "capnp", "answer released before it arrived")})
-		}
-	}
-	s.retireQuestion(q)
-}
-
-// sendFinish tells the peer we are done with question q. releaseResultCaps
-// is true when we will not import the capabilities of its results (the
-// Return has not arrived).
-func (s *state) sendFinish(q *question, releaseResultCaps bool) {
-	q.sentFinish()
-	out, m := newMessage()
-	f, err := m.NewFinish()
-	if err != nil {
-		out.Release()
-		return
-	}
-	f.SetQuestionId(q.id)
-	f.SetReleaseResultCaps(releaseResultCaps)
-	f.SetRequireEarlyCancellationWorkaround(false)
-	if releaseResultCaps {
-		s.send(out) // a cancellation: the peer may stop work at once
-	} else {
-		s.sendLazy(out)
-	}
-}
-
-// retireQuestion removes q once its Return has arrived and its Finish has
-// been sent; its actor stops.
-func (s *state) retireQuestion(q *question) {
-	if q.state != questionDone {
-		return
-	}
-	if s.questions.Get(q.id) == q {
-		s.questions.Remove(q.id)
-	}
-	delete(s.byAnswer, q.p.Answer())
+	delete(s.byAns, q.p.Answer())
 	if q.stopWatch != nil {
 		q.stopWatch()
 	}
-	// The actor releases the results once it has stopped: its Stopping
-	// may still be resolving the caller's promise from them.
-	s.ctx.Stop(q.pid)
 }
 
-// handleReturn: the answer to one of our questions.
-func (s *state) handleReturn(msg *capnp.Message, m rpccp.Message) (keep bool, err error) {
-	ret, err := m.Return()
-	if err != nil {
-		return false, fmt.Errorf("%w: return: %v", ErrMalformedFrame, err)
-	}
-	q := s.questions.Get(ret.AnswerId())
+// redirect: a local call turned out to target one of our capabilities
+// (an embargo lifted, a promise resolved to ours): it is delivered there
+// with its params as they are, and its answer settles the caller.
+func (s *state) redirect(o core.Redirect) {
+	q := s.calls[o.Call]
 	if q == nil {
-		return false, fmt.Errorf("%w: return for question %d, which is not in flight", ErrUnknownID, ret.AnswerId())
+		return
 	}
-	if q.returned() {
-		return false, fmt.Errorf("%w: second return for question %d", ErrDuplicateID, q.id)
-	}
-	finished := q.finishSent()
-	q.gotReturn()
-	if q.stopWatch != nil {
-		q.stopWatch()
-	}
-	if finished {
-		// Cancelled or released before the answer came: nothing of it is
-		// imported (our Finish asked the peer to release its caps).
-		s.retireQuestion(q)
-		return false, s.releaseParamCaps(q, ret)
-	}
-	var settle settleQuestion
-	switch ret.Which() {
-	case rpccp.Return_Which_results:
-		payload, err := ret.Results()
-		if err != nil {
-			return false, fmt.Errorf("%w: return results: %v", ErrMalformedFrame, err)
+	s.retire(q)
+	l := s.locals[o.To.Ref]
+	if l == nil || q.msg == nil {
+		if q.msg != nil {
+			q.msg.Release()
+			q.msg = nil
 		}
-		if err := s.decodeCapTable(msg, payload); err != nil {
-			return false, err
-		}
-		content, err := payload.Content()
-		if err != nil {
-			return false, fmt.Errorf("%w: return content: %v", ErrMalformedFrame, err)
-		}
-		s.embargoResults(q, msg, content)
-		q.results = msg
-		keep = true
-		settle.ptr = content
-	case rpccp.Return_Which_exception:
-		e, err := ret.Exception()
-		if err != nil {
-			return false, fmt.Errorf("%w: return exception: %v", ErrMalformedFrame, err)
-		}
-		settle.err = decodeException(e, s.c.opts.Limits.MaxReasonLength)
-	case rpccp.Return_Which_canceled:
-		settle.err = exc.New(exc.Failed, "capnp", "call canceled by the peer")
-	default:
-		// We never ask for results to be sent elsewhere nor take them from
-		// another question, so these are protocol violations.
-		return false, fmt.Errorf("%w: return of kind %d for a call that asked for results to the caller", ErrMalformedFrame, ret.Which())
+		go q.settle(capnp.Ptr{}, exc.New(exc.Failed, "capnp", "call redirected to a capability that is gone"), false)
+		return
 	}
-	// Only now, after the results may have named them: the peer drops its
-	// references to our params' caps with this Return instead of sending
-	// Release for them.
-	if err := s.releaseParamCaps(q, ret); err != nil {
-		return keep, err
-	}
-	s.settleQuestion(q, settle)
-	return keep, nil
+	msg := q.msg
+	q.msg = nil
+	params, _ := q.rcall.Params()
+	content, _ := params.Content()
+	args := content.Struct()
+	ans, release := l.client.SendCall(context.Background(), capnp.Send{Method: q.method, ArgsSize: args.Size(),
+		PlaceArgs: func(st capnp.Struct) error { return st.CopyFrom(args) }})
+	msg.Release()
+	q.redirected.Store(&redirectedCall{ans: ans, release: release})
+	go func() {
+		st, err := ans.Struct()
+		q.settle(st.ToPtr(), err, false)
+	}()
 }
 
-func (s *state) releaseParamCaps(q *question, ret rpccp.Return) error {
-	ids := q.paramExports
-	q.paramExports = nil
-	if !ret.ReleaseParamCaps() {
-		return nil
+// excError is a core error as callers see it: a capnp exception of its
+// type, wrapping what it wraps.
+func excError(err error) error {
+	ce, ok := err.(*core.Error)
+	if !ok {
+		return err
 	}
-	for _, id := range ids {
-		if id != noExport {
-			if err := s.releaseExport(id, 1); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// decodeException turns a wire Exception into a Go error whose exc.Type
-// is the exception's type.
-// An exception that carries an epitaph is a call refused by a draining
-// peer: it wraps ErrNotProcessed.
-func decodeException(e rpccp.Exception, maxText int) error {
-	reasonBytes, _ := e.ReasonBytes()
-	reason := clip(reasonBytes, maxText)
-	if ep, ok, _ := epitaphOf(e, maxText); ok {
-		return notProcessed("refused by the peer (epitaph %v): %s", ep, reason)
-	}
-	return &exc.Exception{Type: exc.Type(e.Type()), Prefix: "remote", Cause: errors.New(reason)}
-}
-
-// encodeException writes err into e: its exc.Type and its message.
-func encodeException(e rpccp.Exception, err error) {
-	e.SetType(rpccp.Exception_Type(exc.TypeOf(err)))
-	_ = e.SetReason(err.Error())
+	return &exc.Exception{Type: exc.Type(ce.Type), Prefix: ce.Prefix, Cause: ce.Cause}
 }

@@ -3,80 +3,113 @@ package conn
 import (
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
-	"capnproto.org/go/capnp/v3/exc"
-	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"github.com/asynkron/protoactor-go/actor"
-	"go.opentelemetry.io/otel/attribute"
 
+	"github.com/vatactor/vatactor/conn/core"
 	"github.com/vatactor/vatactor/conn/wire"
-	"github.com/vatactor/vatactor/internal/idtable"
 	"github.com/vatactor/vatactor/internal/mailbox"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
-// state is the connection actor: the four tables and embargoes, touched
-// by no goroutine but the actor's.
+// state is the connection actor: a shell around the connection's core
+// (package core), which holds the protocol's tables and decides
+// everything. The shell turns what happens (frames, calls of local code,
+// children stopping, deadlines, the socket's end) into the core's inputs
+// and carries out its outputs: frames to write, calls to deliver to local
+// capabilities, promises to settle, child actors to spawn and stop, timers
+// to arm, the socket to close. No turn of the actor waits.
 type state struct {
-	c   *Conn
-	ctx actor.Context // valid only inside Receive
+	c    *Conn
+	ctx  actor.Context // valid only inside Receive
+	core *core.Core
 
-	questions idtable.Table[*question]
-	answers   map[uint32]*answer
-	exports   idtable.Table[*export]
-	exportKey map[any]uint32 // identity of an exported capability → export id
-	imports   map[uint32]*importEntry
-	embargoes idtable.Table[*embargo]
+	// later holds the inputs that carrying out outputs gives rise to
+	// (a reference handed back, a call that failed to deliver): they are
+	// fed before the next message, in order.
+	later []core.Input
 
-	byAnswer map[*capnp.Answer]*question // for receiverAnswer descriptors
+	calls   map[core.CallID]*question // local calls given to the core, until retired
+	byQID   map[uint32]*question      // the same, by question id once on the wire
+	byAns   map[*capnp.Answer]*question
+	answers map[uint32]*answer // the peer's calls, until the core is done with them
 
-	running     int    // the peer's calls not yet returned (Options.MaxAnswers)
-	callBytes   int64  // their Call messages (Limits.MaxCallBytes)
-	answerBytes int64  // the Returns held until their Finish (Limits.MaxAnswerBytes)
-	seq         uint64 // creation order of questions and exports
+	locals   map[core.Ref]*localCap // our capabilities the core may name
+	refByKey map[any]core.Ref
+	fresh    []core.Ref // named during this turn: dropped at its end unless exported
+	nextRef  core.Ref
+	bootRef  core.Ref
+
+	imports  map[uint32]*importEntry
+	children map[string]core.Child // by PID id: Terminated → ChildStopped
+	pids     map[core.Child]*actor.PID
+	timers   [4]*time.Timer
 
 	// childProps spawn every question and export actor: made once, its
 	// producer hands over spawning (see spawnChild).
 	childProps *actor.Props
 	spawning   actor.Actor
 
-	unsent bool // frames queued since the writer was last kicked (flushOut)
+	unsent      bool // frames queued since the writer was last kicked (flushOut)
+	sidecarSent bool // our first frame carried our sidecar
+	peerOurs    bool
+	closing     bool // the core's end has begun (Closing)
+	stopping    bool // protoactor is stopping the actor: the closer may end the connection
+	last        socketResult
+	parent      *actor.PID // the actor's parent, for events (also after its last turn)
+	tr          connTrace
 
-	// Lifecycle.
-	phase            phase
-	peerOurs         bool                // the peer sent a sidecar that reads epitaphs
-	sidecarSent      bool                // our first frame carried our sidecar
-	peerGone         bool                // the peer ended (or the socket failed): write nothing but FIN
-	peerNotProcessed *supervisor.Epitaph // the peer's epitaph: its unanswered calls were never processed
-	epitaph          supervisor.Epitaph  // ours, sent by sendEpitaph
-	abortWith        error               // a protocol error, sent instead of the epitaph
-	report           Report
-	drainStart       time.Time
-	drainTimer       *time.Timer
-	idle             bool
-	idleGen          uint64
-	idleTimer        *time.Timer
-	stopping         bool      // protoactor is stopping the actor: Down goes out from the closer if need be
-	hard             bool      // the end skips the flush and the linger (the socket failed)
-	wait             *stopWait // the stop step running now
-	waitGen          uint64
-	hurried          bool       // the Shutdown's context has ended: no more waits
-	parent           *actor.PID // the actor's parent, for events (also after the actor's last turn)
-	tr               connTrace
+	scratch inPayload // see newInPayload
+
+	// Storage of the inputs of the hot path, reused from message to
+	// message: the core keeps no input it is given.
+	in struct {
+		recv     core.Received
+		call     core.Call
+		ret      core.Return
+		payload  core.Payload
+		finish   core.Finish
+		local    core.LocalCall
+		fin      core.LocalFinish
+		returned core.Returned
+		results  core.Payload
+	}
+}
+
+// localCap is one of our capabilities as the core knows it: a Ref.
+type localCap struct {
+	client  capnp.Client // our reference
+	key     any          // identity, for the same Ref when sent again (nil: none)
+	exports int          // export actors holding it
+	pinned  bool         // the bootstrap capability: kept for the connection's life
 }
 
 func newState(c *Conn) *state {
 	s := &state{
-		c:         c,
-		answers:   make(map[uint32]*answer),
-		exportKey: make(map[any]uint32),
-		imports:   make(map[uint32]*importEntry),
-		byAnswer:  make(map[*capnp.Answer]*question),
-		idle:      true,
+		c:        c,
+		calls:    make(map[core.CallID]*question),
+		byQID:    make(map[uint32]*question),
+		byAns:    make(map[*capnp.Answer]*question),
+		answers:  make(map[uint32]*answer),
+		locals:   make(map[core.Ref]*localCap),
+		refByKey: make(map[any]core.Ref),
+		imports:  make(map[uint32]*importEntry),
+		children: make(map[string]core.Child),
+		pids:     make(map[core.Child]*actor.PID),
 	}
+	var boot core.Cap
+	if bs := c.opts.Bootstrap; bs.IsValid() {
+		boot = s.describe(bs) // its own reference, for the connection's life
+		s.bootRef = boot.Ref
+		if l := s.locals[boot.Ref]; l != nil {
+			l.pinned = true
+		}
+		s.fresh = nil
+	}
+	s.core = core.New(c.opts.coreConfig(boot), c.start)
 	s.childProps = actor.PropsFromProducer(func() actor.Actor {
 		a := s.spawning
 		s.spawning = nil
@@ -87,9 +120,6 @@ func newState(c *Conn) *state {
 
 // spawnChild starts a (question or export) actor as a child of the
 // connection, with no allocation beyond protoactor's own for the process.
-// The producer runs inside Spawn, on the connection's goroutine; it runs
-// once per child, because a child that panics is stopped, never
-// restarted (stopChildren).
 func (s *state) spawnChild(a actor.Actor) *actor.PID {
 	s.spawning = a
 	return s.ctx.Spawn(s.childProps)
@@ -100,177 +130,471 @@ func (s *state) spawnChild(a actor.Actor) *actor.PID {
 // disconnected error or releases its capability.
 var stopChildren = actor.NewOneForOneStrategy(0, 0, func(any) actor.Directive { return actor.StopDirective })
 
+// feed gives the core one input and carries out what it does, then the
+// inputs that gave rise to.
+func (s *state) feed(in core.Input) {
+	now := time.Now()
+	s.apply(s.core.Step(now, in))
+	for len(s.later) > 0 {
+		next := s.later[0]
+		s.later = s.later[1:]
+		s.apply(s.core.Step(now, next))
+	}
+	s.later = s.later[:0]
+	s.sweep()
+}
+
+// sweep drops the references to capabilities named during the turn that
+// the core did not export.
+func (s *state) sweep() {
+	for _, r := range s.fresh {
+		if l := s.locals[r]; l != nil && l.exports == 0 && !l.pinned {
+			s.dropLocal(r, l)
+		}
+	}
+	s.fresh = s.fresh[:0]
+}
+
+func (s *state) dropLocal(r core.Ref, l *localCap) {
+	delete(s.locals, r)
+	if l.key != nil && s.refByKey[l.key] == r {
+		delete(s.refByKey, l.key)
+	}
+	l.client.Release()
+}
+
 // Receive is the one way in: every input of the connection is a message.
 func (s *state) Receive(ctx actor.Context) {
 	s.ctx = ctx
 	defer func() { s.ctx = nil; s.flushOut() }()
-	msg := ctx.Message()
-	if s.phase.closing() {
-		s.receiveClosing(msg)
-		return
-	}
-	switch m := msg.(type) {
+	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		s.parent = ctx.Parent()
 		s.c.pid.Store(ctx.Self())
 		s.c.reader.Add(1)
 		go s.c.readLoop()
-		if bs := s.c.opts.Bootstrap; bs.IsValid() {
-			s.c.opts.Bootstrap = bs.AddRef()
-		}
 		s.traceStarted()
 		s.emit(Up{Conn: s.c, Peer: s.c.opts.Peer, Role: s.c.opts.Role})
-		s.armIdle()
+		s.apply(s.core.Start())
 	case *capnp.Message:
-		s.handleFrame(Frame{Msg: m})
+		s.frame(Frame{Msg: m})
 	case finishFrame:
-		s.handleFrame(Frame{finish: m})
+		s.frame(Frame{finish: m})
 	case inFrame:
-		s.handleFrame(m.f)
+		s.frame(m.f)
 	case readerDone:
-		switch reason := classifyReadError(m.err, s.stats().Idle()).(type) {
-		case supervisor.ProtocolError:
-			s.protocolError(reason.Err) // a bad frame: the peer is told why
-		case supervisor.PeerEOF:
-			s.traceEOFReceived()
-			s.peerEnded(reason)
-		default:
-			s.transportFailed(m.err)
-		}
+		s.readerDone(m.err)
 	case writerDone:
-		s.transportFailed(m.err)
+		s.feed(&core.WriteFailed{Err: m.err})
 	case shutdownReq:
-		s.shutdown(m.epitaph, m.drain)
-	case hurry, drainDeadline:
-		if s.phase == phaseDraining {
-			s.endDrain(true, "")
-		}
-	case idleDeadline:
-		s.idleExpired(m.gen)
+		s.feed(&core.Shutdown{Epitaph: m.epitaph, Drain: m.drain})
+	case hurry:
+		s.feed(&core.Hurry{})
+	case deadlineFired:
+		s.feed(&core.DeadlineFired{Deadline: m.d, Gen: m.gen})
 	case callOut:
-		if s.phase == phaseDraining {
-			s.rejectUnsent(m.q, errLocalDraining())
-			break
-		}
-		s.sendCall(m.q)
+		s.localCall(m.q)
 	case cancelQuestion:
-		s.cancelQuestion(m.q, m.err)
+		s.feed(&core.LocalCancel{Call: m.q.call, Err: m.err})
 	case releaseQuestion:
-		s.releaseQuestion(m.q)
+		s.in.fin = core.LocalFinish{Call: m.q.call}
+		s.feed(&s.in.fin)
 	case importShutdown:
-		s.importShutdown(m.hook)
+		if ie := s.imports[m.hook.id]; ie != nil && ie.hook == m.hook {
+			delete(s.imports, m.hook.id)
+		}
+		s.feed(&core.LocalRelease{Cap: core.Cap{Kind: core.CapImport, ID: m.hook.id}})
+	case capReleased:
+		s.feed(&core.LocalRelease{Cap: m.cap})
 	case answerReturned:
 		s.answerReturned(m.a)
 	case exportResolved:
 		s.exportResolved(m.e)
-	case disembargoReply:
-		s.send(m.msg)
-	case *actor.Stopping:
-		// Stopped from outside (the parent or the actor system) before
-		// the connection ended: the same end as Close, with an epitaph
-		// that says so. protoactor stops the children meanwhile; the
-		// actor keeps its turns until they have all stopped, and the
-		// closer goroutine finishes what is left after that.
-		ep := supervisor.Epitaph{Code: supervisor.Canceled, Message: "connection actor stopped"}
-		s.stopping = true
-		s.record(supervisor.LocalShutdown{Epitaph: ep})
-		if s.phase == phaseDraining {
-			s.endDrain(true, "connection actor stopped") // the drain's epitaph stays
-			return
-		}
-		s.epitaph = ep
-		s.skipped(PhaseDrain, "connection actor stopped")
-		s.close(false)
-		return
-	case *actor.Stopped, *actor.Restarting, *actor.Terminated:
-	}
-	if s.phase == phaseDraining {
-		if q, a := s.inFlight(); q+a == 0 {
-			s.endDrain(false, "")
-		}
-	}
-	if !s.phase.closing() {
-		st := s.stats()
-		s.c.publishStats(st)
-		s.noteIdle(st)
-	}
-}
-
-// receiveClosing handles what arrives once the connection's end has
-// begun: the stop steps' Terminated messages and deadlines, the closer's
-// result, and what is left to free.
-func (s *state) receiveClosing(msg any) {
-	switch m := msg.(type) {
 	case *actor.Terminated:
-		s.childTerminated(m.Who)
-	case stopDeadline:
-		if s.wait != nil && s.wait.current != nil && s.wait.gen == m.gen {
-			s.stopTimedOut(false)
-		}
-	case hurry:
-		s.hurried = true
-		if s.wait != nil {
-			s.stopTimedOut(true)
+		if ch, ok := s.children[m.Who.Id]; ok {
+			delete(s.children, m.Who.Id)
+			delete(s.pids, ch)
+			if s.closing {
+				s.feed(&core.ChildStopped{Child: ch}) // what the end's stop steps wait for
+			}
 		}
 	case socketClosed:
 		if r, ok := s.c.takeEnd(false); ok {
 			s.socketClosed(r)
 		}
 	case *actor.Stopping:
-		s.stopping = true // protoactor stops the children; the steps go on
+		// Stopped from outside (the parent or the actor system): the same
+		// end as Close, with an epitaph that says so. protoactor stops
+		// the children meanwhile; the closer goroutine finishes what is
+		// left once the actor has had its last turn.
+		s.stopping = true
+		if !s.core.Closed() {
+			s.feed(&core.Stopped{})
+		}
 	case *actor.Stopped:
-		// The last turn: every child has stopped, so a step still
-		// waiting has nothing left to wait for.
-		for s.wait != nil {
-			w := s.wait
-			w.live = map[string]bool{}
-			if cur := w.current; cur != nil {
-				w.current = nil
-				s.actorStopped(*cur, false)
+		// The last turn: every child has stopped.
+		for len(s.children) > 0 {
+			for id, ch := range s.children {
+				delete(s.children, id)
+				delete(s.pids, ch)
+				s.feed(&core.ChildStopped{Child: ch})
 			}
-			s.stopNext()
 		}
 		if r, ok := s.c.takeEnd(true); ok {
 			s.socketClosed(r)
 		}
-	case readerDone:
-		// The peer has gone while we end (EOF, or the socket failed): what
-		// is left of the end writes nothing more to it, no epitaph after
-		// its EOF (the simulation of conn/core found this one).
-		s.peerGone = true
-		if errors.Is(m.err, io.EOF) {
-			s.traceEOFReceived()
-			s.record(supervisor.PeerEOF{Idle: s.stats().Idle()})
-		} else {
-			s.hard = true
-		}
-	case writerDone:
-		s.peerGone, s.hard = true, true
 	case *actor.Restarting:
+	}
+	if !s.closing {
+		s.c.publishStats(s.core.Stats())
+	}
+}
+
+// frame is one frame from the peer: decoded, handed to the core. A
+// panic while decoding or handling it is a bug of ours that the peer's
+// bytes reached: it ends the connection as a protocol error wrapping
+// errHandlerPanic, never the process.
+func (s *state) frame(f Frame) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.c.opts.Logger.Error("capnp: panic while handling a message (a bug of vatactor's)", "peer", s.c.opts.Peer, "panic", r)
+			s.later = s.later[:0]
+			s.feed(&core.ReadEnded{Malformed: true, Err: fmt.Errorf("%w: %v", errHandlerPanic, r)})
+		}
+	}()
+	if f.Sidecar.Has(wire.Feature_epitaphs) && !s.peerOurs {
+		s.peerOurs = true
+		s.core.SetPeerOurs()
+	}
+	s.traceFrameIn(f.Sidecar)
+	if fin := f.finish; fin.ok {
+		if s.c.trace {
+			s.c.opts.Logger.Debug("capnp recv", "peer", s.c.opts.Peer, "msg", fin.describe())
+		}
+		s.in.finish = core.Finish{QuestionID: fin.questionID, ReleaseResultCaps: fin.releaseResultCaps}
+		s.in.recv = core.Received{Msg: &s.in.finish}
+		s.feed(&s.in.recv)
+		return
+	}
+	m, err := s.decode(f.Msg, f.Sidecar)
+	if err != nil {
+		f.Msg.Release()
+		s.feed(&core.ReadEnded{Malformed: true, Err: err})
+		return
+	}
+	s.in.recv = core.Received{Msg: m}
+	s.feed(&s.in.recv)
+}
+
+// readerDone: the reader's RecvFrame failed.
+func (s *state) readerDone(err error) {
+	switch reason := classifyReadError(err, false).(type) {
+	case supervisor.ProtocolError:
+		s.feed(&core.ReadEnded{Malformed: true, Err: reason.Err})
+	case supervisor.PeerEOF:
+		s.traceEOFReceived()
+		s.feed(&core.ReadEnded{EOF: true})
 	default:
-		s.afterClose(msg)
+		s.feed(&core.ReadEnded{Err: err})
 	}
 }
 
-func (s *state) stats() Stats {
-	return Stats{
-		Questions: s.questions.Len(),
-		Answers:   len(s.answers),
-		Exports:   s.exports.Len(),
-		Imports:   len(s.imports),
-		Embargoes: s.embargoes.Len(),
+// apply carries out the core's outputs, in order.
+func (s *state) apply(out []core.Output) {
+	for _, o := range out {
+		if s.c.trace {
+			if _, isLog := o.(*core.Log); !isLog {
+				s.c.opts.Logger.Debug("capnp", "peer", s.c.opts.Peer, "out", core.Describe(o))
+			}
+		}
+		switch o := o.(type) {
+		case *core.Send:
+			s.send(o.Msg)
+		case *core.Deliver:
+			s.deliver(*o)
+		case *core.CancelAnswer:
+			if a := s.answers[o.Answer]; a != nil {
+				a.span.AddEvent("canceled by the caller")
+				a.ctx.cancel()
+			}
+		case *core.AnswerDone:
+			s.answerDone(o.Answer)
+		case *core.Redirect:
+			s.redirect(*o)
+		case *core.Settle:
+			s.settle(*o)
+		case *core.ImportResolved:
+			s.importResolved(o.ID, o.To)
+		case *core.SpawnChild:
+			s.spawn(o.Child)
+		case *core.StopChild:
+			s.stopChild(o.Child)
+		case *core.Arm:
+			s.arm(*o)
+		case *core.Closing:
+			s.closingStarts()
+		case *core.CloseSocket:
+			s.closeSocket(o.Hard)
+		case *core.Emit:
+			s.event(o.Event)
+		case *core.Log:
+			s.c.opts.Logger.Log(nil, o.Level, o.Msg, append([]any{"peer", s.c.opts.Peer}, o.Args...)...)
+		}
 	}
 }
 
-// send queues an outgoing message; the writer releases it once written.
-func (s *state) send(msg *capnp.Message) { s.queue(msg, nil, nil) }
+// arm sets the timer of a deadline; the newest replaces the last.
+func (s *state) arm(a core.Arm) {
+	if t := s.timers[a.Deadline]; t != nil {
+		t.Stop()
+	}
+	d, gen := a.Deadline, a.Gen
+	s.timers[d] = time.AfterFunc(time.Until(a.At), func() { s.c.postInternal(deadlineFired{d: d, gen: gen}) })
+}
+
+// closingStarts: from now on posts fail, callers get disconnected.
+func (s *state) closingStarts() {
+	s.closing = true
+	c := s.c
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	// The question actors still running: the end waits for their
+	// Terminated.
+	for _, q := range s.calls {
+		if q.pid != nil {
+			ch := core.Child{Kind: core.QuestionChild, ID: q.id, Call: q.call}
+			s.children[q.pid.Id] = ch
+			s.pids[ch] = q.pid
+		}
+	}
+	s.traceShutdownBegin()
+}
+
+// spawn starts the actor of a question or an export.
+func (s *state) spawn(ch core.Child) {
+	var a actor.Actor
+	switch ch.Kind {
+	case core.QuestionChild:
+		q := s.calls[ch.Call]
+		if q == nil {
+			return
+		}
+		q.id = ch.ID
+		s.byQID[ch.ID] = q
+		a = q
+	case core.ExportChild:
+		e := &export{c: s.c, id: ch.ID, ref: ch.Ref}
+		if l := s.locals[ch.Ref]; l != nil && ch.Ref != 0 {
+			l.exports++
+			e.client = l.client.AddRef()
+			snap := e.client.Snapshot()
+			e.promise = snap.IsPromise()
+			snap.Release()
+		}
+		e.span = s.startExportSpan(e)
+		a = e
+	}
+	pid := s.spawnChild(a)
+	if q, ok := a.(*question); ok {
+		// Its Terminated matters only to the end, which names its
+		// question actors then (closingStarts): none in the maps now.
+		q.pid = pid
+		return
+	}
+	s.children[pid.Id] = ch
+	s.pids[ch] = pid
+}
+
+// stopChild stops a question or export actor; its Terminated is the
+// core's ChildStopped.
+func (s *state) stopChild(ch core.Child) {
+	switch ch.Kind {
+	case core.QuestionChild:
+		if q := s.calls[ch.Call]; q != nil {
+			s.retire(q)
+			if s.pids[ch] == nil && q.pid != nil {
+				s.ctx.Stop(q.pid)
+				return
+			}
+		}
+	case core.ExportChild:
+		if l := s.locals[ch.Ref]; l != nil && ch.Ref != 0 {
+			if l.exports--; l.exports == 0 && !l.pinned {
+				s.dropLocal(ch.Ref, l)
+			}
+		}
+	}
+	if pid := s.pids[ch]; pid != nil {
+		s.ctx.Stop(pid)
+	}
+}
+
+// event carries out a lifecycle event of the core.
+func (s *state) event(e core.Event) {
+	switch e := e.(type) {
+	case *core.Ending:
+		c := s.c
+		c.mu.Lock()
+		if c.reason == nil {
+			c.reason = e.Reason
+		}
+		c.mu.Unlock()
+	case *core.Busy:
+		s.traceEvent("busy", statsAttributes(e.Stats)...)
+		s.emit(Busy{Conn: s.c, Stats: e.Stats})
+	case *core.Idle:
+		s.traceEvent("idle")
+		s.emit(Idle{Conn: s.c})
+	case *core.PhaseStarted:
+		if !closerPhase(e.Phase) {
+			s.tracePhaseStart(e.Phase, e.At)
+		}
+	case *core.PhaseDone:
+		if !closerPhase(e.Report.Phase) {
+			s.tracePhase(e.Report) // the closer's steps made their spans as they ran
+		}
+		s.emit(PhaseDone{Conn: s.c, Phase: e.Report})
+	case *core.ActorStopped:
+		ev := ActorStopped{Conn: s.c, Kind: actorKind(e.Child.Kind), ID: e.Child.ID, TimedOut: e.TimedOut}
+		s.traceActorStopped(ev)
+		s.emit(ev)
+	case *core.EpitaphSent:
+		s.traceEvent("epitaph.sent", epitaphAttributes(e.Epitaph)...)
+	case *core.EpitaphReceived:
+		s.traceEvent("epitaph.received", epitaphAttributes(e.Epitaph)...)
+	case *core.Down:
+		s.down(e.Report)
+	}
+}
+
+func closerPhase(p Phase) bool {
+	return p == PhaseCloseWrite || p == PhaseLinger || p == PhaseCloseSocket
+}
+
+func actorKind(k core.ChildKind) ActorKind {
+	if k == core.QuestionChild {
+		return QuestionActor
+	}
+	return ExportActor
+}
+
+// closeSocket: everything is queued; the closer goroutine flushes,
+// half-closes, lingers and closes the socket, then reports socketClosed.
+func (s *state) closeSocket(hard bool) {
+	for _, t := range s.timers {
+		if t != nil {
+			t.Stop()
+		}
+	}
+	for r, l := range s.locals {
+		s.dropLocal(r, l) // the export actors hold their own references
+	}
+	s.c.out.close(!hard)
+	st := s.closerTracer()
+	go s.c.closer(s, hard, st)
+}
+
+// closer is the goroutine of closeWrite, linger and closeSocket. It hands
+// the result to the actor or, when protoactor has stopped the actor
+// meanwhile, ends the connection itself.
+func (c *Conn) closer(s *state, hard bool, st stepTracer) {
+	m := c.closeSocket(hard, st)
+	c.endMu.Lock()
+	c.endResult = &m
+	mine := c.actorGone && !c.ended
+	c.ended = c.ended || mine
+	c.endMu.Unlock()
+	if mine {
+		s.socketClosed(m) // the actor is gone: s is this goroutine's now
+		return
+	}
+	c.postInternal(socketClosed{})
+}
+
+// takeEnd returns the closer's result if the actor is to end the
+// connection with it now; gone: the actor is stopping for good (its last
+// turn).
+func (c *Conn) takeEnd(gone bool) (socketResult, bool) {
+	c.endMu.Lock()
+	defer c.endMu.Unlock()
+	if gone {
+		c.actorGone = true
+	}
+	if c.endResult == nil || c.ended {
+		return socketResult{}, false
+	}
+	c.ended = true
+	return *c.endResult, true
+}
+
+// socketClosed: the closer has finished; the core reports the end (Down).
+func (s *state) socketClosed(m socketResult) {
+	s.last = m
+	s.feed(&core.SocketClosed{Steps: []PhaseReport{m.closeWriteReport(), m.lingerReport(), m.closeSocketReport()}})
+}
+
+// down: the connection has ended. It runs on the actor or, once
+// protoactor has stopped the actor, on the closer goroutine.
+func (s *state) down(r core.Report) {
+	c := s.c
+	rep := Report{Reason: r.Reason, Peer: r.Peer, Stats: r.Stats, Phases: r.Phases, Refused: r.Refused,
+		Canceled: r.Canceled, Abandoned: r.Abandoned, StuckActors: r.StuckActors, EpitaphSent: r.EpitaphSent,
+		Duration: time.Since(c.start), ReadEnd: c.readEnd}
+	c.mu.Lock()
+	c.report = rep
+	c.mu.Unlock()
+	c.publishStats(Stats{})
+	s.traceDown(rep, s.last)
+	s.emit(Down{Conn: c, Report: rep})
+	close(c.done)
+	if !s.stopping && s.ctx != nil {
+		s.ctx.Stop(s.ctx.Self())
+	}
+}
+
+// emit sends a lifecycle event to the parent and to Options.OnEvent.
+func (s *state) emit(e Event) {
+	if s.parent != nil {
+		s.c.root.Send(s.parent, e)
+	}
+	if f := s.c.opts.OnEvent; f != nil {
+		f(e)
+	}
+}
+
+// send encodes an outgoing message and queues it; the writer releases it
+// once written.
+func (s *state) send(m core.Message) {
+	msg, owner, sc, err := s.encode(m)
+	if err != nil {
+		s.c.opts.Logger.Error("capnp: cannot encode a message (a bug of vatactor's)", "peer", s.c.opts.Peer, "msg", m.String(), "err", err)
+		return
+	}
+	if lazy(m) && s.sidecarSent {
+		s.c.out.pushLazy(Frame{Msg: msg})
+		return
+	}
+	s.queue(msg, owner, sc)
+}
+
+// lazy reports whether nobody waits for m (a Finish after its Return, a
+// Release): it goes out with the next frame, or after lazyFlushDelay.
+func lazy(m core.Message) bool {
+	switch m := m.(type) {
+	case *core.Finish:
+		return !m.ReleaseResultCaps
+	case *core.Release:
+		return true
+	}
+	return false
+}
 
 // queue puts msg in the send queue with sc, the sidecar of a call (nil:
 // none). owner: the answer msg is the Return of, which keeps it until
-// both it is written and the answer is dropped (nil: the writer frees msg
-// once written). The first
-// frame of the connection carries our sidecar, which tells the peer that
-// we read epitaphs and names our connection span.
+// both it is written and the answer is dropped. The first frame of the
+// connection carries our sidecar, which tells the peer that we read
+// epitaphs and names our connection span.
 func (s *state) queue(msg *capnp.Message, owner *answer, sc *Sidecar) {
 	if !s.sidecarSent {
 		s.sidecarSent = true
@@ -291,123 +615,9 @@ func (s *state) flushOut() {
 	}
 }
 
-// sendLazy queues a message nobody waits for (a Finish after its Return,
-// a Release): it goes out with the next frame, or after lazyFlushDelay.
-func (s *state) sendLazy(msg *capnp.Message) {
-	if !s.sidecarSent {
-		s.send(msg)
-		return
-	}
-	s.c.out.pushLazy(Frame{Msg: msg})
-}
-
-// handleFrame dispatches one incoming message by its type. A panic while
-// handling it is a bug of ours that the peer's bytes reached: it ends the
-// connection as a protocol error wrapping errHandlerPanic, never the
-// process.
-func (s *state) handleFrame(f Frame) {
-	defer func() {
-		if r := recover(); r != nil {
-			s.c.opts.Logger.Error("capnp: panic while handling a message (a bug of vatactor's)", "peer", s.c.opts.Peer, "panic", r)
-			s.protocolError(fmt.Errorf("%w: %v", errHandlerPanic, r))
-		}
-	}()
-	msg := f.Msg
-	if f.Sidecar.Has(wire.Feature_epitaphs) {
-		s.peerOurs = true
-	}
-	s.traceFrameIn(f.Sidecar)
-	if fin := f.finish; fin.ok {
-		if s.c.trace {
-			s.c.opts.Logger.Debug("capnp recv", "peer", s.c.opts.Peer, "msg", fin.describe())
-		}
-		if err := s.finish(fin.questionID, fin.releaseResultCaps); err != nil {
-			s.protocolError(err)
-		}
-		return
-	}
-	m, err := rpccp.ReadRootMessage(msg)
-	if err != nil {
-		msg.Release()
-		s.protocolError(fmt.Errorf("%w: %v", ErrMalformedFrame, err))
-		return
-	}
-	if s.c.trace {
-		s.c.opts.Logger.Debug("capnp recv", "peer", s.c.opts.Peer, "msg", DescribeMessage(m))
-	}
-	keep := false // handlers that hand msg on set this
-	switch m.Which() {
-	case rpccp.Message_Which_bootstrap:
-		err = s.handleBootstrap(m, f.Sidecar)
-	case rpccp.Message_Which_call:
-		keep, err = s.handleCall(msg, m, f.Sidecar)
-	case rpccp.Message_Which_return:
-		keep, err = s.handleReturn(msg, m)
-	case rpccp.Message_Which_finish:
-		err = s.handleFinish(m)
-	case rpccp.Message_Which_resolve:
-		err = s.handleResolve(msg, m)
-	case rpccp.Message_Which_release:
-		err = s.handleRelease(m)
-	case rpccp.Message_Which_disembargo:
-		err = s.handleDisembargo(m)
-	case rpccp.Message_Which_abort:
-		s.handleAbort(m)
-	case rpccp.Message_Which_unimplemented:
-		err = s.handleUnimplemented(m)
-	default:
-		err = s.replyUnimplemented(m)
-	}
-	if !keep {
-		msg.Release()
-	}
-	if err != nil {
-		s.protocolError(err)
-	}
-}
-
-// replyUnimplemented echoes a message we do not implement back to the
-// peer inside an Unimplemented message, within MaxUnimplementedEcho: the
-// copy may read no more than that (a small message can point at the same
-// data many times), or the connection ends.
-func (s *state) replyUnimplemented(m rpccp.Message) error {
-	lim := s.c.opts.Limits.MaxUnimplementedEcho
-	src := capnp.Struct(m).Message()
-	if size, _ := src.TotalSize(); size > lim {
-		return budgetErrorf("MaxUnimplementedEcho", int64(lim), "a message we do not implement (%v) of %d bytes", m.Which(), size)
-	}
-	src.ResetReadLimit(lim)
-	out, om := newMessage()
-	if err := om.SetUnimplemented(m); err != nil {
-		out.Release()
-		return budgetErrorf("MaxUnimplementedEcho", int64(lim), "a message we do not implement (%v) too large to echo: %v", m.Which(), err)
-	}
-	s.send(out)
-	return nil
-}
-
-// handleAbort: the peer's last message. With an epitaph in its details it
-// is a PeerEpitaph, otherwise a PeerAbort. It is never answered with an
-// Abort.
-func (s *state) handleAbort(m rpccp.Message) {
-	e, err := m.Abort()
-	if err != nil {
-		s.peerEnded(supervisor.PeerAbort{Type: "failed", Reason: "(unreadable abort: " + err.Error() + ")"})
-		return
-	}
-	if ep, ok, _ := epitaphOf(e, s.c.opts.Limits.MaxReasonLength); ok {
-		s.traceEvent("epitaph.received", epitaphAttributes(ep)...)
-		s.peerEnded(supervisor.PeerEpitaph{Epitaph: ep})
-		return
-	}
-	reasonBytes, _ := e.ReasonBytes()
-	reason := clip(reasonBytes, s.c.opts.Limits.MaxReasonLength)
-	typ := exc.Type(e.Type()).String()
-	s.traceEvent("abort.received", attribute.String("exception.type", typ), attribute.String("exception.message", reason))
-	s.peerEnded(supervisor.PeerAbort{Type: typ, Reason: reason})
-}
-
 var errNotOurs = errors.New("not a capability of this connection")
 
 // errHandlerPanic wraps a panic recovered while handling a peer's message.
 var errHandlerPanic = errors.New("internal error while handling a message")
+
+var _ = slog.LevelDebug

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/vatactor/vatactor/conn/core"
 	"github.com/vatactor/vatactor/supervisor"
 	"github.com/vatactor/vatactor/tracing"
 )
@@ -324,7 +325,7 @@ func endQuestionSpan(q *question, err error, withID bool) {
 	}
 	var buf [8]attribute.KeyValue
 	attrs := append(buf[:0], tracing.MethodAttributes(q.method)...)
-	if q.target.parent != nil {
+	if q.target.cap.Kind == core.CapQuestion {
 		attrs = append(attrs, tracing.AttrPipelined.Bool(true))
 	}
 	if withID {
@@ -379,17 +380,18 @@ func callSpanName(m capnp.Method, bootstrap bool) string {
 	return tracing.SpanName(m)
 }
 
-// endAnswerSpan records an answer's outcome when its Return is queued.
-func endAnswerSpan(a *answer) {
+// endAnswerSpan records an answer's outcome when its Return is queued;
+// notProcessed: the call was refused by our drain.
+func endAnswerSpan(a *answer, err error, notProcessed bool) {
 	if a.span == noSpan || !a.span.IsRecording() {
 		return
 	}
 	var buf [8]attribute.KeyValue
 	attrs := append(append(buf[:0], tracing.MethodAttributes(a.method)...), tracing.AttrAnswerID.Int(int(a.id)))
-	if a.epitaph != nil {
+	if notProcessed {
 		attrs = append(attrs, tracing.AttrNotProcessed.Bool(true))
 	}
-	tracing.EndCall(a.span, a.err, attrs...)
+	tracing.EndCall(a.span, err, attrs...)
 }
 
 // startExportSpan starts the span of an export's lifetime, a child of the

@@ -29,6 +29,8 @@ type answer struct {
 	callBytes      int64 // the Call's size, counted until the Return
 	heldBytes      int64 // the Return's size, counted until the Finish
 	capRefs        int   // CapAnswer caps naming its results
+
+	resultsVal, wireVal Payload // storage of its results and of the Return's
 }
 
 // answerOf returns the answer a CapAnswer names, in the table or retired.
@@ -56,6 +58,11 @@ func (c *Core) releaseAnswerRef(a *answer) {
 	if a.results != nil {
 		c.releaseCaps(a.results.CapTable)
 		a.results = nil
+	}
+	if a.forward == nil && len(a.held) == 0 {
+		// Nothing names it any more (what this Step handed out of it is
+		// the runner's until the next Step).
+		c.retiredA = append(c.retiredA, a)
 	}
 }
 
@@ -95,7 +102,13 @@ func (c *Core) newAnswer(id uint32, m Method) (*answer, error) {
 		return nil, budgetErrorf("MaxHeldAnswers", int64(lim), "the peer holds %d calls without their Finish", len(c.answers))
 	}
 	c.seq++
-	a := &answer{id: id, method: m, seq: c.seq}
+	var a *answer
+	if n := len(c.freeA); n > 0 {
+		a, c.freeA = c.freeA[n-1], c.freeA[:n-1]
+		*a = answer{id: id, method: m, seq: c.seq}
+	} else {
+		a = &answer{id: id, method: m, seq: c.seq}
+	}
 	c.answers[id] = a
 	c.running++
 	return a, nil
@@ -203,10 +216,10 @@ func (c *Core) returned(m Returned) {
 	}
 	results := m.Results
 	if results != nil {
-		cp := *results
-		cp.CapTable = slices.Clone(results.CapTable)
-		c.retainCaps(cp.CapTable)
-		results = &cp
+		a.resultsVal = *results
+		a.resultsVal.CapTable = slices.Clone(results.CapTable)
+		c.retainCaps(a.resultsVal.CapTable)
+		results = &a.resultsVal
 	}
 	c.answerReturn(a, results, m.Err)
 }
@@ -236,7 +249,8 @@ func (c *Core) answerReturn(a *answer, results *Payload, err error) {
 			results, err = nil, eerr
 		} else {
 			a.resultExports = ids
-			ret.Results = &Payload{Content: results.Content, Caps: descs, Size: results.Size}
+			a.wireVal = Payload{Content: results.Content, Caps: descs, Size: results.Size}
+			ret.Results = &a.wireVal
 			// Calls pipelined on the results go where the Return said.
 			c.innermostCaps(results.CapTable)
 		}
@@ -247,7 +261,7 @@ func (c *Core) answerReturn(a *answer, results *Payload, err error) {
 		ret.Exception = ex
 	}
 	a.results, a.err = results, err
-	c.send(ret)
+	c.send(put(&c.o.ret, ret))
 	held := a.held
 	a.held = nil
 	for _, h := range held {
@@ -289,7 +303,7 @@ func (c *Core) receiveFinish(f Finish) error {
 	}
 	// Still running: the callee is told; its Return is still sent.
 	if a.delivered {
-		c.emit(CancelAnswer{Answer: a.id})
+		c.emit(put(&c.o.cancel, CancelAnswer{Answer: a.id}))
 	}
 	if q := a.forward; q != nil {
 		c.sendFinish(q, true)
@@ -313,7 +327,7 @@ func (c *Core) dropAnswer(a *answer) {
 	a.resultExports = nil
 	if c.answers[a.id] == a {
 		delete(c.answers, a.id)
-		c.emit(AnswerDone{Answer: a.id})
+		c.emit(put(&c.o.done, AnswerDone{Answer: a.id}))
 	}
 	if a.capRefs > 0 {
 		c.retired[a.seq] = a // CapAnswer caps still name its results
@@ -322,5 +336,11 @@ func (c *Core) dropAnswer(a *answer) {
 	if a.results != nil {
 		c.releaseCaps(a.results.CapTable)
 		a.results = nil
+	}
+	if a.returned && a.forward == nil && len(a.held) == 0 {
+		// Returned, so no queue holds its call; nothing else names it
+		// (what this Step handed out of it is the runner's until the
+		// next Step).
+		c.retiredA = append(c.retiredA, a)
 	}
 }

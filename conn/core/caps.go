@@ -186,7 +186,7 @@ func (c *Core) exportNew(cp Cap, promise bool) (CapDescriptor, uint32, error) {
 		e.ref = cp.Ref
 		c.exportKey[cp.Ref] = e.id
 	}
-	c.emit(SpawnChild{Child: Child{Kind: ExportChild, ID: e.id, Ref: e.ref}})
+	c.emit(put(&c.o.spawn, SpawnChild{Child: Child{Kind: ExportChild, ID: e.id, Ref: e.ref}}))
 	return e.descriptor(), e.id, nil
 }
 
@@ -215,10 +215,10 @@ func (c *Core) releaseExport(id uint32, n uint32) error {
 	for _, cl := range held {
 		if a := cl.answer; a != nil {
 			a.delivered = true
-			c.emit(Deliver{Answer: a.id, To: e.cap, Method: cl.method, Params: cl.params})
+			c.emit(put(&c.o.deliver, Deliver{Answer: a.id, To: e.cap, Method: cl.method, Params: cl.params}))
 			continue
 		}
-		c.emit(Redirect{Call: cl.local, To: e.cap, Method: cl.method, Params: cl.params})
+		c.emit(put(&c.o.redirect, Redirect{Call: cl.local, To: e.cap, Method: cl.method, Params: cl.params}))
 	}
 	if e.resolved || e.cap.Kind == CapAnswer {
 		if !e.resolved {
@@ -226,7 +226,7 @@ func (c *Core) releaseExport(id uint32, n uint32) error {
 		}
 		c.releaseCap(e.cap)
 	}
-	c.emit(StopChild{Child: Child{Kind: ExportChild, ID: id, Ref: e.ref}})
+	c.emit(put(&c.o.stop, StopChild{Child: Child{Kind: ExportChild, ID: id, Ref: e.ref}}))
 	return nil
 }
 
@@ -357,7 +357,7 @@ func (c *Core) releaseCap(cp Cap) {
 	}
 	delete(c.imports, im.id)
 	if !c.life.peerGone {
-		c.send(Release{ID: im.id, Count: im.wireRefs})
+		c.send(put(&c.o.release, Release{ID: im.id, Count: im.wireRefs}))
 	}
 	if im.resolved != nil {
 		r := *im.resolved
@@ -377,6 +377,12 @@ func (c *Core) localResolved(ref Ref, to Cap) {
 	e := c.exports.Get(id)
 	if !ok || e == nil || !e.promise || e.resolved {
 		return
+	}
+	if c.reaches(to, func(cp Cap) bool { return cp.Kind == CapLocal && cp.Ref == ref }) {
+		// Resolved to itself through capabilities of the peer (a
+		// question's results that name this promise): calls on it would
+		// go between the vats for ever.
+		to = Cap{Kind: CapBroken, Err: newError(ExcFailed, "%w: a promise resolved to itself through the peer's capabilities", ErrResolveLoop)}
 	}
 	c.retainCap(to)
 	c.resolveExport(e, to)
@@ -408,7 +414,7 @@ func (c *Core) resolveExport(e *export, to Cap) {
 			r.Cap = &d
 		}
 	}
-	c.send(r)
+	c.send(put(&c.o.resolve, r))
 }
 
 // resolveAnswerExports resolves the exports that stand for capabilities
@@ -469,7 +475,7 @@ func (c *Core) receiveResolve(r Resolve) error {
 			ex = *r.Exception
 		}
 		im.broken = decodeException(ex, c.cfg.Limits.MaxReasonLength)
-		c.emit(ImportResolved{ID: im.id, To: Cap{Kind: CapBroken, Err: im.broken}})
+		c.emit(put(&c.o.resolved, ImportResolved{ID: im.id, To: Cap{Kind: CapBroken, Err: im.broken}}))
 		return nil
 	}
 	if c.resolvesTo(to, im.id) {
@@ -485,7 +491,7 @@ func (c *Core) receiveResolve(r Resolve) error {
 				e.cap = Cap{Kind: CapBroken, Err: im.broken}
 			}
 		}
-		c.emit(ImportResolved{ID: im.id, To: Cap{Kind: CapBroken, Err: im.broken}})
+		c.emit(put(&c.o.resolved, ImportResolved{ID: im.id, To: Cap{Kind: CapBroken, Err: im.broken}}))
 		return nil
 	}
 	im.resolved = &to
@@ -496,27 +502,63 @@ func (c *Core) receiveResolve(r Resolve) error {
 		e.id = c.embargoes.Add(e)
 		im.embargo = e
 		im.localRefs++ // the embargo's
-		c.send(Disembargo{Target: Target{Kind: ImportedCap, ID: im.id}, Context: SenderLoopback, EmbargoID: e.id})
+		c.send(put(&c.o.disembargo, Disembargo{Target: Target{Kind: ImportedCap, ID: im.id}, Context: SenderLoopback, EmbargoID: e.id}))
 		return nil
 	}
-	c.emit(ImportResolved{ID: im.id, To: to})
+	c.emit(put(&c.o.resolved, ImportResolved{ID: im.id, To: to}))
 	return nil
 }
 
 // resolvesTo reports whether following to's resolutions reaches import id.
 func (c *Core) resolvesTo(to Cap, id uint32) bool {
-	for range len(c.imports) + 1 {
-		if to.Kind != CapImport {
-			return false
-		}
-		if to.ID == id {
+	return c.reaches(to, func(cp Cap) bool { return cp.Kind == CapImport && cp.ID == id })
+}
+
+// reaches reports whether following cp's resolutions comes to a
+// capability for which is returns true, or goes round for longer than
+// the tables are long (a loop elsewhere). It follows the peer's promises
+// that it resolved, our exported promises that resolved, and the results
+// of answers and questions that returned: every link of a loop that two
+// vats can make between them, one resolution on each side.
+func (c *Core) reaches(cp Cap, is func(Cap) bool) bool {
+	for range len(c.imports) + c.exports.Len() + len(c.answers) + c.questions.Len() + 1 {
+		if is(cp) {
 			return true
 		}
-		im := c.imports[to.ID]
-		if im == nil || im.resolved == nil {
+		var err error
+		switch cp.Kind {
+		case CapImport:
+			im := c.imports[cp.ID]
+			if im == nil || im.resolved == nil {
+				return false
+			}
+			cp = *im.resolved
+		case CapLocal:
+			id, ok := c.exportKey[cp.Ref]
+			e := c.exports.Get(id)
+			if !ok || e == nil || !e.resolved {
+				return false
+			}
+			cp = e.cap
+		case CapAnswer:
+			a := c.answerOf(cp)
+			if a == nil || !a.returned {
+				return false
+			}
+			if cp, err = a.resultCap(cp.Transform); err != nil {
+				return false
+			}
+		case CapQuestion:
+			q := c.byCall[cp.Call]
+			if q == nil || q.results == nil {
+				return false
+			}
+			if cp, err = locate(q.results, cp.Transform); err != nil {
+				return false
+			}
+		default:
 			return false
 		}
-		to = *im.resolved
 	}
 	return true
 }
@@ -562,7 +604,7 @@ func (c *Core) receiveDisembargo(d Disembargo) error {
 		default:
 			return protocolErrorf(ErrMalformed, "disembargo of %v, which does not point back to the peer", d.Target)
 		}
-		c.send(Disembargo{Target: back, Context: ReceiverLoopback, EmbargoID: d.EmbargoID})
+		c.send(put(&c.o.disembargo, Disembargo{Target: back, Context: ReceiverLoopback, EmbargoID: d.EmbargoID}))
 	case ReceiverLoopback:
 		e := c.embargoes.Get(d.EmbargoID)
 		if e == nil {
@@ -570,7 +612,7 @@ func (c *Core) receiveDisembargo(d Disembargo) error {
 		}
 		c.lift(e)
 	default:
-		c.send(Unimplemented{Message: d})
+		c.send(put(&c.o.unimpl, Unimplemented{Message: put(&c.o.disembargo, d)}))
 	}
 	return nil
 }
@@ -587,7 +629,7 @@ func (c *Core) lift(e *embargo) {
 		for _, cl := range held {
 			c.route(cl, to, 1)
 		}
-		c.emit(ImportResolved{ID: im.id, To: to})
+		c.emit(put(&c.o.resolved, ImportResolved{ID: im.id, To: to}))
 		c.releaseCap(Cap{Kind: CapImport, ID: im.id}) // the embargo's reference
 		return
 	}

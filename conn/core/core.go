@@ -261,23 +261,23 @@ type (
 	SocketClosed struct{ Steps []PhaseReport }
 )
 
-func (Received) input()       {}
-func (LocalCall) input()      {}
-func (LocalBootstrap) input() {}
-func (LocalFinish) input()    {}
-func (LocalCancel) input()    {}
-func (LocalRelease) input()   {}
-func (LocalRetain) input()    {}
-func (LocalResolved) input()  {}
-func (Returned) input()       {}
-func (Shutdown) input()       {}
-func (Stopped) input()        {}
-func (Hurry) input()          {}
-func (DeadlineFired) input()  {}
-func (ChildStopped) input()   {}
-func (ReadEnded) input()      {}
-func (WriteFailed) input()    {}
-func (SocketClosed) input()   {}
+func (*Received) input()       {}
+func (*LocalCall) input()      {}
+func (*LocalBootstrap) input() {}
+func (*LocalFinish) input()    {}
+func (*LocalCancel) input()    {}
+func (*LocalRelease) input()   {}
+func (*LocalRetain) input()    {}
+func (*LocalResolved) input()  {}
+func (*Returned) input()       {}
+func (*Shutdown) input()       {}
+func (*Stopped) input()        {}
+func (*Hurry) input()          {}
+func (*DeadlineFired) input()  {}
+func (*ChildStopped) input()   {}
+func (*ReadEnded) input()      {}
+func (*WriteFailed) input()    {}
+func (*SocketClosed) input()   {}
 
 // An Output is one thing the connection does; the runner carries the
 // outputs of a Step out in order.
@@ -357,20 +357,20 @@ type (
 	}
 )
 
-func (Send) output()           {}
-func (Deliver) output()        {}
-func (CancelAnswer) output()   {}
-func (AnswerDone) output()     {}
-func (Redirect) output()       {}
-func (Settle) output()         {}
-func (ImportResolved) output() {}
-func (SpawnChild) output()     {}
-func (StopChild) output()      {}
-func (Arm) output()            {}
-func (Closing) output()        {}
-func (CloseSocket) output()    {}
-func (Emit) output()           {}
-func (Log) output()            {}
+func (*Send) output()           {}
+func (*Deliver) output()        {}
+func (*CancelAnswer) output()   {}
+func (*AnswerDone) output()     {}
+func (*Redirect) output()       {}
+func (*Settle) output()         {}
+func (*ImportResolved) output() {}
+func (*SpawnChild) output()     {}
+func (*StopChild) output()      {}
+func (*Arm) output()            {}
+func (*Closing) output()        {}
+func (*CloseSocket) output()    {}
+func (*Emit) output()           {}
+func (*Log) output()            {}
 
 // Deadline names one of the connection's timers.
 type Deadline uint8
@@ -423,6 +423,7 @@ type Core struct {
 	cfg Config
 	now time.Time
 	out []Output
+	o   stepStorage // where the outputs of a Step live
 
 	questions idtable.Table[*question]
 	byCall    map[CallID]*question
@@ -439,9 +440,13 @@ type Core struct {
 	// retired: answers dropped from the table (their Finish came) whose
 	// results are still named by CapAnswer caps, by Gen.
 	retired map[uint64]*answer
+	// retiredQ: questions retired during the last Step, free for reuse
+	// from the next one on (freeQ).
+	retiredQ, freeQ []*question
+	retiredA, freeA []*answer // the same for answers
 	// answerExports counts the exports standing for capabilities in
-	// running answers: resolveAnswerExports has work only while it is
-	// above zero.
+	// running answers (resolveAnswerExports has work only while it is
+	// above zero).
 	answerExports int
 
 	life lifecycle
@@ -478,8 +483,18 @@ func (c *Core) Step(now time.Time, in Input) []Output {
 	if now.After(c.now) {
 		c.now = now
 	}
-	clear(c.out) // what the last Step returned: the runner is done with it
-	c.out = c.out[:0]
+	c.out = c.out[:0] // what the last Step returned: the runner is done with it
+	c.o.reset()
+	if len(c.retiredQ) > 0 && len(c.freeQ) < 64 {
+		c.freeQ = append(c.freeQ, c.retiredQ...)
+	}
+	clear(c.retiredQ)
+	c.retiredQ = c.retiredQ[:0]
+	if len(c.retiredA) > 0 && len(c.freeA) < 64 {
+		c.freeA = append(c.freeA, c.retiredA...)
+	}
+	clear(c.retiredA)
+	c.retiredA = c.retiredA[:0]
 	c.step(in)
 	c.afterStep()
 	return c.out
@@ -491,43 +506,43 @@ func (c *Core) step(in Input) {
 		return
 	}
 	switch m := in.(type) {
-	case Received:
+	case *Received:
 		c.receive(m.Msg)
-	case LocalCall:
-		c.localCall(m)
-	case LocalBootstrap:
+	case *LocalCall:
+		c.localCall(*m)
+	case *LocalBootstrap:
 		c.localBootstrap(m.Call)
-	case LocalFinish:
+	case *LocalFinish:
 		c.localFinish(m.Call)
-	case LocalCancel:
+	case *LocalCancel:
 		c.localCancel(m.Call, m.Err)
-	case LocalRelease:
+	case *LocalRelease:
 		c.localRelease(m.Cap)
-	case LocalRetain:
+	case *LocalRetain:
 		c.retainCap(m.Cap)
-	case LocalResolved:
+	case *LocalResolved:
 		c.localResolved(m.Ref, m.To)
-	case Returned:
-		c.returned(m)
-	case Shutdown:
+	case *Returned:
+		c.returned(*m)
+	case *Shutdown:
 		c.shutdown(m.Epitaph, m.Drain)
-	case Stopped:
+	case *Stopped:
 		c.stopped()
-	case Hurry:
+	case *Hurry:
 		c.life.hurried = true
 		if c.life.phase == phaseDraining {
 			c.endDrain(true, "hurried")
 		}
-	case DeadlineFired:
-		c.deadline(m)
-	case ChildStopped:
+	case *DeadlineFired:
+		c.deadline(*m)
+	case *ChildStopped:
 		// A question or export actor that stopped on its own (it
 		// panicked): the runner settled or released what it held.
-	case ReadEnded:
-		c.readEnded(m)
-	case WriteFailed:
+	case *ReadEnded:
+		c.readEnded(*m)
+	case *WriteFailed:
 		c.transportFailed(m.Err)
-	case SocketClosed:
+	case *SocketClosed:
 		// Not before CloseSocket.
 	}
 }
@@ -571,8 +586,8 @@ func (s Stats) String() string {
 
 func (c *Core) emit(o Output) { c.out = append(c.out, o) }
 
-func (c *Core) send(m Message) { c.emit(Send{Msg: m}) }
+func (c *Core) send(m Message) { c.emit(put(&c.o.send, Send{Msg: m})) }
 
 func (c *Core) logf(level slog.Level, msg string, args ...any) {
-	c.emit(Log{Level: level, Msg: msg, Args: args})
+	c.emit(put(&c.o.log, Log{Level: level, Msg: msg, Args: args}))
 }

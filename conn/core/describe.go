@@ -9,23 +9,23 @@ import (
 // logs, scripts and the simulation print it.
 func Describe(v any) string {
 	switch m := v.(type) {
-	case Received:
+	case *Received:
 		return "recv " + describe(m.Msg)
-	case LocalCall:
+	case *LocalCall:
 		return fmt.Sprintf("local call c%d on %v %v%s", m.Call, m.Target, m.Method, capTableString(m.Params.CapTable))
-	case LocalBootstrap:
+	case *LocalBootstrap:
 		return fmt.Sprintf("local bootstrap c%d", m.Call)
-	case LocalFinish:
+	case *LocalFinish:
 		return fmt.Sprintf("local finish c%d", m.Call)
-	case LocalCancel:
+	case *LocalCancel:
 		return fmt.Sprintf("local cancel c%d", m.Call)
-	case LocalRelease:
+	case *LocalRelease:
 		return fmt.Sprintf("local release %v", m.Cap)
-	case LocalRetain:
+	case *LocalRetain:
 		return fmt.Sprintf("local retain %v", m.Cap)
-	case LocalResolved:
+	case *LocalResolved:
 		return fmt.Sprintf("local promise #%d resolved to %v", m.Ref, m.To)
-	case Returned:
+	case *Returned:
 		if m.Err != nil {
 			return fmt.Sprintf("returned a%d error %v", m.Answer, m.Err)
 		}
@@ -34,17 +34,17 @@ func Describe(v any) string {
 			s += capTableString(m.Results.CapTable)
 		}
 		return s
-	case Shutdown:
+	case *Shutdown:
 		return fmt.Sprintf("shutdown epitaph %v drain=%v", m.Epitaph, m.Drain)
-	case Stopped:
+	case *Stopped:
 		return "stopped from outside"
-	case Hurry:
+	case *Hurry:
 		return "hurry"
-	case DeadlineFired:
+	case *DeadlineFired:
 		return fmt.Sprintf("deadline %v fired (gen %d)", m.Deadline, m.Gen)
-	case ChildStopped:
+	case *ChildStopped:
 		return fmt.Sprintf("child %v stopped", m.Child)
-	case ReadEnded:
+	case *ReadEnded:
 		switch {
 		case m.EOF:
 			return "read ended: EOF"
@@ -52,22 +52,22 @@ func Describe(v any) string {
 			return fmt.Sprintf("read ended: malformed frame: %v", m.Err)
 		}
 		return fmt.Sprintf("read ended: %v", m.Err)
-	case WriteFailed:
+	case *WriteFailed:
 		return fmt.Sprintf("write failed: %v", m.Err)
-	case SocketClosed:
+	case *SocketClosed:
 		return fmt.Sprintf("socket closed (%d steps)", len(m.Steps))
 
-	case Send:
+	case *Send:
 		return "send " + describe(m.Msg)
-	case Deliver:
+	case *Deliver:
 		return fmt.Sprintf("deliver a%d to %v %v%s", m.Answer, m.To, m.Method, capTableString(m.Params.CapTable))
-	case CancelAnswer:
+	case *CancelAnswer:
 		return fmt.Sprintf("cancel a%d", m.Answer)
-	case AnswerDone:
+	case *AnswerDone:
 		return fmt.Sprintf("a%d done", m.Answer)
-	case Redirect:
+	case *Redirect:
 		return fmt.Sprintf("redirect c%d to %v %v%s", m.Call, m.To, m.Method, capTableString(m.Params.CapTable))
-	case Settle:
+	case *Settle:
 		if m.Err != nil {
 			return fmt.Sprintf("settle c%d error %v", m.Call, m.Err)
 		}
@@ -76,24 +76,24 @@ func Describe(v any) string {
 			s += capTableString(m.Results.CapTable)
 		}
 		return s
-	case ImportResolved:
+	case *ImportResolved:
 		return fmt.Sprintf("import %d resolved to %v", m.ID, m.To)
-	case SpawnChild:
+	case *SpawnChild:
 		return fmt.Sprintf("spawn %v", m.Child)
-	case StopChild:
+	case *StopChild:
 		return fmt.Sprintf("stop %v", m.Child)
-	case Arm:
+	case *Arm:
 		return fmt.Sprintf("arm %v deadline (gen %d)", m.Deadline, m.Gen)
-	case Closing:
+	case *Closing:
 		return "closing: admit nothing more"
-	case CloseSocket:
+	case *CloseSocket:
 		if m.Hard {
 			return "close socket (hard)"
 		}
 		return "close socket: flush, FIN, linger"
-	case Emit:
+	case *Emit:
 		return "event " + describeEvent(m.Event)
-	case Log:
+	case *Log:
 		return fmt.Sprintf("log %v %s", m.Level, m.Msg)
 	}
 	return fmt.Sprintf("%T", v)
@@ -101,15 +101,15 @@ func Describe(v any) string {
 
 func describeEvent(e Event) string {
 	switch e := e.(type) {
-	case Ending:
+	case *Ending:
 		return fmt.Sprintf("ending: %v", e.Reason)
-	case Busy:
+	case *Busy:
 		return fmt.Sprintf("busy (%v)", e.Stats)
-	case Idle:
+	case *Idle:
 		return "idle"
-	case PhaseStarted:
+	case *PhaseStarted:
 		return fmt.Sprintf("%v started", e.Phase)
-	case PhaseDone:
+	case *PhaseDone:
 		p := e.Report
 		s := fmt.Sprintf("%v done", p.Phase)
 		if p.CutShort {
@@ -122,16 +122,16 @@ func describeEvent(e Event) string {
 			s += ": " + p.Note
 		}
 		return s
-	case ActorStopped:
+	case *ActorStopped:
 		if e.TimedOut {
 			return fmt.Sprintf("%v did not stop in time", e.Child)
 		}
 		return fmt.Sprintf("%v stopped", e.Child)
-	case EpitaphSent:
+	case *EpitaphSent:
 		return fmt.Sprintf("epitaph sent: %v", e.Epitaph)
-	case EpitaphReceived:
+	case *EpitaphReceived:
 		return fmt.Sprintf("epitaph received: %v", e.Epitaph)
-	case Down:
+	case *Down:
 		return fmt.Sprintf("down: %v", e.Report.Reason)
 	}
 	return fmt.Sprintf("%T", e)

@@ -47,7 +47,12 @@ type Error struct {
 	Cause  error
 }
 
-func (e *Error) Error() string { return e.Prefix + ": " + e.Type.String() + ": " + e.Cause.Error() }
+func (e *Error) Error() string {
+	if e.Prefix == "" {
+		return e.Cause.Error()
+	}
+	return e.Prefix + ": " + e.Cause.Error()
+}
 func (e *Error) Unwrap() error { return e.Cause }
 
 // TypeOf returns err's exception type: Failed unless err is (or wraps)

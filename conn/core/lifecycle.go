@@ -134,15 +134,15 @@ type (
 	Down struct{ Report Report }
 )
 
-func (Ending) event()          {}
-func (Busy) event()            {}
-func (Idle) event()            {}
-func (PhaseStarted) event()    {}
-func (PhaseDone) event()       {}
-func (ActorStopped) event()    {}
-func (EpitaphSent) event()     {}
-func (EpitaphReceived) event() {}
-func (Down) event()            {}
+func (*Ending) event()          {}
+func (*Busy) event()            {}
+func (*Idle) event()            {}
+func (*PhaseStarted) event()    {}
+func (*PhaseDone) event()       {}
+func (*ActorStopped) event()    {}
+func (*EpitaphSent) event()     {}
+func (*EpitaphReceived) event() {}
+func (*Down) event()            {}
 
 // lifecycle is the connection's end in progress.
 type lifecycle struct {
@@ -190,29 +190,29 @@ func (c *Core) Closed() bool { return c.life.phase == phaseClosed }
 func (c *Core) receive(m Message) {
 	var err error
 	switch m := m.(type) {
-	case Bootstrap:
-		err = c.receiveBootstrap(m)
-	case Call:
-		err = c.receiveCall(m)
-	case Return:
-		err = c.receiveReturn(m)
-	case Finish:
-		err = c.receiveFinish(m)
-	case Resolve:
-		err = c.receiveResolve(m)
-	case Release:
-		err = c.receiveRelease(m)
-	case Disembargo:
-		err = c.receiveDisembargo(m)
-	case Abort:
-		c.receiveAbort(m)
-	case Unimplemented:
-		err = c.receiveUnimplemented(m)
-	case Unknown:
+	case *Bootstrap:
+		err = c.receiveBootstrap(*m)
+	case *Call:
+		err = c.receiveCall(*m)
+	case *Return:
+		err = c.receiveReturn(*m)
+	case *Finish:
+		err = c.receiveFinish(*m)
+	case *Resolve:
+		err = c.receiveResolve(*m)
+	case *Release:
+		err = c.receiveRelease(*m)
+	case *Disembargo:
+		err = c.receiveDisembargo(*m)
+	case *Abort:
+		c.receiveAbort(*m)
+	case *Unimplemented:
+		err = c.receiveUnimplemented(*m)
+	case *Unknown:
 		if lim := c.cfg.Limits.MaxUnimplementedEcho; m.Size > lim {
 			err = budgetErrorf("MaxUnimplementedEcho", int64(lim), "a message we do not implement (kind %d) of %d bytes", m.Kind, m.Size)
 		} else {
-			c.send(Unimplemented{Message: m})
+			c.send(put(&c.o.unimpl, Unimplemented{Message: m}))
 		}
 	default:
 		err = protocolErrorf(ErrMalformed, "message of unknown type %T", m)
@@ -228,7 +228,7 @@ func (c *Core) receiveAbort(m Abort) {
 	if ep := m.Exception.Epitaph; ep != nil {
 		e := *ep
 		e.Message = clip(e.Message, c.cfg.Limits.MaxReasonLength)
-		c.emit(Emit{Event: EpitaphReceived{Epitaph: e}})
+		c.emit(put(&c.o.emit, Emit{Event: &EpitaphReceived{Epitaph: e}}))
 		c.peerEnded(supervisor.PeerEpitaph{Epitaph: e})
 		return
 	}
@@ -242,11 +242,11 @@ func (c *Core) receiveAbort(m Abort) {
 func (c *Core) receiveUnimplemented(m Unimplemented) error {
 	var qid uint32
 	switch inner := m.Message.(type) {
-	case Call:
+	case *Call:
 		qid = inner.QuestionID
-	case Bootstrap:
+	case *Bootstrap:
 		qid = inner.QuestionID
-	case Resolve:
+	case *Resolve:
 		if d := inner.Cap; d != nil && (d.Kind == SenderHosted || d.Kind == SenderPromise) {
 			_ = c.releaseExport(d.ID, 1)
 		}
@@ -289,7 +289,7 @@ func (c *Core) record(reason supervisor.Reason) {
 	c.life.reason = reason
 	c.life.report.Reason = reason
 	c.life.report.Stats = c.Stats()
-	c.emit(Emit{Event: Ending{Reason: reason}})
+	c.emit(put(&c.o.emit, Emit{Event: put(&c.o.ending, Ending{Reason: reason})}))
 	if reason.Expected() {
 		c.logf(slog.LevelDebug, "capnp: connection ending", "reason", reason)
 	} else {
@@ -443,7 +443,7 @@ func (c *Core) transportFailed(err error) {
 func (c *Core) close(hard bool) {
 	c.life.phase = phaseStopQuestions
 	c.life.hard = c.life.hard || hard
-	c.emit(Closing{Err: c.errDisconnected()})
+	c.emit(put(&c.o.closing, Closing{Err: c.errDisconnected()}))
 	c.abandonAnswers()
 	c.failHeldOnPromises()
 	c.stopQuestions()
@@ -476,10 +476,10 @@ func (c *Core) abandonAnswers() {
 			c.callBytes -= a.callBytes
 			c.life.report.Abandoned++
 			if a.delivered {
-				c.emit(CancelAnswer{Answer: a.id})
+				c.emit(put(&c.o.cancel, CancelAnswer{Answer: a.id}))
 			}
 			if !c.life.peerGone && c.life.abortWith == nil {
-				c.send(Return{AnswerID: a.id, Exception: exceptionOf(errAbandoned)})
+				c.send(put(&c.o.ret, Return{AnswerID: a.id, Exception: exceptionOf(errAbandoned)}))
 			}
 			held := a.held
 			a.held = nil
@@ -584,7 +584,7 @@ func (c *Core) stopNext() {
 		ch := w.queue[0]
 		w.queue = w.queue[1:]
 		w.stopped++
-		c.emit(StopChild{Child: ch})
+		c.emit(put(&c.o.stop, StopChild{Child: ch}))
 		if c.life.hurried {
 			c.stuck(ch)
 			continue
@@ -599,7 +599,7 @@ func (c *Core) stopNext() {
 func (c *Core) stuck(ch Child) {
 	c.life.report.StuckActors++
 	c.logf(slog.LevelWarn, "capnp: actor did not stop in time", "kind", ch.Kind, "id", ch.ID)
-	c.emit(Emit{Event: ActorStopped{Child: ch, TimedOut: true}})
+	c.emit(put(&c.o.emit, Emit{Event: put(&c.o.actorStopped, ActorStopped{Child: ch, TimedOut: true})}))
 }
 
 // stopWaitDone ends the current stop step and starts the next one.
@@ -624,7 +624,7 @@ func (c *Core) finishClose() {
 	c.sendEpitaph()
 	c.life.phase = phaseLingering
 	c.phaseStarted(PhaseCloseWrite)
-	c.emit(CloseSocket{Hard: c.life.hard})
+	c.emit(put(&c.o.closeSocket, CloseSocket{Hard: c.life.hard}))
 }
 
 // releaseImports sends Release for every capability still imported
@@ -639,7 +639,7 @@ func (c *Core) releaseImports() {
 	slices.Sort(ids)
 	for _, id := range ids {
 		if !c.life.peerGone {
-			c.send(Release{ID: id, Count: c.imports[id].wireRefs})
+			c.send(put(&c.o.release, Release{ID: id, Count: c.imports[id].wireRefs}))
 		}
 		delete(c.imports, id)
 	}
@@ -679,16 +679,16 @@ func (c *Core) sendEpitaph() {
 	case c.life.peerGone:
 		pr.Skipped, pr.Note = true, "the peer has gone: FIN only"
 	case c.life.abortWith != nil:
-		c.send(Abort{Exception: Exception{Type: ExcFailed, Reason: c.life.abortWith.Error()}})
+		c.send(put(&c.o.abort, Abort{Exception: Exception{Type: ExcFailed, Reason: c.life.abortWith.Error()}}))
 		pr.Note = "abort: " + c.life.abortWith.Error()
 	case ep.Code != supervisor.OK || c.life.peerOurs:
 		typ := ExcFailed
 		if ep.Code == supervisor.OK {
 			typ = ExcDisconnected
 		}
-		c.send(Abort{Exception: Exception{Type: typ, Reason: "connection closed with epitaph " + ep.String(), Epitaph: &ep}})
+		c.send(put(&c.o.abort, Abort{Exception: Exception{Type: typ, Reason: "connection closed with epitaph " + ep.String(), Epitaph: &ep}}))
 		c.life.report.EpitaphSent = true
-		c.emit(Emit{Event: EpitaphSent{Epitaph: ep}})
+		c.emit(put(&c.o.emit, Emit{Event: &EpitaphSent{Epitaph: ep}}))
 		pr.Note = "epitaph " + ep.String()
 	default:
 		pr.Skipped, pr.Note = true, "the peer reads no epitaphs: FIN only"
@@ -699,13 +699,13 @@ func (c *Core) sendEpitaph() {
 // stepClosing handles what arrives once the end has begun.
 func (c *Core) stepClosing(in Input) {
 	switch m := in.(type) {
-	case ChildStopped:
+	case *ChildStopped:
 		if w := c.life.wait; w != nil && w.current != nil && *w.current == m.Child {
 			w.current = nil
-			c.emit(Emit{Event: ActorStopped{Child: m.Child}})
+			c.emit(put(&c.o.emit, Emit{Event: put(&c.o.actorStopped, ActorStopped{Child: m.Child})}))
 			c.stopNext()
 		}
-	case DeadlineFired:
+	case *DeadlineFired:
 		if m.Deadline == StopDeadline && m.Gen == c.life.gens[StopDeadline] {
 			if w := c.life.wait; w != nil && w.current != nil {
 				ch := *w.current
@@ -714,7 +714,7 @@ func (c *Core) stepClosing(in Input) {
 				c.stopNext()
 			}
 		}
-	case Hurry:
+	case *Hurry:
 		c.life.hurried = true
 		if w := c.life.wait; w != nil && w.current != nil {
 			ch := *w.current
@@ -722,15 +722,15 @@ func (c *Core) stepClosing(in Input) {
 			c.stuck(ch)
 			c.stopNext()
 		}
-	case SocketClosed:
+	case *SocketClosed:
 		if c.life.phase == phaseLingering {
 			c.socketClosed(m.Steps)
 		}
-	case Received:
-		if a, ok := m.Msg.(Abort); ok && c.life.report.Peer == nil {
-			c.receiveAbort(a) // kept in Report.Peer; never answered
+	case *Received:
+		if a, ok := m.Msg.(*Abort); ok && c.life.report.Peer == nil {
+			c.receiveAbort(*a) // kept in Report.Peer; never answered
 		}
-	case ReadEnded:
+	case *ReadEnded:
 		// The peer has gone meanwhile: what is left of the end writes
 		// nothing more to it (no epitaph after its EOF).
 		c.life.peerGone = true
@@ -739,13 +739,13 @@ func (c *Core) stepClosing(in Input) {
 		} else {
 			c.life.hard = true
 		}
-	case WriteFailed:
+	case *WriteFailed:
 		c.life.peerGone, c.life.hard = true, true
-	case LocalCall:
+	case *LocalCall:
 		c.fail(caller{local: m.Call, params: m.Params}, c.errDisconnected())
-	case LocalBootstrap:
-		c.emit(Settle{Call: m.Call, Err: c.errDisconnected()})
-	case LocalRelease:
+	case *LocalBootstrap:
+		c.emit(put(&c.o.settle, Settle{Call: m.Call, Err: c.errDisconnected()}))
+	case *LocalRelease:
 		c.releaseCap(m.Cap)
 	}
 }
@@ -757,7 +757,7 @@ func (c *Core) socketClosed(steps []PhaseReport) {
 		c.phaseDone(p)
 	}
 	c.life.phase = phaseClosed
-	c.emit(Emit{Event: Down{Report: c.life.report}})
+	c.emit(put(&c.o.emit, Emit{Event: &Down{Report: c.life.report}}))
 }
 
 // skipped records a step that did not run.
@@ -766,18 +766,18 @@ func (c *Core) skipped(p Phase, note string) {
 }
 
 func (c *Core) phaseStarted(p Phase) {
-	c.emit(Emit{Event: PhaseStarted{Phase: p, At: c.now}})
+	c.emit(put(&c.o.emit, Emit{Event: put(&c.o.phaseStarted, PhaseStarted{Phase: p, At: c.now})}))
 }
 
 func (c *Core) phaseDone(p PhaseReport) {
 	c.life.report.Phases = append(c.life.report.Phases, p)
-	c.emit(Emit{Event: PhaseDone{Report: p}})
+	c.emit(put(&c.o.emit, Emit{Event: put(&c.o.phaseDone, PhaseDone{Report: p})}))
 }
 
 // arm asks for DeadlineFired of d after dur, replacing the one armed.
 func (c *Core) arm(d Deadline, dur time.Duration) {
 	c.life.gens[d]++
-	c.emit(Arm{Deadline: d, At: c.now.Add(dur), Gen: c.life.gens[d]})
+	c.emit(put(&c.o.arm, Arm{Deadline: d, At: c.now.Add(dur), Gen: c.life.gens[d]}))
 }
 
 // deadline: a deadline fired while open or draining.
@@ -807,12 +807,12 @@ func (c *Core) noteIdle() {
 	}
 	c.life.idle = idle
 	if idle {
-		c.emit(Emit{Event: Idle{}})
+		c.emit(put(&c.o.emit, Emit{Event: &Idle{}}))
 		c.armIdle()
 		return
 	}
 	c.life.gens[IdleDeadline]++ // disarmed: a late one is ignored
-	c.emit(Emit{Event: Busy{Stats: st}})
+	c.emit(put(&c.o.emit, Emit{Event: put(&c.o.busy, Busy{Stats: st})}))
 }
 
 func (c *Core) armIdle() {

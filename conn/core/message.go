@@ -106,16 +106,16 @@ type Unknown struct {
 	Raw  any
 }
 
-func (Bootstrap) message()     {}
-func (Call) message()          {}
-func (Return) message()        {}
-func (Finish) message()        {}
-func (Resolve) message()       {}
-func (Release) message()       {}
-func (Disembargo) message()    {}
-func (Abort) message()         {}
-func (Unimplemented) message() {}
-func (Unknown) message()       {}
+func (*Bootstrap) message()     {}
+func (*Call) message()          {}
+func (*Return) message()        {}
+func (*Finish) message()        {}
+func (*Resolve) message()       {}
+func (*Release) message()       {}
+func (*Disembargo) message()    {}
+func (*Abort) message()         {}
+func (*Unimplemented) message() {}
+func (*Unknown) message()       {}
 
 // Method names a method by interface and ordinal.
 type Method struct {
@@ -351,4 +351,44 @@ func (m Unimplemented) String() string {
 
 func (m Unknown) String() string {
 	return fmt.Sprintf("unknown message kind %d (%d bytes)", m.Kind, m.Size)
+}
+
+// Copy returns a copy of m that outlives the Step that made it (a Send's
+// message lives in the core's storage until its next Step). The slices
+// in it are shared: the core never changes them once sent.
+func Copy(m Message) Message {
+	switch m := m.(type) {
+	case *Bootstrap:
+		v := *m
+		return &v
+	case *Call:
+		v := *m
+		return &v
+	case *Return:
+		v := *m
+		return &v
+	case *Finish:
+		v := *m
+		return &v
+	case *Resolve:
+		v := *m
+		return &v
+	case *Release:
+		v := *m
+		return &v
+	case *Disembargo:
+		v := *m
+		return &v
+	case *Abort:
+		v := *m
+		return &v
+	case *Unimplemented:
+		v := *m
+		v.Message = Copy(m.Message)
+		return &v
+	case *Unknown:
+		v := *m
+		return &v
+	}
+	return m
 }

@@ -26,6 +26,8 @@ type question struct {
 	finishLater  bool       // Finish asked for while embargoes are up or capRefs held
 	settled      bool       // its local call has had its Settle
 	capRefs      int        // CapQuestion caps the core holds (resolutions, results)
+
+	resultsVal, settleVal Payload // storage of results and of the Settle's copy
 }
 
 // settle gives q's local call its one Settle.
@@ -34,7 +36,7 @@ func (c *Core) settle(q *question, results *Payload, err error) {
 		return
 	}
 	q.settled = true
-	c.emit(Settle{Call: q.call, Results: results, Err: err})
+	c.emit(put(&c.o.settle, Settle{Call: q.call, Results: results, Err: err}))
 }
 
 // questionState is where a question is in its life on the wire. Each
@@ -104,12 +106,12 @@ func (c *Core) localCall(m LocalCall) {
 // localBootstrap: local code asks for the peer's bootstrap capability.
 func (c *Core) localBootstrap(call CallID) {
 	if c.life.phase == phaseDraining {
-		c.emit(Settle{Call: call, Err: errLocalDraining()})
+		c.emit(put(&c.o.settle, Settle{Call: call, Err: errLocalDraining()}))
 		return
 	}
 	q := c.newQuestion(caller{local: call, method: bootstrapMethod})
 	q.bootstrap = true
-	c.send(Bootstrap{QuestionID: q.id})
+	c.send(put(&c.o.bootstrap, Bootstrap{QuestionID: q.id}))
 }
 
 // bootstrapMethod names a bootstrap where a method is expected.
@@ -117,11 +119,17 @@ var bootstrapMethod = Method{}
 
 func (c *Core) newQuestion(cl caller) *question {
 	c.seq++
-	q := &question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq}
+	var q *question
+	if n := len(c.freeQ); n > 0 {
+		q, c.freeQ = c.freeQ[n-1], c.freeQ[:n-1]
+		*q = question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq}
+	} else {
+		q = &question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq}
+	}
 	q.id = c.questions.Add(q)
 	if cl.local != 0 {
 		c.byCall[cl.local] = q
-		c.emit(SpawnChild{Child: Child{Kind: QuestionChild, ID: q.id, Call: cl.local}})
+		c.emit(put(&c.o.spawn, SpawnChild{Child: Child{Kind: QuestionChild, ID: q.id, Call: cl.local}}))
 	}
 	if cl.answer != nil {
 		cl.answer.forward = q
@@ -162,10 +170,10 @@ func (c *Core) route(cl caller, to Cap, depth int) {
 		}
 		if a := cl.answer; a != nil {
 			a.delivered = true
-			c.emit(Deliver{Answer: a.id, To: to, Method: cl.method, Params: cl.params})
+			c.emit(put(&c.o.deliver, Deliver{Answer: a.id, To: to, Method: cl.method, Params: cl.params}))
 			return
 		}
-		c.emit(Redirect{Call: cl.local, To: to, Method: cl.method, Params: cl.params})
+		c.emit(put(&c.o.redirect, Redirect{Call: cl.local, To: to, Method: cl.method, Params: cl.params}))
 	case CapImport:
 		im := c.imports[to.ID]
 		if im == nil {
@@ -240,8 +248,8 @@ func (c *Core) sendCall(cl caller, target Target) {
 	}
 	q := c.newQuestion(cl)
 	q.paramExports = ids
-	c.send(Call{QuestionID: q.id, Target: target, Method: cl.method,
-		Params: Payload{Content: cl.params.Content, Caps: descs, Size: cl.params.Size}})
+	c.send(put(&c.o.call, Call{QuestionID: q.id, Target: target, Method: cl.method,
+		Params: Payload{Content: cl.params.Content, Caps: descs, Size: cl.params.Size}}))
 	// Only now: a Release of an import the params named must not overtake
 	// the Call that names it.
 	c.dropParams(cl)
@@ -254,7 +262,7 @@ func (c *Core) fail(cl caller, err error) {
 		c.answerReturn(a, nil, err)
 		return
 	}
-	c.emit(Settle{Call: cl.local, Err: err})
+	c.emit(put(&c.o.settle, Settle{Call: cl.local, Err: err}))
 }
 
 // embargoOn returns the embargo on the capability at transform of q's
@@ -332,7 +340,8 @@ func (c *Core) receiveReturn(r Return) error {
 		if derr != nil {
 			return derr
 		}
-		results = &Payload{Content: r.Results.Content, CapTable: caps, Size: r.Results.Size}
+		q.resultsVal = Payload{Content: r.Results.Content, CapTable: caps, Size: r.Results.Size}
+		results = &q.resultsVal
 	case r.Exception != nil:
 		err = decodeException(*r.Exception, c.cfg.Limits.MaxReasonLength)
 	default:
@@ -356,9 +365,20 @@ func (c *Core) receiveReturn(r Return) error {
 			// The caller gets its own references; the question keeps one
 			// of each import for calls pipelined on its answer.
 			c.retainCaps(results.CapTable)
-			cp := *results
+			q.settleVal = *results
+			cp := &q.settleVal
 			cp.CapTable = slices.Clone(results.CapTable)
-			out = &cp
+			// A capability under embargo is given as the question's: calls
+			// on it come here and wait behind the embargo (local code
+			// would otherwise call ours at once).
+			for _, e := range q.embargoes {
+				if i, ok, _ := results.Content.Locate(e.transform); ok && i < len(cp.CapTable) {
+					c.releaseCap(cp.CapTable[i])
+					cp.CapTable[i] = Cap{Kind: CapQuestion, Call: q.call, Transform: e.transform}
+					q.capRefs++
+				}
+			}
+			out = cp
 		}
 		c.settle(q, out, err)
 	}
@@ -407,8 +427,8 @@ func (c *Core) embargoResults(q *question, descs []CapDescriptor) {
 			e := &embargo{question: q, transform: tr}
 			e.id = c.embargoes.Add(e)
 			q.embargoes = append(q.embargoes, e)
-			c.send(Disembargo{Target: Target{Kind: PromisedAnswer, ID: q.id, Transform: tr},
-				Context: SenderLoopback, EmbargoID: e.id})
+			c.send(put(&c.o.disembargo, Disembargo{Target: Target{Kind: PromisedAnswer, ID: q.id, Transform: tr},
+				Context: SenderLoopback, EmbargoID: e.id}))
 		case cp.Kind == CapImport:
 			if im := c.imports[cp.ID]; im != nil {
 				im.callsSent = true
@@ -466,7 +486,7 @@ func (c *Core) sendFinish(q *question, releaseResultCaps bool) {
 	default:
 		return
 	}
-	c.send(Finish{QuestionID: q.id, ReleaseResultCaps: releaseResultCaps})
+	c.send(put(&c.o.finish, Finish{QuestionID: q.id, ReleaseResultCaps: releaseResultCaps}))
 }
 
 // retireQuestion removes q once its Return is in and its Finish sent.
@@ -481,7 +501,12 @@ func (c *Core) retireQuestion(q *question) {
 	}
 	if q.call != 0 {
 		delete(c.byCall, q.call)
-		c.emit(StopChild{Child: Child{Kind: QuestionChild, ID: q.id, Call: q.call}})
+		c.emit(put(&c.o.stop, StopChild{Child: Child{Kind: QuestionChild, ID: q.id, Call: q.call}}))
+		if q.forward == nil {
+			// Nothing names it any more; what this Step handed out of it
+			// (a Settle's results) is the runner's until the next Step.
+			c.retiredQ = append(c.retiredQ, q)
+		}
 	}
 }
 

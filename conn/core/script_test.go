@@ -68,17 +68,17 @@ func (s *script) in(in Input) []Output {
 
 func (s *script) record(out []Output) {
 	for _, o := range out {
-		if l, ok := o.(Log); ok && l.Level < 0 {
+		if l, ok := o.(*Log); ok && l.Level < 0 {
 			continue // debug logs: not part of the transcript
 		}
-		if a, ok := o.(Arm); ok {
-			s.arms[a.Deadline] = a
+		if a, ok := o.(*Arm); ok {
+			s.arms[a.Deadline] = *a
 		}
 		fmt.Fprintf(&s.log, "< %s\n", Describe(o))
 	}
 }
 
-func (s *script) recv(m Message) []Output { return s.in(Received{Msg: m}) }
+func (s *script) recv(m Message) []Output { return s.in(&Received{Msg: m}) }
 
 // advance moves the clock by d and fires the deadlines passed.
 func (s *script) advance(d time.Duration) {
@@ -87,7 +87,7 @@ func (s *script) advance(d time.Duration) {
 	for _, dl := range []Deadline{DrainDeadline, IdleDeadline, StopDeadline} {
 		if a, ok := s.arms[dl]; ok && !a.At.After(s.now) {
 			delete(s.arms, dl)
-			s.in(DeadlineFired{Deadline: dl, Gen: a.Gen})
+			s.in(&DeadlineFired{Deadline: dl, Gen: a.Gen})
 		}
 	}
 }
@@ -98,20 +98,20 @@ func (s *script) stopChildren() {
 	for {
 		var next *Child
 		for _, o := range s.last {
-			if sc, ok := o.(StopChild); ok {
+			if sc, ok := o.(*StopChild); ok {
 				next = &sc.Child
 			}
 		}
 		if next == nil {
 			return
 		}
-		s.in(ChildStopped{Child: *next})
+		s.in(&ChildStopped{Child: *next})
 	}
 }
 
 // closeSocket answers CloseSocket the way the runner does.
 func (s *script) closeSocket() {
-	s.in(SocketClosed{Steps: []PhaseReport{
+	s.in(&SocketClosed{Steps: []PhaseReport{
 		{Phase: PhaseCloseWrite, Start: s.now, Note: "flushed, FIN sent"},
 		{Phase: PhaseLinger, Start: s.now},
 		{Phase: PhaseCloseSocket, Start: s.now},
@@ -122,7 +122,7 @@ func (s *script) closeSocket() {
 func (s *script) sent() []Message {
 	var ms []Message
 	for _, o := range s.last {
-		if m, ok := o.(Send); ok {
+		if m, ok := o.(*Send); ok {
 			ms = append(ms, m.Msg)
 		}
 	}
@@ -151,8 +151,8 @@ func (s *script) lacks(want string) {
 func (s *script) down() Report {
 	s.t.Helper()
 	for _, o := range s.last {
-		if e, ok := o.(Emit); ok {
-			if d, ok := e.Event.(Down); ok {
+		if e, ok := o.(*Emit); ok {
+			if d, ok := e.Event.(*Down); ok {
 				return d.Report
 			}
 		}
@@ -212,12 +212,12 @@ func bootstrapped(t *testing.T, cfg Config) *script {
 	cfg.Bootstrap = Local(1)
 	s := newScript(t, cfg)
 	s.note("the peer fetches our bootstrap; we fetch its")
-	s.recv(Bootstrap{QuestionID: 0})
-	s.recv(Finish{QuestionID: 0})
-	s.in(LocalBootstrap{Call: 1})
-	s.recv(Return{AnswerID: 0, Results: &Payload{Content: RootCap{}, Caps: []CapDescriptor{{Kind: SenderHosted, ID: 0}}}})
-	s.in(LocalFinish{Call: 1})
-	s.in(ChildStopped{Child: Child{Kind: QuestionChild, ID: 0, Call: 1}})
+	s.recv(&Bootstrap{QuestionID: 0})
+	s.recv(&Finish{QuestionID: 0})
+	s.in(&LocalBootstrap{Call: 1})
+	s.recv(&Return{AnswerID: 0, Results: &Payload{Content: RootCap{}, Caps: []CapDescriptor{{Kind: SenderHosted, ID: 0}}}})
+	s.in(&LocalFinish{Call: 1})
+	s.in(&ChildStopped{Child: Child{Kind: QuestionChild, ID: 0, Call: 1}})
 	return s
 }
 

@@ -50,7 +50,7 @@ func (v *vat) call() bool {
 	ac.id = v.w.newCallID(r)
 	ac.end = cl.cap.end
 	p := cl.cap.end.payloadFor(inv.params, ct)
-	cl.cap.end.post(core.LocalCall{Call: ac.id, Target: cl.cap.cap, Method: methodCall, Params: *p})
+	cl.cap.end.post(&core.LocalCall{Call: ac.id, Target: cl.cap.cap, Method: methodCall, Params: *p})
 	if v.w.rng.IntN(3) == 0 {
 		v.pipelineLater = append(v.pipelineLater, ac)
 	}
@@ -209,10 +209,10 @@ func (v *vat) settlePromise(p *obj, to vcap) {
 	}
 	for _, e := range v.ends {
 		if to.end != nil && to.cap.Kind == core.CapBroken {
-			e.post(core.LocalResolved{Ref: p.ref, To: to.cap})
+			e.post(&core.LocalResolved{Ref: p.ref, To: to.cap})
 			continue
 		}
-		e.post(core.LocalResolved{Ref: p.ref, To: e.capFor(to)})
+		e.post(&core.LocalResolved{Ref: p.ref, To: e.capFor(to)})
 	}
 }
 
@@ -240,11 +240,11 @@ func (v *vat) finishCall() bool {
 			continue
 		}
 		if !ac.settled && v.w.rng.IntN(2) == 0 {
-			ac.end.post(core.LocalCancel{Call: ac.id, Err: errors.New("context canceled")})
+			ac.end.post(&core.LocalCancel{Call: ac.id, Err: errors.New("context canceled")})
 			continue
 		}
 		ac.finished = true
-		ac.end.post(core.LocalFinish{Call: ac.id})
+		ac.end.post(&core.LocalFinish{Call: ac.id})
 		v.appCall = append(v.appCall[:i], v.appCall[i+1:]...)
 		return true
 	}
@@ -258,5 +258,5 @@ func (w *world) shutdownEnd(e *end, drain bool) {
 		ep = supervisor.Epitaph{Code: supervisor.Unavailable, Message: "going away"}
 	}
 	e.shutdownBy = append(e.shutdownBy, ep)
-	e.post(core.Shutdown{Epitaph: ep, Drain: drain})
+	e.post(&core.Shutdown{Epitaph: ep, Drain: drain})
 }

@@ -15,7 +15,7 @@ import (
 func (e *end) carryOut(o core.Output) {
 	w := e.w
 	switch o := o.(type) {
-	case core.Send:
+	case *core.Send:
 		switch {
 		case e.lingering || e.closed:
 			w.failf("%s sent %v after its EOF", e.name, o.Msg)
@@ -23,7 +23,7 @@ func (e *end) carryOut(o core.Output) {
 		case e.finQueued || e.reset:
 			return // the socket is shut down under the core: the write fails
 		}
-		if a, ok := o.Msg.(core.Abort); ok {
+		if a, ok := o.Msg.(*core.Abort); ok {
 			if e.peerEnded {
 				w.failf("%s answered the peer's end with %v", e.name, a)
 			}
@@ -32,18 +32,18 @@ func (e *end) carryOut(o core.Output) {
 				e.sentEpitaphs = append(e.sentEpitaphs, *ep)
 			}
 		}
-		e.out = append(e.out, o.Msg)
+		e.out = append(e.out, core.Copy(o.Msg)) // o.Msg lives until the next Step
 		w.messages++
 		w.kinds[messageKind(o.Msg)]++
-	case core.Deliver:
+	case *core.Deliver:
 		inv := &invocation{content: o.Params.Content.(*content), method: o.Method, owned: true}
 		inv.params = e.vcaps(o.Params.CapTable)
 		answer := o.Answer
 		inv.done = func(results []vcap, rc core.Content, err error) {
-			e.post(core.Returned{Answer: answer, Results: e.payloadFor(results, rc), Err: err})
+			e.post(&core.Returned{Answer: answer, Results: e.payloadFor(results, rc), Err: err})
 		}
 		e.vat.deliverLocal(o.To.Ref, inv)
-	case core.Redirect:
+	case *core.Redirect:
 		r := w.calls[o.Call]
 		if r == nil || r.inv == nil {
 			w.failf("%s redirected call c%d, which it was not given", e.name, o.Call)
@@ -56,27 +56,27 @@ func (e *end) carryOut(o core.Output) {
 			return
 		}
 		e.vat.deliverLocal(o.To.Ref, r.inv)
-	case core.Settle:
-		e.settle(o)
-	case core.SpawnChild:
+	case *core.Settle:
+		e.settle(*o)
+	case *core.SpawnChild:
 		if o.Child.Kind == core.QuestionChild {
 			if r := w.calls[o.Child.Call]; r != nil && r.app != nil {
 				r.app.question, r.app.hasQ = o.Child.ID, true
 			}
 		}
-	case core.StopChild:
+	case *core.StopChild:
 		e.stopping = append(e.stopping, o.Child)
-	case core.Arm:
-		e.timers[o.Deadline] = o
-	case core.CloseSocket:
+	case *core.Arm:
+		e.timers[o.Deadline] = *o
+	case *core.CloseSocket:
 		e.finQueued = true
 		e.lingering = true
 		e.lingerUntil = w.now.Add(lingerTimeout)
 		if o.Hard || e.reset {
 			e.lingerUntil = w.now
 		}
-	case core.Emit:
-		if d, ok := o.Event.(core.Down); ok {
+	case *core.Emit:
+		if d, ok := o.Event.(*core.Down); ok {
 			e.downs++
 			r := d.Report
 			e.down = &r
@@ -84,7 +84,7 @@ func (e *end) carryOut(o core.Output) {
 				w.failf("%s went down twice", e.name)
 			}
 		}
-	case core.CancelAnswer, core.AnswerDone, core.ImportResolved, core.Closing, core.Log:
+	case *core.CancelAnswer, *core.AnswerDone, *core.ImportResolved, *core.Closing, *core.Log:
 	default:
 		w.failf("%s: output of unknown type %T", e.name, o)
 	}
@@ -93,17 +93,17 @@ func (e *end) carryOut(o core.Output) {
 // messageKind names a message's kind for the run's figures.
 func messageKind(m core.Message) string {
 	switch m := m.(type) {
-	case core.Disembargo:
+	case *core.Disembargo:
 		if m.Context == core.SenderLoopback {
 			return "disembargo.senderLoopback"
 		}
 		return "disembargo.receiverLoopback"
-	case core.Call:
+	case *core.Call:
 		if m.Target.Kind == core.PromisedAnswer {
 			return "call.pipelined"
 		}
 		return "call"
-	case core.Abort:
+	case *core.Abort:
 		if m.Exception.Epitaph != nil {
 			return "abort.epitaph"
 		}
@@ -141,13 +141,13 @@ func (e *end) settle(o core.Settle) {
 		} else {
 			e.vat.releaseAll(results)
 		}
-		e.post(core.LocalFinish{Call: o.Call})
+		e.post(&core.LocalFinish{Call: o.Call})
 	case r.inv != nil:
 		e.vat.finish(r.inv, results, rc, o.Err)
 		e.vat.releaseAll(results) // finish borrowed them
 		if r.app == nil {
 			// A call forwarded for another: its answer is passed on, done.
-			e.post(core.LocalFinish{Call: o.Call})
+			e.post(&core.LocalFinish{Call: o.Call})
 		}
 	}
 	if r.app != nil {
@@ -207,7 +207,7 @@ func (v *vat) proxyFor(c vcap) *obj {
 	}
 	p := v.newObj(proxy)
 	p.end, p.cap = c.end, c.cap
-	c.end.post(core.LocalRetain{Cap: c.cap})
+	c.end.post(&core.LocalRetain{Cap: c.cap})
 	return p
 }
 
@@ -254,7 +254,7 @@ func (v *vat) deliverTo(c vcap, inv *invocation) {
 	r := &callRec{end: e, inv: inv, uid: inv.content.tag.uid}
 	id := v.w.newCallID(r)
 	p := e.payloadFor(inv.params, inv.content)
-	e.post(core.LocalCall{Call: id, Target: c.cap, Method: inv.method, Params: *p})
+	e.post(&core.LocalCall{Call: id, Target: c.cap, Method: inv.method, Params: *p})
 }
 
 // finish ends inv with its outcome and drops what it owned.
@@ -277,13 +277,13 @@ func (v *vat) adopt(c vcap, call *appCall) {
 // kinds it must).
 func (v *vat) retain(c vcap) {
 	if c.end != nil {
-		c.end.post(core.LocalRetain{Cap: c.cap})
+		c.end.post(&core.LocalRetain{Cap: c.cap})
 	}
 }
 
 func (v *vat) release(c vcap) {
 	if c.end != nil {
-		c.end.post(core.LocalRelease{Cap: c.cap})
+		c.end.post(&core.LocalRelease{Cap: c.cap})
 	}
 }
 

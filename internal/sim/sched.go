@@ -84,7 +84,7 @@ func (w *world) events() []event {
 				add(10, "fin", func() {
 					e.finDelivered = true
 					w.logf("%s: FIN reaches %s", e.name, e.other.name)
-					e.other.post(core.ReadEnded{EOF: true})
+					e.other.post(&core.ReadEnded{EOF: true})
 				})
 			}
 			if e.lingering && !e.closed && (e.other.finDelivered || e.reset || !w.now.Before(e.lingerUntil)) {
@@ -94,7 +94,7 @@ func (w *world) events() []event {
 				add(8, "childStopped", func() {
 					ch := e.stopping[0]
 					e.stopping = e.stopping[1:]
-					e.post(core.ChildStopped{Child: ch})
+					e.post(&core.ChildStopped{Child: ch})
 				})
 			}
 		}
@@ -143,7 +143,7 @@ func (w *world) deliver(e *end) {
 		w.rst(e, fmt.Sprintf("%v found the socket closed", m))
 		return
 	}
-	o.post(core.Received{Msg: m})
+	o.post(&core.Received{Msg: m})
 }
 
 // rst: e wrote into a closed socket; its reads and writes fail.
@@ -152,14 +152,14 @@ func (w *world) rst(e *end, why string) {
 	w.logf("RST to %s: %s", e.name, why)
 	e.reset, e.out = true, nil
 	if !e.closed {
-		e.post(core.WriteFailed{Err: errors.New("connection reset by peer")})
+		e.post(&core.WriteFailed{Err: errors.New("connection reset by peer")})
 	}
 }
 
 // closeSocket: e's linger is over; the socket closes.
 func (w *world) closeSocket(e *end) {
 	e.closed, e.lingering = true, false
-	e.post(core.SocketClosed{Steps: []core.PhaseReport{
+	e.post(&core.SocketClosed{Steps: []core.PhaseReport{
 		{Phase: core.PhaseCloseWrite, Start: w.now},
 		{Phase: core.PhaseLinger, Start: w.now},
 		{Phase: core.PhaseCloseSocket, Start: w.now},
@@ -215,7 +215,7 @@ func (w *world) jumpTo(t time.Time) {
 			for _, d := range ds {
 				a := e.timers[d]
 				delete(e.timers, d)
-				e.post(core.DeadlineFired{Deadline: d, Gen: a.Gen})
+				e.post(&core.DeadlineFired{Deadline: d, Gen: a.Gen})
 			}
 		}
 	}
@@ -234,21 +234,21 @@ func (w *world) fault(c *connection) {
 		what = "close without drain"
 	case 3:
 		e.stoppedBy = true
-		e.post(core.Stopped{})
+		e.post(&core.Stopped{})
 		what = "actor stopped from outside"
 	case 4:
 		// Both sides see the socket fail.
 		what = "reset"
 		for _, x := range c.ends {
 			x.reset, x.out = true, nil
-			x.post(core.ReadEnded{Err: errors.New("connection reset")})
+			x.post(&core.ReadEnded{Err: errors.New("connection reset")})
 		}
 	case 5:
 		// The runner of e half-closes at once: e's core hears its writes
 		// failed; the other end reads what was queued, then EOF.
 		what = "vanish (EOF mid-call)"
 		e.finQueued = true
-		e.post(core.WriteFailed{Err: errors.New("the socket was shut down")})
+		e.post(&core.WriteFailed{Err: errors.New("the socket was shut down")})
 	}
 	if c.fault == "" {
 		c.fault = what
@@ -319,7 +319,7 @@ func (v *vat) finishAll() bool {
 	for _, ac := range v.appCall {
 		if ac.end != nil && !ac.finished {
 			ac.finished = true
-			ac.end.post(core.LocalFinish{Call: ac.id})
+			ac.end.post(&core.LocalFinish{Call: ac.id})
 		}
 	}
 	v.appCall = v.appCall[:0]

@@ -306,7 +306,7 @@ func (w *world) connect(a, b *vat) {
 	for _, e := range c.ends {
 		id := w.newCallID(&callRec{end: e})
 		e.bootstrap = id
-		e.post(core.LocalBootstrap{Call: id})
+		e.post(&core.LocalBootstrap{Call: id})
 	}
 }
 
@@ -341,11 +341,11 @@ func (e *end) runOne() {
 	e.inbox = e.inbox[1:]
 	e.w.logf("%s > %s", e.name, core.Describe(in))
 	switch m := in.(type) {
-	case core.Received:
-		if _, ok := m.Msg.(core.Abort); ok {
+	case *core.Received:
+		if _, ok := m.Msg.(*core.Abort); ok {
 			e.peerEnded = true // from this input on, no Abort may answer it
 		}
-	case core.ReadEnded:
+	case *core.ReadEnded:
 		e.peerEnded = e.peerEnded || m.EOF
 	}
 	e.apply(e.core.Step(e.w.now, in))
