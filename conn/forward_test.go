@@ -215,3 +215,30 @@ func TestOurPipelinedAnswerInParams(t *testing.T) {
 		t.Fatal("a canceled Return settled the call without an error")
 	}
 }
+
+// TestResultsOutliveTheConnection: results the caller has not released
+// stay whole when the connection's end stops the question's actor.
+func TestResultsOutliveTheConnection(t *testing.T) {
+	h := newHarness(t, capnp.Client{})
+	ctx := context.Background()
+	boot := h.bootstrapImport(ctx)
+	defer boot.Release()
+	f, release := boot.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("kept") })
+	call := h.recvNot("finish")
+	c, _ := call.Call()
+	h.send(returnEcho(c.QuestionId(), "kept"))
+	res, err := f.Struct()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.c.Close()
+	<-h.c.Done()
+	for range 3 { // what a freed message's buffer would be reused by
+		msg, _ := newMessage()
+		msg.Release()
+	}
+	if text, err := res.Text(); err != nil || text != "kept" {
+		t.Fatalf("results read %q (%v) after the connection ended, want kept", text, err)
+	}
+	release()
+}

@@ -36,6 +36,11 @@ type question struct {
 	flowBytes int64      // room taken in target.flow; given back when settled
 
 	settled atomic.Bool // the promise has been (or is being) resolved
+	// resultsDone: who is done with results (resultsCallerDone,
+	// resultsActorDone); the last of the two frees them, so a caller
+	// still reading its results when the connection's end stops the
+	// question's actor reads them whole.
+	resultsDone atomic.Int32
 
 	// redirected: the call went to one of our capabilities instead (see
 	// state.redirect); calls pipelined on it go to that call's answer.
@@ -46,7 +51,7 @@ type question struct {
 	pid     *actor.PID
 	pending *settleQuestion // the outcome sent to the actor, kept in case a Stop overtakes it
 	outcome settleQuestion
-	results *capnp.Message // released by the actor when it stops
+	results *capnp.Message // freed once the caller has released it and the actor stopped
 	outc    outCall        // its params' content, as the core names it
 	in      inPayload      // its results' content, as the core names it
 }
@@ -107,6 +112,22 @@ func (q *question) release() {
 		q.settle(capnp.Ptr{}, q.c.errDisconnected(), false)
 	}
 	q.p.ReleaseClients()
+	q.doneWithResults(resultsCallerDone)
+}
+
+// Who is done with a question's results.
+const (
+	resultsCallerDone int32 = 1 << iota // the caller released the answer
+	resultsActorDone                    // the question's actor stopped
+)
+
+// doneWithResults records that who is done with q's results, and frees
+// them when the other is too.
+func (q *question) doneWithResults(who int32) {
+	const both = resultsCallerDone | resultsActorDone
+	if old := q.resultsDone.Or(who); old|who == both && old != both && q.results != nil {
+		q.results.Release()
+	}
 }
 
 // settle resolves the caller's promise once; later calls do nothing.
@@ -139,9 +160,7 @@ func (q *question) Receive(ctx actor.Context) {
 			q.settle(capnp.Ptr{}, q.c.errDisconnected(), true)
 		}
 	case *actor.Stopped:
-		if q.results != nil {
-			q.results.Release()
-		}
+		q.doneWithResults(resultsActorDone)
 	}
 }
 
