@@ -370,7 +370,7 @@ func TestTraceShutdown(t *testing.T) {
 		sd := spanNamed(t, spans, tracing.ShutdownSpan, trace.SpanKindInternal, side.svc)
 		assertChild(t, sd, side.conn)
 		var steps []string
-		var prevEnd time.Time
+		var prevStart, prevEnd time.Time
 		for _, s := range spans {
 			if s.Parent().SpanID() != sd.SpanContext().SpanID() {
 				continue
@@ -379,7 +379,11 @@ func TestTraceShutdown(t *testing.T) {
 			if s.StartTime().Before(prevEnd) {
 				t.Errorf("%s: step %s starts before the previous one ended", side.svc, s.Name())
 			}
-			prevEnd = s.EndTime()
+			if !prevStart.IsZero() && s.StartTime().Sub(prevStart) < time.Microsecond {
+				// Jaeger orders spans by their start, to the microsecond.
+				t.Errorf("%s: step %s starts within a microsecond of the one before", side.svc, s.Name())
+			}
+			prevStart, prevEnd = s.StartTime(), s.EndTime()
 		}
 		want := []string{"drain", "stopQuestions", "stopExports", "releaseImports", "sendEpitaph", "closeWrite", "linger", "closeSocket"}
 		if !slices.Equal(steps, want) {

@@ -511,7 +511,7 @@ func (c *Conn) readLoop() {
 // linger (wait for the peer's EOF, at most LingerTimeout), then close the
 // socket. hard skips both waits.
 // Each step's span (st) starts when the step does.
-func (c *Conn) closeSocket(hard bool, st stepTracer) socketResult {
+func (c *Conn) closeSocket(hard bool, st *stepTracer) socketResult {
 	m := socketResult{hard: hard, closeWriteStart: time.Now()}
 	span := st.start(PhaseCloseWrite, m.closeWriteStart)
 	// Cut short: past WriteTimeout, or the writer gave up (a write that

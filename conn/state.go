@@ -498,7 +498,7 @@ func (s *state) closeSocket(hard bool) {
 // closer is the goroutine of closeWrite, linger and closeSocket. It hands
 // the result to the actor or, when protoactor has stopped the actor
 // meanwhile, ends the connection itself.
-func (c *Conn) closer(s *state, hard bool, st stepTracer) {
+func (c *Conn) closer(s *state, hard bool, st *stepTracer) {
 	m := c.closeSocket(hard, st)
 	c.endMu.Lock()
 	c.endResult = &m

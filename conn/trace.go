@@ -31,9 +31,35 @@ type connTrace struct {
 	shutdown    trace.Span      // nil until the connection starts ending
 	shutdownCtx context.Context
 	step        trace.Span  // the span of the step running now (tracePhaseStart), or nil
+	stepStart   time.Time   // when its span started
 	stepPhase   Phase       // its step
 	pending     []actorStop // actors stopped during the step running now
+	steps       stepClock   // the start of the last step's span
 	eofReceived bool
+}
+
+// stepClock keeps the spans of a connection's end in the order their
+// steps ran: the steps done in one turn share the core's time, and Jaeger
+// orders spans by their start, to the microsecond, so a step's span
+// starts at least a microsecond after the one before it.
+type stepClock struct{ last time.Time }
+
+// start returns when the span of a step that started at at begins.
+func (c *stepClock) start(at time.Time) time.Time {
+	if !at.After(c.last) {
+		at = c.last.Add(time.Microsecond)
+	}
+	c.last = at
+	return at
+}
+
+// end returns when the span of a step that began at start and ended at
+// end ends.
+func spanEnd(start, end time.Time) time.Time {
+	if end.Before(start) {
+		return start
+	}
+	return end
 }
 
 type actorStop struct {
@@ -130,8 +156,9 @@ func (s *state) tracePhaseStart(p Phase, start time.Time) {
 	if !s.tr.shutdown.IsRecording() {
 		return
 	}
-	_, s.tr.step = s.c.tracer.Start(s.tr.shutdownCtx, string(p), trace.WithTimestamp(start))
+	_, s.tr.step = s.c.tracer.Start(s.tr.shutdownCtx, string(p), trace.WithTimestamp(s.tr.steps.start(start)))
 	s.tr.stepPhase = p
+	s.tr.stepStart = s.tr.steps.last
 }
 
 // tracePhase records one step of the connection's end as a child of the
@@ -151,8 +178,10 @@ func (s *state) tracePhase(p PhaseReport) {
 	if !s.tr.shutdown.IsRecording() {
 		return
 	}
+	start := s.tr.stepStart
 	if span == nil {
-		_, span = s.c.tracer.Start(s.tr.shutdownCtx, string(p.Phase), trace.WithTimestamp(p.Start))
+		start = s.tr.steps.start(p.Start)
+		_, span = s.c.tracer.Start(s.tr.shutdownCtx, string(p.Phase), trace.WithTimestamp(start))
 	}
 	span.SetAttributes(phaseAttributes(p)...)
 	for _, a := range s.tr.pending {
@@ -160,7 +189,7 @@ func (s *state) tracePhase(p PhaseReport) {
 			attribute.Int(string(a.Kind)+".id", int(a.ID)), attribute.Bool("timed_out", a.TimedOut)))
 	}
 	s.tr.pending = nil
-	span.End(trace.WithTimestamp(p.Start.Add(p.Took)))
+	span.End(trace.WithTimestamp(spanEnd(start, p.Start.Add(p.Took))))
 }
 
 func phaseAttributes(p PhaseReport) []attribute.KeyValue {
@@ -181,31 +210,32 @@ func phaseAttributes(p PhaseReport) []attribute.KeyValue {
 type stepTracer struct {
 	tracer trace.Tracer
 	ctx    context.Context // nil: not recording
+	steps  stepClock       // after the actor's steps
 }
 
 // closerTracer is the stepTracer of this connection's closer.
-func (s *state) closerTracer() stepTracer {
+func (s *state) closerTracer() *stepTracer {
 	s.traceShutdownBegin()
 	if !s.tr.shutdown.IsRecording() {
-		return stepTracer{}
+		return &stepTracer{}
 	}
-	return stepTracer{tracer: s.c.tracer, ctx: s.tr.shutdownCtx}
+	return &stepTracer{tracer: s.c.tracer, ctx: s.tr.shutdownCtx, steps: s.tr.steps}
 }
 
-func (st stepTracer) start(p Phase, at time.Time) trace.Span {
+func (st *stepTracer) start(p Phase, at time.Time) trace.Span {
 	if st.ctx == nil {
 		return nil
 	}
-	_, span := st.tracer.Start(st.ctx, string(p), trace.WithTimestamp(at))
+	_, span := st.tracer.Start(st.ctx, string(p), trace.WithTimestamp(st.steps.start(at)))
 	return span
 }
 
-func (st stepTracer) end(span trace.Span, p PhaseReport) {
+func (st *stepTracer) end(span trace.Span, p PhaseReport) {
 	if span == nil {
 		return
 	}
 	span.SetAttributes(phaseAttributes(p)...)
-	span.End(trace.WithTimestamp(p.Start.Add(p.Took)))
+	span.End(trace.WithTimestamp(spanEnd(st.steps.last, p.Start.Add(p.Took))))
 }
 
 // traceActorStopped: a question or export actor stopped during a step.
