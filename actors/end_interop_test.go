@@ -46,6 +46,13 @@ func (c *recConn) end() error {
 	return c.readEnd
 }
 
+// peerCalls is the peer's bootstrap capability and our implementation
+// of it, which tells what runs.
+type peerCalls struct {
+	boot interop.Echo
+	impl *interop.EchoServer
+}
+
 // ourAbortsAfter counts the Aborts we sent; any at all after the peer's
 // EOF or Abort is a bug.
 func checkNoAbortEcho(t *testing.T, s *side, d conn.Down) {
@@ -63,25 +70,25 @@ func checkNoAbortEcho(t *testing.T, s *side, d conn.Down) {
 func TestEndGoCapnpPeer(t *testing.T) {
 	cases := []struct {
 		name string
-		end  func(t *testing.T, ours *conn.Conn, rc *rpc.Conn, nc *recConn, e interop.Echo)
+		end  func(t *testing.T, ours *conn.Conn, rc *rpc.Conn, nc *recConn, e *peerCalls)
 		// what our side must report
 		check func(t *testing.T, d conn.Down)
 	}{
-		{"we close gracefully, OK", func(t *testing.T, ours *conn.Conn, _ *rpc.Conn, _ *recConn, _ interop.Echo) {
+		{"we close gracefully, OK", func(t *testing.T, ours *conn.Conn, _ *rpc.Conn, _ *recConn, _ *peerCalls) {
 			_, _ = ours.Shutdown(context.Background(), supervisor.Epitaph{Code: supervisor.OK})
 		}, func(t *testing.T, d conn.Down) {
 			if d.EpitaphSent || !d.Reason.Expected() {
 				t.Errorf("OK close to a peer that is not ours: epitaph sent %v, reason %v", d.EpitaphSent, d.Reason)
 			}
 		}},
-		{"we close with an error epitaph", func(t *testing.T, ours *conn.Conn, _ *rpc.Conn, _ *recConn, _ interop.Echo) {
+		{"we close with an error epitaph", func(t *testing.T, ours *conn.Conn, _ *rpc.Conn, _ *recConn, _ *peerCalls) {
 			_, _ = ours.Shutdown(context.Background(), supervisor.Epitaph{Code: supervisor.Unavailable, Message: "maintenance"})
 		}, func(t *testing.T, d conn.Down) {
 			if !d.EpitaphSent {
 				t.Errorf("an error epitaph must be sent to any peer")
 			}
 		}},
-		{"peer closes (rpc.Conn.Close)", func(t *testing.T, _ *conn.Conn, rc *rpc.Conn, _ *recConn, _ interop.Echo) {
+		{"peer closes (rpc.Conn.Close)", func(t *testing.T, _ *conn.Conn, rc *rpc.Conn, _ *recConn, _ *peerCalls) {
 			_ = rc.Close()
 		}, func(t *testing.T, d conn.Down) {
 			var pa supervisor.PeerAbort
@@ -90,10 +97,10 @@ func TestEndGoCapnpPeer(t *testing.T) {
 				t.Errorf("reason %v, want the peer's Abort or EOF", d.Reason)
 			}
 		}},
-		{"peer vanishes with a call in flight", func(t *testing.T, ours *conn.Conn, _ *rpc.Conn, nc *recConn, e interop.Echo) {
-			f, release := startWait(context.Background(), e, 5000)
+		{"peer vanishes with a call in flight", func(t *testing.T, ours *conn.Conn, _ *rpc.Conn, nc *recConn, e *peerCalls) {
+			f, release := startWait(context.Background(), e.boot, 5000)
 			defer release()
-			for ours.Stats().Answers < 2 {
+			for e.impl.Waiting() < 1 { // running on our side
 				time.Sleep(time.Millisecond)
 			}
 			_ = nc.Conn.Close()
@@ -106,7 +113,8 @@ func TestEndGoCapnpPeer(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			server := newSide(t, "server", capnp.Client(interop.NewEchoServer().Client(actors.NewServer)), conn.Options{LingerTimeout: time.Second})
+			impl := interop.NewEchoServer()
+			server := newSide(t, "server", capnp.Client(impl.Client(actors.NewServer)), conn.Options{LingerTimeout: time.Second})
 			addr, err := server.vat.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
@@ -124,7 +132,7 @@ func TestEndGoCapnpPeer(t *testing.T) {
 				t.Fatalf("call before the end: %q %v", got, err)
 			}
 			ours := server.vat.Conns()[0]
-			tc.end(t, ours, rc, nc, boot)
+			tc.end(t, ours, rc, nc, &peerCalls{boot, impl})
 			d := server.waitDown(t)
 			tc.check(t, d)
 			checkNoAbortEcho(t, server, d)

@@ -479,8 +479,8 @@ func TestEndRawPeer(t *testing.T) {
 			t.Errorf("peer read %v then %v, want EOF", kinds, err)
 		}
 		d := server.waitDown(t)
-		if d.Reason != (supervisor.PeerAbort{Type: "failed", Reason: "bye"}) {
-			t.Errorf("reason %v, want PeerAbort{failed, bye}", d.Reason)
+		if d.Reason != (supervisor.PeerAbort{Type: "failed", Reason: "bye", Idle: true}) || d.Reason.Expected() {
+			t.Errorf("reason %v, want PeerAbort{failed, bye}, unexpected", d.Reason)
 		}
 		assertCleanEnd(t, "server", d)
 	})

@@ -242,9 +242,11 @@ func (a *redialActor) Receive(ctx actor.Context) {
 			return
 		}
 		if m.err != nil {
+			r.v.meterRedial("failed")
 			a.ended(ctx, nil, m.err)
 			return
 		}
+		r.v.meterRedial("connected")
 		a.sup.Started()
 		r.mu.Lock()
 		r.boot, r.cn = m.boot, m.cn
@@ -304,6 +306,7 @@ func (a *redialActor) ended(ctx actor.Context, reason supervisor.Reason, dialErr
 	d := a.sup.Ended(time.Now(), reason, dialErr)
 	switch {
 	case d.Escalate:
+		r.v.meterRedial("escalated")
 		r.emit(RedialEvent{Kind: "escalated", Err: d.Err})
 		a.stop(d.Err)
 	case d.Restart:

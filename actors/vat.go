@@ -15,6 +15,7 @@ import (
 
 	"capnproto.org/go/capnp/v3"
 	"github.com/asynkron/protoactor-go/actor"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/conn"
@@ -57,6 +58,10 @@ type Options struct {
 	// shutdowns (see package tracing). Default: Conn.TracerProvider, else
 	// the global provider.
 	TracerProvider trace.TracerProvider
+	// MeterProvider makes the metrics of the vat and its connections (see
+	// package metering). Default: Conn.MeterProvider, else the global
+	// provider.
+	MeterProvider metric.MeterProvider
 }
 
 // Defaults of Options.
@@ -84,6 +89,8 @@ type Vat struct {
 	subscribers []*actor.PID
 	redialers   []*Redialer
 	accepting   sync.WaitGroup
+
+	meters vatMeters
 }
 
 // QuietSystem returns a new actor system whose own logger is silent.
@@ -110,7 +117,11 @@ func Spawn(opts Options) *Vat {
 	if opts.TracerProvider != nil {
 		opts.Conn.TracerProvider = opts.TracerProvider
 	}
+	if opts.MeterProvider != nil {
+		opts.Conn.MeterProvider = opts.MeterProvider
+	}
 	v := &Vat{opts: opts, system: opts.System, stopping: make(chan struct{})}
+	v.startMeters(opts.Conn.MeterProvider)
 	if opts.MaxConns > 0 {
 		v.connSlots = make(chan struct{}, opts.MaxConns)
 	}
@@ -412,6 +423,7 @@ func (v *Vat) stop(ctx context.Context, ep supervisor.Epitaph, graceful bool) (R
 	}
 	ending.Wait()
 	_ = v.system.Root.StopFuture(v.pid).Wait()
+	v.stopMeters()
 	v.opts.Bootstrap.Release()
 	if v.ownSystem {
 		v.system.Shutdown()
@@ -476,6 +488,7 @@ func (a *vatActor) Receive(ctx actor.Context) {
 		}
 		c := conn.Spawn(ctx, a.v.system.Root, conn.NewStreamTransport(m.nc, opts.Limits), opts)
 		a.conns = append(a.conns, c)
+		a.v.connUp(c)
 		if m.slot {
 			if a.slotted == nil {
 				a.slotted = map[*conn.Conn]bool{}
@@ -496,6 +509,7 @@ func (a *vatActor) Receive(ctx actor.Context) {
 		}
 		ctx.Respond(out)
 	case conn.Down:
+		a.v.connDown(m.Conn)
 		for i, c := range a.conns {
 			if c == m.Conn {
 				a.conns = append(a.conns[:i], a.conns[i+1:]...)

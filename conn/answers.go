@@ -3,6 +3,7 @@ package conn
 import (
 	"context"
 	"sync/atomic"
+	"time"
 
 	"capnproto.org/go/capnp/v3"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
@@ -26,6 +27,7 @@ type answer struct {
 	ctx    callCtx      // the callee's: carries span
 	span   trace.Span   // the server span; ended when the Return is queued
 	method capnp.Method // named, for the span
+	start  time.Time    // for its duration (zero: not measured)
 
 	args         *capnp.Message // the Call, freed by releaseArgs (or when the answer is done)
 	in           inPayload      // its params' content, as the core names it
@@ -115,7 +117,7 @@ func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar
 	if old := s.answers[id]; old != nil {
 		return old // a duplicate id: the core ends the connection
 	}
-	a := &answer{c: s.c, id: id}
+	a := &answer{c: s.c, id: id, start: s.c.callStart(true)}
 	a.ctx.parent, a.span, a.method = s.startAnswerSpan(context.Background(), m, bootstrap, sc)
 	s.answers[id] = a
 	return a

@@ -219,6 +219,9 @@ func (h *importHook) String() string {
 // reference that comes with it.
 func (s *state) newImport(id uint32, promise bool) capnp.Client {
 	h := &importHook{c: s.c, id: id, flow: newWindow(s.c.opts.FlowWindow)}
+	if h.flow != nil && s.c.meters != nil {
+		h.flow.waited = s.c.meterFlowWait
+	}
 	ie := &importEntry{hook: h}
 	var c capnp.Client
 	if promise {

@@ -2,6 +2,7 @@ package conn
 
 import (
 	"fmt"
+	"time"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
@@ -536,6 +537,8 @@ func (s *state) encodeReturn(m core.Return) (*capnp.Message, *answer, *Sidecar, 
 			err = excError(exceptionError(*m.Exception))
 		}
 		endAnswerSpan(a, err, m.Exception != nil && m.Exception.Epitaph != nil)
+		s.c.callEnded(true, a.start, a.method, err)
+		a.start = time.Time{}
 	}
 	if r := m.Results; r != nil {
 		if or, ok := r.Content.(*outReturn); ok && or.a.msg != nil {

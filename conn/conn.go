@@ -48,10 +48,12 @@ import (
 	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"github.com/asynkron/protoactor-go/actor"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/conn/core"
 	"github.com/vatactor/vatactor/internal/mailbox"
+	"github.com/vatactor/vatactor/metering"
 	"github.com/vatactor/vatactor/supervisor"
 	"github.com/vatactor/vatactor/tracing"
 )
@@ -124,6 +126,10 @@ type Options struct {
 	// TracerProvider makes the connection's spans (package tracing
 	// describes them). Default: the global provider.
 	TracerProvider trace.TracerProvider
+	// MeterProvider makes the connection's metrics (package metering
+	// names them). Default: the global provider; with a no-op one the
+	// connection measures nothing.
+	MeterProvider metric.MeterProvider
 	// SpanParent, if set, is the context whose span is the parent of the
 	// connection span (a dial's context). Unset, a dialed connection's
 	// span starts a new trace and an accepted connection's span is a child
@@ -223,6 +229,9 @@ type Conn struct {
 	// untraced: the provider records nothing (tracing.Noop), so calls
 	// skip their span work unless a trace context comes with them.
 	untraced bool
+	// meters: the instruments of Options.MeterProvider; nil when it
+	// records nothing (metering.Noop).
+	meters *metering.Instruments
 }
 
 // Spawn starts a connection actor over t as a child of spawner (a vat's
@@ -239,6 +248,7 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 		hurry:     make(chan struct{}),
 		tracer:    tracing.Tracer(opts.TracerProvider),
 		untraced:  tracing.Noop(opts.TracerProvider),
+		meters:    metering.For(opts.MeterProvider),
 	}
 	c.out.start, c.out.writers = c.startWriter, &c.writer
 	c.out.wake = make(chan struct{}, 1)
@@ -312,6 +322,7 @@ func (c *Conn) Bootstrap(ctx context.Context) capnp.Client {
 	q := c.newQuestion(bootstrapMethod, callTarget{})
 	q.bootstrap = true
 	q.span, q.sidecar = c.startQuestionSpan(ctx, bootstrapMethod, true)
+	q.start = c.callStart(false)
 	q.watch(ctx)
 	if err := c.post(callOut{q: q}); err != nil {
 		if q.stopWatch != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"time"
 )
 
 // window is the flow control of one imported capability (Options.
@@ -18,6 +19,8 @@ type window struct {
 	size    int64
 	used    int64
 	waiting []*flowWaiter // first come, first served
+	// waited, if set, is told how long a call waited for room.
+	waited func(time.Duration)
 }
 
 type flowWaiter struct {
@@ -46,6 +49,10 @@ func (w *window) acquire(ctx context.Context, n int64) error {
 	fw := &flowWaiter{n: n, ready: make(chan struct{})}
 	w.waiting = append(w.waiting, fw)
 	w.mu.Unlock()
+	if w.waited != nil {
+		start := time.Now()
+		defer func() { w.waited(time.Since(start)) }()
+	}
 	select {
 	case <-fw.ready:
 		return nil

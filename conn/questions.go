@@ -3,6 +3,7 @@ package conn
 import (
 	"context"
 	"sync/atomic"
+	"time"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
@@ -34,6 +35,7 @@ type question struct {
 	span      trace.Span // the client span; ended when the promise is settled
 	sidecar   *Sidecar   // carries span's context with the Call (nil: none)
 	flowBytes int64      // room taken in target.flow; given back when settled
+	start     time.Time  // for its duration (zero: not measured)
 
 	settled atomic.Bool // the promise has been (or is being) resolved
 	// resultsDone: who is done with results (resultsCallerDone,
@@ -141,6 +143,7 @@ func (q *question) settle(ptr capnp.Ptr, err error, onActor bool) bool {
 		q.target.flow.release(q.flowBytes)
 	}
 	endQuestionSpan(q, err, onActor)
+	q.c.callEnded(false, q.start, q.method, err)
 	q.p.Resolve(ptr, err)
 	return true
 }
@@ -246,6 +249,7 @@ func (c *Conn) sendCall(ctx context.Context, tgt callTarget, s capnp.Send) (*cap
 	q := c.newQuestion(s.Method, tgt)
 	q.msg, q.rcall, q.flowBytes = msg, call, flowBytes
 	q.span, q.sidecar = c.startQuestionSpan(ctx, s.Method, false)
+	q.start = c.callStart(false)
 	q.watch(ctx)
 	if err := c.post(callOut{q: q}); err != nil {
 		if q.stopWatch != nil {

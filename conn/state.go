@@ -175,6 +175,7 @@ func (s *state) Receive(ctx actor.Context) {
 		go s.c.readLoop()
 		s.traceStarted()
 		s.emit(Up{Conn: s.c, Peer: s.c.opts.Peer, Role: s.c.opts.Role})
+		s.c.meterUp()
 		s.apply(s.core.Start())
 	case *capnp.Message:
 		s.frame(Frame{Msg: m})
@@ -271,10 +272,15 @@ func (s *state) frame(f Frame) {
 		if s.c.trace {
 			s.c.opts.Logger.Debug("capnp recv", "peer", s.c.opts.Peer, "msg", fin.describe())
 		}
+		s.c.meterMessage(false, "finish", finishFrameBytes)
 		s.in.finish = core.Finish{QuestionID: fin.questionID, ReleaseResultCaps: fin.releaseResultCaps}
 		s.in.recv = core.Received{Msg: &s.in.finish}
 		s.feed(&s.in.recv)
 		return
+	}
+	var size int64
+	if s.c.meters != nil {
+		size = frameBytes(f)
 	}
 	m, err := s.decode(f.Msg, f.Sidecar)
 	if err != nil {
@@ -282,6 +288,7 @@ func (s *state) frame(f Frame) {
 		s.feed(&core.ReadEnded{Malformed: true, Err: err})
 		return
 	}
+	s.c.meterMessage(false, kindOf(m), size)
 	s.in.recv = core.Received{Msg: m}
 	s.feed(&s.in.recv)
 }
@@ -450,7 +457,10 @@ func (s *state) event(e core.Event) {
 		if !closerPhase(e.Phase) {
 			s.tracePhaseStart(e.Phase, e.At)
 		}
+	case *core.Refused:
+		s.c.meterRefused(string(e.Why))
 	case *core.PhaseDone:
+		s.c.meterPhase(e.Report)
 		if !closerPhase(e.Report.Phase) {
 			s.tracePhase(e.Report) // the closer's steps made their spans as they ran
 		}
@@ -546,6 +556,7 @@ func (s *state) down(r core.Report) {
 	c.mu.Unlock()
 	c.publishStats(Stats{})
 	s.traceDown(rep, s.last)
+	c.meterDown(rep)
 	s.emit(Down{Conn: c, Report: rep})
 	close(c.done)
 	if !s.stopping && s.ctx != nil {
@@ -570,6 +581,10 @@ func (s *state) send(m core.Message) {
 	if err != nil {
 		s.c.opts.Logger.Error("capnp: cannot encode a message (a bug of vatactor's)", "peer", s.c.opts.Peer, "msg", m.String(), "err", err)
 		return
+	}
+	if s.c.meters != nil {
+		n, _ := msg.TotalSize()
+		s.c.meterMessage(true, kindOf(m), int64(n))
 	}
 	if lazy(m) && s.sidecarSent {
 		s.c.out.pushLazy(Frame{Msg: msg})

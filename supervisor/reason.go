@@ -37,7 +37,12 @@ func (r PeerEpitaph) Error() string { return "peer closed with epitaph " + r.Epi
 func (r PeerEpitaph) Expected() bool { return r.Epitaph.Code == OK }
 
 // PeerEOF: the peer closed its write side without an epitaph. Idle tells
-// whether all four tables were empty at the time.
+// whether its end lost us nothing: no call in flight either way (none of
+// our questions waiting for its Return, none of its calls running) and
+// none of its capabilities held by us. Its references to our capabilities
+// end with it, which is how a peer that hangs up lets go of them, so they
+// do not make the end unexpected; a server that vanishes under a client
+// still holding its capabilities does.
 type PeerEOF struct {
 	Idle bool
 }
@@ -56,12 +61,21 @@ func (r PeerEOF) Expected() bool { return r.Idle }
 type PeerAbort struct {
 	Type   string // the exception type: failed, overloaded, disconnected, unimplemented
 	Reason string
+	Idle   bool // its end lost us nothing (as for PeerEOF)
 }
+
+// GoCapnpCloseReason is the reason of the Abort that go-capnp's
+// rpc.Conn.Close sends: its way to hang up.
+const GoCapnpCloseReason = "connection closed"
 
 func (r PeerAbort) Error() string { return "peer aborted (" + r.Type + "): " + r.Reason }
 
-// Expected reports false.
-func (r PeerAbort) Expected() bool { return false }
+// Expected reports true only for go-capnp's hang-up with no call in
+// flight (an Abort of type failed whose reason is GoCapnpCloseReason):
+// any other Abort says something went wrong.
+func (r PeerAbort) Expected() bool {
+	return r.Idle && r.Type == "failed" && r.Reason == GoCapnpCloseReason
+}
 
 // TransportError: the socket failed (reset, timeout, write failure).
 type TransportError struct {

@@ -118,19 +118,21 @@ func (c *Core) newAnswer(id uint32, m Method) (*answer, error) {
 // MaxAnswers or MaxCallBytes. It reports whether it did.
 func (c *Core) admit(a *answer) bool {
 	var err error
+	var why RefusedWhy
 	switch lim := c.cfg.Limits.MaxCallBytes; {
 	case c.life.phase == phaseDraining:
 		c.life.report.Refused++
 		ep := c.life.epitaph
 		a.epitaph = &ep
-		err = newError(ExcDisconnected, "call refused, not processed: the connection is shutting down")
+		why, err = RefusedDraining, newError(ExcDisconnected, "call refused, not processed: the connection is shutting down")
 	case c.running > c.cfg.MaxAnswers:
-		err = newError(ExcOverloaded, "%v: more than %d calls in flight", ErrTooManyCalls, c.cfg.MaxAnswers)
+		why, err = RefusedOverloaded, newError(ExcOverloaded, "%v: more than %d calls in flight", ErrTooManyCalls, c.cfg.MaxAnswers)
 	case c.callBytes > lim:
-		err = newError(ExcOverloaded, "%v: more than %d bytes of calls in flight (MaxCallBytes)", ErrTooManyCalls, lim)
+		why, err = RefusedBudget, newError(ExcOverloaded, "%v: more than %d bytes of calls in flight (MaxCallBytes)", ErrTooManyCalls, lim)
 	default:
 		return true
 	}
+	c.emit(put(&c.o.emit, Emit{Event: put(&c.o.refused, Refused{Why: why})}))
 	a.releaseParams = true
 	c.answerReturn(a, nil, err)
 	return false

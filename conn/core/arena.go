@@ -58,6 +58,7 @@ type stepStorage struct {
 	phaseStarted arena[PhaseStarted]
 	phaseDone    arena[PhaseDone]
 	busy         arena[Busy]
+	refused      arena[Refused]
 	ending       arena[Ending]
 	actorStopped arena[ActorStopped]
 	events       arena[Event]
@@ -90,6 +91,7 @@ func (s *stepStorage) reset() {
 	s.phaseStarted.reset()
 	s.phaseDone.reset()
 	s.busy.reset()
+	s.refused.reset()
 	s.ending.reset()
 	s.actorStopped.reset()
 }

@@ -133,6 +133,8 @@ func describeEvent(e Event) string {
 		return fmt.Sprintf("epitaph received: %v", e.Epitaph)
 	case *Down:
 		return fmt.Sprintf("down: %v", e.Report.Reason)
+	case *Refused:
+		return fmt.Sprintf("call refused: %s", e.Why)
 	}
 	return fmt.Sprintf("%T", e)
 }

@@ -132,6 +132,18 @@ type (
 	EpitaphReceived struct{ Epitaph supervisor.Epitaph }
 	// Down: the connection has ended; Report is complete.
 	Down struct{ Report Report }
+	// Refused: one of the peer's calls was answered without running.
+	Refused struct{ Why RefusedWhy }
+)
+
+// RefusedWhy says why a call was refused without running.
+type RefusedWhy string
+
+// Why calls are refused.
+const (
+	RefusedDraining   RefusedWhy = "draining"   // the connection is shutting down
+	RefusedOverloaded RefusedWhy = "overloaded" // more than MaxAnswers calls in flight
+	RefusedBudget     RefusedWhy = "budget"     // more than MaxCallBytes of calls in flight
 )
 
 func (*Ending) event()          {}
@@ -143,6 +155,7 @@ func (*ActorStopped) event()    {}
 func (*EpitaphSent) event()     {}
 func (*EpitaphReceived) event() {}
 func (*Down) event()            {}
+func (*Refused) event()         {}
 
 // lifecycle is the connection's end in progress.
 type lifecycle struct {
@@ -232,7 +245,8 @@ func (c *Core) receiveAbort(m Abort) {
 		c.peerEnded(supervisor.PeerEpitaph{Epitaph: e})
 		return
 	}
-	c.peerEnded(supervisor.PeerAbort{Type: m.Exception.Type.String(), Reason: clip(m.Exception.Reason, c.cfg.Limits.MaxReasonLength)})
+	c.peerEnded(supervisor.PeerAbort{Type: m.Exception.Type.String(), Reason: clip(m.Exception.Reason, c.cfg.Limits.MaxReasonLength),
+		Idle: c.callsIdle()})
 }
 
 // receiveUnimplemented: the peer did not implement a message we sent.
@@ -349,6 +363,15 @@ func (c *Core) drain() {
 
 // inFlight counts our questions waiting for their Return and the peer's
 // calls not answered yet.
+// callsIdle reports whether the peer's end loses us nothing: no call in
+// flight either way and none of its capabilities held (what makes its EOF
+// or hang-up expected). The peer's references to our exports end with it:
+// that is how a peer that hangs up lets go of them.
+func (c *Core) callsIdle() bool {
+	q, a := c.inFlight()
+	return q+a == 0 && len(c.imports) == 0
+}
+
 func (c *Core) inFlight() (questions, answers int) {
 	c.questions.Each(func(_ uint32, q *question) {
 		if q.state == questionWaiting {
@@ -379,7 +402,7 @@ func (c *Core) endDrain(cut bool, why string) {
 func (c *Core) readEnded(m ReadEnded) {
 	switch {
 	case m.EOF:
-		c.peerEnded(supervisor.PeerEOF{Idle: c.Stats().Idle()})
+		c.peerEnded(supervisor.PeerEOF{Idle: c.callsIdle()})
 	case m.Malformed:
 		c.protocolError(m.Err)
 	default:
@@ -735,7 +758,7 @@ func (c *Core) stepClosing(in Input) {
 		// nothing more to it (no epitaph after its EOF).
 		c.life.peerGone = true
 		if m.EOF {
-			c.record(supervisor.PeerEOF{Idle: c.Stats().Idle()})
+			c.record(supervisor.PeerEOF{Idle: c.callsIdle()})
 		} else {
 			c.life.hard = true
 		}

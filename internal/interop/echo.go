@@ -16,6 +16,7 @@ import (
 type EchoServer struct {
 	Tag      string
 	counters *atomic.Int64 // live Counter objects, shared with derived echos
+	waiting  atomic.Int64  // wait() calls running
 }
 
 // NewEchoServer returns an Echo server with no tag.
@@ -32,6 +33,9 @@ func PlainServer(methods []server.Method, impl any) capnp.Client {
 	sd, _ := impl.(server.Shutdowner)
 	return capnp.NewClient(server.New(methods, impl, sd))
 }
+
+// Waiting reports the wait() calls running now.
+func (s *EchoServer) Waiting() int64 { return s.waiting.Load() }
 
 // Live reports the Counter objects not yet released.
 func (s *EchoServer) Live() int64 { return s.counters.Load() }
@@ -129,6 +133,8 @@ func (c *counter) Shutdown() { c.live.Add(-1) }
 // Wait returns its argument after that many milliseconds, or the call's
 // context error if it ends first. Other calls run meanwhile.
 func (s *EchoServer) Wait(ctx context.Context, call Echo_wait) error {
+	s.waiting.Add(1)
+	defer s.waiting.Add(-1)
 	call.Go()
 	ms := call.Args().Ms()
 	t := time.NewTimer(time.Duration(ms) * time.Millisecond)

@@ -1,0 +1,150 @@
+package conn
+
+import (
+	"context"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/vatactor/vatactor/conn/core"
+	"github.com/vatactor/vatactor/metering"
+	"github.com/vatactor/vatactor/tracing"
+)
+
+// The connection's metrics (package metering names them). c.meters is nil
+// when the provider records nothing: then none of this runs, and no clock
+// is read for it.
+
+// callStart is when a call starts, for its duration (zero: not
+// measured); server: one of the peer's calls.
+func (c *Conn) callStart(server bool) time.Time {
+	m := c.meters
+	if m == nil {
+		return time.Time{}
+	}
+	h := m.ClientCallDuration
+	if server {
+		h = m.ServerCallDuration
+	}
+	if !h.Enabled(context.Background()) {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
+// callEnded records the duration of a call of m that started at start
+// (zero: not measured) and ended with err.
+func (c *Conn) callEnded(server bool, start time.Time, m capnp.Method, err error) {
+	if start.IsZero() {
+		return
+	}
+	h := c.meters.ClientCallDuration
+	if server {
+		h = c.meters.ServerCallDuration
+	}
+	if m.MethodName == "" {
+		m, _ = tracing.LookupMethod(m.InterfaceID, m.MethodID)
+	}
+	h.Record(context.Background(), time.Since(start).Seconds(), metering.CallAttributes(m, err))
+}
+
+// meterUp: the connection is up.
+func (c *Conn) meterUp() {
+	if m := c.meters; m != nil {
+		m.ConnectionsOpen.Add(context.Background(), 1, metering.With(tracing.AttrRole, c.opts.Role))
+	}
+}
+
+// meterDown: the connection has ended, for rep.Reason.
+func (c *Conn) meterDown(rep Report) {
+	m := c.meters
+	if m == nil {
+		return
+	}
+	ctx := context.Background()
+	role := tracing.AttrRole.String(c.opts.Role)
+	m.ConnectionsOpen.Add(ctx, -1, metering.With(tracing.AttrRole, c.opts.Role))
+	attrs := append(reasonAttributes(rep.Reason), role)
+	m.ConnectionsEnded.Add(ctx, 1, metric.WithAttributes(endedAttributes(attrs)...))
+	expected := rep.Reason != nil && rep.Reason.Expected()
+	m.ConnectionDuration.Record(ctx, rep.Duration.Seconds(), metric.WithAttributes(role, tracing.AttrExpected.Bool(expected)))
+}
+
+// endedAttributes keeps, of a reason's span attributes, those whose
+// values are few: its kind, whether it was expected, the epitaph's code
+// (not the texts, which are the peer's).
+func endedAttributes(attrs []attribute.KeyValue) []attribute.KeyValue {
+	out := attrs[:0]
+	for _, a := range attrs {
+		switch a.Key {
+		case tracing.AttrReasonKind, tracing.AttrExpected, tracing.AttrEpitaphCode, tracing.AttrRole:
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// meterPhase: a step of the connection's end is done.
+func (c *Conn) meterPhase(p PhaseReport) {
+	if m := c.meters; m != nil {
+		m.PhaseDuration.Record(context.Background(), p.Took.Seconds(),
+			metric.WithAttributes(metering.AttrPhase.String(string(p.Phase)), tracing.AttrPhaseSkipped.Bool(p.Skipped)))
+	}
+}
+
+// meterRefused: the core refused one of the peer's calls.
+func (c *Conn) meterRefused(why string) {
+	if m := c.meters; m != nil {
+		m.CallsRefused.Add(context.Background(), 1, metering.With(metering.AttrRefused, why))
+	}
+}
+
+// meterMessage counts one message of kind each way, of n bytes.
+func (c *Conn) meterMessage(sent bool, kind string, n int64) {
+	m := c.meters
+	if m == nil {
+		return
+	}
+	ctx := context.Background()
+	if sent {
+		m.MessagesSent.Add(ctx, 1, metering.With(metering.AttrMessageType, kind))
+		m.BytesSent.Add(ctx, n)
+	} else {
+		m.MessagesReceived.Add(ctx, 1, metering.With(metering.AttrMessageType, kind))
+		m.BytesReceived.Add(ctx, n)
+	}
+}
+
+// meterFlowWait records a call's wait for room in a flow window.
+func (c *Conn) meterFlowWait(d time.Duration) {
+	if m := c.meters; m != nil {
+		m.FlowWait.Record(context.Background(), d.Seconds())
+	}
+}
+
+// kindOf names a core message as the wire does (capnp.message.type).
+func kindOf(m core.Message) string {
+	switch m.(type) {
+	case *core.Bootstrap:
+		return "bootstrap"
+	case *core.Call:
+		return "call"
+	case *core.Return:
+		return "return"
+	case *core.Finish:
+		return "finish"
+	case *core.Resolve:
+		return "resolve"
+	case *core.Release:
+		return "release"
+	case *core.Disembargo:
+		return "disembargo"
+	case *core.Abort:
+		return "abort"
+	case *core.Unimplemented:
+		return "unimplemented"
+	}
+	return "other"
+}

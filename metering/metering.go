@@ -1,0 +1,173 @@
+// Package metering names and makes vatactor's metrics, through the
+// OpenTelemetry metric API.
+//
+// Calls are measured as the semantic conventions (v1.43) say:
+// rpc.client.call.duration and rpc.server.call.duration, in seconds, with
+// rpc.system.name=capnp, rpc.method (the method's name, or _OTHER when it
+// is not known: a peer's ids never become a series of their own),
+// rpc.response.status_code and, for a call that failed, error.type. Their
+// buckets start at 10 µs, so that calls over loopback resolve.
+//
+// The rest are vatactor's, under the prefix "vatactor.": connections open
+// and ended (by reason kind, whether the end was expected, and epitaph
+// code), their lives and the steps of their ends, calls refused, time
+// spent waiting on a flow window, messages and bytes each way, redials
+// and escalations of supervised clients, and the sizes of a vat's tables.
+// A clean hang-up counts as an expected end, never as an error.
+//
+// A connection checks once, when it starts, whether its provider records
+// anything (Noop); with OpenTelemetry's no-op provider, or the global one
+// before otel.SetMeterProvider, it measures nothing at all.
+package metering
+
+import (
+	"reflect"
+	"sync"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/vatactor/vatactor/tracing"
+)
+
+// ScopeName is the instrumentation scope of every instrument vatactor
+// makes (the same as its spans').
+const ScopeName = tracing.ScopeName
+
+// Prefix starts the name of every instrument outside the semantic
+// conventions.
+const Prefix = "vatactor."
+
+// Names of the instruments.
+const (
+	ClientCallDuration = "rpc.client.call.duration" // histogram, s
+	ServerCallDuration = "rpc.server.call.duration" // histogram, s
+
+	ConnectionsOpen    = Prefix + "connection.open"           // up-down counter, {connection}, by role
+	ConnectionsEnded   = Prefix + "connection.ended"          // counter, {connection}, by role, reason kind, expected, epitaph code
+	ConnectionDuration = Prefix + "connection.duration"       // histogram, s, by role and expected
+	PhaseDuration      = Prefix + "connection.phase.duration" // histogram, s, by shutdown step and whether it was skipped
+	CallsRefused       = Prefix + "call.refused"              // counter, {call}, by why
+	FlowWait           = Prefix + "flow.wait.duration"        // histogram, s: a call's wait for room in a flow window
+	MessagesSent       = Prefix + "message.sent"              // counter, {message}, by message type
+	MessagesReceived   = Prefix + "message.received"          // counter, {message}, by message type
+	BytesSent          = Prefix + "message.sent.size"         // counter, By
+	BytesReceived      = Prefix + "message.received.size"     // counter, By
+	Redials            = Prefix + "client.redial"             // counter, {attempt}, by outcome
+	Escalations        = Prefix + "client.escalation"         // counter, {escalation}
+	TableSize          = Prefix + "table.size"                // observable gauge, {entry}, by vat and table
+)
+
+// Attributes of vatactor's own instruments (besides tracing's AttrRole,
+// AttrReasonKind, AttrExpected and AttrEpitaphCode).
+const (
+	AttrMessageType = attribute.Key("capnp.message.type") // call, return, finish, …
+	AttrPhase       = attribute.Key("capnp.phase")        // a step of a connection's end
+	AttrRefused     = attribute.Key("capnp.refused")      // why (conn/core.RefusedWhy): draining, overloaded, budget
+	AttrTable       = attribute.Key("capnp.table")        // questions, answers, exports, imports, embargoes
+	AttrVat         = attribute.Key("capnp.vat")          // a vat's name (actors.Options.Name)
+	AttrOutcome     = attribute.Key("capnp.redial.outcome")
+)
+
+// CallBuckets are the bucket boundaries of call durations and waits, in
+// seconds: from 10 µs (a loopback call) to 10 s.
+var CallBuckets = []float64{
+	0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
+	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+}
+
+// LifeBuckets are the bucket boundaries of connections' lives, in
+// seconds: from 10 ms to a day.
+var LifeBuckets = []float64{0.01, 0.1, 1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600}
+
+// Meter returns vatactor's meter from mp, or from the global provider
+// when mp is nil.
+func Meter(mp metric.MeterProvider) metric.Meter {
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	return mp.Meter(ScopeName)
+}
+
+// Noop reports whether mp (nil: the global provider as it is now) is
+// known to record nothing: OpenTelemetry's no-op provider, and the global
+// one before otel.SetMeterProvider. Set the global provider before
+// dialing or serving.
+func Noop(mp metric.MeterProvider) bool {
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	switch mp.(type) {
+	case noop.MeterProvider, *noop.MeterProvider:
+		return true
+	}
+	return reflect.TypeOf(mp).String() == "*global.meterProvider"
+}
+
+// Instruments are vatactor's synchronous instruments from one provider.
+type Instruments struct {
+	ClientCallDuration metric.Float64Histogram
+	ServerCallDuration metric.Float64Histogram
+	ConnectionsOpen    metric.Int64UpDownCounter
+	ConnectionsEnded   metric.Int64Counter
+	ConnectionDuration metric.Float64Histogram
+	PhaseDuration      metric.Float64Histogram
+	CallsRefused       metric.Int64Counter
+	FlowWait           metric.Float64Histogram
+	MessagesSent       metric.Int64Counter
+	MessagesReceived   metric.Int64Counter
+	BytesSent          metric.Int64Counter
+	BytesReceived      metric.Int64Counter
+	Redials            metric.Int64Counter
+	Escalations        metric.Int64Counter
+}
+
+var made sync.Map // metric.MeterProvider → *Instruments
+
+// For returns the instruments of mp (nil: the global provider), made once
+// per provider; nil when Noop(mp).
+func For(mp metric.MeterProvider) *Instruments {
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	if Noop(mp) {
+		return nil
+	}
+	if in, ok := made.Load(mp); ok {
+		return in.(*Instruments)
+	}
+	in, _ := made.LoadOrStore(mp, newInstruments(Meter(mp)))
+	return in.(*Instruments)
+}
+
+func newInstruments(m metric.Meter) *Instruments {
+	in := &Instruments{}
+	// An instrument the SDK refuses is still a usable no-op one; the
+	// error goes to otel's error handler.
+	in.ClientCallDuration, _ = m.Float64Histogram(ClientCallDuration, metric.WithUnit("s"),
+		metric.WithDescription("Duration of outgoing Cap'n Proto calls."), metric.WithExplicitBucketBoundaries(CallBuckets...))
+	in.ServerCallDuration, _ = m.Float64Histogram(ServerCallDuration, metric.WithUnit("s"),
+		metric.WithDescription("Duration of incoming Cap'n Proto calls."), metric.WithExplicitBucketBoundaries(CallBuckets...))
+	in.ConnectionsOpen, _ = m.Int64UpDownCounter(ConnectionsOpen, metric.WithUnit("{connection}"),
+		metric.WithDescription("Connections open now."))
+	in.ConnectionsEnded, _ = m.Int64Counter(ConnectionsEnded, metric.WithUnit("{connection}"),
+		metric.WithDescription("Connections ended, by why: a clean hang-up is expected."))
+	in.ConnectionDuration, _ = m.Float64Histogram(ConnectionDuration, metric.WithUnit("s"),
+		metric.WithDescription("Lives of ended connections."), metric.WithExplicitBucketBoundaries(LifeBuckets...))
+	in.PhaseDuration, _ = m.Float64Histogram(PhaseDuration, metric.WithUnit("s"),
+		metric.WithDescription("Durations of the steps of connections' ends."), metric.WithExplicitBucketBoundaries(CallBuckets...))
+	in.CallsRefused, _ = m.Int64Counter(CallsRefused, metric.WithUnit("{call}"),
+		metric.WithDescription("The peer's calls refused without running."))
+	in.FlowWait, _ = m.Float64Histogram(FlowWait, metric.WithUnit("s"),
+		metric.WithDescription("Time calls waited for room in a flow window."), metric.WithExplicitBucketBoundaries(CallBuckets...))
+	in.MessagesSent, _ = m.Int64Counter(MessagesSent, metric.WithUnit("{message}"), metric.WithDescription("RPC messages sent."))
+	in.MessagesReceived, _ = m.Int64Counter(MessagesReceived, metric.WithUnit("{message}"), metric.WithDescription("RPC messages received."))
+	in.BytesSent, _ = m.Int64Counter(BytesSent, metric.WithUnit("By"), metric.WithDescription("Bytes of RPC frames sent."))
+	in.BytesReceived, _ = m.Int64Counter(BytesReceived, metric.WithUnit("By"), metric.WithDescription("Bytes of RPC frames received."))
+	in.Redials, _ = m.Int64Counter(Redials, metric.WithUnit("{attempt}"), metric.WithDescription("Dial attempts of supervised clients, by outcome."))
+	in.Escalations, _ = m.Int64Counter(Escalations, metric.WithUnit("{escalation}"),
+		metric.WithDescription("Supervised clients that gave up (restart intensity exceeded)."))
+	return in
+}
