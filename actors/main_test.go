@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"go.opentelemetry.io/otel"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.uber.org/goleak"
 )
@@ -15,6 +16,9 @@ func TestMain(m *testing.M) {
 	// and the C++ reference prove those peers unaffected. Package conn's
 	// tests run with the default, non-recording provider.
 	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample())))
+	// And with a recording meter provider (read by no one): every
+	// connection measures its calls, messages and end.
+	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader())))
 	goleak.VerifyTestMain(m,
 		goleak.IgnoreAnyFunction("github.com/asynkron/protoactor-go/actor.(*deadLetterProcess).init.func1"),
 		// protoactor's dead-letter log throttle: a goroutine that ends by itself within a second.

@@ -10,6 +10,7 @@ import (
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/rpc"
 	"capnproto.org/go/capnp/v3/server"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/actors"
@@ -28,6 +29,7 @@ const (
 type setup struct {
 	conns  int                  // client connections to the server, each with its bootstrap Bench
 	tracer trace.TracerProvider // vatactor only; nil: the global (no-op) provider
+	meter  metric.MeterProvider // vatactor only; nil: the global (no-op) provider
 	// window is the flow control of the client's calls, in bytes (0:
 	// none): vatactor's Options.FlowWindow; go-capnp's limiter is set by
 	// the scenario on the capability it streams to.
@@ -63,7 +65,7 @@ type env struct {
 // connect starts a server of implementation impl and dials it s.conns
 // times from a client of the same implementation.
 func connect(impl string, s setup) (*env, error) {
-	srv, err := startServer(impl, s.tracer)
+	srv, err := startServer(impl, s)
 	if err != nil {
 		return nil, err
 	}
@@ -80,10 +82,10 @@ func connect(impl string, s setup) (*env, error) {
 	}}, nil
 }
 
-func startServer(impl string, tp trace.TracerProvider) (*serverSide, error) {
+func startServer(impl string, s setup) (*serverSide, error) {
 	switch impl {
 	case implVatactor:
-		return startVatServer(tp)
+		return startVatServer(s)
 	case implGoCapnp:
 		return startGoCapnpServer()
 	}
@@ -107,9 +109,9 @@ func vatOptions(window int) conn.Options {
 	return conn.Options{MaxAnswers: 1 << 15, FlowWindow: window}
 }
 
-func startVatServer(tp trace.TracerProvider) (*serverSide, error) {
+func startVatServer(s setup) (*serverSide, error) {
 	bs, boot := newBench(actors.NewServer)
-	v := actors.Spawn(actors.Options{Name: "bench-server", Bootstrap: boot, Conn: vatOptions(0), TracerProvider: tp})
+	v := actors.Spawn(actors.Options{Name: "bench-server", Bootstrap: boot, Conn: vatOptions(0), TracerProvider: s.tracer, MeterProvider: s.meter})
 	addr, err := v.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		v.Stop()
@@ -127,7 +129,7 @@ func startVatServer(tp trace.TracerProvider) (*serverSide, error) {
 }
 
 func dialVat(addr string, s setup) (*clientSide, error) {
-	v := actors.Spawn(actors.Options{Name: "bench-client", Conn: vatOptions(s.window), TracerProvider: s.tracer})
+	v := actors.Spawn(actors.Options{Name: "bench-client", Conn: vatOptions(s.window), TracerProvider: s.tracer, MeterProvider: s.meter})
 	c := &clientSide{}
 	c.close = func() {
 		for _, b := range c.benches {

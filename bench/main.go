@@ -26,6 +26,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
@@ -167,10 +168,11 @@ func selectScenarios(all []scenario, only string) ([]scenario, error) {
 }
 
 // runScenario runs sc for each implementation, rounds times, alternating
-// which goes first, each for d/rounds. A traced scenario runs vatactor
-// twice instead, alternating in the same way: with every span recorded
-// ("<name>/traced") and without ("<name>/untraced"), so that the cost of
-// tracing is measured under the same conditions.
+// which goes first, each for d/rounds. A scenario that measures a
+// feature's cost runs vatactor twice instead, alternating in the same
+// way: with the feature on ("<name>/traced": every span recorded;
+// "<name>/metered": every instrument recording) and off ("…/untraced",
+// "…/unmetered"), so that its cost is measured under the same conditions.
 func runScenario(sc scenario, impls []string, rounds int, d time.Duration) ([]*result, error) {
 	type variant struct {
 		res *result
@@ -178,15 +180,20 @@ func runScenario(sc scenario, impls []string, rounds int, d time.Duration) ([]*r
 	}
 	base := setup{conns: sc.conns, window: sc.window}
 	var vs []variant
-	if sc.traced != "" {
+	if sc.costOf != "" {
 		if !slices.Contains(impls, implVatactor) {
 			return nil, nil
 		}
-		traced := base
-		traced.tracer = sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+		on := base
+		switch sc.feature {
+		case traced:
+			on.tracer = sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+		case metered:
+			on.meter = sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+		}
 		vs = []variant{
-			{&result{scenario: sc.traced + "/untraced", impl: implVatactor}, base},
-			{&result{scenario: sc.name, impl: implVatactor}, traced},
+			{&result{scenario: sc.costOf + "/un" + sc.feature, impl: implVatactor}, base},
+			{&result{scenario: sc.name, impl: implVatactor}, on},
 		}
 	} else {
 		for _, impl := range impls {

@@ -75,9 +75,9 @@ func TestCommand(t *testing.T) {
 	if !sawTable {
 		t.Error("no table")
 	}
-	// Six scenarios on two implementations, two traced ones on vatactor
-	// (traced and untraced).
-	if want := 6*2 + 2*2; results != want {
+	// Six scenarios on two implementations, two traced and two metered
+	// ones on vatactor (with and without).
+	if want := 6*2 + 2*2 + 2*2; results != want {
 		t.Errorf("%d result lines, want %d", results, want)
 	}
 	if scale != 4 {
@@ -88,7 +88,7 @@ func TestCommand(t *testing.T) {
 			t.Errorf("summary of %s: %v", sc, m)
 		}
 	}
-	if summary["tcp-floor"]["p50_us"] <= 0 || summary["echo/traced"]["alloc_ratio"] <= 0 {
+	if summary["tcp-floor"]["p50_us"] <= 0 || summary["echo/traced"]["alloc_ratio"] <= 0 || summary["inflight64/metered"]["alloc_ratio"] <= 0 {
 		t.Errorf("summary: %v", summary)
 	}
 }

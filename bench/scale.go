@@ -90,7 +90,7 @@ func measureIdle(impl string, n int) (idleFigures, error) {
 	if err != nil {
 		return fig, err
 	}
-	srv, err := startServer(impl, nil)
+	srv, err := startServer(impl, setup{})
 	if err != nil {
 		return fig, err
 	}

@@ -24,10 +24,11 @@ type scenario struct {
 	// op does one unit of work; calls is how many calls it counts for.
 	op    func(ctx context.Context, impl string, b schema.Bench) error
 	calls int
-	// traced, if set, names the scenario this one is with tracing on: it
-	// runs vatactor only, recording every span, alternating with the
-	// same work untraced.
-	traced string
+	// costOf, if set, names the scenario this one is with a feature on
+	// (feature: traced, every span recorded; metered, every instrument
+	// recording): it runs vatactor only, alternating with the same work
+	// without it ("<costOf>/un<feature>").
+	costOf, feature string
 	// window is the flow control window of the client's calls (0: none).
 	window int
 	// warmup is how many ops each worker does before the clock starts
@@ -52,6 +53,12 @@ var (
 	chunk = make([]byte, streamChunk)
 )
 
+// The features whose cost a scenario measures (scenario.feature).
+const (
+	traced  = "traced"
+	metered = "metered"
+)
+
 func scenarios() []scenario {
 	return []scenario{
 		{name: "echo", doc: "sequential echo of 64 bytes, one connection",
@@ -67,9 +74,13 @@ func scenarios() []scenario {
 		{name: "stream10k", doc: "upload of 10k × 1 KiB -> stream writes, 256 KiB window (one op = one upload)",
 			conns: 1, workers: 1, op: uploadOp, calls: streamChunks + 2, window: streamWindow, warmup: 1},
 		{name: "echo/traced", doc: "echo with every span recorded, alternating with echo/untraced (vatactor only)",
-			conns: 1, workers: 1, op: echoOp(small), calls: 1, traced: "echo"},
+			conns: 1, workers: 1, op: echoOp(small), calls: 1, costOf: "echo", feature: traced},
 		{name: "inflight64/traced", doc: "inflight64 with every span recorded, alternating with inflight64/untraced (vatactor only)",
-			conns: 1, workers: 64, op: echoOp(small), calls: 1, traced: "inflight64"},
+			conns: 1, workers: 64, op: echoOp(small), calls: 1, costOf: "inflight64", feature: traced},
+		{name: "echo/metered", doc: "echo with an SDK meter provider recording every instrument, alternating with echo/unmetered (vatactor only)",
+			conns: 1, workers: 1, op: echoOp(small), calls: 1, costOf: "echo", feature: metered},
+		{name: "inflight64/metered", doc: "inflight64 with every instrument recording, alternating with inflight64/unmetered (vatactor only)",
+			conns: 1, workers: 64, op: echoOp(small), calls: 1, costOf: "inflight64", feature: metered},
 	}
 }
 

@@ -31,8 +31,8 @@ func (r *report) summary() summary {
 		if ours == nil {
 			continue
 		}
-		if sc.traced != "" {
-			base := r.find(sc.traced+"/untraced", implVatactor)
+		if sc.costOf != "" {
+			base := r.find(sc.costOf+"/un"+sc.feature, implVatactor)
 			if base == nil || base.callsPerSec() == 0 || base.allocsPerCall() == 0 {
 				continue
 			}
@@ -41,7 +41,11 @@ func (r *report) summary() summary {
 				"throughput_cost": round(cost, 3),
 				"alloc_ratio":     round(ours.allocsPerCall()/base.allocsPerCall(), 3),
 			}
-			add("tracing cost, "+sc.traced+" (1 − traced/untraced calls/s)", cost, "≤", 0.15)
+			if sc.feature == traced {
+				add("tracing cost, "+sc.costOf+" (1 − traced/untraced calls/s)", cost, "≤", 0.15)
+			} else {
+				add("metering cost, "+sc.costOf+" (1 − metered/unmetered calls/s)", cost, "≤", 0.05)
+			}
 			continue
 		}
 		theirs := r.find(sc.name, implGoCapnp)

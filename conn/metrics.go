@@ -47,7 +47,7 @@ func (c *Conn) callEnded(server bool, start time.Time, m capnp.Method, err error
 	if m.MethodName == "" {
 		m, _ = tracing.LookupMethod(m.InterfaceID, m.MethodID)
 	}
-	h.Record(context.Background(), time.Since(start).Seconds(), metering.CallAttributes(m, err))
+	h.Record(context.Background(), time.Since(start).Seconds(), metering.CallAttributes(m, err)...)
 }
 
 // meterUp: the connection is up.
@@ -101,19 +101,10 @@ func (c *Conn) meterRefused(why string) {
 	}
 }
 
-// meterMessage counts one message of kind each way, of n bytes.
-func (c *Conn) meterMessage(sent bool, kind string, n int64) {
-	m := c.meters
-	if m == nil {
-		return
-	}
-	ctx := context.Background()
-	if sent {
-		m.MessagesSent.Add(ctx, 1, metering.With(metering.AttrMessageType, kind))
-		m.BytesSent.Add(ctx, n)
-	} else {
-		m.MessagesReceived.Add(ctx, 1, metering.With(metering.AttrMessageType, kind))
-		m.BytesReceived.Add(ctx, n)
+// meterMessage counts one message of kind, of n bytes, sent or received.
+func (c *Conn) meterMessage(sent bool, kind metering.MessageKind, n int64) {
+	if m := c.meters; m != nil {
+		m.Messages.Count(sent, kind, n)
 	}
 }
 
@@ -124,27 +115,27 @@ func (c *Conn) meterFlowWait(d time.Duration) {
 	}
 }
 
-// kindOf names a core message as the wire does (capnp.message.type).
-func kindOf(m core.Message) string {
+// kindOf is a core message's type on the wire (capnp.message.type).
+func kindOf(m core.Message) metering.MessageKind {
 	switch m.(type) {
 	case *core.Bootstrap:
-		return "bootstrap"
+		return metering.KindBootstrap
 	case *core.Call:
-		return "call"
+		return metering.KindCall
 	case *core.Return:
-		return "return"
+		return metering.KindReturn
 	case *core.Finish:
-		return "finish"
+		return metering.KindFinish
 	case *core.Resolve:
-		return "resolve"
+		return metering.KindResolve
 	case *core.Release:
-		return "release"
+		return metering.KindRelease
 	case *core.Disembargo:
-		return "disembargo"
+		return metering.KindDisembargo
 	case *core.Abort:
-		return "abort"
+		return metering.KindAbort
 	case *core.Unimplemented:
-		return "unimplemented"
+		return metering.KindUnimplemented
 	}
-	return "other"
+	return metering.KindOther
 }

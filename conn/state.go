@@ -12,6 +12,7 @@ import (
 	"github.com/vatactor/vatactor/conn/core"
 	"github.com/vatactor/vatactor/conn/wire"
 	"github.com/vatactor/vatactor/internal/mailbox"
+	"github.com/vatactor/vatactor/metering"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -272,7 +273,7 @@ func (s *state) frame(f Frame) {
 		if s.c.trace {
 			s.c.opts.Logger.Debug("capnp recv", "peer", s.c.opts.Peer, "msg", fin.describe())
 		}
-		s.c.meterMessage(false, "finish", finishFrameBytes)
+		s.c.meterMessage(false, metering.KindFinish, finishFrameBytes)
 		s.in.finish = core.Finish{QuestionID: fin.questionID, ReleaseResultCaps: fin.releaseResultCaps}
 		s.in.recv = core.Received{Msg: &s.in.finish}
 		s.feed(&s.in.recv)

@@ -11,28 +11,41 @@ import (
 	"github.com/vatactor/vatactor/tracing"
 )
 
-type callKey struct{ method, code string }
+// callKey: a named method by its ids (an unnamed one, whose ids may come
+// from any peer, is all one: _OTHER), and a status.
+type callKey struct {
+	iface  uint64
+	method uint16
+	named  bool
+	code   string
+}
 
-var callSets sync.Map // callKey → metric.MeasurementOption
+var callSets sync.Map // callKey → []metric.RecordOption
 
 // CallAttributes are the attributes of the duration of a call of m that
 // ended with err (nil: returned), made once per method name and status:
 // rpc.system.name, rpc.method (_OTHER for a method whose names are not
 // known), rpc.response.status_code and, when err is not nil, error.type.
-func CallAttributes(m capnp.Method, err error) metric.MeasurementOption {
-	k := callKey{method: "_OTHER", code: tracing.StatusCode(err)}
+// Pass them as h.Record(ctx, v, opts...): the slice is shared (do not
+// modify it), so recording allocates nothing for it.
+func CallAttributes(m capnp.Method, err error) []metric.RecordOption {
+	k := callKey{code: tracing.StatusCode(err)}
 	if m.InterfaceName != "" && m.MethodName != "" {
-		k.method = m.String()
+		k.iface, k.method, k.named = m.InterfaceID, m.MethodID, true
 	}
 	if o, ok := callSets.Load(k); ok {
-		return o.(metric.MeasurementOption)
+		return o.([]metric.RecordOption)
 	}
-	attrs := []attribute.KeyValue{tracing.SystemName, semconv.RPCMethod(k.method), semconv.RPCResponseStatusCode(k.code)}
+	name := "_OTHER"
+	if k.named {
+		name = m.String()
+	}
+	attrs := []attribute.KeyValue{tracing.SystemName, semconv.RPCMethod(name), semconv.RPCResponseStatusCode(k.code)}
 	if err != nil {
 		attrs = append(attrs, semconv.ErrorTypeKey.String(k.code))
 	}
-	o, _ := callSets.LoadOrStore(k, metric.WithAttributeSet(attribute.NewSet(attrs...)))
-	return o.(metric.MeasurementOption)
+	o, _ := callSets.LoadOrStore(k, []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(attrs...))})
+	return o.([]metric.RecordOption)
 }
 
 type keyed struct {

@@ -21,8 +21,10 @@
 package metering
 
 import (
+	"context"
 	"reflect"
 	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -51,10 +53,10 @@ const (
 	PhaseDuration      = Prefix + "connection.phase.duration" // histogram, s, by shutdown step and whether it was skipped
 	CallsRefused       = Prefix + "call.refused"              // counter, {call}, by why
 	FlowWait           = Prefix + "flow.wait.duration"        // histogram, s: a call's wait for room in a flow window
-	MessagesSent       = Prefix + "message.sent"              // counter, {message}, by message type
-	MessagesReceived   = Prefix + "message.received"          // counter, {message}, by message type
-	BytesSent          = Prefix + "message.sent.size"         // counter, By
-	BytesReceived      = Prefix + "message.received.size"     // counter, By
+	MessagesSent       = Prefix + "message.sent"              // observable counter, {message}, by message type
+	MessagesReceived   = Prefix + "message.received"          // observable counter, {message}, by message type
+	BytesSent          = Prefix + "message.sent.size"         // observable counter, By
+	BytesReceived      = Prefix + "message.received.size"     // observable counter, By
 	Redials            = Prefix + "client.redial"             // counter, {attempt}, by outcome
 	Escalations        = Prefix + "client.escalation"         // counter, {escalation}
 	TableSize          = Prefix + "table.size"                // observable gauge, {entry}, by vat and table
@@ -116,12 +118,51 @@ type Instruments struct {
 	PhaseDuration      metric.Float64Histogram
 	CallsRefused       metric.Int64Counter
 	FlowWait           metric.Float64Histogram
-	MessagesSent       metric.Int64Counter
-	MessagesReceived   metric.Int64Counter
-	BytesSent          metric.Int64Counter
-	BytesReceived      metric.Int64Counter
 	Redials            metric.Int64Counter
 	Escalations        metric.Int64Counter
+
+	// Messages counts the messages and bytes of every connection of the
+	// provider, read at each collection (asynchronous counters: a message
+	// costs two atomic adds).
+	Messages MessageCounts
+}
+
+// MessageKind is a message's type on the wire (AttrMessageType).
+type MessageKind int
+
+// The kinds of messages.
+const (
+	KindBootstrap MessageKind = iota
+	KindCall
+	KindReturn
+	KindFinish
+	KindResolve
+	KindRelease
+	KindDisembargo
+	KindAbort
+	KindUnimplemented
+	KindOther
+	kinds
+)
+
+var kindNames = [kinds]string{"bootstrap", "call", "return", "finish", "resolve", "release", "disembargo", "abort", "unimplemented", "other"}
+
+func (k MessageKind) String() string { return kindNames[k] }
+
+// MessageCounts are running totals of messages and bytes each way.
+type MessageCounts struct {
+	messages [2][kinds]atomic.Int64 // [sent?1:0][kind]
+	bytes    [2]atomic.Int64
+}
+
+// Count adds one message of kind and n bytes, sent or received.
+func (c *MessageCounts) Count(sent bool, kind MessageKind, n int64) {
+	d := 0
+	if sent {
+		d = 1
+	}
+	c.messages[d][kind].Add(1)
+	c.bytes[d].Add(n)
 }
 
 var made sync.Map // metric.MeterProvider → *Instruments
@@ -162,12 +203,34 @@ func newInstruments(m metric.Meter) *Instruments {
 		metric.WithDescription("The peer's calls refused without running."))
 	in.FlowWait, _ = m.Float64Histogram(FlowWait, metric.WithUnit("s"),
 		metric.WithDescription("Time calls waited for room in a flow window."), metric.WithExplicitBucketBoundaries(CallBuckets...))
-	in.MessagesSent, _ = m.Int64Counter(MessagesSent, metric.WithUnit("{message}"), metric.WithDescription("RPC messages sent."))
-	in.MessagesReceived, _ = m.Int64Counter(MessagesReceived, metric.WithUnit("{message}"), metric.WithDescription("RPC messages received."))
-	in.BytesSent, _ = m.Int64Counter(BytesSent, metric.WithUnit("By"), metric.WithDescription("Bytes of RPC frames sent."))
-	in.BytesReceived, _ = m.Int64Counter(BytesReceived, metric.WithUnit("By"), metric.WithDescription("Bytes of RPC frames received."))
+	observeMessages(m, &in.Messages)
 	in.Redials, _ = m.Int64Counter(Redials, metric.WithUnit("{attempt}"), metric.WithDescription("Dial attempts of supervised clients, by outcome."))
 	in.Escalations, _ = m.Int64Counter(Escalations, metric.WithUnit("{escalation}"),
 		metric.WithDescription("Supervised clients that gave up (restart intensity exceeded)."))
 	return in
+}
+
+// observeMessages reports c's totals at each collection.
+func observeMessages(m metric.Meter, c *MessageCounts) {
+	var msgs [2]metric.Int64ObservableCounter
+	var bytes [2]metric.Int64ObservableCounter
+	msgs[0], _ = m.Int64ObservableCounter(MessagesReceived, metric.WithUnit("{message}"), metric.WithDescription("RPC messages received."))
+	msgs[1], _ = m.Int64ObservableCounter(MessagesSent, metric.WithUnit("{message}"), metric.WithDescription("RPC messages sent."))
+	bytes[0], _ = m.Int64ObservableCounter(BytesReceived, metric.WithUnit("By"), metric.WithDescription("Bytes of RPC messages received."))
+	bytes[1], _ = m.Int64ObservableCounter(BytesSent, metric.WithUnit("By"), metric.WithDescription("Bytes of RPC messages sent."))
+	var sets [kinds]metric.ObserveOption
+	for k := range kinds {
+		sets[k] = metric.WithAttributeSet(attribute.NewSet(AttrMessageType.String(kindNames[k])))
+	}
+	_, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for d := range 2 {
+			for k := range kinds {
+				if n := c.messages[d][k].Load(); n > 0 {
+					o.ObserveInt64(msgs[d], n, sets[k])
+				}
+			}
+			o.ObserveInt64(bytes[d], c.bytes[d].Load())
+		}
+		return nil
+	}, msgs[0], msgs[1], bytes[0], bytes[1])
 }
