@@ -2,25 +2,34 @@ package main
 
 import (
 	"cmp"
-	"encoding/json"
+	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vatactor/vatactor/tracing/jaegerapi"
 )
 
 // The end-to-end test needs a running Jaeger (bash scripts/jaeger.sh
-// start). Without one it is skipped, unless VATACTOR_REQUIRE_JAEGER is set,
-// as .ci/run does.
-const (
-	jaegerAPI    = "http://127.0.0.1:16686"
-	jaegerHealth = "http://127.0.0.1:13133/status"
-	jaegerOTLP   = "http://127.0.0.1:4318"
+// start), on the ports that script takes from the environment. Without
+// one it is skipped, unless VATACTOR_REQUIRE_JAEGER is set, as .ci/run
+// does.
+var (
+	jaegerAPI    = "http://127.0.0.1:" + envOr("JAEGER_API_PORT", "16686")
+	jaegerHealth = "http://127.0.0.1:" + envOr("JAEGER_HEALTH_PORT", "13133") + "/status"
+	jaegerOTLP   = "http://127.0.0.1:" + envOr("JAEGER_OTLP_HTTP_PORT", "4318")
 )
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
 
 func requireJaeger(t *testing.T) {
 	t.Helper()
@@ -37,53 +46,6 @@ func requireJaeger(t *testing.T) {
 		t.Skipf("skipping: no Jaeger on 127.0.0.1 (%v); start one with `bash scripts/jaeger.sh start` (builds it from the Go module proxy)", err)
 	}
 	t.Fatalf("Jaeger required but not reachable: %v", err)
-}
-
-// Jaeger's query API (/api/traces) answers in this shape.
-type jaegerTraces struct {
-	Data []jaegerTrace `json:"data"`
-}
-
-type jaegerTrace struct {
-	TraceID   string       `json:"traceID"`
-	Spans     []jaegerSpan `json:"spans"`
-	Processes map[string]struct {
-		Name string `json:"serviceName"`
-	} `json:"processes"`
-}
-
-type jaegerSpan struct {
-	SpanID     string `json:"spanID"`
-	Operation  string `json:"operationName"`
-	References []struct {
-		RefType string `json:"refType"`
-		SpanID  string `json:"spanID"`
-	} `json:"references"`
-	StartTime int64  `json:"startTime"`
-	Duration  int64  `json:"duration"`
-	ProcessID string `json:"processID"`
-	Tags      []struct {
-		Key   string `json:"key"`
-		Value any    `json:"value"`
-	} `json:"tags"`
-}
-
-func (s jaegerSpan) parent() string {
-	for _, r := range s.References {
-		if r.RefType == "CHILD_OF" {
-			return r.SpanID
-		}
-	}
-	return ""
-}
-
-func (s jaegerSpan) tag(k string) string {
-	for _, t := range s.Tags {
-		if t.Key == k {
-			return fmt.Sprint(t.Value)
-		}
-	}
-	return ""
 }
 
 // TestJaegerEndToEnd runs the sample exporting over OTLP to a real Jaeger,
@@ -103,15 +65,15 @@ func TestJaegerEndToEnd(t *testing.T) {
 	}
 	tr := findTrace(t, "vatactor-client", id.String(), 30)
 
-	service := func(s jaegerSpan) string { return tr.Processes[s.ProcessID].Name }
-	byID := map[string]jaegerSpan{}
+	service := tr.Service
+	byID := map[string]jaegerapi.Span{}
 	for _, s := range tr.Spans {
 		byID[s.SpanID] = s
 	}
-	find := func(op, svc, kind string) []jaegerSpan {
-		var found []jaegerSpan
+	find := func(op, svc, kind string) []jaegerapi.Span {
+		var found []jaegerapi.Span
 		for _, s := range tr.Spans {
-			if s.Operation == op && service(s) == svc && (kind == "" || s.tag("span.kind") == kind) {
+			if s.Operation == op && service(s) == svc && (kind == "" || s.Tag("span.kind") == kind) {
 				found = append(found, s)
 			}
 		}
@@ -122,12 +84,12 @@ func TestJaegerEndToEnd(t *testing.T) {
 	// span of the same call in the other service.
 	servers := 0
 	for _, s := range tr.Spans {
-		if s.tag("span.kind") != "server" {
+		if s.Tag("span.kind") != "server" {
 			continue
 		}
 		servers++
-		p, ok := byID[s.parent()]
-		if !ok || p.Operation != s.Operation || p.tag("span.kind") != "client" || service(p) == service(s) {
+		p, ok := byID[s.Parent()]
+		if !ok || p.Operation != s.Operation || p.Tag("span.kind") != "client" || service(p) == service(s) {
 			t.Errorf("server span %s [%s] has parent %+v, want the client span of the same call in the other vat", s.Operation, service(s), p.Operation)
 		}
 	}
@@ -138,37 +100,37 @@ func TestJaegerEndToEnd(t *testing.T) {
 		t.Errorf("%d Echo.echo server spans, want 2", len(got))
 	}
 	cb := find("Callback.call", "vatactor-client", "server")
-	if len(cb) != 1 || service(byID[byID[cb[0].parent()].parent()]) != "vatactor-server" {
+	if len(cb) != 1 || service(byID[byID[cb[0].Parent()].Parent()]) != "vatactor-server" {
 		t.Errorf("the callback's server span is not under the server's callBack: %+v", cb)
 	}
-	if f := find("Echo.fail", "vatactor-server", "server"); len(f) != 1 || f[0].tag("rpc.response.status_code") != "OVERLOADED" || f[0].tag("error.type") != "OVERLOADED" {
+	if f := find("Echo.fail", "vatactor-server", "server"); len(f) != 1 || f[0].Tag("rpc.response.status_code") != "OVERLOADED" || f[0].Tag("error.type") != "OVERLOADED" {
 		t.Errorf("Echo.fail server span = %+v, want status and error.type OVERLOADED", f)
 	}
 
 	// The connection spans: the server's is a child of the client's.
 	cc, sc := find("capnp.conn", "vatactor-client", ""), find("capnp.conn", "vatactor-server", "")
-	if len(cc) != 1 || len(sc) != 1 || sc[0].parent() != cc[0].SpanID {
+	if len(cc) != 1 || len(sc) != 1 || sc[0].Parent() != cc[0].SpanID {
 		t.Fatalf("connection spans client %d server %d, or the server's is not the client's child", len(cc), len(sc))
 	}
 	// The shutdown steps, in order, under each side's shutdown span.
 	want := []string{"drain", "stopQuestions", "stopExports", "releaseImports", "sendEpitaph", "closeWrite", "linger", "closeSocket"}
-	for _, conn := range []jaegerSpan{cc[0], sc[0]} {
-		var shutdown *jaegerSpan
+	for _, conn := range []jaegerapi.Span{cc[0], sc[0]} {
+		var shutdown *jaegerapi.Span
 		for _, s := range tr.Spans {
-			if s.Operation == "shutdown" && s.parent() == conn.SpanID {
+			if s.Operation == "shutdown" && s.Parent() == conn.SpanID {
 				shutdown = &s
 			}
 		}
 		if shutdown == nil {
 			t.Fatalf("no shutdown span under %s's connection", service(conn))
 		}
-		var steps []jaegerSpan
+		var steps []jaegerapi.Span
 		for _, s := range tr.Spans {
-			if s.parent() == shutdown.SpanID {
+			if s.Parent() == shutdown.SpanID {
 				steps = append(steps, s)
 			}
 		}
-		slices.SortStableFunc(steps, func(a, b jaegerSpan) int { return cmp.Compare(a.StartTime, b.StartTime) })
+		slices.SortStableFunc(steps, func(a, b jaegerapi.Span) int { return cmp.Compare(a.StartTime, b.StartTime) })
 		var names []string
 		for _, s := range steps {
 			names = append(names, s.Operation)
@@ -182,40 +144,34 @@ func TestJaegerEndToEnd(t *testing.T) {
 // findTrace polls Jaeger's API for the trace with id among the service's
 // traces until it holds at least spans spans and two polls in a row see
 // the same number (Jaeger stores what it receives in batches).
-func findTrace(t *testing.T, service, id string, spans int) jaegerTrace {
+func findTrace(t *testing.T, service, id string, spans int) jaegerapi.Trace {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	var last string
 	seen := -1
 	for time.Now().Before(deadline) {
-		url := fmt.Sprintf("%s/api/traces?service=%s&limit=50&lookback=1h", jaegerAPI, service)
-		resp, err := http.Get(url)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		traces, err := jaegerapi.Find(ctx, jaegerAPI, service, 50, time.Hour)
+		cancel()
 		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			var got jaegerTraces
-			if err = json.Unmarshal(body, &got); err == nil {
-				for _, tr := range got.Data {
-					if tr.TraceID == id && len(tr.Spans) >= spans && len(tr.Spans) == seen {
-						return tr
-					}
-					if tr.TraceID == id {
-						seen = len(tr.Spans)
-					}
-					if tr.TraceID == id {
-						last = fmt.Sprintf("trace has %d spans", len(tr.Spans))
-					}
+			for _, tr := range traces {
+				if tr.TraceID != id {
+					continue
 				}
-				if last == "" {
-					last = fmt.Sprintf("%d traces of %s, none is %s", len(got.Data), service, id)
+				if len(tr.Spans) >= spans && len(tr.Spans) == seen {
+					return tr
 				}
+				seen = len(tr.Spans)
+				last = fmt.Sprintf("trace has %d spans", len(tr.Spans))
 			}
-		}
-		if err != nil {
+			if last == "" {
+				last = fmt.Sprintf("%d traces of %s, none is %s", len(traces), service, id)
+			}
+		} else {
 			last = err.Error()
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	t.Fatalf("trace %s not found in Jaeger: %s", id, last)
-	return jaegerTrace{}
+	return jaegerapi.Trace{}
 }
