@@ -155,6 +155,13 @@ func panicError(m capnp.Method, r any) error {
 //
 // It also makes the methods' names known to package tracing, so that the
 // server spans of calls from other vats are named "Interface.method".
+//
+// A method's context ends when the caller is done with the call (its
+// Finish arrives: it cancelled it, or released the answer) or when the
+// connection ends; work that must outlive the call takes
+// context.WithoutCancel(ctx). When the last reference to the capability
+// is released, impl's Shutdown method, if it has one
+// (server.Shutdowner), is called.
 func NewServer(methods []server.Method, impl any) capnp.Client {
 	guarded := make([]server.Method, len(methods))
 	for i, m := range methods {

@@ -172,6 +172,11 @@ func (r *Redialer) current(ctx context.Context) (capnp.Client, error) {
 }
 
 func (r *Redialer) emit(e RedialEvent) {
+	if e.Attempt == 0 { // the dials made so far, whatever the step
+		r.mu.Lock()
+		e.Attempt = r.attempts
+		r.mu.Unlock()
+	}
 	if r.opts.OnEvent != nil {
 		r.opts.OnEvent(e)
 	}

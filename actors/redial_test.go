@@ -38,6 +38,9 @@ func (l *redialLog) next(t *testing.T, kind string) actors.RedialEvent {
 	for {
 		select {
 		case e := <-l.ch:
+			if e.Attempt < 1 { // every step comes after the first dial
+				t.Errorf("%v: attempt %d", e, e.Attempt)
+			}
 			if e.Kind == kind {
 				return e
 			}

@@ -345,7 +345,9 @@ func (v *Vat) Subscribe(pid *actor.PID) {
 // first.
 type Report struct {
 	Conns []conn.Report
-	Took  time.Duration
+	// Took is how long the shutdown took (a connection's whole life is
+	// conn.Report.Lifetime).
+	Took time.Duration
 }
 
 // CutShort reports whether any connection's end was cut short.

@@ -88,7 +88,7 @@ func (e ActorStopped) String() string {
 	return s
 }
 func (e Down) String() string {
-	return fmt.Sprintf("down: %s after %v: %v (expected=%v)", e.Conn.Peer(), e.Duration.Round(time.Millisecond), e.Reason, e.Reason.Expected())
+	return fmt.Sprintf("down: %s after %v: %v (expected=%v)", e.Conn.Peer(), e.Lifetime.Round(time.Millisecond), e.Reason, e.Reason.Expected())
 }
 
 // Phase names the steps of a connection's end, in the order they run.
@@ -120,8 +120,9 @@ type Report struct {
 	Peer supervisor.Reason
 	// Stats are the table counts when the end began.
 	Stats Stats
-	// Duration is the connection's whole life.
-	Duration time.Duration
+	// Lifetime is the connection's whole life, from its start to its end
+	// (a step's time is PhaseReport.Took).
+	Lifetime time.Duration
 	// Phases lists the steps in the order they ran.
 	Phases []PhaseReport
 	// Refused counts the peer's calls refused while draining (never
@@ -131,7 +132,9 @@ type Report struct {
 	// answer when the end began or when the drain was cut short.
 	Canceled int
 	// Abandoned counts the peer's calls still running when the drain
-	// ended; their Returns were never sent.
+	// ended: each got a Return with a disconnected exception that says it
+	// may have been partly processed (none when the peer had gone), and
+	// its callee's context was cancelled.
 	Abandoned int
 	// StuckActors counts question and export actors that did not stop
 	// within StopTimeout.

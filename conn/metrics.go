@@ -69,7 +69,7 @@ func (c *Conn) meterDown(rep Report) {
 	attrs := append(reasonAttributes(rep.Reason), role)
 	m.ConnectionsEnded.Add(ctx, 1, metric.WithAttributes(endedAttributes(attrs)...))
 	expected := rep.Reason != nil && rep.Reason.Expected()
-	m.ConnectionDuration.Record(ctx, rep.Duration.Seconds(), metric.WithAttributes(role, tracing.AttrExpected.Bool(expected)))
+	m.ConnectionDuration.Record(ctx, rep.Lifetime.Seconds(), metric.WithAttributes(role, tracing.AttrExpected.Bool(expected)))
 }
 
 // endedAttributes keeps, of a reason's span attributes, those whose

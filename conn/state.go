@@ -551,7 +551,7 @@ func (s *state) down(r core.Report) {
 	c := s.c
 	rep := Report{Reason: r.Reason, Peer: r.Peer, Stats: r.Stats, Phases: r.Phases, Refused: r.Refused,
 		Canceled: r.Canceled, Abandoned: r.Abandoned, StuckActors: r.StuckActors, EpitaphSent: r.EpitaphSent,
-		Duration: time.Since(c.start), ReadEnd: c.readEnd}
+		Lifetime: time.Since(c.start), ReadEnd: c.readEnd}
 	c.mu.Lock()
 	c.report = rep
 	c.mu.Unlock()

@@ -6,8 +6,8 @@
 //
 // The server has calls in flight when it shuts down with an epitaph: they
 // finish (drain), a call made during the drain is refused as "not
-// processed, safe to retry", and the connection ends with the phases of
-// DESIGN.md in order. The client reads the epitaph as the reason, its
+// processed, safe to retry", and the connection ends with the steps of its
+// end in order (README: "Closing a connection"). The client reads the epitaph as the reason, its
 // supervisor redials with backoff, and the same capability works again
 // once a new server listens on the same address.
 package main

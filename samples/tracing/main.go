@@ -80,7 +80,7 @@ func run(w io.Writer) (trace.TraceID, error) {
 		return trace.TraceID{}, err
 	}
 	<-serverConn.Done()
-	fmt.Fprintf(w, "client connection: %v in %v\n", rep.Reason, rep.Duration.Round(time.Microsecond))
+	fmt.Fprintf(w, "client connection: %v in %v\n", rep.Reason, rep.Lifetime.Round(time.Microsecond))
 	fmt.Fprintf(w, "server connection: %v\n", serverConn.Err())
 	root.End()
 
