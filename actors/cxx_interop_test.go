@@ -15,8 +15,8 @@ import (
 	"capnproto.org/go/capnp/v3"
 
 	"github.com/vatactor/vatactor/actors"
-	"github.com/vatactor/vatactor/internal/interop"
-	"github.com/vatactor/vatactor/internal/interop/cxxpeer"
+	"github.com/vatactor/vatactor/internal/cxxpeer"
+	"github.com/vatactor/vatactor/interop"
 )
 
 var (
@@ -40,7 +40,7 @@ func cxxPeer(t *testing.T) string {
 			cxxErr = err
 			return
 		}
-		schema, _ := filepath.Abs("../internal/interop/interop.capnp")
+		schema, _ := filepath.Abs("../interop/interop.capnp")
 		cxxPath, cxxErr = cxxpeer.Build(cxxDir, schema, filepath.Join(strings.TrimSpace(string(std)), "std"))
 	})
 	if cxxErr != nil {

@@ -8,7 +8,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/vatactor/vatactor/actors"
-	"github.com/vatactor/vatactor/internal/interop"
+	"github.com/vatactor/vatactor/interop"
 )
 
 // echoActor implements the Echo interface's echo method as a plain

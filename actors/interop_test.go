@@ -13,7 +13,7 @@ import (
 	"capnproto.org/go/capnp/v3/rpc"
 
 	"github.com/vatactor/vatactor/actors"
-	"github.com/vatactor/vatactor/internal/interop"
+	"github.com/vatactor/vatactor/interop"
 )
 
 // runEchoSuite makes every kind of call the interop tests require on an

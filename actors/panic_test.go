@@ -10,7 +10,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/vatactor/vatactor/actors"
-	"github.com/vatactor/vatactor/internal/interop"
+	"github.com/vatactor/vatactor/interop"
 )
 
 type panicky struct{ interop.EchoServer }

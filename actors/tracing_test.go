@@ -18,7 +18,7 @@ import (
 
 	"github.com/vatactor/vatactor/actors"
 	"github.com/vatactor/vatactor/conn"
-	"github.com/vatactor/vatactor/internal/interop"
+	"github.com/vatactor/vatactor/interop"
 	"github.com/vatactor/vatactor/supervisor"
 	"github.com/vatactor/vatactor/tracing"
 	"github.com/vatactor/vatactor/tracing/spantree"

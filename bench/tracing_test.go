@@ -10,7 +10,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/vatactor/vatactor/actors"
-	"github.com/vatactor/vatactor/internal/interop"
+	"github.com/vatactor/vatactor/interop"
 )
 
 // BenchmarkTracingPerCall measures one echo call between two vats over

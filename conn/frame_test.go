@@ -17,7 +17,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/vatactor/vatactor/conn/wire"
-	"github.com/vatactor/vatactor/internal/interop"
+	"github.com/vatactor/vatactor/interop"
 	"github.com/vatactor/vatactor/supervisor"
 )
 

@@ -12,7 +12,7 @@ import (
 	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 
-	"github.com/vatactor/vatactor/internal/interop"
+	"github.com/vatactor/vatactor/interop"
 	"github.com/vatactor/vatactor/supervisor"
 )
 

@@ -14,7 +14,7 @@ gen() { # gen DIR SCHEMA: writes DIR/<schema>.capnp.go
   (cd "$(dirname "$schema")" && PATH="$bin:$PATH" capnp compile -I "$std" -ogo:"$OLDPWD/$dir" "$(basename "$schema")")
 }
 gen conn/wire conn/wire/vatactor.capnp
-gen internal/interop internal/interop/interop.capnp
+gen interop interop/interop.capnp
 gen samples/calculator/calculator samples/calculator/calculator.capnp
 gen bench/schema bench/schema/bench.capnp
-gofmt -l -w conn/wire internal samples bench/schema >/dev/null
+gofmt -l -w conn/wire interop samples bench/schema >/dev/null

@@ -15,7 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
-	"github.com/vatactor/vatactor/internal/interop"
+	"github.com/vatactor/vatactor/interop"
 	"github.com/vatactor/vatactor/tracing"
 )
 

@@ -30,7 +30,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/actors"
-	"github.com/vatactor/vatactor/internal/interop"
+	"github.com/vatactor/vatactor/interop"
 	"github.com/vatactor/vatactor/samples/internal/sampletrace"
 	"github.com/vatactor/vatactor/supervisor"
 )

@@ -1,10 +1,10 @@
 # Test services shared by the interop tests and the C++ reference peer
-# (internal/interop/cxxpeer). Regenerate with: bash scripts/gen.sh
+# (internal/cxxpeer). Regenerate with: bash scripts/gen.sh
 @0xc2e7d1a3b4f50691;
 
 using Go = import "/go.capnp";
 $Go.package("interop");
-$Go.import("github.com/vatactor/vatactor/internal/interop");
+$Go.import("github.com/vatactor/vatactor/interop");
 
 interface Echo {
   # The service every interop peer serves as its bootstrap capability.

@@ -1,5 +1,5 @@
 // The C++ reference peer of the interop tests, built against Debian's
-// libcapnp by internal/interop/cxxpeer.Build.
+// libcapnp by internal/cxxpeer.Build.
 //
 //   peer serve HOST         serve Echo on HOST:0; print "port N" when ready
 //   peer client HOST:PORT   run the interop suite against an Echo server;
