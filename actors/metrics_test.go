@@ -177,7 +177,7 @@ func TestMetricsVatToVat(t *testing.T) {
 	waitDowns(t, downs, 2)
 
 	got := collect(t, r)
-	echo := attribute.String("rpc.method", "interop.capnp:Echo.echo")
+	echo := attribute.String("rpc.method", "Echo.echo")
 	ok := attribute.String("rpc.response.status_code", "OK")
 	for _, name := range []string{metering.ClientCallDuration, metering.ServerCallDuration} {
 		if n := got.sum(name, tracing.SystemName, echo, ok); n != 3 {

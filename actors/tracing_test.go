@@ -108,8 +108,14 @@ func assertCall(t *testing.T, s sdktrace.ReadOnlySpan, method, status string) {
 	if got := attr(s, semconv.RPCSystemNameKey).AsString(); got != "capnp" {
 		t.Errorf("%s: rpc.system.name = %q", s.Name(), got)
 	}
-	if got := attr(s, semconv.RPCMethodKey).AsString(); got != method {
-		t.Errorf("%s: rpc.method = %q, want %q", s.Name(), got, method)
+	if got := attr(s, semconv.RPCMethodKey).AsString(); got != method || s.Name() != method {
+		t.Errorf("%s: rpc.method = %q, want %q, the span's name", s.Name(), got, method)
+	}
+	if attr(s, semconv.NetworkPeerAddressKey).AsString() != "127.0.0.1" || attr(s, semconv.NetworkPeerPortKey).AsInt64() == 0 {
+		t.Errorf("%s: network.peer.* = %v:%v", s.Name(), attr(s, semconv.NetworkPeerAddressKey), attr(s, semconv.NetworkPeerPortKey))
+	}
+	if s.SpanKind() == trace.SpanKindClient && (attr(s, semconv.ServerAddressKey).AsString() != "127.0.0.1" || attr(s, semconv.ServerPortKey).AsInt64() == 0) {
+		t.Errorf("%s: a client span without server.address and server.port", s.Name())
 	}
 	if got := attr(s, semconv.RPCResponseStatusCodeKey).AsString(); got != status {
 		t.Errorf("%s: rpc.response.status_code = %q, want %q", s.Name(), got, status)
@@ -141,8 +147,8 @@ func TestTraceCall(t *testing.T) {
 	if !ss.Parent().IsRemote() {
 		t.Error("server span's parent is not marked remote")
 	}
-	assertCall(t, cs, "interop.capnp:Echo.echo", "OK")
-	assertCall(t, ss, "interop.capnp:Echo.echo", "OK")
+	assertCall(t, cs, "Echo.echo", "OK")
+	assertCall(t, ss, "Echo.echo", "OK")
 	if !attr(cs, tracing.AttrQuestionID).AsBool() && attr(cs, tracing.AttrQuestionID).Type() != attribute.INT64 {
 		t.Error("client span has no question id")
 	}
@@ -295,7 +301,7 @@ func TestTraceCallback(t *testing.T) {
 	assertChild(t, c2, s1)
 	assertChild(t, s2, c2)
 	assertChild(t, inside, s2)
-	assertCall(t, s2, "interop.capnp:Callback.call", "OK")
+	assertCall(t, s2, "Callback.call", "OK")
 	tp, ts := tracing.Inject(trace.ContextWithSpanContext(context.Background(), s2.SpanContext()))
 	if got := <-cba.headers; got != tp || ts != "" {
 		t.Errorf("actor message header traceparent = %q, want the answer span's %q", got, tp)
@@ -324,8 +330,8 @@ func TestTraceException(t *testing.T) {
 	cs := spanNamed(t, spans, "Echo.fail", trace.SpanKindClient, "client")
 	ss := spanNamed(t, spans, "Echo.fail", trace.SpanKindServer, "server")
 	assertChild(t, ss, cs)
-	assertCall(t, cs, "interop.capnp:Echo.fail", "OVERLOADED")
-	assertCall(t, ss, "interop.capnp:Echo.fail", "OVERLOADED")
+	assertCall(t, cs, "Echo.fail", "OVERLOADED")
+	assertCall(t, ss, "Echo.fail", "OVERLOADED")
 	if !strings.Contains(cs.Status().Description, "too busy") {
 		t.Errorf("client span status %q does not carry the reason", cs.Status().Description)
 	}

@@ -48,6 +48,7 @@ import (
 	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"github.com/asynkron/protoactor-go/actor"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
@@ -232,6 +233,8 @@ type Conn struct {
 	// meters: the instruments of Options.MeterProvider; nil when it
 	// records nothing (metering.Noop).
 	meters *metering.Instruments
+	// peerAttrs: the network attributes of its call spans.
+	peerAttrs []attribute.KeyValue
 }
 
 // Spawn starts a connection actor over t as a child of spawner (a vat's
@@ -249,6 +252,7 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 		tracer:    tracing.Tracer(opts.TracerProvider),
 		untraced:  tracing.Noop(opts.TracerProvider),
 		meters:    metering.For(opts.MeterProvider),
+		peerAttrs: tracing.PeerAttributes(opts.Role, opts.Peer),
 	}
 	c.out.start, c.out.writers = c.startWriter, &c.writer
 	c.out.wake = make(chan struct{}, 1)

@@ -353,8 +353,8 @@ func endQuestionSpan(q *question, err error, withID bool) {
 	if span == nil || span == noSpan || !span.IsRecording() {
 		return
 	}
-	var buf [8]attribute.KeyValue
-	attrs := append(buf[:0], tracing.MethodAttributes(q.method)...)
+	var buf [12]attribute.KeyValue
+	attrs := append(append(buf[:0], tracing.MethodAttributes(q.method)...), q.c.peerAttrs...)
 	if q.target.cap.Kind == core.CapQuestion {
 		attrs = append(attrs, tracing.AttrPipelined.Bool(true))
 	}
@@ -416,8 +416,8 @@ func endAnswerSpan(a *answer, err error, notProcessed bool) {
 	if a.span == noSpan || !a.span.IsRecording() {
 		return
 	}
-	var buf [8]attribute.KeyValue
-	attrs := append(append(buf[:0], tracing.MethodAttributes(a.method)...), tracing.AttrAnswerID.Int(int(a.id)))
+	var buf [12]attribute.KeyValue
+	attrs := append(append(append(buf[:0], tracing.MethodAttributes(a.method)...), a.c.peerAttrs...), tracing.AttrAnswerID.Int(int(a.id)))
 	if notProcessed {
 		attrs = append(attrs, tracing.AttrNotProcessed.Bool(true))
 	}

@@ -38,7 +38,7 @@ func CallAttributes(m capnp.Method, err error) []metric.RecordOption {
 	}
 	name := "_OTHER"
 	if k.named {
-		name = m.String()
+		name = tracing.SpanName(m) // as on the call's spans
 	}
 	attrs := []attribute.KeyValue{tracing.SystemName, semconv.RPCMethod(name), semconv.RPCResponseStatusCode(k.code)}
 	if err != nil {

@@ -35,7 +35,7 @@ func attrsOf(opts []metric.RecordOption) attribute.Set {
 func TestCallAttributes(t *testing.T) {
 	named := capnp.Method{InterfaceID: 0x1234, MethodID: 2, InterfaceName: "x.capnp:Svc", MethodName: "get"}
 	set := attrsOf(metering.CallAttributes(named, nil))
-	if v, _ := set.Value("rpc.method"); v.AsString() != "x.capnp:Svc.get" {
+	if v, _ := set.Value("rpc.method"); v.AsString() != "Svc.get" {
 		t.Errorf("rpc.method = %q", v.AsString())
 	}
 	if v, _ := set.Value("rpc.response.status_code"); v.AsString() != "OK" {

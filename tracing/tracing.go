@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -89,6 +91,30 @@ const (
 	AttrActor         = attribute.Key("capnp.actor") // a protoactor PID
 )
 
+// PeerAttributes are the network attributes of a connection's call spans,
+// from its role ("client": it dialed; "server": it accepted) and its
+// peer's address (host:port): network.peer.address and .port, and on a
+// client's spans server.address and .port, as the RPC conventions ask.
+// An address that is not host:port gives only network.peer.address.
+func PeerAttributes(role, peer string) []attribute.KeyValue {
+	host, port, err := net.SplitHostPort(peer)
+	if err != nil {
+		if peer == "" {
+			return nil
+		}
+		return []attribute.KeyValue{semconv.NetworkPeerAddress(peer)}
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		return []attribute.KeyValue{semconv.NetworkPeerAddress(host)}
+	}
+	attrs := []attribute.KeyValue{semconv.NetworkPeerAddress(host), semconv.NetworkPeerPort(n)}
+	if role == "client" {
+		attrs = append(attrs, semconv.ServerAddress(host), semconv.ServerPort(n))
+	}
+	return attrs
+}
+
 // SystemName is the rpc.system.name of every call span.
 var SystemName = semconv.RPCSystemNameKey.String("capnp")
 
@@ -97,9 +123,10 @@ var SystemName = semconv.RPCSystemNameKey.String("capnp")
 // whose names are unknown is named by its ids ("@0x97983392df35cc36/0").
 func SpanName(m capnp.Method) string { return namesOf(m).span }
 
-// MethodAttributes are the attributes naming m on a call span. An unknown
-// method is rpc.method=_OTHER with its ids in rpc.method_original, as the
-// semantic conventions ask. The slice is shared: do not modify it.
+// MethodAttributes are the attributes naming m on a call span: rpc.method
+// is the span's name ("Calculator.evaluate"). An unknown method is
+// rpc.method=_OTHER with its ids in rpc.method_original, as the semantic
+// conventions ask. The slice is shared: do not modify it.
 func MethodAttributes(m capnp.Method) []attribute.KeyValue { return namesOf(m).attrs }
 
 // callNames are a method's span name and attributes, made once per named
@@ -119,7 +146,7 @@ func namesOf(m capnp.Method) *callNames {
 		}
 	}
 	n := &callNames{span: spanName(m)}
-	name := semconv.RPCMethod(m.String())
+	name := semconv.RPCMethod(n.span) // the span's name, as the conventions ask
 	if !known {
 		name = semconv.RPCMethod("_OTHER")
 	}

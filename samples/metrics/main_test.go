@@ -59,12 +59,12 @@ func TestMetricsPage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	echo := `rpc_method="interop.capnp:Echo.echo"`
+	echo := `rpc_method="Echo.echo"`
 	for _, side := range []string{"rpc_client_call_duration_seconds", "rpc_server_call_duration_seconds"} {
 		if v := series(t, lines, side+"_count", echo, `rpc_response_status_code="OK"`, `rpc_system_name="capnp"`); v != "3" {
 			t.Errorf("%s echo OK count = %s, want 3", side, v)
 		}
-		if v := series(t, lines, side+"_count", `rpc_method="interop.capnp:Echo.fail"`, `error_type="FAILED"`); v != "1" {
+		if v := series(t, lines, side+"_count", `rpc_method="Echo.fail"`, `error_type="FAILED"`); v != "1" {
 			t.Errorf("%s fail count = %s, want 1", side, v)
 		}
 		// Buckets fine enough for loopback calls: the first is 10 µs.
