@@ -118,6 +118,13 @@ type Options struct {
 	// (epitaph OK, "idle timeout") once all its tables have stayed empty
 	// for that long. Default 0: never.
 	IdleTimeout time.Duration
+	// KeepAlive finds a peer that is gone without a FIN or a reset, idle
+	// or busy (see core.KeepAlive: a probe after Interval of silence, the
+	// end after Timeout more). On a TCP socket it also turns on TCP
+	// keepalive at the same interval and, where the OS has it,
+	// TCP_USER_TIMEOUT at Interval+Timeout, so unacknowledged writes fail
+	// as well. Default: off; 15s and 10s suit most networks.
+	KeepAlive KeepAlive
 
 	// OnEvent, if set, receives every lifecycle event of the connection,
 	// on the connection actor's goroutine: it must not block. The same
@@ -179,6 +186,7 @@ func (o Options) coreConfig(boot core.Cap) core.Config {
 			MaxAnswerBytes: l.MaxAnswerBytes, MaxCapsPerMessage: l.MaxCapsPerMessage, MaxImports: l.MaxImports,
 			MaxUnimplementedEcho: int(l.MaxUnimplementedEcho), MaxReasonLength: l.MaxReasonLength},
 		DrainTimeout: o.DrainTimeout, StopTimeout: o.StopTimeout, IdleTimeout: o.IdleTimeout,
+		KeepAlive: o.KeepAlive,
 	}
 }
 
@@ -260,6 +268,7 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 	if sw, ok := t.(streamWriter); ok {
 		c.stream = sw
 		sw.setWriteTimeout(opts.WriteTimeout)
+		sw.setKeepAlive(opts.KeepAlive)
 		if sw.canTry() {
 			c.out.inline = c.writeInline
 		}

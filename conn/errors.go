@@ -52,7 +52,13 @@ var (
 	// ErrOutcomeUnknown marks a call that failed with disconnected after
 	// it was sent: the peer may or may not have processed it.
 	ErrOutcomeUnknown = core.ErrOutcomeUnknown
+	// ErrPeerUnresponsive: the peer sent nothing within KeepAlive.Timeout
+	// of a probe; the connection's reason is a TransportError wrapping it.
+	ErrPeerUnresponsive = core.ErrPeerUnresponsive
 )
+
+// KeepAlive is Options.KeepAlive (the core's: package core).
+type KeepAlive = core.KeepAlive
 
 // notProcessed returns a disconnected exception that wraps ErrNotProcessed.
 func notProcessed(format string, args ...any) error {

@@ -47,7 +47,7 @@ type state struct {
 	imports  map[uint32]*importEntry
 	children map[string]core.Child // by PID id: Terminated → ChildStopped
 	pids     map[core.Child]*actor.PID
-	timers   [4]*time.Timer
+	timers   [core.MaxDeadline + 1]*time.Timer
 
 	// childProps spawn every question and export actor: made once, its
 	// producer hands over spawning (see spawnChild).

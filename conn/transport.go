@@ -44,6 +44,8 @@ type streamWriter interface {
 	// setWriteTimeout bounds each wait of a write for progress
 	// (Options.WriteTimeout).
 	setWriteTimeout(time.Duration)
+	// setKeepAlive turns on the socket's own dead-peer detection for ka.
+	setKeepAlive(ka KeepAlive)
 	// releaseBuffers drops the write buffers; the writer calls it as it
 	// exits.
 	releaseBuffers()
@@ -194,7 +196,23 @@ func (t *streamTransport) writeError(err error) error {
 func (t *streamTransport) releaseBuffers() { t.buf, t.vec, t.sc = nil, nil, nil }
 
 func (t *streamTransport) setWriteTimeout(d time.Duration) { t.writeTimeout = d }
-func (t *streamTransport) canTry() bool                    { return t.raw != nil }
+
+// setKeepAlive: TCP keepalive probes after ka.Interval of idleness, and
+// TCP_USER_TIMEOUT (where there is one) at Interval+Timeout.
+func (t *streamTransport) setKeepAlive(ka KeepAlive) {
+	tc, ok := t.c.(*net.TCPConn)
+	if !ok || ka.Interval <= 0 {
+		return
+	}
+	timeout := ka.Timeout
+	if timeout <= 0 {
+		timeout = ka.Interval
+	}
+	count := max(1, int(timeout/ka.Interval))
+	_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: ka.Interval, Interval: ka.Interval, Count: count})
+	setUserTimeout(tc, ka.Interval+timeout)
+}
+func (t *streamTransport) canTry() bool { return t.raw != nil }
 
 // closeWriter is implemented by *net.TCPConn and *net.UnixConn.
 type closeWriter interface{ CloseWrite() error }

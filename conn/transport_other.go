@@ -5,6 +5,7 @@ package conn
 import (
 	"net"
 	"syscall"
+	"time"
 )
 
 // rawConn: writes that must not block are for Unix sockets only here.
@@ -17,3 +18,6 @@ func (t *streamTransport) trySend([]Frame) (handled bool, rest []byte, err error
 
 // tryWrite is trySend's write in progress, on Unix.
 type tryWrite struct{}
+
+// setUserTimeout: no TCP_USER_TIMEOUT here; TCP keepalive alone.
+func setUserTimeout(*net.TCPConn, time.Duration) {}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"syscall"
+	"time"
 )
 
 // rawConn is c's raw socket, for trySend; nil when c has none.
@@ -90,4 +91,16 @@ func (w *tryWrite) write(fd uintptr) (done bool) {
 		}
 	}
 	return true
+}
+
+// setUserTimeout sets TCP_USER_TIMEOUT where the OS has it (Linux): data
+// written and not acknowledged for d fails the socket.
+func setUserTimeout(c *net.TCPConn, d time.Duration) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = raw.Control(func(fd uintptr) {
+		_ = setsockoptUserTimeout(fd, int(d.Milliseconds()))
+	})
 }

@@ -35,6 +35,21 @@ type Config struct {
 	// (epitaph OK, "idle timeout") once its tables have stayed empty for
 	// that long.
 	IdleTimeout time.Duration
+	// KeepAlive, when its Interval is positive, probes a silent peer.
+	KeepAlive KeepAlive
+}
+
+// KeepAlive is how a connection finds out that its peer is gone when no
+// FIN or reset says so (a host that vanished, a proxy that keeps the
+// socket open but forwards nothing), idle or busy: after Interval with
+// nothing received it sends a probe, a Bootstrap finished at once, which
+// every Cap'n Proto peer answers and none treats as an error; when nothing
+// at all arrives within Timeout of the probe, the connection ends with a
+// TransportError wrapping ErrPeerUnresponsive, and calls in flight fail
+// with ErrOutcomeUnknown. The zero value probes nothing.
+type KeepAlive struct {
+	Interval time.Duration // silence before a probe
+	Timeout  time.Duration // wait for anything after a probe (default: Interval)
 }
 
 // Limits bound what a peer can make one connection hold.
@@ -382,9 +397,18 @@ const (
 	IdleDeadline
 	// StopDeadline: StopTimeout after a child was told to stop.
 	StopDeadline
+	// KeepAliveDeadline: KeepAlive.Interval after the last message
+	// received.
+	KeepAliveDeadline
+	// ProbeDeadline: KeepAlive.Timeout after a probe.
+	ProbeDeadline
+
+	// MaxDeadline is the last Deadline: runners size their timer tables
+	// by it.
+	MaxDeadline = ProbeDeadline
 )
 
-var deadlineNames = [...]string{"", "drain", "idle", "stop"}
+var deadlineNames = [...]string{"", "drain", "idle", "stop", "keepalive", "probe"}
 
 func (d Deadline) String() string { return deadlineNames[d] }
 
@@ -464,8 +488,12 @@ func New(cfg Config, now time.Time) *Core {
 		retired:   make(map[uint64]*answer),
 	}
 	c.life.start = now
+	c.life.heard = now
 	c.life.idle = true
 	c.armIdle()
+	if c.cfg.KeepAlive.Interval > 0 {
+		c.arm(KeepAliveDeadline, c.cfg.KeepAlive.Interval)
+	}
 	return c
 }
 
@@ -507,6 +535,7 @@ func (c *Core) step(in Input) {
 	}
 	switch m := in.(type) {
 	case *Received:
+		c.life.heard, c.life.probing = c.now, false
 		c.receive(m.Msg)
 	case *LocalCall:
 		c.localCall(*m)
@@ -563,7 +592,7 @@ func (c *Core) afterStep() {
 // Stats returns the table counts.
 func (c *Core) Stats() Stats {
 	return Stats{
-		Questions: c.questions.Len(),
+		Questions: c.questions.Len() - c.life.probes, // probes are the core's own
 		Answers:   len(c.answers),
 		Exports:   c.exports.Len(),
 		Imports:   len(c.imports),

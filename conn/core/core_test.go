@@ -459,3 +459,33 @@ func TestScriptIdleTimeout(t *testing.T) {
 	s.closeGracefully()
 	s.golden()
 }
+
+func TestScriptKeepAlive(t *testing.T) {
+	s := newScript(t, Config{KeepAlive: KeepAlive{Interval: 10 * time.Second, Timeout: 5 * time.Second}, Bootstrap: Local(1)})
+	s.note("ten seconds of silence: a probe, a Bootstrap finished at once")
+	s.advance(10 * time.Second)
+	s.has("send bootstrap q0")
+	s.has("send finish q0 releaseResultCaps")
+	s.lacks("event busy") // the probe is the core's own: the tables stay idle
+	s.note("the peer answers it: alive, and the probe is gone")
+	s.recv(&Return{AnswerID: 0, Canceled: true})
+	s.advance(5 * time.Second)
+	s.lacks("ending")
+	if st := s.core.Stats(); !st.Idle() {
+		t.Errorf("tables after the probe's Return: %v", st)
+	}
+	s.note("the peer's messages are signs of life: no probe while they come")
+	s.advance(4 * time.Second)
+	s.recv(&Bootstrap{QuestionID: 0})
+	s.recv(&Finish{QuestionID: 0})
+	s.advance(6 * time.Second) // ten since the last probe, six since the peer spoke
+	s.lacks("send bootstrap")
+	s.note("then nothing at all: the next probe goes unanswered and the connection ends")
+	s.advance(4 * time.Second)
+	s.has("send bootstrap q0")
+	s.advance(5 * time.Second)
+	s.has("ending: transport: peer unresponsive")
+	s.stopChildren()
+	s.has("close socket (hard)")
+	s.golden()
+}

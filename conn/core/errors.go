@@ -26,6 +26,9 @@ var (
 	// ErrResolveLoop: the peer resolved a promise to itself, directly or
 	// through other promises.
 	ErrResolveLoop = errors.New("promise resolution loop")
+	// ErrPeerUnresponsive: the peer sent nothing within KeepAlive.Timeout
+	// of a probe (a TransportError wraps it).
+	ErrPeerUnresponsive = errors.New("peer unresponsive")
 	// ErrNotProcessed marks a call that failed with disconnected without
 	// being processed: refused by a draining connection (ours or the
 	// peer's), or left unanswered by a peer that drained before its

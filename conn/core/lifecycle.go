@@ -172,7 +172,10 @@ type lifecycle struct {
 	report           Report
 	drainStart       time.Time
 	idle             bool
-	gens             [4]uint64 // per Deadline: the generation armed last
+	gens             [MaxDeadline + 1]uint64 // per Deadline: the generation armed last
+	heard            time.Time               // when the last message arrived (KeepAlive)
+	probing          bool                    // a probe waits for a sign of life
+	probes           int                     // probe questions in the table (not counted in Stats)
 	wait             *stopWait
 }
 
@@ -540,7 +543,7 @@ func (c *Core) stopQuestions() {
 	lost := c.questionLost()
 	for _, q := range qs {
 		returned := q.returned()
-		if !returned {
+		if !returned && !q.probe {
 			canceled++
 			c.settle(q, nil, lost)
 		}
@@ -559,6 +562,7 @@ func (c *Core) stopQuestions() {
 		}
 	}
 	c.questions = idtable.Table[*question]{}
+	c.life.probes = 0
 	clear(c.byCall)
 	c.life.report.Canceled += canceled
 	w.note = fmt.Sprintf("%d stopped, %d without an answer", len(w.queue), canceled)
@@ -817,7 +821,46 @@ func (c *Core) deadline(m DeadlineFired) {
 		if c.life.phase == phaseOpen && c.life.idle {
 			c.shutdown(supervisor.Epitaph{Code: supervisor.OK, Message: "idle timeout"}, true)
 		}
+	case KeepAliveDeadline:
+		c.keepAlive()
+	case ProbeDeadline:
+		if c.life.probing {
+			c.transportFailed(fmt.Errorf("%w: nothing from the peer for %v after a probe (%v of silence before it)",
+				ErrPeerUnresponsive, c.cfg.KeepAlive.timeout(), c.cfg.KeepAlive.Interval))
+		}
 	}
+}
+
+// keepAlive probes a peer silent for KeepAlive.Interval, and looks again
+// an Interval after the last message heard.
+func (c *Core) keepAlive() {
+	ka := c.cfg.KeepAlive
+	silent := c.now.Sub(c.life.heard)
+	if silent < ka.Interval {
+		c.arm(KeepAliveDeadline, ka.Interval-silent)
+		return
+	}
+	if !c.life.probing {
+		// The probe: a Bootstrap finished at once (its capability
+		// released unseen); whatever the peer sends next is the sign
+		// of life.
+		q := c.newQuestion(caller{method: bootstrapMethod})
+		q.bootstrap, q.probe = true, true
+		c.life.probes++
+		c.send(put(&c.o.bootstrap, Bootstrap{QuestionID: q.id}))
+		c.sendFinish(q, true)
+		c.life.probing = true
+		c.arm(ProbeDeadline, ka.timeout())
+	}
+	c.arm(KeepAliveDeadline, ka.Interval)
+}
+
+// timeout is KeepAlive.Timeout, or Interval when it is not set.
+func (k KeepAlive) timeout() time.Duration {
+	if k.Timeout > 0 {
+		return k.Timeout
+	}
+	return k.Interval
 }
 
 // noteIdle emits Idle or Busy on a change of the tables' emptiness and

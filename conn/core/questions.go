@@ -14,6 +14,7 @@ type question struct {
 	call      CallID  // the local call it answers (0: a forward)
 	forward   *answer // set: it carries the peer's call back to the peer
 	bootstrap bool
+	probe     bool // a keep-alive probe (KeepAlive): nobody's call
 	method    Method
 	state     questionState
 	seq       uint64 // creation order
@@ -495,6 +496,9 @@ func (c *Core) retireQuestion(q *question) {
 		return
 	}
 	c.questions.Remove(q.id)
+	if q.probe {
+		c.life.probes--
+	}
 	if q.results != nil {
 		c.releaseCaps(q.results.CapTable)
 		q.results = nil
