@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
@@ -167,7 +168,18 @@ func (s *state) dropLocal(r core.Ref, l *localCap) {
 // Receive is the one way in: every input of the connection is a message.
 func (s *state) Receive(ctx actor.Context) {
 	s.ctx = ctx
-	defer func() { s.ctx = nil; s.flushOut() }()
+	defer func() {
+		if r := recover(); r != nil {
+			// A bug of ours: said at ERROR (protoactor's own log is
+			// quiet), then protoactor stops the actor, which ends the
+			// connection with epitaph CANCELED.
+			s.c.opts.Logger.Error("capnp: panic in the connection actor (a bug of vatactor's)", "peer", s.c.opts.Peer,
+				"panic", r, "stack", string(debug.Stack()))
+			panic(r)
+		}
+		s.ctx = nil
+		s.flushOut()
+	}()
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		s.parent = ctx.Parent()
