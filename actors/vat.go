@@ -54,6 +54,9 @@ type Options struct {
 	// conn.ActorStopped, conn.Down), on the connection actor's goroutine:
 	// it must not block.
 	OnEvent func(conn.Event)
+	// Dial, if set, opens the sockets of Dial and DialSupervised (a
+	// tls.Dialer's DialContext, a proxy's, …). Default: a net.Dialer.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 	// TracerProvider makes the spans of the vat's connections, calls and
 	// shutdowns (see package tracing). Default: Conn.TracerProvider, else
 	// the global provider.
@@ -148,6 +151,12 @@ func (v *Vat) Listen(network, address string) (net.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
+	return v.ServeListener(l)
+}
+
+// ServeListener serves every connection l accepts (a tls.NewListener
+// one, say) until the vat stops, which closes l. It returns l's address.
+func (v *Vat) ServeListener(l net.Listener) (net.Addr, error) {
 	v.mu.Lock()
 	if v.stopped {
 		v.mu.Unlock()
@@ -244,11 +253,26 @@ func (v *Vat) serveAccepted(c net.Conn) (*conn.Conn, error) {
 // resolved, and the connection. The caller releases the client. The
 // connection's span is a child of ctx's span.
 func (v *Vat) Dial(ctx context.Context, network, address string) (capnp.Client, *conn.Conn, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, network, address)
+	dial := v.opts.Dial
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	nc, err := dial(ctx, network, address)
 	if err != nil {
 		return capnp.Client{}, nil, err
 	}
+	return v.connect(ctx, nc, address)
+}
+
+// Connect is Dial over a socket the caller opened (a tls.Client one, a
+// Unix socket pair, …): the vat owns nc from now on. It returns the
+// peer's bootstrap capability once the peer has answered for it.
+func (v *Vat) Connect(ctx context.Context, nc net.Conn) (capnp.Client, *conn.Conn, error) {
+	return v.connect(ctx, nc, nc.RemoteAddr().String())
+}
+
+func (v *Vat) connect(ctx context.Context, nc net.Conn, address string) (capnp.Client, *conn.Conn, error) {
 	cn, err := v.serve(spawnConn{nc: nc, role: "client",
 		spanParent: trace.ContextWithSpanContext(context.Background(), trace.SpanContextFromContext(ctx))})
 	if err != nil {

@@ -200,7 +200,11 @@ func (t *streamTransport) setWriteTimeout(d time.Duration) { t.writeTimeout = d 
 // setKeepAlive: TCP keepalive probes after ka.Interval of idleness, and
 // TCP_USER_TIMEOUT (where there is one) at Interval+Timeout.
 func (t *streamTransport) setKeepAlive(ka KeepAlive) {
-	tc, ok := t.c.(*net.TCPConn)
+	c := t.c
+	if w, ok := c.(wrapper); ok {
+		c = w.NetConn() // the TCP socket under TLS
+	}
+	tc, ok := c.(*net.TCPConn)
 	if !ok || ka.Interval <= 0 {
 		return
 	}
@@ -214,14 +218,29 @@ func (t *streamTransport) setKeepAlive(ka KeepAlive) {
 }
 func (t *streamTransport) canTry() bool { return t.raw != nil }
 
-// closeWriter is implemented by *net.TCPConn and *net.UnixConn.
+// closeWriter is implemented by *net.TCPConn, *net.UnixConn and
+// *tls.Conn.
 type closeWriter interface{ CloseWrite() error }
 
+// wrapper is a connection over another (*tls.Conn).
+type wrapper interface{ NetConn() net.Conn }
+
+// CloseWrite half-closes: a FIN; over TLS, close_notify and then the FIN
+// of the socket under it.
 func (t *streamTransport) CloseWrite() error {
-	if cw, ok := t.c.(closeWriter); ok {
-		return cw.CloseWrite()
+	cw, ok := t.c.(closeWriter)
+	if !ok {
+		return t.c.Close()
 	}
-	return t.c.Close()
+	if err := cw.CloseWrite(); err != nil {
+		return err
+	}
+	if w, ok := t.c.(wrapper); ok {
+		if under, ok := w.NetConn().(closeWriter); ok {
+			return under.CloseWrite()
+		}
+	}
+	return nil
 }
 
 func (t *streamTransport) Close() error { return t.c.Close() }
