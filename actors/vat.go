@@ -6,6 +6,7 @@ package actors
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -54,6 +55,16 @@ type Options struct {
 	// conn.ActorStopped, conn.Down), on the connection actor's goroutine:
 	// it must not block.
 	OnEvent func(conn.Event)
+	// BootstrapFor, if set, picks the bootstrap capability of each
+	// accepted connection from what is known of its peer (its address;
+	// over TLS, its verified certificates: the handshake is done first,
+	// within HandshakeTimeout), in place of Bootstrap; the connection takes
+	// its own reference, the vat releases the one returned. An error
+	// refuses the peer: its socket is closed before any RPC.
+	BootstrapFor func(conn.PeerInfo) (capnp.Client, error)
+	// HandshakeTimeout bounds an accepted TLS connection's handshake.
+	// Default 10s.
+	HandshakeTimeout time.Duration
 	// Dial, if set, opens the sockets of Dial and DialSupervised (a
 	// tls.Dialer's DialContext, a proxy's, …). Default: a net.Dialer.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
@@ -70,6 +81,8 @@ type Options struct {
 // Defaults of Options.
 const (
 	DefaultStopTimeout = 10 * time.Second
+	// DefaultHandshakeTimeout is Options.HandshakeTimeout's default.
+	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultMaxConns    = 16384
 )
 
@@ -116,6 +129,9 @@ func Spawn(opts Options) *Vat {
 	}
 	if opts.MaxConns == 0 {
 		opts.MaxConns = DefaultMaxConns
+	}
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	if opts.TracerProvider != nil {
 		opts.Conn.TracerProvider = opts.TracerProvider
@@ -211,10 +227,52 @@ func (v *Vat) acceptLoop(l net.Listener) {
 			v.opts.Logger.Info("capnp: accepting again", "addr", l.Addr())
 			delay = 0
 		}
-		if _, err := v.serveAccepted(c); err != nil {
-			v.giveConnSlot()
-			c.Close()
+		if _, isTLS := c.(*tls.Conn); isTLS || v.opts.BootstrapFor != nil {
+			// A handshake, or a choice of bootstrap, must not hold up
+			// the accepting of others.
+			v.accepting.Add(1)
+			go func() {
+				defer v.accepting.Done()
+				v.admit(c)
+			}()
+			continue
 		}
+		v.admit(c)
+	}
+}
+
+// admit serves an accepted connection: over TLS once its handshake is
+// done, with the bootstrap capability BootstrapFor picks for its peer.
+func (v *Vat) admit(c net.Conn) {
+	refuse := func(why string, err error) {
+		v.opts.Logger.Debug("capnp: peer refused", "vat", v.opts.Name, "peer", c.RemoteAddr().String(), "why", why, "err", err)
+		v.giveConnSlot()
+		c.Close()
+	}
+	if tc, ok := c.(*tls.Conn); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), v.opts.HandshakeTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			refuse("TLS handshake", err)
+			return
+		}
+	}
+	sc := spawnConn{nc: c, role: "server", slot: v.connSlots != nil, peer: conn.PeerInfoOf(c)}
+	if pick := v.opts.BootstrapFor; pick != nil {
+		boot, err := pick(*sc.peer)
+		if err != nil {
+			refuse("BootstrapFor", err)
+			return
+		}
+		sc.boot, sc.ownBoot = boot, true
+	}
+	if _, err := v.serve(sc); err != nil {
+		v.giveConnSlot()
+		c.Close()
+	}
+	if sc.ownBoot {
+		sc.boot.Release()
 	}
 }
 
@@ -242,12 +300,6 @@ func (v *Vat) giveConnSlot() {
 // Serve runs a connection over an already-open socket, as the accepting
 // side.
 func (v *Vat) Serve(c net.Conn) (*conn.Conn, error) { return v.serve(spawnConn{nc: c, role: "server"}) }
-
-// serveAccepted is Serve for a listener's connection: it holds a slot of
-// Options.MaxConns until it ends.
-func (v *Vat) serveAccepted(c net.Conn) (*conn.Conn, error) {
-	return v.serve(spawnConn{nc: c, role: "server", slot: v.connSlots != nil})
-}
 
 // Dial connects to address and returns the peer's bootstrap capability,
 // resolved, and the connection. The caller releases the client. The
@@ -309,6 +361,9 @@ type spawnConn struct {
 	role       string
 	spanParent context.Context
 	slot       bool // it holds a slot of Options.MaxConns, given back at its Down
+	peer       *conn.PeerInfo
+	boot       capnp.Client // BootstrapFor's pick, in place of Options.Bootstrap
+	ownBoot    bool
 }
 
 func (v *Vat) serve(sc spawnConn) (*conn.Conn, error) {
@@ -499,6 +554,13 @@ func (a *vatActor) Receive(ctx actor.Context) {
 	case spawnConn:
 		opts := a.v.opts.Conn
 		opts.Bootstrap = a.v.opts.Bootstrap
+		if m.ownBoot {
+			opts.Bootstrap = m.boot
+		}
+		opts.PeerInfo = m.peer
+		if opts.PeerInfo == nil {
+			opts.PeerInfo = conn.PeerInfoOf(m.nc)
+		}
 		opts.Role = m.role
 		opts.Peer = m.nc.RemoteAddr().String()
 		if m.spanParent != nil {

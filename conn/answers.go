@@ -118,6 +118,7 @@ func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar
 		return old // a duplicate id: the core ends the connection
 	}
 	a := &answer{c: s.c, id: id, start: s.c.callStart(true)}
+	a.ctx.peer = s.c.opts.PeerInfo
 	a.ctx.parent, a.span, a.method = s.startAnswerSpan(context.Background(), m, bootstrap, sc)
 	s.answers[id] = a
 	return a

@@ -15,6 +15,7 @@ import (
 // package context uses, so contexts derived from it need no goroutine.
 type callCtx struct {
 	parent context.Context // never cancelled: Background, or one carrying the span
+	peer   *PeerInfo       // the connection's peer (PeerFromContext), or nil
 
 	mu    sync.Mutex
 	done  chan struct{} // made by Done or cancel, closed by cancel
@@ -26,7 +27,12 @@ type afterCall struct{ f func() }
 
 func (c *callCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
 
-func (c *callCtx) Value(key any) any { return c.parent.Value(key) }
+func (c *callCtx) Value(key any) any {
+	if _, ok := key.(peerKey); ok && c.peer != nil {
+		return c.peer
+	}
+	return c.parent.Value(key)
+}
 
 func (c *callCtx) Done() <-chan struct{} {
 	c.mu.Lock()

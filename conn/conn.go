@@ -118,6 +118,10 @@ type Options struct {
 	// (epitaph OK, "idle timeout") once all its tables have stayed empty
 	// for that long. Default 0: never.
 	IdleTimeout time.Duration
+	// PeerInfo, if set, is what is known of the peer (its address, its
+	// TLS state): the context of every call served for the peer has it
+	// (PeerFromContext), and Conn.PeerInfo returns it.
+	PeerInfo *PeerInfo
 	// KeepAlive finds a peer that is gone without a FIN or a reset, idle
 	// or busy (see core.KeepAlive: a probe after Interval of silence, the
 	// end after Timeout more). On a TCP socket it also turns on TCP
@@ -290,6 +294,10 @@ func (c *Conn) PID() *actor.PID { return c.pid.Load() }
 
 // Peer is the remote side's name as given in Options.
 func (c *Conn) Peer() string { return c.opts.Peer }
+
+// PeerInfo is Options.PeerInfo: what is known of the peer (nil: nothing
+// was said).
+func (c *Conn) PeerInfo() *PeerInfo { return c.opts.PeerInfo }
 
 // Role is "client" or "server" as given in Options.
 func (c *Conn) Role() string { return c.opts.Role }

@@ -1,9 +1,12 @@
-// Command tls runs a server vat and a client vat over mutual TLS on
+// Command tls runs a server vat and two client vats over mutual TLS on
 // loopback: the server serves a tls.NewListener (Vat.ServeListener) and
-// asks for a client certificate signed by its CA; the client dials through
+// asks for a client certificate signed by its CA; the clients dial through
 // a tls.Dialer (Options.Dial). The certificates are made here, in memory.
-// The client calls, then ends its connection gracefully: over TLS the end
-// is close_notify and then the FIN, as over TCP.
+// The server picks each connection's bootstrap capability from its peer's
+// certificate (Options.BootstrapFor), and its calls see who called
+// (conn.PeerFromContext). Each client calls, then ends its connection
+// gracefully: over TLS the end is close_notify and then the FIN, as over
+// TCP. A third client, without a certificate, is refused before any RPC.
 //
 //	go run ./samples/tls
 package main
@@ -105,12 +108,45 @@ func (p *PKI) ClientConfig(cert *tls.Certificate) *tls.Config {
 	return cfg
 }
 
+// greeter is an Echo whose echo says whom its connection's bootstrap was
+// picked for, and who the call's context says is calling.
+type greeter struct {
+	*interop.EchoServer
+	for_ string
+}
+
+func (g *greeter) Echo(ctx context.Context, call interop.Echo_echo) error {
+	caller := "nobody"
+	if p, ok := conn.PeerFromContext(ctx); ok && p.TLS != nil && len(p.TLS.PeerCertificates) > 0 {
+		caller = p.TLS.PeerCertificates[0].Subject.CommonName
+	}
+	text, err := call.Args().Text()
+	if err != nil {
+		return err
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	return res.SetText(fmt.Sprintf("%s (capability for %s, called by %s)", text, g.for_, caller))
+}
+
+// bootstrapFor gives each peer a capability of its own, named from its
+// certificate.
+func bootstrapFor(p conn.PeerInfo) (capnp.Client, error) {
+	if p.TLS == nil || len(p.TLS.PeerCertificates) == 0 {
+		return capnp.Client{}, errors.New("no client certificate")
+	}
+	g := &greeter{EchoServer: interop.NewEchoServer(), for_: p.TLS.PeerCertificates[0].Subject.CommonName}
+	return actors.NewServer(interop.Echo_Methods(nil, g), g), nil
+}
+
 // Result is what one run saw.
 type Result struct {
-	Echo                 string
-	Client, Server       conn.Report
-	Refused              error // the dial of a client without a certificate
-	ClientEnd, ServerEnd error // how each side's reading ended
+	Echo                 map[string]string // by client
+	Client, Server       conn.Report       // alice's connection, both sides
+	Refused              error             // the dial of a client without a certificate
+	ClientEnd, ServerEnd error             // how each side's reading ended
 }
 
 // Run serves Echo over mutual TLS, calls it, ends gracefully, and has a
@@ -125,13 +161,8 @@ func Run(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	clientCert, err := pki.Issue("client", false)
-	if err != nil {
-		return res, err
-	}
 	downs := make(chan conn.Down, 4)
-	server := actors.Spawn(actors.Options{Name: "tls-server",
-		Bootstrap: capnp.Client(interop.NewEchoServer().Client(actors.NewServer)),
+	server := actors.Spawn(actors.Options{Name: "tls-server", BootstrapFor: bootstrapFor,
 		OnEvent: func(e conn.Event) {
 			if d, ok := e.(conn.Down); ok {
 				downs <- d
@@ -147,33 +178,45 @@ func Run(ctx context.Context) (Result, error) {
 		return res, err
 	}
 
-	dialer := &tls.Dialer{Config: pki.ClientConfig(&clientCert)}
-	client := actors.Spawn(actors.Options{Name: "tls-client", Dial: dialer.DialContext})
-	defer client.Stop()
-	boot, cn, err := client.Dial(ctx, "tcp", addr.String())
-	if err != nil {
-		return res, err
+	res.Echo = map[string]string{}
+	for _, name := range []string{"alice", "bob"} {
+		cert, err := pki.Issue(name, false)
+		if err != nil {
+			return res, err
+		}
+		dialer := &tls.Dialer{Config: pki.ClientConfig(&cert)}
+		client := actors.Spawn(actors.Options{Name: name, Dial: dialer.DialContext})
+		defer client.Stop()
+		boot, cn, err := client.Dial(ctx, "tcp", addr.String())
+		if err != nil {
+			return res, err
+		}
+		f, release := interop.Echo(boot).Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("hello over mutual TLS") })
+		r, err := f.Struct()
+		if err == nil {
+			res.Echo[name], err = r.Text()
+		}
+		release()
+		boot.Release()
+		if err != nil {
+			return res, err
+		}
+		rep, err := cn.Shutdown(ctx, supervisor.Epitaph{Code: supervisor.OK, Message: "done"})
+		if err != nil {
+			return res, err
+		}
+		var srv conn.Report
+		select {
+		case d := <-downs:
+			srv = d.Report
+		case <-ctx.Done():
+			return res, ctx.Err()
+		}
+		if name == "alice" {
+			res.Client, res.Server = rep, srv
+			res.ClientEnd, res.ServerEnd = rep.ReadEnd, srv.ReadEnd
+		}
 	}
-	f, release := interop.Echo(boot).Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("over mutual TLS") })
-	r, err := f.Struct()
-	if err == nil {
-		res.Echo, err = r.Text()
-	}
-	release()
-	boot.Release()
-	if err != nil {
-		return res, err
-	}
-	if res.Client, err = cn.Shutdown(ctx, supervisor.Epitaph{Code: supervisor.OK, Message: "done"}); err != nil {
-		return res, err
-	}
-	select {
-	case d := <-downs:
-		res.Server = d.Report
-	case <-ctx.Done():
-		return res, ctx.Err()
-	}
-	res.ClientEnd, res.ServerEnd = res.Client.ReadEnd, res.Server.ReadEnd
 
 	// Without a certificate: refused in the handshake, before any RPC.
 	anon := actors.Spawn(actors.Options{Name: "anonymous", Dial: (&tls.Dialer{Config: pki.ClientConfig(nil)}).DialContext})
@@ -196,7 +239,9 @@ func run(w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "echo: %q\n", res.Echo)
+	for _, name := range []string{"alice", "bob"} {
+		fmt.Fprintf(w, "%s: %q\n", name, res.Echo[name])
+	}
 	fmt.Fprintf(w, "client: %v (read ended: %v)\n", res.Client.Reason, res.ClientEnd)
 	fmt.Fprintf(w, "server: %v (read ended: %v)\n", res.Server.Reason, res.ServerEnd)
 	fmt.Fprintf(w, "client without a certificate: %v\n", res.Refused)

@@ -29,8 +29,13 @@ func TestMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Echo != "over mutual TLS" {
-		t.Errorf("echo %q", res.Echo)
+	// Each client has a capability of its own, and its calls' context says
+	// who it is.
+	for _, name := range []string{"alice", "bob"} {
+		want := "hello over mutual TLS (capability for " + name + ", called by " + name + ")"
+		if got := res.Echo[name]; got != want {
+			t.Errorf("%s: echo %q, want %q", name, got, want)
+		}
 	}
 	for side, rep := range map[string]struct {
 		expected bool
@@ -53,7 +58,7 @@ func TestRun(t *testing.T) {
 	if err := run(&out); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), `echo: "over mutual TLS"`) {
+	if !strings.Contains(out.String(), `alice: "hello over mutual TLS (capability for alice, called by alice)"`) {
 		t.Errorf("output:\n%s", out.String())
 	}
 }
