@@ -83,7 +83,7 @@ const (
 	DefaultStopTimeout = 10 * time.Second
 	// DefaultHandshakeTimeout is Options.HandshakeTimeout's default.
 	DefaultHandshakeTimeout = 10 * time.Second
-	DefaultMaxConns    = 16384
+	DefaultMaxConns         = 16384
 )
 
 // ErrStopped is returned by a vat's methods once it has stopped.
