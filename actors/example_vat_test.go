@@ -93,7 +93,7 @@ func ExampleVat_DialSupervised() {
 
 	client := actors.Spawn(actors.Options{})
 	defer client.Stop()
-	r, err := client.DialSupervised("tcp", addr.String(), actors.RedialOptions{WaitDuringOutage: true})
+	r, err := client.DialSupervised(context.Background(), "tcp", addr.String(), actors.RedialOptions{WaitDuringOutage: true})
 	if err != nil {
 		fmt.Println(err)
 		return

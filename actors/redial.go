@@ -9,9 +9,12 @@ import (
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
 	"github.com/asynkron/protoactor-go/actor"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/conn"
 	"github.com/vatactor/vatactor/supervisor"
+	"github.com/vatactor/vatactor/tracing"
 )
 
 // RedialOptions configures Vat.DialSupervised.
@@ -75,6 +78,7 @@ type Redialer struct {
 	ready    chan struct{} // closed when boot becomes valid; replaced at each loss
 	err      error         // set once the redialer has stopped (escalation or Close)
 	attempts int
+	span     trace.Span // the caller's: it records the steps
 }
 
 // DialSupervised dials network/address and keeps the connection alive:
@@ -82,7 +86,12 @@ type Redialer struct {
 // after a backoff; exceeding the restart intensity stops the redialer
 // (Err then wraps supervisor.ErrEscalated). It returns at once; the first
 // dial runs in the background.
-func (v *Vat) DialSupervised(network, address string, opts RedialOptions) (*Redialer, error) {
+//
+// ctx's span is the parent of every connection span the redialer makes,
+// and gets an event per step ("redial": dialing, connected, down, waiting
+// with its backoff, escalated, stopped; each with its attempt). Its end
+// does not stop the redialer: Close does.
+func (v *Vat) DialSupervised(ctx context.Context, network, address string, opts RedialOptions) (*Redialer, error) {
 	def := supervisor.DefaultPolicy
 	if opts.Policy.Intensity.MaxRestarts <= 0 || opts.Policy.Intensity.Period <= 0 {
 		opts.Policy.Intensity = def.Intensity
@@ -94,7 +103,8 @@ func (v *Vat) DialSupervised(network, address string, opts RedialOptions) (*Redi
 		opts.DialTimeout = 10 * time.Second
 	}
 	r := &Redialer{v: v, network: network, addr: address, opts: opts, done: make(chan struct{}), ready: make(chan struct{})}
-	r.dialCtx, r.cancelDialling = context.WithCancel(context.Background())
+	r.dialCtx, r.cancelDialling = context.WithCancel(context.WithoutCancel(ctx))
+	r.span = trace.SpanFromContext(ctx)
 	r.client = capnp.NewClient(&redialHook{r: r})
 	v.mu.Lock()
 	if v.stopped {
@@ -176,6 +186,19 @@ func (r *Redialer) emit(e RedialEvent) {
 		r.mu.Lock()
 		e.Attempt = r.attempts
 		r.mu.Unlock()
+	}
+	if r.span.IsRecording() {
+		attrs := []attribute.KeyValue{tracing.AttrRedialStep.String(e.Kind), tracing.AttrRedialAttempt.Int(e.Attempt)}
+		if e.Delay > 0 {
+			attrs = append(attrs, tracing.AttrRedialBackoff.Int64(e.Delay.Milliseconds()))
+		}
+		if e.Reason != nil {
+			attrs = append(attrs, tracing.AttrReason.String(e.Reason.Error()))
+		}
+		if e.Err != nil {
+			attrs = append(attrs, tracing.AttrError.String(e.Err.Error()))
+		}
+		r.span.AddEvent("redial", trace.WithAttributes(attrs...))
 	}
 	if r.opts.OnEvent != nil {
 		r.opts.OnEvent(e)

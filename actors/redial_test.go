@@ -70,7 +70,7 @@ func TestRedialAfterServerComesBack(t *testing.T) {
 	client := actors.Spawn(actors.Options{Name: "client"})
 	defer client.Stop()
 	log := newRedialLog()
-	rd, err := client.DialSupervised("tcp", addr, actors.RedialOptions{
+	rd, err := client.DialSupervised(context.Background(), "tcp", addr, actors.RedialOptions{
 		Policy:  supervisor.Policy{Restart: supervisor.Permanent, Intensity: supervisor.Intensity{MaxRestarts: 50, Period: time.Minute}, Backoff: fastBackoff},
 		OnEvent: log.add,
 	})
@@ -126,7 +126,7 @@ func TestRedialWaitDuringOutage(t *testing.T) {
 	client := actors.Spawn(actors.Options{Name: "client"})
 	defer client.Stop()
 	log := newRedialLog()
-	rd, err := client.DialSupervised("tcp", addr, actors.RedialOptions{
+	rd, err := client.DialSupervised(context.Background(), "tcp", addr, actors.RedialOptions{
 		Policy:           supervisor.Policy{Backoff: fastBackoff},
 		WaitDuringOutage: true,
 		OnEvent:          log.add,
@@ -162,7 +162,7 @@ func TestRedialIntensityEscalates(t *testing.T) {
 	client := actors.Spawn(actors.Options{Name: "client"})
 	defer client.Stop()
 	log := newRedialLog()
-	rd, err := client.DialSupervised("tcp", addr, actors.RedialOptions{
+	rd, err := client.DialSupervised(context.Background(), "tcp", addr, actors.RedialOptions{
 		Policy: supervisor.Policy{Intensity: supervisor.Intensity{MaxRestarts: 3, Period: time.Minute},
 			Backoff: supervisor.Backoff{Initial: 5 * time.Millisecond, Multiplier: 1.5, Max: 50 * time.Millisecond}},
 		OnEvent: log.add,
@@ -191,7 +191,7 @@ func TestRedialTransientStopsOnNormalEnd(t *testing.T) {
 	client := actors.Spawn(actors.Options{Name: "client"})
 	defer client.Stop()
 	log := newRedialLog()
-	rd, err := client.DialSupervised("tcp", addr, actors.RedialOptions{
+	rd, err := client.DialSupervised(context.Background(), "tcp", addr, actors.RedialOptions{
 		Policy: supervisor.Policy{Restart: supervisor.Transient, Backoff: fastBackoff}, OnEvent: log.add})
 	if err != nil {
 		t.Fatal(err)

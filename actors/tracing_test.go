@@ -2,6 +2,7 @@ package actors_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -493,4 +494,61 @@ func TestTraceInterop(t *testing.T) {
 			t.Error("connection span of a peer that names none has a parent")
 		}
 	})
+}
+
+// TestTraceSupervisedDial: the context given to DialSupervised parents
+// the connection spans its redials make, and its span records each step
+// with its attempt.
+func TestTraceSupervisedDial(t *testing.T) {
+	tr := newTraced(t, "client")
+	server, addr := echoServerVat(t, "127.0.0.1:0")
+	defer server.Stop()
+	client := actors.Spawn(actors.Options{Name: "client", TracerProvider: tr.tps["client"]})
+	ctx, root := tr.tps["client"].Tracer("test").Start(context.Background(), "supervised")
+	log := newRedialLog()
+	rd, err := client.DialSupervised(ctx, "tcp", addr, actors.RedialOptions{OnEvent: log.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.next(t, "connected")
+	rd.Close()
+	client.Stop()
+	root.End()
+
+	spans := tr.rec.Spans()
+	var rootSpan, connSpan sdktrace.ReadOnlySpan
+	for _, s := range spans {
+		switch s.Name() {
+		case "supervised":
+			rootSpan = s
+		case tracing.ConnSpan:
+			connSpan = s
+		}
+	}
+	if rootSpan == nil || connSpan == nil {
+		t.Fatalf("spans: %v", spantree.Format(spans))
+	}
+	if connSpan.Parent().SpanID() != rootSpan.SpanContext().SpanID() {
+		t.Errorf("the connection span's parent is not DialSupervised's context")
+	}
+	var steps []string
+	for _, e := range rootSpan.Events() {
+		if e.Name != "redial" {
+			continue
+		}
+		var step string
+		var attempt int64
+		for _, kv := range e.Attributes {
+			switch kv.Key {
+			case tracing.AttrRedialStep:
+				step = kv.Value.AsString()
+			case tracing.AttrRedialAttempt:
+				attempt = kv.Value.AsInt64()
+			}
+		}
+		steps = append(steps, fmt.Sprintf("%s#%d", step, attempt))
+	}
+	if len(steps) < 2 || steps[0] != "dialing#1" || steps[1] != "connected#1" {
+		t.Errorf("redial events %v, want dialing#1, connected#1, …", steps)
+	}
 }

@@ -89,6 +89,11 @@ const (
 	AttrPhaseSkipped  = attribute.Key("capnp.phase.skipped")
 	AttrPhaseNote     = attribute.Key("capnp.phase.note")
 	AttrActor         = attribute.Key("capnp.actor") // a protoactor PID
+	// A supervised dial's steps, as events "redial" of the caller's span.
+	AttrRedialStep    = attribute.Key("capnp.redial.step") // dialing, connected, down, waiting, escalated, stopped
+	AttrRedialAttempt = attribute.Key("capnp.redial.attempt")
+	AttrRedialBackoff = attribute.Key("capnp.redial.backoff_ms") // waiting: before the next dial
+	AttrError         = attribute.Key("capnp.error")             // a failed dial, an escalation
 )
 
 // PeerAttributes are the network attributes of a connection's call spans,

@@ -81,7 +81,7 @@ func run() error {
 	client := actors.Spawn(actors.Options{Name: "client", OnEvent: printEvents("client")})
 	defer client.Stop()
 	connected := make(chan struct{}, 4)
-	rd, err := client.DialSupervised("tcp", addr, actors.RedialOptions{
+	rd, err := client.DialSupervised(context.Background(), "tcp", addr, actors.RedialOptions{
 		Policy: supervisor.Policy{Restart: supervisor.Permanent,
 			Backoff: supervisor.Backoff{Initial: 100 * time.Millisecond, Multiplier: 1.6, Max: 2 * time.Second, Jitter: 0.2}},
 		OnEvent: func(e actors.RedialEvent) {
