@@ -49,6 +49,7 @@ type state struct {
 	children map[string]core.Child // by PID id: Terminated → ChildStopped
 	pids     map[core.Child]*actor.PID
 	timers   [core.MaxDeadline + 1]*time.Timer
+	clock    coreClock
 
 	// childProps spawn every question and export actor: made once, its
 	// producer hands over spawning (see spawnChild).
@@ -135,7 +136,7 @@ var stopChildren = actor.NewOneForOneStrategy(0, 0, func(any) actor.Directive { 
 // feed gives the core one input and carries out what it does, then the
 // inputs that gave rise to.
 func (s *state) feed(in core.Input) {
-	now := time.Now()
+	now := s.clock.now()
 	s.apply(s.core.Step(now, in))
 	for len(s.later) > 0 {
 		next := s.later[0]
@@ -144,6 +145,22 @@ func (s *state) feed(in core.Input) {
 	}
 	s.later = s.later[:0]
 	s.sweep()
+}
+
+// coreClock is the time the core is given: the monotonic time elapsed
+// since a base read from the wall clock, which costs one monotonic read
+// where time.Now reads both clocks; re-based once a second, so a step of
+// the wall clock shows within that.
+type coreClock struct{ base time.Time }
+
+func (c *coreClock) now() time.Time {
+	if !c.base.IsZero() {
+		if d := time.Since(c.base); d < time.Second {
+			return c.base.Add(d)
+		}
+	}
+	c.base = time.Now()
+	return c.base
 }
 
 // sweep drops the references to capabilities named during the turn that
