@@ -207,3 +207,44 @@ func TestRedialTransientStopsOnNormalEnd(t *testing.T) {
 	}
 	rd.Close()
 }
+
+// TestMaxConnectionAge: a server ends each connection at its maximum age
+// with a graceful shutdown; the call in flight finishes, the supervised
+// client redials, and its capability works on the next connection.
+func TestMaxConnectionAge(t *testing.T) {
+	server := actors.Spawn(actors.Options{Name: "server", MaxConnectionAge: 300 * time.Millisecond, MaxConnectionAgeGrace: 5 * time.Second,
+		Bootstrap: capnp.Client(interop.NewEchoServer().Client(actors.NewServer))})
+	defer server.Stop()
+	a, err := server.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := actors.Spawn(actors.Options{Name: "client"})
+	defer client.Stop()
+	log := newRedialLog()
+	rd, err := client.DialSupervised(context.Background(), "tcp", a.String(), actors.RedialOptions{
+		WaitDuringOutage: true, OnEvent: log.add,
+		Policy: supervisor.Policy{Restart: supervisor.Permanent, Backoff: fastBackoff}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	log.next(t, "connected")
+	echo := interop.Echo(rd.Client())
+	defer echo.Release()
+	ctx := context.Background()
+	f, release := startWait(ctx, echo, 500) // in flight when the age is reached
+	defer release()
+	down := log.next(t, "down")
+	var pe supervisor.PeerEpitaph
+	if !errors.As(down.Reason, &pe) || pe.Epitaph.Code != supervisor.Unavailable || pe.Epitaph.Message != actors.MaxConnectionAgeMessage {
+		t.Fatalf("first connection ended with %v, want the max-age epitaph", down.Reason)
+	}
+	if res, err := f.Struct(); err != nil || res.Ms() != 500 {
+		t.Errorf("the call in flight at the max age: %v, want it drained and answered", err)
+	}
+	log.next(t, "connected")
+	if got, err := echoText(ctx, echo, "next connection"); err != nil || got != "next connection" {
+		t.Errorf("after the redial: %q %v", got, err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"time"
@@ -62,6 +63,15 @@ type Options struct {
 	// its own reference, the vat releases the one returned. An error
 	// refuses the peer: its socket is closed before any RPC.
 	BootstrapFor func(conn.PeerInfo) (capnp.Client, error)
+	// MaxConnectionAge, when positive, ends each accepted connection
+	// after that long (±10 %, so a fleet's connections do not end
+	// together) with a graceful shutdown, epitaph UNAVAILABLE "max
+	// connection age": its calls finish, later ones are refused as not
+	// processed, and the client redials (gRPC's MaxConnectionAge), so
+	// load rebalances across servers. MaxConnectionAgeGrace bounds that
+	// shutdown (default: StopTimeout).
+	MaxConnectionAge      time.Duration
+	MaxConnectionAgeGrace time.Duration
 	// HandshakeTimeout bounds an accepted TLS connection's handshake.
 	// Default 10s.
 	HandshakeTimeout time.Duration
@@ -513,6 +523,27 @@ func (v *Vat) stop(ctx context.Context, ep supervisor.Epitaph, graceful bool) (R
 	return rep, ctx.Err()
 }
 
+// jittered is d ±10 %, by r in [0, 1).
+func jittered(d time.Duration, r float64) time.Duration {
+	return time.Duration(float64(d) * (0.9 + 0.2*r))
+}
+
+// ageOut ends c, which has reached MaxConnectionAge, gracefully.
+func (v *Vat) ageOut(c *conn.Conn) {
+	grace := v.opts.MaxConnectionAgeGrace
+	if grace <= 0 {
+		grace = v.opts.StopTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	v.opts.Logger.Debug("capnp: max connection age", "vat", v.opts.Name, "peer", c.Peer())
+	_, _ = c.Shutdown(ctx, supervisor.Epitaph{Code: supervisor.Unavailable, Message: MaxConnectionAgeMessage})
+}
+
+// MaxConnectionAgeMessage is the epitaph's message of a connection ended
+// by Options.MaxConnectionAge.
+const MaxConnectionAgeMessage = "max connection age"
+
 // stopConn ends one connection within Options.StopTimeout.
 func (v *Vat) stopConn(ctx context.Context, c *conn.Conn, ep supervisor.Epitaph, graceful bool) conn.Report {
 	if !graceful {
@@ -545,6 +576,7 @@ func (v *Vat) event(e conn.Event) {
 // keeps them in start order.
 type vatActor struct {
 	v       *Vat
+	aging   map[*conn.Conn]*time.Timer // MaxConnectionAge
 	conns   []*conn.Conn
 	slotted map[*conn.Conn]bool // accepted connections holding a slot of Options.MaxConns
 }
@@ -577,6 +609,12 @@ func (a *vatActor) Receive(ctx actor.Context) {
 		c := conn.Spawn(ctx, a.v.system.Root, conn.NewStreamTransport(m.nc, opts.Limits), opts)
 		a.conns = append(a.conns, c)
 		a.v.connUp(c)
+		if age := a.v.opts.MaxConnectionAge; age > 0 && m.role == "server" {
+			if a.aging == nil {
+				a.aging = map[*conn.Conn]*time.Timer{}
+			}
+			a.aging[c] = time.AfterFunc(jittered(age, rand.Float64()), func() { a.v.ageOut(c) })
+		}
 		if m.slot {
 			if a.slotted == nil {
 				a.slotted = map[*conn.Conn]bool{}
@@ -598,6 +636,10 @@ func (a *vatActor) Receive(ctx actor.Context) {
 		ctx.Respond(out)
 	case conn.Down:
 		a.v.connDown(m.Conn)
+		if t := a.aging[m.Conn]; t != nil {
+			t.Stop()
+			delete(a.aging, m.Conn)
+		}
 		for i, c := range a.conns {
 			if c == m.Conn {
 				a.conns = append(a.conns[:i], a.conns[i+1:]...)
