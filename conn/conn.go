@@ -45,7 +45,6 @@ import (
 	"time"
 
 	"capnproto.org/go/capnp/v3"
-	"capnproto.org/go/capnp/v3/exc"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"github.com/asynkron/protoactor-go/actor"
 	"go.opentelemetry.io/otel/attribute"
@@ -412,9 +411,9 @@ func (c *Conn) hurryNow() {
 // errDisconnected is what calls get once the connection is gone.
 func (c *Conn) errDisconnected() error {
 	if r := c.Err(); r != nil {
-		return exc.WrapError("disconnected", &exc.Exception{Type: exc.Disconnected, Cause: r})
+		return notProcessed("the connection has ended: %w", r)
 	}
-	return &exc.Exception{Type: exc.Disconnected, Cause: ErrClosed}
+	return notProcessed("%w", ErrClosed)
 }
 
 // post delivers msg to the connection actor, or reports that the

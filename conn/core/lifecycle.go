@@ -477,7 +477,16 @@ func (c *Core) close(hard bool) {
 
 // errDisconnected is what local calls get once the connection is ending.
 func (c *Core) errDisconnected() error {
-	return &Error{Type: ExcDisconnected, Prefix: "disconnected", Cause: fmt.Errorf("%w: %v", ErrClosed, c.life.reason)}
+	return notProcessed("%w: %w", ErrClosed, c.reasonErr())
+}
+
+// reasonErr is the connection's reason as an error for %w (ErrClosed
+// before there is one).
+func (c *Core) reasonErr() error {
+	if c.life.reason == nil {
+		return ErrClosed
+	}
+	return c.life.reason
 }
 
 // abandonAnswers ends the peer's calls still running. Each is answered
@@ -572,9 +581,9 @@ func (c *Core) stopQuestions() {
 // questionLost is the error of a question whose answer will never come.
 func (c *Core) questionLost() error {
 	if ep := c.life.peerNotProcessed; ep != nil {
-		return notProcessed("the peer closed the connection (epitaph %v) before answering", *ep)
+		return notProcessed("the peer closed the connection (%w) before answering", c.reasonErr())
 	}
-	return outcomeUnknown("the connection ended (%v) before the answer arrived", c.life.reason)
+	return outcomeUnknown("the connection ended (%w) before the answer arrived", c.reasonErr())
 }
 
 // stopExports stops the export actors, newest first; each releases its

@@ -473,7 +473,8 @@ func (c *Core) localCancel(call CallID, err error) {
 		err = errCanceled
 	}
 	c.sendFinish(q, true)
-	c.settle(q, nil, err)
+	// It was sent: the peer may have run it, or part of it.
+	c.settle(q, nil, fmt.Errorf("%w (%w: the call had been sent)", err, ErrOutcomeUnknown))
 }
 
 // sendFinish tells the peer we are done with q. releaseResultCaps: we

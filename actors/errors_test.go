@@ -1,0 +1,213 @@
+package actors_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exc"
+
+	"github.com/vatactor/vatactor/actors"
+	"github.com/vatactor/vatactor/conn"
+	"github.com/vatactor/vatactor/interop"
+	"github.com/vatactor/vatactor/supervisor"
+)
+
+// What a failed call says, by how it failed (README: "What a failed call
+// says"): a remote exception, or exactly one of ErrNotProcessed and
+// ErrOutcomeUnknown, with the connection's reason when it has ended, and
+// an exception type its text agrees with.
+type callError struct {
+	notProcessed, outcomeUnknown bool
+	reason                       supervisor.Reason // nil: the connection had not ended
+	typ                          exc.Type
+}
+
+func classify(err error) callError {
+	var ce callError
+	ce.notProcessed = errors.Is(err, conn.ErrNotProcessed)
+	ce.outcomeUnknown = errors.Is(err, conn.ErrOutcomeUnknown)
+	var r supervisor.Reason
+	if errors.As(err, &r) {
+		ce.reason = r
+	}
+	ce.typ = exc.TypeOf(err)
+	return ce
+}
+
+// checkOneOf: exactly one of the two sentinels, the type disconnected and
+// said in the text.
+func checkOneOf(t *testing.T, what string, err error, wantNotProcessed bool) callError {
+	t.Helper()
+	ce := classify(err)
+	if err == nil {
+		t.Fatalf("%s: no error", what)
+	}
+	if ce.notProcessed == ce.outcomeUnknown {
+		t.Errorf("%s: %v: not processed %v, outcome unknown %v: want exactly one", what, err, ce.notProcessed, ce.outcomeUnknown)
+	}
+	if ce.notProcessed != wantNotProcessed {
+		t.Errorf("%s: %v: not processed = %v, want %v", what, err, ce.notProcessed, wantNotProcessed)
+	}
+	return ce
+}
+
+func echoVat(t *testing.T, opts actors.Options) (*actors.Vat, string) {
+	t.Helper()
+	opts.Bootstrap = capnp.Client(interop.NewEchoServer().Client(actors.NewServer))
+	v := actors.Spawn(opts)
+	t.Cleanup(v.Stop)
+	a, err := v.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, a.String()
+}
+
+func dialEcho(t *testing.T, addr string) (interop.Echo, *conn.Conn) {
+	t.Helper()
+	client := actors.Spawn(actors.Options{Name: "client"})
+	t.Cleanup(client.Stop)
+	boot, cn, err := client.Dial(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(boot.Release)
+	return interop.Echo(boot), cn
+}
+
+func TestErrorModel(t *testing.T) {
+	ctx := context.Background()
+
+	t.Run("call after the connection ended", func(t *testing.T) {
+		server, addr := echoVat(t, actors.Options{Name: "server"})
+		e, cn := dialEcho(t, addr)
+		if _, err := server.Shutdown(ctx, supervisor.Epitaph{Code: supervisor.Unavailable, Message: "moving"}); err != nil {
+			t.Fatal(err)
+		}
+		<-cn.Done()
+		_, err := echoText(ctx, e, "late")
+		ce := checkOneOf(t, "after the end", err, true)
+		var pe supervisor.PeerEpitaph
+		if !errors.As(err, &pe) || pe.Epitaph.Message != "moving" {
+			t.Errorf("%v: the connection's reason is not in it", err)
+		}
+		if ce.typ != exc.Disconnected || !strings.Contains(err.Error(), "disconnected") {
+			t.Errorf("%v: type %v", err, ce.typ)
+		}
+	})
+
+	t.Run("call refused while the peer drains", func(t *testing.T) {
+		server, addr := echoVat(t, actors.Options{Name: "server"})
+		e, _ := dialEcho(t, addr)
+		f, release := startWait(ctx, e, 400) // keeps the drain going
+		defer release()
+		for len(server.Conns()) == 0 || server.Conns()[0].Stats().Answers < 2 {
+			time.Sleep(time.Millisecond)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_, _ = server.Shutdown(ctx, supervisor.Epitaph{Code: supervisor.Unavailable, Message: "draining"})
+		}()
+		var err error
+		for range 200 { // until the drain refuses
+			if _, err = echoText(ctx, e, "during"); err != nil {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		ce := checkOneOf(t, "during the drain", err, true)
+		if ce.typ != exc.Disconnected {
+			t.Errorf("%v: type %v", err, ce.typ)
+		}
+		if _, err := f.Struct(); err != nil {
+			t.Errorf("the call in flight was not drained: %v", err)
+		}
+		<-done
+	})
+
+	t.Run("call abandoned at the peer's drain deadline", func(t *testing.T) {
+		server, addr := echoVat(t, actors.Options{Name: "server", Conn: conn.Options{DrainTimeout: 50 * time.Millisecond}})
+		e, _ := dialEcho(t, addr)
+		f, release := startWait(ctx, e, 10_000)
+		defer release()
+		for len(server.Conns()) == 0 || server.Conns()[0].Stats().Answers < 2 {
+			time.Sleep(time.Millisecond)
+		}
+		_, _ = server.Shutdown(ctx, supervisor.Epitaph{Code: supervisor.Unavailable, Message: "going"})
+		_, err := f.Struct()
+		// The peer's own word: a remote disconnected exception saying it
+		// may have been partly processed.
+		if err == nil || exc.TypeOf(err) != exc.Disconnected || !strings.Contains(err.Error(), "abandoned") || errors.Is(err, conn.ErrNotProcessed) {
+			t.Errorf("abandoned call: %v (type %v)", err, exc.TypeOf(err))
+		}
+	})
+
+	t.Run("peer gone with a call in flight", func(t *testing.T) {
+		server := actors.Spawn(actors.Options{Name: "server", Bootstrap: capnp.Client(interop.NewEchoServer().Client(actors.NewServer))})
+		defer server.Stop()
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			nc, err := l.Accept()
+			if err == nil {
+				accepted <- nc
+				_, _ = server.Serve(nc)
+			}
+		}()
+		e, cn := dialEcho(t, l.Addr().String())
+		nc := <-accepted
+		f, release := startWait(ctx, e, 10_000)
+		defer release()
+		for server.Conns()[0].Stats().Answers < 2 {
+			time.Sleep(time.Millisecond)
+		}
+		_ = nc.Close() // the server's socket goes, as when its process dies
+		_, err = f.Struct()
+		ce := checkOneOf(t, "peer gone", err, false)
+		if ce.reason == nil || ce.typ != exc.Disconnected {
+			t.Errorf("%v: reason %v, type %v", err, ce.reason, ce.typ)
+		}
+		<-cn.Done()
+	})
+
+	t.Run("the caller's deadline", func(t *testing.T) {
+		_, addr := echoVat(t, actors.Options{Name: "server"})
+		e, _ := dialEcho(t, addr)
+		dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancel()
+		f, release := startWait(dctx, e, 10_000)
+		defer release()
+		_, err := f.Struct()
+		checkOneOf(t, "deadline", err, false)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%v: not context.DeadlineExceeded", err)
+		}
+	})
+
+	t.Run("overloaded", func(t *testing.T) {
+		_, addr := echoVat(t, actors.Options{Name: "server", Conn: conn.Options{MaxAnswers: 1}})
+		e, _ := dialEcho(t, addr)
+		f1, r1 := startWait(ctx, e, 300)
+		defer r1()
+		time.Sleep(50 * time.Millisecond)
+		f2, r2 := startWait(ctx, e, 300)
+		defer r2()
+		_, err := f2.Struct()
+		if exc.TypeOf(err) != exc.Overloaded || !strings.Contains(err.Error(), "too many calls") {
+			t.Errorf("overloaded: %v (type %v)", err, exc.TypeOf(err))
+		}
+		if _, err := f1.Struct(); err != nil {
+			t.Error(err)
+		}
+	})
+}
