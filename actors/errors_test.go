@@ -211,3 +211,79 @@ func TestErrorModel(t *testing.T) {
 		}
 	})
 }
+
+// deadlineEcho records the context its wait() runs with.
+type deadlineEcho struct {
+	*interop.EchoServer
+	seen chan deadlineSeen
+}
+
+type deadlineSeen struct {
+	deadline time.Time
+	ok       bool
+	err      error
+}
+
+func (d *deadlineEcho) Wait(ctx context.Context, call interop.Echo_wait) error {
+	dl, ok := ctx.Deadline()
+	<-ctx.Done()
+	d.seen <- deadlineSeen{dl, ok, ctx.Err()}
+	return ctx.Err()
+}
+
+// TestDeadlinePropagation: the caller's deadline travels with the call:
+// the callee's context has it and ends by then; the caller's error says
+// context.DeadlineExceeded and ErrOutcomeUnknown.
+func TestDeadlinePropagation(t *testing.T) {
+	impl := &deadlineEcho{EchoServer: interop.NewEchoServer(), seen: make(chan deadlineSeen, 1)}
+	server := actors.Spawn(actors.Options{Name: "server", Bootstrap: actors.NewServer(interop.Echo_Methods(nil, impl), impl)})
+	defer server.Stop()
+	a, err := server.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := dialEcho(t, a.String())
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	f, release := startWait(ctx, e, 60_000)
+	defer release()
+	_, err = f.Struct()
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, conn.ErrOutcomeUnknown) {
+		t.Errorf("caller: %v, want context.DeadlineExceeded and ErrOutcomeUnknown", err)
+	}
+	seen := <-impl.seen
+	if !seen.ok || seen.deadline.Before(start) || seen.deadline.After(start.Add(time.Second)) {
+		t.Errorf("callee's deadline %v (%v), want about 200 ms after %v", seen.deadline, seen.ok, start)
+	}
+	// Its own timer or the caller's Finish ends it, whichever comes first
+	// (as in gRPC).
+	if !errors.Is(seen.err, context.DeadlineExceeded) && !errors.Is(seen.err, context.Canceled) {
+		t.Errorf("callee's context ended with %v", seen.err)
+	}
+}
+
+// TestDeadlineIgnoredByOtherPeers: a call with a deadline to go-capnp and
+// to the C++ reference works: the sidecar that carries it is invisible
+// to them.
+func TestDeadlineIgnoredByOtherPeers(t *testing.T) {
+	call := func(t *testing.T, addr string) {
+		e, _ := dialEcho(t, addr)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if got, err := echoText(ctx, e, "with a deadline"); err != nil || got != "with a deadline" {
+			t.Errorf("%q %v", got, err)
+		}
+	}
+	t.Run("go-capnp", func(t *testing.T) {
+		addr, served := startGoCapnpServer(t)
+		call(t, addr)
+		if rc := <-served; rc != nil {
+			rc.Close()
+		}
+	})
+	t.Run("C++", func(t *testing.T) {
+		addr, _ := startCxxServer(t, cxxPeer(t))
+		call(t, addr)
+	})
+}

@@ -2,6 +2,7 @@ package conn
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -119,6 +120,9 @@ func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar
 	}
 	a := &answer{c: s.c, id: id, start: s.c.callStart(true)}
 	a.ctx.peer = s.c.opts.PeerInfo
+	if sc != nil && sc.Timeout > 0 {
+		a.ctx.expireAt(time.Now().Add(sc.Timeout)) // the caller's deadline, from when its Call was read
+	}
 	a.ctx.parent, a.span, a.method = s.startAnswerSpan(context.Background(), m, bootstrap, sc)
 	s.answers[id] = a
 	return a
@@ -139,10 +143,21 @@ func (s *state) deliver(o core.Deliver) {
 			Cause: errCapGone}})
 		return
 	}
+	if a.ctx.expired() {
+		// It waited (behind an embargo, a pipelined answer, a busy
+		// actor) past its caller's deadline: it does not run.
+		s.releaseCaps(o.Params.CapTable)
+		s.later = append(s.later, &core.Returned{Answer: a.id, Err: &core.Error{Type: core.ExcFailed, Prefix: "capnp",
+			Cause: errExpired}})
+		return
+	}
 	in.msg.CapTable().Reset(s.clients(o.Params.CapTable)...)
 	a.delivered = true
 	l.client.RecvCall(&a.ctx, capnp.Recv{Method: a.method, Args: in.content.Struct(), ReleaseArgs: a.releaseArgs, Returner: a})
 }
+
+// errExpired answers a call whose caller's deadline passed before it ran.
+var errExpired = fmt.Errorf("%w: the call waited past its caller's deadline and did not run", context.DeadlineExceeded)
 
 // answerReturned: the callee has returned; the core is told, with the
 // capabilities of its results as it names them.

@@ -17,6 +17,12 @@ type callCtx struct {
 	parent context.Context // never cancelled: Background, or one carrying the span
 	peer   *PeerInfo       // the connection's peer (PeerFromContext), or nil
 
+	// deadline: the caller's, carried by the Call's sidecar (zero:
+	// none); set before the callee has the context. timer ends the
+	// context then.
+	deadline time.Time
+	timer    *time.Timer
+
 	mu    sync.Mutex
 	done  chan struct{} // made by Done or cancel, closed by cancel
 	err   error
@@ -25,7 +31,17 @@ type callCtx struct {
 
 type afterCall struct{ f func() }
 
-func (c *callCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
+
+// expireAt gives c the caller's deadline d: c ends with
+// context.DeadlineExceeded then.
+func (c *callCtx) expireAt(d time.Time) {
+	c.deadline = d
+	c.timer = time.AfterFunc(time.Until(d), func() { c.end(context.DeadlineExceeded) })
+}
+
+// expired reports whether c's deadline has passed.
+func (c *callCtx) expired() bool { return !c.deadline.IsZero() && !time.Now().Before(c.deadline) }
 
 func (c *callCtx) Value(key any) any {
 	if _, ok := key.(peerKey); ok && c.peer != nil {
@@ -80,12 +96,20 @@ func (c *callCtx) AfterFunc(f func()) (stop func() bool) {
 
 // cancel cancels c, once.
 func (c *callCtx) cancel() {
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.end(context.Canceled)
+}
+
+// end ends c with err, once.
+func (c *callCtx) end(err error) {
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
 		return
 	}
-	c.err = context.Canceled
+	c.err = err
 	if c.done != nil {
 		close(c.done)
 	}

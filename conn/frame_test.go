@@ -112,7 +112,8 @@ func TestSidecarBytes(t *testing.T) {
 	f, _ := m.NewFinish()
 	f.SetQuestionId(7)
 	sc := &Sidecar{Features: ourFeatures, TraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-		TraceState: "vendor=1", ConnParent: "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"}
+		TraceState: "vendor=1", ConnParent: "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01",
+		Timeout: 1500 * time.Millisecond}
 	b, err := appendFrame(nil, Frame{Msg: msg, Sidecar: sc})
 	if err != nil {
 		t.Fatal(err)
@@ -129,8 +130,8 @@ func TestSidecarBytes(t *testing.T) {
 	if len(side) != 8*int(binary.LittleEndian.Uint32(b[8:])) {
 		t.Fatalf("sidecar segment size mismatch")
 	}
-	// Word 0: struct pointer, offset 0, 2 data words, 3 pointers.
-	if got, want := binary.LittleEndian.Uint64(side), uint64(2)<<32|uint64(3)<<48; got != want {
+	// Word 0: struct pointer, offset 0, 3 data words, 3 pointers.
+	if got, want := binary.LittleEndian.Uint64(side), uint64(3)<<32|uint64(3)<<48; got != want {
 		t.Fatalf("sidecar root pointer = %#x, want %#x", got, want)
 	}
 	if string(side[8:16]) != "VATACTOR" {
@@ -138,6 +139,9 @@ func TestSidecarBytes(t *testing.T) {
 	}
 	if got := binary.LittleEndian.Uint64(side[16:]); got != 1 {
 		t.Fatalf("features = %#x, want 1 (epitaphs)", got)
+	}
+	if got := binary.LittleEndian.Uint64(side[24:]); got != 1_500_000 {
+		t.Fatalf("timeout = %d µs, want 1500000", got)
 	}
 	got, err := readFrame(newTestReader(bytes.NewReader(b)), Limits{}.withDefaults())
 	if err != nil {

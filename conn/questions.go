@@ -2,6 +2,8 @@ package conn
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +38,7 @@ type question struct {
 	sidecar   *Sidecar   // carries span's context with the Call (nil: none)
 	flowBytes int64      // room taken in target.flow; given back when settled
 	start     time.Time  // for its duration (zero: not measured)
+	deadline  time.Time  // the caller's (zero: none)
 
 	settled atomic.Bool // the promise has been (or is being) resolved
 	// resultsDone: who is done with results (resultsCallerDone,
@@ -141,6 +144,12 @@ func (q *question) settle(ptr capnp.Ptr, err error, onActor bool) bool {
 	}
 	if q.flowBytes > 0 {
 		q.target.flow.release(q.flowBytes)
+	}
+	if err != nil && !q.deadline.IsZero() && !time.Now().Before(q.deadline) && !errors.Is(err, context.DeadlineExceeded) {
+		// The callee gave up at the deadline it was told (its
+		// exception came before our own timer): the caller's
+		// deadline, all the same.
+		err = fmt.Errorf("%w (%w: the call had been sent): %w", context.DeadlineExceeded, ErrOutcomeUnknown, err)
 	}
 	endQuestionSpan(q, err, onActor)
 	q.c.callEnded(false, q.start, q.method, err)
@@ -250,6 +259,14 @@ func (c *Conn) sendCall(ctx context.Context, tgt callTarget, s capnp.Send) (*cap
 	q.msg, q.rcall, q.flowBytes = msg, call, flowBytes
 	q.span, q.sidecar = c.startQuestionSpan(ctx, s.Method, false)
 	q.start = c.callStart(false)
+	if dl, ok := ctx.Deadline(); ok {
+		// The callee learns the time left (peers not ours ignore it).
+		if q.sidecar == nil {
+			q.sidecar = &Sidecar{}
+		}
+		q.sidecar.Timeout = max(time.Until(dl), time.Microsecond)
+		q.deadline = dl
+	}
 	q.watch(ctx)
 	if err := c.post(callOut{q: q}); err != nil {
 		if q.stopWatch != nil {

@@ -3,6 +3,7 @@ package conn
 import (
 	"encoding/binary"
 	"fmt"
+	"time"
 
 	"capnproto.org/go/capnp/v3"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
@@ -18,6 +19,9 @@ type Sidecar struct {
 	TraceParent string // W3C traceparent of the call ("" if none)
 	TraceState  string // W3C tracestate
 	ConnParent  string // W3C traceparent of the sender's connection span (first sidecar only)
+	// Timeout is, on a Call, the time left before the caller's deadline
+	// when the frame was written, to the microsecond (0: no deadline).
+	Timeout time.Duration
 }
 
 // Has reports whether the sender of s understands feature f.
@@ -71,11 +75,11 @@ func decodeFinishFrame(body []byte) finishFrame {
 }
 
 // The layout appendSidecar writes, which is the one capnp's encoder
-// makes for wire.Sidecar: the root struct pointer, the two data words
-// (magic, features), the three Text pointers (traceparent, tracestate,
+// makes for wire.Sidecar: the root struct pointer, the three data words
+// (magic, features, timeout), the three Text pointers (traceparent, tracestate,
 // conn), then each non-empty text with its NUL, padded to a word.
 const (
-	sidecarDataWords = 2
+	sidecarDataWords = 3
 	sidecarPtrWords  = 3
 	sidecarRootPtr   = uint64(sidecarDataWords)<<32 | uint64(sidecarPtrWords)<<48 // struct, offset 0
 	sidecarHeadBytes = 8 * (1 + sidecarDataWords + sidecarPtrWords)
@@ -89,6 +93,7 @@ func appendSidecar(dst []byte, s *Sidecar) []byte {
 	dst = binary.LittleEndian.AppendUint64(dst, sidecarRootPtr)
 	dst = binary.LittleEndian.AppendUint64(dst, wire.SidecarMagic)
 	dst = binary.LittleEndian.AppendUint64(dst, s.Features)
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(s.Timeout/time.Microsecond))
 	next := uint64(1 + sidecarDataWords + sidecarPtrWords) // word of the next text
 	for i, t := range texts {
 		if t == "" {
@@ -140,7 +145,7 @@ func decodeSidecar(seg []byte, lim Limits) (*Sidecar, error) {
 	if err != nil {
 		return nil, frameErrorf(ErrMalformedFrame, "sidecar: %v", err)
 	}
-	out := &Sidecar{Features: sc.Features()}
+	out := &Sidecar{Features: sc.Features(), Timeout: micros(sc.Timeout())}
 	if out.TraceParent, err = sc.Traceparent(); err == nil {
 		if out.TraceState, err = sc.Tracestate(); err == nil {
 			out.ConnParent, err = sc.Conn()
@@ -158,7 +163,7 @@ func decodeOurSidecar(seg []byte) (*Sidecar, bool) {
 	if len(seg) < sidecarHeadBytes || binary.LittleEndian.Uint64(seg) != sidecarRootPtr {
 		return nil, false
 	}
-	out := &Sidecar{Features: binary.LittleEndian.Uint64(seg[16:])}
+	out := &Sidecar{Features: binary.LittleEndian.Uint64(seg[16:]), Timeout: micros(binary.LittleEndian.Uint64(seg[24:]))}
 	fields := [sidecarPtrWords]*string{&out.TraceParent, &out.TraceState, &out.ConnParent}
 	for i, f := range fields {
 		at := uint64(1 + sidecarDataWords + i)
@@ -182,6 +187,12 @@ func decodeOurSidecar(seg []byte) (*Sidecar, bool) {
 		*f = string(text[:n-1])
 	}
 	return out, true
+}
+
+// micros is a sidecar's timeout, bounded to what a Duration holds.
+func micros(us uint64) time.Duration {
+	const max = uint64(1<<63-1) / uint64(time.Microsecond)
+	return time.Duration(min(us, max)) * time.Microsecond
 }
 
 // setEpitaph adds ep to e's details under wire.EpitaphDetailId. The

@@ -32,6 +32,12 @@ struct Sidecar {
   # W3C traceparent of the sender's connection span; in the first sidecar
   # of a connection only (empty: none). The receiver's connection span
   # becomes its child.
+
+  timeout @5 :UInt64;
+  # On a Call: the microseconds left before the caller's deadline when the
+  # frame was written (0: no deadline). The callee's context ends that
+  # long after the frame is read; a call still waiting then is refused
+  # without running.
 }
 
 enum Feature {
