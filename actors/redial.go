@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -24,8 +25,10 @@ type RedialOptions struct {
 	// (permanent, 10 restarts a minute, gRPC's backoff).
 	Policy supervisor.Policy
 	// WaitDuringOutage makes calls made while there is no connection wait
-	// for the next one (bounded by the call's context). Default: they fail
-	// at once with a disconnected error that wraps conn.ErrNotProcessed.
+	// for the next one (bounded by the call's context), and sends a call
+	// the connection refused as not processed (a draining server) once
+	// more on the next connection. Default: they fail at once with a
+	// disconnected error that wraps conn.ErrNotProcessed.
 	WaitDuringOutage bool
 	// DialTimeout bounds each dial, bootstrap included. Default 10s.
 	DialTimeout time.Duration
@@ -36,7 +39,7 @@ type RedialOptions struct {
 
 // RedialEvent is one step of a supervised dial.
 type RedialEvent struct {
-	Kind    string        // "dialing", "connected", "down", "waiting", "escalated", "stopped"
+	Kind    string        // "dialing", "connected", "down", "waiting", "retrying" (a call refused as not processed), "escalated", "stopped"
 	Attempt int           // dials made so far
 	Delay   time.Duration // for "waiting": the backoff before the next dial
 	Reason  supervisor.Reason
@@ -156,27 +159,45 @@ func (r *Redialer) Close() {
 // current returns the bootstrap capability of the current connection,
 // waiting for one if the options say so.
 func (r *Redialer) current(ctx context.Context) (capnp.Client, error) {
+	boot, _, err := r.after(ctx, nil)
+	return boot, err
+}
+
+// after is current on a connection other than not (nil: any), and that
+// connection.
+func (r *Redialer) after(ctx context.Context, not *conn.Conn) (capnp.Client, *conn.Conn, error) {
 	for {
 		r.mu.Lock()
-		boot, ready, err := r.boot, r.ready, r.err
-		if boot.IsValid() {
+		boot, cn, ready, err := r.boot, r.cn, r.ready, r.err
+		if boot.IsValid() && (not == nil || cn != not) {
 			boot = boot.AddRef()
+		} else {
+			boot = capnp.Client{}
 		}
 		r.mu.Unlock()
 		switch {
 		case err != nil:
-			return capnp.Client{}, exc.WrapError("disconnected", &exc.Exception{Type: exc.Disconnected, Cause: err})
+			return capnp.Client{}, nil, exc.WrapError("disconnected", &exc.Exception{Type: exc.Disconnected, Cause: err})
 		case boot.IsValid():
-			return boot, nil
+			return boot, cn, nil
+		case not != nil && cn == not:
+			// The connection that refused: wait for the next one.
+			select {
+			case <-not.Done():
+			case <-r.done:
+			case <-ctx.Done():
+				return capnp.Client{}, nil, ctx.Err()
+			}
+			continue
 		case !r.opts.WaitDuringOutage:
-			return capnp.Client{}, &exc.Exception{Type: exc.Disconnected, Prefix: "disconnected",
+			return capnp.Client{}, nil, &exc.Exception{Type: exc.Disconnected, Prefix: "disconnected",
 				Cause: fmt.Errorf("%w: no connection to %s (redialing)", conn.ErrNotProcessed, r.addr)}
 		}
 		select {
 		case <-ready:
 		case <-r.done:
 		case <-ctx.Done():
-			return capnp.Client{}, ctx.Err()
+			return capnp.Client{}, nil, ctx.Err()
 		}
 	}
 }
@@ -210,12 +231,111 @@ func (r *Redialer) emit(e RedialEvent) {
 type redialHook struct{ r *Redialer }
 
 func (h *redialHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
-	c, err := h.r.current(ctx)
+	if h.r.opts.WaitDuringOutage {
+		return h.sendRetrying(ctx, s)
+	}
+	return h.sendOnce(ctx, s)
+}
+
+func (h *redialHook) sendOnce(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	ans, rel, _ := h.sendOn(ctx, s, nil)
+	return ans, rel
+}
+
+// sendOn sends s on a connection other than not (nil: the current one)
+// and says which.
+func (h *redialHook) sendOn(ctx context.Context, s capnp.Send, not *conn.Conn) (*capnp.Answer, capnp.ReleaseFunc, *conn.Conn) {
+	c, cn, err := h.r.after(ctx, not)
 	if err != nil {
-		return capnp.ErrorAnswer(s.Method, err), func() {}
+		return capnp.ErrorAnswer(s.Method, err), func() {}, nil
 	}
 	defer c.Release()
-	return c.SendCall(ctx, s)
+	ans, rel := c.SendCall(ctx, s)
+	return ans, rel, cn
+}
+
+// sendRetrying sends s and, when the connection refuses it as not
+// processed (a draining server), sends it once more on the next
+// connection: the caller never sees that refusal. A call whose outcome
+// is unknown is never sent again; calls pipelined on its answer go with
+// the attempt in flight and are not retried.
+func (h *redialHook) sendRetrying(ctx context.Context, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	msg, seg := capnp.NewSingleSegmentMessage(nil)
+	args, err := capnp.NewRootStruct(seg, s.ArgsSize)
+	if err == nil && s.PlaceArgs != nil {
+		err = s.PlaceArgs(args) // once: a retry sends a copy of these
+	}
+	if err != nil {
+		msg.Release()
+		return capnp.ErrorAnswer(s.Method, err), func() {}
+	}
+	again := capnp.Send{Method: s.Method, ArgsSize: s.ArgsSize, PlaceArgs: func(dst capnp.Struct) error { return dst.CopyFrom(args) }}
+	rc := &retryingCall{}
+	var used *conn.Conn
+	rc.ans, rc.rel, used = h.sendOn(ctx, again, nil)
+	p := capnp.NewPromise(s.Method, rc, nil)
+	first := rc.ans
+	go func() {
+		defer msg.Release()
+		st, err := first.Struct()
+		rc.mu.Lock()
+		retry := errors.Is(err, conn.ErrNotProcessed) && !rc.released && ctx.Err() == nil
+		if retry {
+			rc.rel() // the refused attempt
+			rc.rel = nil
+		}
+		rc.mu.Unlock()
+		if retry {
+			h.r.emit(RedialEvent{Kind: "retrying", Err: err})
+			ans, rel, _ := h.sendOn(ctx, again, used) // the next connection
+			rc.mu.Lock()
+			rc.ans, rc.rel = ans, rel
+			released := rc.released
+			rc.mu.Unlock()
+			if released {
+				rel() // released meanwhile: this cancels it
+			}
+			st, err = ans.Struct()
+		}
+		p.Resolve(st.ToPtr(), err)
+	}()
+	return p.Answer(), func() {
+		rc.mu.Lock()
+		if rc.released {
+			rc.mu.Unlock()
+			return
+		}
+		rc.released = true
+		rel := rc.rel
+		rc.mu.Unlock()
+		if rel != nil {
+			rel() // cancels the attempt in flight, or frees its results
+		}
+		p.ReleaseClients()
+	}
+}
+
+// retryingCall is the attempt in flight of a call that sendRetrying may
+// send twice.
+type retryingCall struct {
+	mu       sync.Mutex
+	ans      *capnp.Answer
+	rel      capnp.ReleaseFunc
+	released bool
+}
+
+func (rc *retryingCall) current() *capnp.Answer {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.ans
+}
+
+func (rc *retryingCall) PipelineSend(ctx context.Context, transform []capnp.PipelineOp, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
+	return rc.current().PipelineSend(ctx, transform, s)
+}
+
+func (rc *retryingCall) PipelineRecv(ctx context.Context, transform []capnp.PipelineOp, r capnp.Recv) capnp.PipelineCaller {
+	return rc.current().PipelineRecv(ctx, transform, r)
 }
 
 func (h *redialHook) Recv(ctx context.Context, rc capnp.Recv) capnp.PipelineCaller {

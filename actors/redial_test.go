@@ -248,3 +248,45 @@ func TestMaxConnectionAge(t *testing.T) {
 		t.Errorf("after the redial: %q %v", got, err)
 	}
 }
+
+// TestRedialRetriesRefusedCalls: with WaitDuringOutage, calls a draining
+// server refuses as not processed are sent again on the next connection;
+// the caller sees none of those refusals.
+func TestRedialRetriesRefusedCalls(t *testing.T) {
+	server := actors.Spawn(actors.Options{Name: "server", MaxConnectionAge: 200 * time.Millisecond, MaxConnectionAgeGrace: 5 * time.Second,
+		Bootstrap: capnp.Client(interop.NewEchoServer().Client(actors.NewServer))})
+	defer server.Stop()
+	a, err := server.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := actors.Spawn(actors.Options{Name: "client"})
+	defer client.Stop()
+	log := newRedialLog()
+	rd, err := client.DialSupervised(context.Background(), "tcp", a.String(), actors.RedialOptions{
+		WaitDuringOutage: true, OnEvent: log.add,
+		Policy: supervisor.Policy{Restart: supervisor.Permanent, Backoff: fastBackoff}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	log.next(t, "connected")
+	echo := interop.Echo(rd.Client())
+	defer echo.Release()
+	ctx := context.Background()
+	hold, release := startWait(ctx, echo, 400) // keeps the aged connection draining
+	defer release()
+	deadline := time.Now().Add(800 * time.Millisecond)
+	calls := 0
+	for time.Now().Before(deadline) {
+		if got, err := echoText(ctx, echo, "through the drain"); err != nil || got != "through the drain" {
+			t.Fatalf("call %d: %q %v", calls, got, err)
+		}
+		calls++
+	}
+	if _, err := hold.Struct(); err != nil {
+		t.Errorf("the call that held the drain: %v", err)
+	}
+	log.next(t, "retrying") // at least one call was refused and sent again
+	t.Logf("%d calls, none failed", calls)
+}
