@@ -126,7 +126,7 @@ type Options struct {
 	// end after Timeout more). On a TCP socket it also turns on TCP
 	// keepalive at the same interval and, where the OS has it,
 	// TCP_USER_TIMEOUT at Interval+Timeout, so unacknowledged writes fail
-	// as well. Default: off; 15s and 10s suit most networks.
+	// as well. Default: DefaultKeepAlive; a negative Interval turns it off.
 	KeepAlive KeepAlive
 
 	// OnEvent, if set, receives every lifecycle event of the connection,
@@ -159,6 +159,10 @@ const (
 	DefaultLingerTimeout = 2 * time.Second
 )
 
+// DefaultKeepAlive is Options.KeepAlive's default: a probe after 30 s of
+// silence, the end 20 s later without a sign of life.
+var DefaultKeepAlive = KeepAlive{Interval: 30 * time.Second, Timeout: 20 * time.Second}
+
 func (o Options) withDefaults() Options {
 	o.Limits = o.Limits.withDefaults()
 	orDefault(&o.MaxAnswers, DefaultMaxAnswers)
@@ -167,6 +171,12 @@ func (o Options) withDefaults() Options {
 	orDefault(&o.StopTimeout, DefaultStopTimeout)
 	orDefault(&o.WriteTimeout, DefaultWriteTimeout)
 	orDefault(&o.LingerTimeout, DefaultLingerTimeout)
+	switch {
+	case o.KeepAlive.Interval == 0:
+		o.KeepAlive = DefaultKeepAlive
+	case o.KeepAlive.Interval < 0:
+		o.KeepAlive = KeepAlive{} // off
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
