@@ -287,3 +287,30 @@ func TestDeadlineIgnoredByOtherPeers(t *testing.T) {
 		call(t, addr)
 	})
 }
+
+// TestAnswersNeverReleased: code written for go-capnp that never releases
+// its answers keeps working: an answer with no capability is finished as
+// soon as it arrives, so neither side holds it (the server here holds at
+// most 100 answers of a peer).
+func TestAnswersNeverReleased(t *testing.T) {
+	server, addr := echoVat(t, actors.Options{Name: "server", Conn: conn.Options{Limits: conn.Limits{MaxHeldAnswers: 100}}})
+	e, cn := dialEcho(t, addr)
+	ctx := context.Background()
+	for i := range 1000 {
+		f, _ := e.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("never released") }) // no release, as go-capnp code does
+		if _, err := f.Struct(); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	waitFor := func(what string, ok func() bool) {
+		for range 500 {
+			if ok() {
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		t.Errorf("%s", what)
+	}
+	waitFor("the client still holds the questions", func() bool { return cn.Stats().Questions <= 1 }) // the bootstrap's
+	waitFor("the server still holds the answers", func() bool { return server.Conns()[0].Stats().Answers <= 1 })
+}

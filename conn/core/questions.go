@@ -382,6 +382,15 @@ func (c *Core) receiveReturn(r Return) error {
 			out = cp
 		}
 		c.settle(q, out, err)
+		if (results == nil || len(results.CapTable) == 0) && len(q.embargoes) == 0 && q.capRefs == 0 {
+			// Nothing of the answer is the peer's to keep: finish it now,
+			// as go-capnp does, so that code that never releases its
+			// answers leaves nothing held on either side. The caller
+			// keeps its results until it releases them (its LocalFinish
+			// then finds nothing to do); calls pipelined on the answer
+			// from now on are local code's, on the results.
+			c.sendFinish(q, false)
+		}
 	}
 	c.retireQuestion(q)
 	return nil
