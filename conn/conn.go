@@ -254,6 +254,9 @@ type Conn struct {
 	// meters: the instruments of Options.MeterProvider; nil when it
 	// records nothing (metering.Noop).
 	meters *metering.Instruments
+	// readEnded: how reading ended, once it has (the reader's
+	// readerDone may queue behind messages that protoactor runs first).
+	readEnded atomic.Pointer[readerDone]
 	// peerAttrs: the network attributes of its call spans.
 	peerAttrs []attribute.KeyValue
 }
@@ -521,7 +524,8 @@ func (c *Conn) readLoop() {
 		f, err := c.transport.RecvFrame()
 		if err != nil {
 			c.readEnd, c.readEndAt = err, time.Now()
-			c.postInternal(readerDone{err: err}) // also while the end runs: it must know the peer has gone
+			c.readEnded.Store(&readerDone{err: err}) // seen by the actor's next Step, whatever its mailbox holds first
+			c.postInternal(readerDone{err: err})  // also while the end runs: it must know the peer has gone
 			return
 		}
 		var posted error

@@ -50,6 +50,8 @@ type state struct {
 	pids     map[core.Child]*actor.PID
 	timers   [core.MaxDeadline + 1]*time.Timer
 	clock    coreClock
+	// readEndFed: the core has been told how reading ended.
+	readEndFed bool
 
 	// childProps spawn every question and export actor: made once, its
 	// producer hands over spawning (see spawnChild).
@@ -136,6 +138,13 @@ var stopChildren = actor.NewOneForOneStrategy(0, 0, func(any) actor.Directive { 
 // feed gives the core one input and carries out what it does, then the
 // inputs that gave rise to.
 func (s *state) feed(in core.Input) {
+	if !s.readEndFed {
+		if rd := s.c.readEnded.Load(); rd != nil {
+			// The peer's end is read: the core learns it before anything
+			// else it does (no epitaph after the peer's EOF).
+			s.readerDone(rd.err)
+		}
+	}
 	now := s.clock.now()
 	s.apply(s.core.Step(now, in))
 	for len(s.later) > 0 {
@@ -325,6 +334,10 @@ func (s *state) frame(f Frame) {
 
 // readerDone: the reader's RecvFrame failed.
 func (s *state) readerDone(err error) {
+	if s.readEndFed {
+		return // fed already, from Conn.readEnded
+	}
+	s.readEndFed = true
 	switch reason := classifyReadError(err, false).(type) {
 	case supervisor.ProtocolError:
 		s.feed(&core.ReadEnded{Malformed: true, Err: reason.Err})
