@@ -525,7 +525,7 @@ func (c *Conn) readLoop() {
 		if err != nil {
 			c.readEnd, c.readEndAt = err, time.Now()
 			c.readEnded.Store(&readerDone{err: err}) // seen by the actor's next Step, whatever its mailbox holds first
-			c.postInternal(readerDone{err: err})  // also while the end runs: it must know the peer has gone
+			c.postInternal(readerDone{err: err})     // also while the end runs: it must know the peer has gone
 			return
 		}
 		var posted error
