@@ -629,24 +629,35 @@ func (s *state) send(m core.Message) {
 		n, _ := msg.TotalSize()
 		s.c.meterMessage(true, kindOf(m), int64(n))
 	}
-	if lazy(m) && s.sidecarSent {
-		s.c.out.pushLazy(Frame{Msg: msg})
+	if d := lazy(m); d > 0 && s.sidecarSent {
+		s.c.out.pushLazy(Frame{Msg: msg}, d)
 		return
 	}
 	s.queue(msg, owner, sc)
 }
 
-// lazy reports whether nobody waits for m (a Finish after its Return, a
-// Release): it goes out with the next frame, or after lazyFlushDelay.
-func lazy(m core.Message) bool {
+// lazy is how long m may wait for the next frame when nobody waits for
+// it (0: it goes at once): a Finish after its Return or a Release,
+// lazyFlushDelay; a Finish the core sends for an answer nobody has
+// released yet, earlyFinishDelay.
+func lazy(m core.Message) time.Duration {
 	switch m := m.(type) {
 	case *core.Finish:
-		return !m.ReleaseResultCaps
+		switch {
+		case m.ReleaseResultCaps:
+			return 0
+		case m.Early:
+			return earlyFinishDelay
+		}
+		return lazyFlushDelay
 	case *core.Release:
-		return true
+		return lazyFlushDelay
 	}
-	return false
+	return 0
 }
+
+// earlyFinishDelay bounds how long an early Finish waits for company.
+const earlyFinishDelay = 20 * time.Millisecond
 
 // queue puts msg in the send queue with sc, the sidecar of a call (nil:
 // none). owner: the answer msg is the Return of, which keeps it until

@@ -44,11 +44,12 @@ type sendQueue struct {
 	// inline, if set, writes a batch on the actor's goroutine when no
 	// writer runs (Conn.writeInline); rest is what it left for the
 	// writer goroutine, to go before the items.
-	inline func(batch []Frame, owner []*answer)
-	rest   []byte
-	wake   chan struct{} // wakes a waiting writer
-	flush  *time.Timer   // starts the writer for lazy frames; made on first use
-	armed  bool          // flush is pending
+	inline   func(batch []Frame, owner []*answer)
+	rest     []byte
+	wake     chan struct{} // wakes a waiting writer
+	flush    *time.Timer   // starts the writer for lazy frames; made on first use
+	armed    bool          // flush is pending
+	armedFor time.Duration // its delay
 
 	// Backpressure (Limits.MaxSendQueue): bytes counts what is queued and
 	// not yet written; the reader waits on room while it is above limit.
@@ -189,20 +190,20 @@ func (q *sendQueue) takeLocked() ([]Frame, []*answer) {
 
 // pushLazy queues f without starting the writer; the flush timer does if
 // nothing else does first.
-func (q *sendQueue) pushLazy(f Frame) {
+func (q *sendQueue) pushLazy(f Frame, delay time.Duration) {
 	q.bytes.Add(frameBytes(f))
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.items = append(q.items, f)
 	q.owner = append(q.owner, nil)
-	if q.armed || q.closing {
+	if q.closing || (q.armed && q.armedFor <= delay) {
 		return
 	}
-	q.armed = true
+	q.armed, q.armedFor = true, delay
 	if q.flush == nil {
-		q.flush = time.AfterFunc(lazyFlushDelay, q.flushLazy)
+		q.flush = time.AfterFunc(delay, q.flushLazy)
 	} else {
-		q.flush.Reset(lazyFlushDelay)
+		q.flush.Reset(delay)
 	}
 }
 

@@ -54,6 +54,10 @@ type Finish struct {
 	// ReleaseResultCaps: the caller will not use (and drops) the
 	// capabilities in the results.
 	ReleaseResultCaps bool
+	// Early (not on the wire): the core finishes an answer nobody
+	// needs before its caller releases it; nobody waits for it, so it may
+	// wait for company longer than another.
+	Early bool
 }
 
 // Resolve tells the receiver what one of the sender's promises (an

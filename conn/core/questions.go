@@ -389,7 +389,7 @@ func (c *Core) receiveReturn(r Return) error {
 			// keeps its results until it releases them (its LocalFinish
 			// then finds nothing to do); calls pipelined on the answer
 			// from now on are local code's, on the results.
-			c.sendFinish(q, false)
+			c.finish(q, Finish{QuestionID: q.id, Early: true})
 		}
 	}
 	c.retireQuestion(q)
@@ -489,6 +489,11 @@ func (c *Core) localCancel(call CallID, err error) {
 // sendFinish tells the peer we are done with q. releaseResultCaps: we
 // will not import the capabilities of its results (no Return yet).
 func (c *Core) sendFinish(q *question, releaseResultCaps bool) {
+	c.finish(q, Finish{QuestionID: q.id, ReleaseResultCaps: releaseResultCaps})
+}
+
+// finish sends f, q's Finish, once.
+func (c *Core) finish(q *question, f Finish) {
 	switch q.state {
 	case questionWaiting:
 		q.state = questionFinishing
@@ -497,7 +502,7 @@ func (c *Core) sendFinish(q *question, releaseResultCaps bool) {
 	default:
 		return
 	}
-	c.send(put(&c.o.finish, Finish{QuestionID: q.id, ReleaseResultCaps: releaseResultCaps}))
+	c.send(put(&c.o.finish, f))
 }
 
 // retireQuestion removes q once its Return is in and its Finish sent.
