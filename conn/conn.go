@@ -524,8 +524,8 @@ func (c *Conn) readLoop() {
 		f, err := c.transport.RecvFrame()
 		if err != nil {
 			c.readEnd, c.readEndAt = err, time.Now()
-			c.readEnded.Store(&readerDone{err: err}) // seen by the actor's next Step, whatever its mailbox holds first
 			c.postInternal(readerDone{err: err})     // also while the end runs: it must know the peer has gone
+			c.readEnded.Store(&readerDone{err: err}) // after: once set, the readerDone is queued behind every frame
 			return
 		}
 		var posted error

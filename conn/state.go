@@ -138,13 +138,6 @@ var stopChildren = actor.NewOneForOneStrategy(0, 0, func(any) actor.Directive { 
 // feed gives the core one input and carries out what it does, then the
 // inputs that gave rise to.
 func (s *state) feed(in core.Input) {
-	if !s.readEndFed {
-		if rd := s.c.readEnded.Load(); rd != nil {
-			// The peer's end is read: the core learns it before anything
-			// else it does (no epitaph after the peer's EOF).
-			s.readerDone(rd.err)
-		}
-	}
 	now := s.clock.now()
 	s.apply(s.core.Step(now, in))
 	for len(s.later) > 0 {
@@ -154,6 +147,17 @@ func (s *state) feed(in core.Input) {
 	}
 	s.later = s.later[:0]
 	s.sweep()
+}
+
+// readEndFirst: a child's Terminated, a system message, runs ahead of the
+// mailbox; when the peer's end is read and nothing is queued but the
+// reader's readerDone (the reader queued every frame before it), the
+// core learns of the end first, so the end does not go on to write an
+// epitaph after the peer's EOF.
+func (s *state) readEndFirst() {
+	if rd := s.c.readEnded.Load(); rd != nil && !s.readEndFed && s.c.mailbox.UserMessageCount() <= 1 {
+		s.readerDone(rd.err)
+	}
 }
 
 // coreClock is the time the core is given: the monotonic time elapsed
@@ -255,6 +259,7 @@ func (s *state) Receive(ctx actor.Context) {
 			delete(s.children, m.Who.Id)
 			delete(s.pids, ch)
 			if s.closing {
+				s.readEndFirst()
 				s.feed(&core.ChildStopped{Child: ch}) // what the end's stop steps wait for
 			}
 		}
