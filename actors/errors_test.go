@@ -56,18 +56,7 @@ func checkOneOf(t *testing.T, what string, err error, wantNotProcessed bool) cal
 	return ce
 }
 
-func echoVat(t *testing.T, opts actors.Options) (*actors.Vat, string) {
-	t.Helper()
-	opts.Bootstrap = capnp.Client(interop.NewEchoServer().Client(actors.NewServer))
-	v := actors.Spawn(opts)
-	t.Cleanup(v.Stop)
-	a, err := v.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v, a.String()
-}
-
+// dialEcho dials a client vat to addr and returns Echo and the connection.
 func dialEcho(t *testing.T, addr string) (interop.Echo, *conn.Conn) {
 	t.Helper()
 	client := actors.Spawn(actors.Options{Name: "client"})
@@ -84,8 +73,8 @@ func TestErrorModel(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("call after the connection ended", func(t *testing.T) {
-		server, addr := echoVat(t, actors.Options{Name: "server"})
-		e, cn := dialEcho(t, addr)
+		server, addr := serveEcho(t, actors.Options{})
+		e, cn := dialEcho(t, addr.String())
 		if _, err := server.Shutdown(ctx, supervisor.Epitaph{Code: supervisor.Unavailable, Message: "moving"}); err != nil {
 			t.Fatal(err)
 		}
@@ -102,8 +91,8 @@ func TestErrorModel(t *testing.T) {
 	})
 
 	t.Run("call refused while the peer drains", func(t *testing.T) {
-		server, addr := echoVat(t, actors.Options{Name: "server"})
-		e, _ := dialEcho(t, addr)
+		server, addr := serveEcho(t, actors.Options{})
+		e, _ := dialEcho(t, addr.String())
 		f, release := startWait(ctx, e, 400) // keeps the drain going
 		defer release()
 		for len(server.Conns()) == 0 || server.Conns()[0].Stats().Answers < 2 {
@@ -132,8 +121,8 @@ func TestErrorModel(t *testing.T) {
 	})
 
 	t.Run("call abandoned at the peer's drain deadline", func(t *testing.T) {
-		server, addr := echoVat(t, actors.Options{Name: "server", Conn: conn.Options{DrainTimeout: 50 * time.Millisecond}})
-		e, _ := dialEcho(t, addr)
+		server, addr := serveEcho(t, actors.Options{Conn: conn.Options{DrainTimeout: 50 * time.Millisecond}})
+		e, _ := dialEcho(t, addr.String())
 		f, release := startWait(ctx, e, 10_000)
 		defer release()
 		for len(server.Conns()) == 0 || server.Conns()[0].Stats().Answers < 2 {
@@ -181,8 +170,8 @@ func TestErrorModel(t *testing.T) {
 	})
 
 	t.Run("the caller's deadline", func(t *testing.T) {
-		_, addr := echoVat(t, actors.Options{Name: "server"})
-		e, _ := dialEcho(t, addr)
+		_, addr := serveEcho(t, actors.Options{})
+		e, _ := dialEcho(t, addr.String())
 		dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 		defer cancel()
 		f, release := startWait(dctx, e, 10_000)
@@ -195,8 +184,8 @@ func TestErrorModel(t *testing.T) {
 	})
 
 	t.Run("overloaded", func(t *testing.T) {
-		_, addr := echoVat(t, actors.Options{Name: "server", Conn: conn.Options{MaxAnswers: 1}})
-		e, _ := dialEcho(t, addr)
+		_, addr := serveEcho(t, actors.Options{Conn: conn.Options{MaxAnswers: 1}})
+		e, _ := dialEcho(t, addr.String())
 		f1, r1 := startWait(ctx, e, 300)
 		defer r1()
 		time.Sleep(50 * time.Millisecond)
@@ -293,8 +282,8 @@ func TestDeadlineIgnoredByOtherPeers(t *testing.T) {
 // soon as it arrives, so neither side holds it (the server here holds at
 // most 100 answers of a peer).
 func TestAnswersNeverReleased(t *testing.T) {
-	server, addr := echoVat(t, actors.Options{Name: "server", Conn: conn.Options{Limits: conn.Limits{MaxHeldAnswers: 100}}})
-	e, cn := dialEcho(t, addr)
+	server, addr := serveEcho(t, actors.Options{Conn: conn.Options{Limits: conn.Limits{MaxHeldAnswers: 100}}})
+	e, cn := dialEcho(t, addr.String())
 	ctx := context.Background()
 	for i := range 1000 {
 		f, _ := e.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("never released") }) // no release, as go-capnp code does

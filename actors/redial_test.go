@@ -208,30 +208,32 @@ func TestRedialTransientStopsOnNormalEnd(t *testing.T) {
 	rd.Close()
 }
 
-// TestMaxConnectionAge: a server ends each connection at its maximum age
-// with a graceful shutdown; the call in flight finishes, the supervised
-// client redials, and its capability works on the next connection.
-func TestMaxConnectionAge(t *testing.T) {
-	server := actors.Spawn(actors.Options{Name: "server", MaxConnectionAge: 300 * time.Millisecond, MaxConnectionAgeGrace: 5 * time.Second,
-		Bootstrap: capnp.Client(interop.NewEchoServer().Client(actors.NewServer))})
-	defer server.Stop()
-	a, err := server.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+// agingServer is a server vat ending its connections at age and a client
+// supervising its dial to it, waiting during outages, connected.
+func agingServer(t *testing.T, age time.Duration) (interop.Echo, *redialLog) {
+	t.Helper()
+	_, addr := serveEcho(t, actors.Options{MaxConnectionAge: age, MaxConnectionAgeGrace: 5 * time.Second})
 	client := actors.Spawn(actors.Options{Name: "client"})
-	defer client.Stop()
+	t.Cleanup(client.Stop)
 	log := newRedialLog()
-	rd, err := client.DialSupervised(context.Background(), "tcp", a.String(), actors.RedialOptions{
+	rd, err := client.DialSupervised(context.Background(), "tcp", addr.String(), actors.RedialOptions{
 		WaitDuringOutage: true, OnEvent: log.add,
 		Policy: supervisor.Policy{Restart: supervisor.Permanent, Backoff: fastBackoff}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rd.Close()
+	t.Cleanup(rd.Close)
 	log.next(t, "connected")
 	echo := interop.Echo(rd.Client())
-	defer echo.Release()
+	t.Cleanup(echo.Release)
+	return echo, log
+}
+
+// TestMaxConnectionAge: a server ends each connection at its maximum age
+// with a graceful shutdown; the call in flight finishes, the supervised
+// client redials, and its capability works on the next connection.
+func TestMaxConnectionAge(t *testing.T) {
+	echo, log := agingServer(t, 300*time.Millisecond)
 	ctx := context.Background()
 	f, release := startWait(ctx, echo, 500) // in flight when the age is reached
 	defer release()
@@ -253,26 +255,7 @@ func TestMaxConnectionAge(t *testing.T) {
 // server refuses as not processed are sent again on the next connection;
 // the caller sees none of those refusals.
 func TestRedialRetriesRefusedCalls(t *testing.T) {
-	server := actors.Spawn(actors.Options{Name: "server", MaxConnectionAge: 200 * time.Millisecond, MaxConnectionAgeGrace: 5 * time.Second,
-		Bootstrap: capnp.Client(interop.NewEchoServer().Client(actors.NewServer))})
-	defer server.Stop()
-	a, err := server.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := actors.Spawn(actors.Options{Name: "client"})
-	defer client.Stop()
-	log := newRedialLog()
-	rd, err := client.DialSupervised(context.Background(), "tcp", a.String(), actors.RedialOptions{
-		WaitDuringOutage: true, OnEvent: log.add,
-		Policy: supervisor.Policy{Restart: supervisor.Permanent, Backoff: fastBackoff}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
-	log.next(t, "connected")
-	echo := interop.Echo(rd.Client())
-	defer echo.Release()
+	echo, log := agingServer(t, 200*time.Millisecond)
 	ctx := context.Background()
 	hold, release := startWait(ctx, echo, 400) // keeps the aged connection draining
 	defer release()

@@ -177,14 +177,7 @@ func (s *state) answerReturned(a *answer) {
 		s.feed(&core.Returned{Answer: a.id, Results: &core.Payload{}})
 		return
 	}
-	ct := a.msg.CapTable()
-	var caps []core.Cap
-	if n := ct.Len(); n > 0 {
-		caps = make([]core.Cap, n)
-		for i := range caps {
-			caps[i] = s.describe(ct.At(i))
-		}
-	}
+	caps := s.describeAll(a.msg.CapTable())
 	size, _ := a.msg.TotalSize()
 	a.outr.a = a
 	s.in.results = core.Payload{Content: &a.outr, CapTable: caps, Size: int(size)}

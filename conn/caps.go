@@ -130,6 +130,20 @@ func (s *state) describe(client capnp.Client) core.Cap {
 	return core.Cap{Kind: core.CapLocal, Ref: r, Promise: isPromise}
 }
 
+// describeAll names the capabilities of a message's cap table as the core
+// does (nil for none), each with a reference of its own.
+func (s *state) describeAll(ct *capnp.CapTable) []core.Cap {
+	n := ct.Len()
+	if n == 0 {
+		return nil
+	}
+	caps := make([]core.Cap, n)
+	for i := range caps {
+		caps[i] = s.describe(ct.At(i))
+	}
+	return caps
+}
+
 // clients turns capabilities the core hands out (with their references)
 // into clients.
 func (s *state) clients(caps []core.Cap) []capnp.Client {

@@ -319,14 +319,7 @@ func (s *state) localCall(q *question) {
 		s.feed(&core.LocalBootstrap{Call: q.call})
 		return
 	}
-	ct := q.msg.CapTable()
-	var caps []core.Cap
-	if n := ct.Len(); n > 0 {
-		caps = make([]core.Cap, n)
-		for i := range caps {
-			caps[i] = s.describe(ct.At(i))
-		}
-	}
+	caps := s.describeAll(q.msg.CapTable())
 	params, _ := q.rcall.Params()
 	size, _ := q.msg.TotalSize()
 	content, _ := params.Content()
