@@ -20,12 +20,12 @@ import (
 	"github.com/vatactor/vatactor/supervisor"
 )
 
-// recConn records how reading from a socket ended, for a peer that is not
-// ours.
+// recConn records how reading from a socket ended and the first write
+// that failed, for a peer that is not ours.
 type recConn struct {
 	net.Conn
-	mu      sync.Mutex
-	readEnd error
+	mu                 sync.Mutex
+	readEnd, writeFail error
 }
 
 func (c *recConn) Read(b []byte) (int, error) {
@@ -40,10 +40,31 @@ func (c *recConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+func (c *recConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if err != nil {
+		c.mu.Lock()
+		if c.writeFail == nil {
+			c.writeFail = err
+		}
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
 func (c *recConn) end() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.readEnd
+}
+
+// wasReset: the socket reported a reset, to a read or a write (the
+// kernel reports it once, to whichever comes first; reads after it see
+// EOF).
+func (c *recConn) wasReset() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return errors.Is(c.readEnd, syscall.ECONNRESET) || errors.Is(c.writeFail, syscall.ECONNRESET) || errors.Is(c.writeFail, syscall.EPIPE)
 }
 
 // peerCalls is the peer's bootstrap capability and our implementation

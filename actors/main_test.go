@@ -19,8 +19,16 @@ func TestMain(m *testing.M) {
 	// And with a recording meter provider (read by no one): every
 	// connection measures its calls, messages and end.
 	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader())))
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreAnyFunction("github.com/asynkron/protoactor-go/actor.(*deadLetterProcess).init.func1"),
-		// protoactor's dead-letter log throttle: a goroutine that ends by itself within a second.
-		goleak.IgnoreAnyFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"))
+	goleak.VerifyTestMain(m, notLeaks...)
+}
+
+// notLeaks are goroutines that are not ours and end by themselves, or
+// not at all for reasons outside this project.
+var notLeaks = []goleak.Option{
+	goleak.IgnoreAnyFunction("github.com/asynkron/protoactor-go/actor.(*deadLetterProcess).init.func1"),
+	// protoactor's dead-letter log throttle: a goroutine that ends by itself within a second.
+	goleak.IgnoreAnyFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"),
+	// toxiproxy's (the fault suite's proxy): a link cut by a toxic can
+	// leave a stub blocked on its output until the process ends.
+	goleak.IgnoreTopFunction("github.com/Shopify/toxiproxy/v2/toxics.(*NoopToxic).Pipe"),
 }

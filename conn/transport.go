@@ -3,8 +3,10 @@ package conn
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -78,6 +80,7 @@ type streamTransport struct {
 	writeTimeout time.Duration
 	try          tryWrite              // trySend's write in progress
 	tryFn        func(fd uintptr) bool // try.write, bound once
+	finSent      atomic.Bool           // CloseWrite was called (readEnd)
 }
 
 // copyLimit is the largest segment SendFrames copies into its buffer;
@@ -89,9 +92,31 @@ func (t *streamTransport) RecvFrame() (Frame, error) {
 	// an idle reader's stack is then shallow enough for the runtime to
 	// shrink it.
 	if err := t.r.await(); err != nil {
-		return Frame{}, err
+		return Frame{}, t.readEnd(err)
 	}
-	return t.readTimedFrame()
+	f, err := t.readTimedFrame()
+	if err != nil {
+		err = t.readEnd(err)
+	}
+	return f, err
+}
+
+// readEnd is how reading ended. The kernel reports a reset once, to the
+// first read or write after it, and reads after that see an EOF: when the
+// writer took it, an EOF (clean or mid-frame) on a socket the reset has
+// closed, before our own FIN, is the reset.
+func (t *streamTransport) readEnd(err error) error {
+	if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) || t.finSent.Load() {
+		return err
+	}
+	c := t.c
+	if w, ok := c.(wrapper); ok {
+		c = w.NetConn()
+	}
+	if !socketReset(c) {
+		return err
+	}
+	return fmt.Errorf("read: %w (reported to a write first; the read then saw %v)", syscall.ECONNRESET, err)
 }
 
 // readTimedFrame reads the frame whose first bytes have arrived. It has
@@ -228,6 +253,7 @@ type wrapper interface{ NetConn() net.Conn }
 // CloseWrite half-closes: a FIN; over TLS, close_notify and then the FIN
 // of the socket under it.
 func (t *streamTransport) CloseWrite() error {
+	t.finSent.Store(true)
 	cw, ok := t.c.(closeWriter)
 	if !ok {
 		return t.c.Close()

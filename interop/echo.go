@@ -96,7 +96,18 @@ func (s *EchoServer) CallBack(ctx context.Context, call Echo_callBack) error {
 	}
 	call.Go()
 	f, release := cb.Call(ctx, func(p Callback_call_Params) error { return p.SetText(text) })
-	defer release()
+	// Waits no longer than its own call lives. go-capnp's rpc.Conn, at
+	// its end, waits for its handlers before it fails their calls, and
+	// its release waits for the call's Return: a handler waiting on (or
+	// releasing) a callback over a connection that is gone would hold
+	// that end for ever, so it returns and releases in the background.
+	select {
+	case <-f.Done():
+		defer release()
+	case <-ctx.Done():
+		go release()
+		return ctx.Err()
+	}
 	r, err := f.Struct()
 	if err != nil {
 		return err

@@ -1,0 +1,41 @@
+package conn
+
+import (
+	"net"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcpUserTimeout is Linux's TCP_USER_TIMEOUT (netinet/tcp.h).
+const tcpUserTimeout = 0x12
+
+func setsockoptUserTimeout(fd uintptr, ms int) error {
+	return syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpUserTimeout, ms)
+}
+
+// tcpClose is TCP_CLOSE (linux/tcp_states.h): the state a reset leaves a
+// socket in. A socket that sent no FIN gets there only by a reset (or the
+// kernel's own timeout).
+const tcpClose = 7
+
+// socketReset reports whether c is a TCP socket that a reset has closed.
+func socketReset(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var state uint8
+	if raw.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			state = info.State
+		}
+	}) != nil {
+		return false
+	}
+	return state == tcpClose
+}

@@ -1,0 +1,95 @@
+package conn
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"capnproto.org/go/capnp/v3"
+)
+
+// TestResetTakenByAWrite: the peer resets the connection, a write takes
+// the reset (the kernel reports it once), and the read after it sees an
+// EOF: the transport reports the reset, mid-frame or between frames. An
+// EOF after a FIN stays an EOF.
+func TestResetTakenByAWrite(t *testing.T) {
+	frame := func() Frame {
+		msg, seg := capnp.NewSingleSegmentMessage(nil)
+		data, _ := capnp.NewData(seg, bytes.Repeat([]byte{1}, 64))
+		_ = msg.SetRoot(data.ToPtr())
+		return Frame{Msg: msg}
+	}
+	for _, tc := range []struct {
+		name     string
+		partial  bool // the peer wrote half a frame before its end
+		reset    bool // its end is a reset (else a FIN)
+		wantRead func(error) bool
+	}{
+		{"reset between frames", false, true, func(err error) bool { return errors.Is(err, syscall.ECONNRESET) }},
+		{"reset mid-frame", true, true, func(err error) bool { return errors.Is(err, syscall.ECONNRESET) }},
+		{"FIN between frames", false, false, func(err error) bool { return err == io.EOF }},
+		{"FIN mid-frame", true, false, func(err error) bool { return errors.Is(err, io.ErrUnexpectedEOF) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ours, peer := tcpPair(t)
+			defer ours.Close()
+			tr := NewStreamTransport(ours, Limits{})
+			if tc.partial {
+				b, _ := appendFrame(nil, frame())
+				if _, err := peer.Write(b[:len(b)/2]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.reset {
+				_ = peer.(*net.TCPConn).SetLinger(0)
+			}
+			peer.Close()
+			if tc.reset {
+				// Write until a write takes the reset.
+				deadline := time.Now().Add(10 * time.Second)
+				for {
+					err := tr.SendFrames([]Frame{frame()})
+					if errors.Is(err, syscall.ECONNRESET) {
+						break
+					}
+					if err != nil || time.Now().After(deadline) {
+						t.Fatalf("no write took the reset: %v", err)
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			_, err := tr.RecvFrame()
+			if !tc.wantRead(err) {
+				t.Fatalf("read ended with %v", err)
+			}
+		})
+	}
+}
+
+// tcpPair is a connected pair of loopback TCP sockets.
+func tcpPair(t *testing.T) (ours, peer net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		accepted <- c
+	}()
+	ours, err = net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer = <-accepted
+	if peer == nil {
+		t.Fatal("accept failed")
+	}
+	return ours, peer
+}
