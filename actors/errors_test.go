@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -302,4 +303,61 @@ func TestAnswersNeverReleased(t *testing.T) {
 	}
 	waitFor("the client still holds the questions", func() bool { return cn.Stats().Questions <= 1 }) // the bootstrap's
 	waitFor("the server still holds the answers", func() bool { return server.Conns()[0].Stats().Answers <= 1 })
+}
+
+// slowSelf answers self() after 300 ms with an Echo that counts the
+// echo() calls it runs.
+type slowSelf struct {
+	*interop.EchoServer
+	ran *atomic.Int32
+}
+
+func (s *slowSelf) Self(ctx context.Context, call interop.Echo_self) error {
+	time.Sleep(300 * time.Millisecond)
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	return res.SetEcho(interop.Echo_ServerToClient(&countingEcho{EchoServer: interop.NewEchoServer(), ran: s.ran}))
+}
+
+type countingEcho struct {
+	*interop.EchoServer
+	ran *atomic.Int32
+}
+
+func (c *countingEcho) Echo(ctx context.Context, call interop.Echo_echo) error {
+	c.ran.Add(1)
+	return c.EchoServer.Echo(ctx, call)
+}
+
+// TestDeadlinePassedWhileHeld: a call pipelined on an answer that comes
+// after the call's deadline waits at the server and, its deadline gone
+// when its target resolves, is refused there without running; one
+// without a deadline, pipelined the same way, runs.
+func TestDeadlinePassedWhileHeld(t *testing.T) {
+	ran := new(atomic.Int32)
+	impl := &slowSelf{EchoServer: interop.NewEchoServer(), ran: ran}
+	server := actors.Spawn(actors.Options{Name: "server", Bootstrap: actors.NewServer(interop.Echo_Methods(nil, impl), impl)})
+	defer server.Stop()
+	a, err := server.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := dialEcho(t, a.String())
+	ctx := context.Background()
+	self, release := e.Self(ctx, func(p interop.Echo_self_Params) error { return p.SetTag("") })
+	defer release()
+	child := self.Echo()
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if _, err := echoText(short, child, "too late"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the call with a deadline: %v, want context.DeadlineExceeded", err)
+	}
+	if got, err := echoText(ctx, child, "in time"); err != nil || got != "in time" {
+		t.Fatalf("the call without one: %q %v", got, err)
+	}
+	if n := ran.Load(); n != 1 {
+		t.Errorf("echo() ran %d times, want once: the call whose deadline passed while it was held ran", n)
+	}
 }
