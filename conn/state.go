@@ -254,6 +254,8 @@ func (s *state) Receive(ctx actor.Context) {
 		s.answerReturned(m.a)
 	case exportResolved:
 		s.exportResolved(m.e)
+	case inspectReq:
+		m.reply <- s.inspect()
 	case *actor.Terminated:
 		if ch, ok := s.children[m.Who.Id]; ok {
 			delete(s.children, m.Who.Id)

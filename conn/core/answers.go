@@ -2,6 +2,7 @@ package core
 
 import (
 	"slices"
+	"time"
 
 	"github.com/vatactor/vatactor/supervisor"
 )
@@ -13,6 +14,7 @@ type answer struct {
 	method    Method
 	bootstrap bool
 	seq       uint64
+	since     time.Time // when its Call arrived (Inspect)
 
 	returned  bool
 	finished  bool
@@ -105,9 +107,9 @@ func (c *Core) newAnswer(id uint32, m Method) (*answer, error) {
 	var a *answer
 	if n := len(c.freeA); n > 0 {
 		a, c.freeA = c.freeA[n-1], c.freeA[:n-1]
-		*a = answer{id: id, method: m, seq: c.seq}
+		*a = answer{id: id, method: m, seq: c.seq, since: c.now}
 	} else {
-		a = &answer{id: id, method: m, seq: c.seq}
+		a = &answer{id: id, method: m, seq: c.seq, since: c.now}
 	}
 	c.answers[id] = a
 	c.running++

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 	"unicode/utf8"
 )
 
@@ -17,7 +18,8 @@ type question struct {
 	probe     bool // a keep-alive probe (KeepAlive): nobody's call
 	method    Method
 	state     questionState
-	seq       uint64 // creation order
+	seq       uint64    // creation order
+	since     time.Time // when it was made (Inspect)
 
 	paramExports []uint32   // export ids the params' descriptors counted (noExport: none)
 	pipelined    [][]uint16 // transforms of calls sent on its answer before the Return
@@ -123,9 +125,9 @@ func (c *Core) newQuestion(cl caller) *question {
 	var q *question
 	if n := len(c.freeQ); n > 0 {
 		q, c.freeQ = c.freeQ[n-1], c.freeQ[:n-1]
-		*q = question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq}
+		*q = question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq, since: c.now}
 	} else {
-		q = &question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq}
+		q = &question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq, since: c.now}
 	}
 	q.id = c.questions.Add(q)
 	if cl.local != 0 {

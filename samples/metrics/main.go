@@ -3,7 +3,8 @@
 // /metrics page (through OpenTelemetry's Prometheus exporter). The client
 // makes calls (one of them fails), then hangs up cleanly: the page shows
 // the calls' durations by method and status, and the two connection ends
-// counted as expected, not as errors.
+// counted as expected, not as errors. The same server has the server
+// vat's live view (package inspect) on /debug/vat/.
 //
 //	go run ./samples/metrics                       # prints the vatactor series and exits
 //	go run ./samples/metrics -listen 127.0.0.1:9464 -hold   # and keeps serving them
@@ -30,6 +31,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/vatactor/vatactor/actors"
+	"github.com/vatactor/vatactor/inspect"
 	"github.com/vatactor/vatactor/interop"
 	"github.com/vatactor/vatactor/supervisor"
 )
@@ -68,10 +70,11 @@ func Start(listen string) (*Sample, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = s.http.Serve(l) }()
 	s.URL = "http://" + l.Addr().String() + "/metrics"
 	s.server = actors.Spawn(actors.Options{Name: "server", MeterProvider: s.mp,
 		Bootstrap: capnp.Client(interop.NewEchoServer().Client(actors.NewServer))})
+	mux.Handle("/debug/vat/", http.StripPrefix("/debug/vat", inspect.Handler(s.server)))
+	go func() { _ = s.http.Serve(l) }()
 	s.client = actors.Spawn(actors.Options{Name: "client", MeterProvider: s.mp})
 	return s, nil
 }
