@@ -3,6 +3,8 @@ package actors
 import (
 	"context"
 	"fmt"
+	"reflect"
+	"sync"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
@@ -40,11 +42,50 @@ func (c *Call) Context() context.Context { return c.ctx }
 func (c *Call) Args() capnp.Struct { return c.recv.Args }
 
 // AllocResults allocates the results struct of the given size (the
-// generated …_Results type's size), once.
+// generated …_Results type's size), once. The package-level AllocResults
+// takes the size from the generated type instead.
 func (c *Call) AllocResults(sz capnp.ObjectSize) (capnp.Struct, error) {
 	var err error
 	c.res, err = c.recv.Returner.AllocResults(sz)
 	return c.res, err
+}
+
+// AllocResults allocates call's results as the generated type whose
+// constructor is newResults (for example interop.NewEcho_echo_Results),
+// with that type's size, so that no size is copied out of the generated
+// file:
+//
+//	res, err := actors.AllocResults(call, interop.NewEcho_echo_Results)
+//
+// The size is learnt once per constructor, from a struct it makes in a
+// scratch message.
+func AllocResults[T ~capnp.StructKind](call *Call, newResults func(*capnp.Segment) (T, error)) (T, error) {
+	sz, err := resultsSize(newResults)
+	if err != nil {
+		return T{}, err
+	}
+	st, err := call.AllocResults(sz)
+	return T(st), err
+}
+
+// resultSizes caches the results size of each constructor, by its code
+// pointer.
+var resultSizes sync.Map // uintptr → capnp.ObjectSize
+
+func resultsSize[T ~capnp.StructKind](newResults func(*capnp.Segment) (T, error)) (capnp.ObjectSize, error) {
+	key := reflect.ValueOf(newResults).Pointer()
+	if sz, ok := resultSizes.Load(key); ok {
+		return sz.(capnp.ObjectSize), nil
+	}
+	msg, seg := capnp.NewSingleSegmentMessage(nil)
+	defer msg.Release()
+	st, err := newResults(seg)
+	if err != nil {
+		return capnp.ObjectSize{}, fmt.Errorf("sizing results: %w", err)
+	}
+	sz := capnp.Struct(st).Size()
+	resultSizes.Store(key, sz)
+	return sz, nil
 }
 
 // Return answers the call: with the results allocated (or empty ones)
@@ -69,7 +110,16 @@ func (c *Call) Return(err error) {
 // arrives there as a *Call message. Spawn the actor with CapabilityProps
 // so that a panic while handling a call answers that call with a "failed"
 // exception.
-func ActorClient(system *actor.ActorSystem, pid *actor.PID) capnp.Client {
+//
+// methods, when given, are the generated ones of the interfaces the actor
+// implements (for example interop.Echo_Methods(nil, nil): only their
+// names are read), so that calls from peers, which name methods by ids
+// alone, have their names in Call.Method, spans, logs and panic messages
+// without the schema being registered by hand.
+func ActorClient(system *actor.ActorSystem, pid *actor.PID, methods ...server.Method) capnp.Client {
+	for _, m := range methods {
+		tracing.RegisterMethods(m.Method)
+	}
 	return capnp.NewClient(&actorHook{root: system.Root, pid: pid})
 }
 
@@ -94,6 +144,9 @@ func (h *actorHook) Send(ctx context.Context, s capnp.Send) (*capnp.Answer, capn
 }
 
 func (h *actorHook) Recv(ctx context.Context, r capnp.Recv) capnp.PipelineCaller {
+	if r.Method.InterfaceName == "" { // a peer's call: ids only
+		r.Method, _ = tracing.LookupMethod(r.Method.InterfaceID, r.Method.MethodID)
+	}
 	aq := capnp.NewAnswerQueue(r.Method)
 	call := &Call{Method: r.Method, ctx: ctx, recv: r, aq: aq}
 	if tp, ts := tracing.Inject(ctx); tp != "" {

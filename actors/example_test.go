@@ -30,12 +30,12 @@ func (a *echoActor) Receive(ctx actor.Context) {
 		call.Return(err)
 		return
 	}
-	res, err := call.AllocResults(capnp.ObjectSize{PointerCount: 1})
+	res, err := actors.AllocResults(call, interop.NewEcho_echo_Results)
 	if err != nil {
 		call.Return(err)
 		return
 	}
-	if err := interop.Echo_echo_Results(res).SetText(fmt.Sprintf("%s (call %d)", text, a.calls)); err != nil {
+	if err := res.SetText(fmt.Sprintf("%s (call %d)", text, a.calls)); err != nil {
 		call.Return(err)
 		return
 	}
@@ -49,7 +49,7 @@ func ExampleActorClient() {
 	defer system.Shutdown()
 	pid := system.Root.Spawn(actors.CapabilityProps(func() actor.Actor { return &echoActor{} }))
 
-	server := actors.Spawn(actors.Options{System: system, Bootstrap: actors.ActorClient(system, pid)})
+	server := actors.Spawn(actors.Options{System: system, Bootstrap: actors.ActorClient(system, pid, interop.Echo_Methods(nil, nil)...)})
 	defer server.Stop()
 	addr, _ := server.Listen("tcp", "127.0.0.1:0")
 

@@ -29,6 +29,8 @@ var notLeaks = []goleak.Option{
 	// protoactor's dead-letter log throttle: a goroutine that ends by itself within a second.
 	goleak.IgnoreAnyFunction("github.com/asynkron/protoactor-go/actor.NewDeadLetter.NewThrottle.func4.1"),
 	// toxiproxy's (the fault suite's proxy): a link cut by a toxic can
-	// leave a stub blocked on its output until the process ends.
+	// leave a stub blocked on its output, or the link's reader on the
+	// stub's input, until the process ends.
 	goleak.IgnoreTopFunction("github.com/Shopify/toxiproxy/v2/toxics.(*NoopToxic).Pipe"),
+	goleak.IgnoreTopFunction("github.com/Shopify/toxiproxy/v2/stream.(*ChanWriter).Write"),
 }
