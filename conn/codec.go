@@ -537,8 +537,10 @@ func (s *state) encodeReturn(m core.Return) (*capnp.Message, *answer, *Sidecar, 
 			err = excError(exceptionError(*m.Exception))
 		}
 		endAnswerSpan(a, err, m.Exception != nil && m.Exception.Epitaph != nil)
-		s.c.callEnded(true, a.start, a.method, err)
-		a.start = time.Time{}
+		if !a.start.IsZero() {
+			s.metered = append(s.metered, meteredCall{server: true, took: time.Since(a.start), method: a.method, err: err})
+			a.start = time.Time{}
+		}
 	}
 	if r := m.Results; r != nil {
 		if or, ok := r.Content.(*outReturn); ok && or.a.msg != nil {

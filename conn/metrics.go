@@ -34,20 +34,36 @@ func (c *Conn) callStart(server bool) time.Time {
 	return time.Now()
 }
 
-// callEnded records the duration of a call of m that started at start
-// (zero: not measured) and ended with err.
-func (c *Conn) callEnded(server bool, start time.Time, m capnp.Method, err error) {
-	if start.IsZero() {
-		return
-	}
+// meteredCall is a call's duration, measured and not yet recorded: the
+// connection records its answers' durations after the turn has written
+// their Returns, and a question's after its caller has been woken, so
+// that recording is off the call's path.
+type meteredCall struct {
+	server bool
+	took   time.Duration
+	method capnp.Method
+	err    error
+}
+
+func (c *Conn) recordCall(mc meteredCall) {
 	h := c.meters.ClientCallDuration
-	if server {
+	if mc.server {
 		h = c.meters.ServerCallDuration
 	}
+	m := mc.method
 	if m.MethodName == "" {
 		m, _ = tracing.LookupMethod(m.InterfaceID, m.MethodID)
 	}
-	h.Record(context.Background(), time.Since(start).Seconds(), metering.CallAttributes(m, err)...)
+	h.Record(context.Background(), mc.took.Seconds(), metering.CallAttributes(m, mc.err)...)
+}
+
+// recordCalls records the durations the turn measured.
+func (s *state) recordCalls() {
+	for i, mc := range s.metered {
+		s.c.recordCall(mc)
+		s.metered[i] = meteredCall{}
+	}
+	s.metered = s.metered[:0]
 }
 
 // meterUp: the connection is up.

@@ -152,8 +152,14 @@ func (q *question) settle(ptr capnp.Ptr, err error, onActor bool) bool {
 		err = fmt.Errorf("%w (%w: the call had been sent): %w", context.DeadlineExceeded, ErrOutcomeUnknown, err)
 	}
 	endQuestionSpan(q, err, onActor)
-	q.c.callEnded(false, q.start, q.method, err)
+	var took time.Duration
+	if !q.start.IsZero() {
+		took = time.Since(q.start)
+	}
 	q.p.Resolve(ptr, err)
+	if took > 0 { // recorded once the caller is on its way
+		q.c.recordCall(meteredCall{took: took, method: q.method, err: err})
+	}
 	return true
 }
 

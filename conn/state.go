@@ -69,6 +69,10 @@ type state struct {
 
 	scratch inPayload // see newInPayload
 
+	// metered: answers' durations measured this turn, recorded at its
+	// end, once their Returns are written (recordCalls).
+	metered []meteredCall
+
 	// Storage of the inputs of the hot path, reused from message to
 	// message: the core keeps no input it is given.
 	in struct {
@@ -209,6 +213,9 @@ func (s *state) Receive(ctx actor.Context) {
 		}
 		s.ctx = nil
 		s.flushOut()
+		if len(s.metered) > 0 {
+			s.recordCalls()
+		}
 	}()
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
