@@ -10,6 +10,8 @@ import (
 	"capnproto.org/go/capnp/v3"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 	"github.com/asynkron/protoactor-go/actor"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/vatactor/vatactor/actors"
 	"github.com/vatactor/vatactor/bench/schema"
@@ -115,14 +117,24 @@ func BenchmarkCallDecode(b *testing.B) {
 // BenchmarkQuestionRoundTrip is one echo call between two connection
 // actors over an in-memory pipe (net.Pipe, real framing): the question
 // actor, the answer, both connections' readers and writers, no socket.
-func BenchmarkQuestionRoundTrip(b *testing.B) {
+func BenchmarkQuestionRoundTrip(b *testing.B) { questionRoundTrip(b, nil) }
+
+// BenchmarkQuestionRoundTripMetered is BenchmarkQuestionRoundTrip with
+// an SDK meter provider recording every instrument on both sides: the
+// CPU cost of metering, without the scheduling noise of TCP (run it
+// pinned: GOMAXPROCS=1 taskset -c 1).
+func BenchmarkQuestionRoundTripMetered(b *testing.B) {
+	questionRoundTrip(b, sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader())))
+}
+
+func questionRoundTrip(b *testing.B, mp metric.MeterProvider) {
 	sys := actors.QuietSystem()
 	defer sys.Shutdown()
 	ca, cb := net.Pipe()
 	_, boot := newBench(actors.NewServer)
 	defer boot.Release() // the connection took its own reference
-	server := conn.Spawn(sys.Root, sys.Root, conn.NewStreamTransport(ca, conn.Limits{}), conn.Options{Bootstrap: boot, Role: "server"})
-	client := conn.Spawn(sys.Root, sys.Root, conn.NewStreamTransport(cb, conn.Limits{}), conn.Options{Role: "client"})
+	server := conn.Spawn(sys.Root, sys.Root, conn.NewStreamTransport(ca, conn.Limits{}), conn.Options{Bootstrap: boot, Role: "server", MeterProvider: mp})
+	client := conn.Spawn(sys.Root, sys.Root, conn.NewStreamTransport(cb, conn.Limits{}), conn.Options{Role: "client", MeterProvider: mp})
 	bench := schema.Bench(client.Bootstrap(context.Background()))
 	echo := echoOp(small)
 	ctx := context.Background()
