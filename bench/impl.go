@@ -49,9 +49,10 @@ type serverSide struct {
 }
 
 // clientSide is a client of one implementation and its bootstrap
-// capabilities, one per connection.
+// capabilities, one per connection (gRPC: its connections).
 type clientSide struct {
 	benches []schema.Bench
+	grpc    []*grpcBench
 	close   func()
 }
 
@@ -59,6 +60,7 @@ type clientSide struct {
 type env struct {
 	server  *benchServer
 	clients []schema.Bench
+	grpc    []*grpcBench
 	close   func()
 }
 
@@ -74,7 +76,7 @@ func connect(impl string, s setup) (*env, error) {
 		_ = srv.shutdown(context.Background())
 		return nil, err
 	}
-	return &env{server: srv.bench, clients: cli.benches, close: func() {
+	return &env{server: srv.bench, clients: cli.benches, grpc: cli.grpc, close: func() {
 		cli.close()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -88,6 +90,8 @@ func startServer(impl string, s setup) (*serverSide, error) {
 		return startVatServer(s)
 	case implGoCapnp:
 		return startGoCapnpServer()
+	case implGRPC:
+		return startGRPCServer()
 	}
 	return nil, fmt.Errorf("unknown implementation %q", impl)
 }
@@ -98,6 +102,8 @@ func dial(impl, addr string, s setup) (*clientSide, error) {
 		return dialVat(addr, s)
 	case implGoCapnp:
 		return dialGoCapnp(addr, s.conns)
+	case implGRPC:
+		return dialGRPC(addr, s.conns)
 	}
 	return nil, fmt.Errorf("unknown implementation %q", impl)
 }

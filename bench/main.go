@@ -53,7 +53,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		duration   = fs.Duration("duration", time.Second, "measured time per scenario and implementation, split over the rounds")
 		rounds     = fs.Int("rounds", 3, "rounds per scenario; the implementations alternate which goes first")
 		only       = fs.String("scenarios", "all", "comma-separated scenarios to run, all, or none (-list shows them)")
-		impls      = fs.String("impl", "both", "vatactor, go-capnp or both")
+		impls      = fs.String("impl", "all", "vatactor, go-capnp, grpc-go, both (vatactor and go-capnp) or all")
 		scale      = fs.Bool("scale", true, "also measure the scale figures (idle connections, live questions, shutdown)")
 		idleConns  = fs.Int("idle-conns", 1000, "idle connections for the scale figures")
 		liveQs     = fs.Int("live-questions", 10000, "questions in flight for the scale figures")
@@ -82,12 +82,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	var which []string
 	switch *impls {
+	case "all":
+		which = []string{implVatactor, implGoCapnp, implGRPC}
 	case "both":
 		which = []string{implVatactor, implGoCapnp}
-	case implVatactor, implGoCapnp:
+	case implVatactor, implGoCapnp, implGRPC:
 		which = []string{*impls}
 	default:
-		return fmt.Errorf("-impl: %q is not vatactor, go-capnp or both", *impls)
+		return fmt.Errorf("-impl: %q is not vatactor, go-capnp, grpc-go, both (the first two) or all", *impls)
 	}
 	*rounds = max(*rounds, 1)
 	if *cpuprofile != "" {
@@ -122,6 +124,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	if *scale {
 		for _, impl := range which {
+			if impl == implGRPC {
+				continue // the scale figures are Cap'n Proto's (live questions, graceful ends)
+			}
 			fmt.Fprintf(stderr, "bench: scale figures, %s\n", impl)
 			idle, err := measureIdle(impl, *idleConns)
 			if err != nil {
@@ -197,6 +202,9 @@ func runScenario(sc scenario, impls []string, rounds int, d time.Duration) ([]*r
 		}
 	} else {
 		for _, impl := range impls {
+			if impl == implGRPC && sc.grpcOp == nil {
+				continue
+			}
 			vs = append(vs, variant{&result{scenario: sc.name, impl: impl}, base})
 		}
 	}

@@ -75,9 +75,10 @@ func TestCommand(t *testing.T) {
 	if !sawTable {
 		t.Error("no table")
 	}
-	// Six scenarios on two implementations, two traced and two metered
-	// ones on vatactor (with and without).
-	if want := 6*2 + 2*2 + 2*2; results != want {
+	// Six scenarios on two implementations, five of them on gRPC-Go too
+	// (pipeline3 has no gRPC equivalent), two traced and two metered ones
+	// on vatactor (with and without).
+	if want := 6*2 + 5 + 2*2 + 2*2; results != want {
 		t.Errorf("%d result lines, want %d", results, want)
 	}
 	if scale != 4 {
@@ -86,6 +87,11 @@ func TestCommand(t *testing.T) {
 	for _, sc := range []string{"echo", "inflight64", "conns100x8", "payload1MiB", "pipeline3", "stream10k"} {
 		if m := summary[sc]; m["speedup"] <= 0 || m["alloc_ratio"] <= 0 {
 			t.Errorf("summary of %s: %v", sc, m)
+		}
+	}
+	for _, sc := range []string{"echo", "inflight64", "conns100x8", "payload1MiB", "stream10k"} {
+		if m := summary[sc]; m["speedup_vs_grpc"] <= 0 || m["alloc_ratio_vs_grpc"] <= 0 {
+			t.Errorf("summary of %s against gRPC-Go: %v", sc, m)
 		}
 	}
 	if summary["tcp-floor"]["p50_us"] <= 0 || summary["echo/traced"]["alloc_ratio"] <= 0 || summary["inflight64/metered"]["alloc_ratio"] <= 0 {

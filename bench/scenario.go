@@ -24,6 +24,9 @@ type scenario struct {
 	// op does one unit of work; calls is how many calls it counts for.
 	op    func(ctx context.Context, impl string, b schema.Bench) error
 	calls int
+	// grpcOp is the same work for gRPC-Go (nil: the scenario has no
+	// gRPC equivalent, and gRPC-Go sits it out).
+	grpcOp func(ctx context.Context, g *grpcBench) error
 	// costOf, if set, names the scenario this one is with a feature on
 	// (feature: traced, every span recorded; metered, every instrument
 	// recording): it runs vatactor only, alternating with the same work
@@ -62,17 +65,17 @@ const (
 func scenarios() []scenario {
 	return []scenario{
 		{name: "echo", doc: "sequential echo of 64 bytes, one connection",
-			conns: 1, workers: 1, op: echoOp(small), calls: 1},
+			conns: 1, workers: 1, op: echoOp(small), grpcOp: grpcEchoOp(small), calls: 1},
 		{name: "inflight64", doc: "64 echo calls in flight on one connection",
-			conns: 1, workers: 64, op: echoOp(small), calls: 1},
+			conns: 1, workers: 64, op: echoOp(small), grpcOp: grpcEchoOp(small), calls: 1},
 		{name: "conns100x8", doc: "100 connections × 8 echo calls in flight",
-			conns: 100, workers: 8, op: echoOp(small), calls: 1, warmup: 2},
+			conns: 100, workers: 8, op: echoOp(small), grpcOp: grpcEchoOp(small), calls: 1, warmup: 2},
 		{name: "payload1MiB", doc: "sequential echo of 1 MiB",
-			conns: 1, workers: 1, op: echoOp(large), calls: 1, warmup: 3},
-		{name: "pipeline3", doc: "next().next().echo() pipelined, waiting for the last (one op = 3 calls)",
+			conns: 1, workers: 1, op: echoOp(large), grpcOp: grpcEchoOp(large), calls: 1, warmup: 3},
+		{name: "pipeline3", doc: "next().next().echo() pipelined, waiting for the last (one op = 3 calls; gRPC has no pipelining)",
 			conns: 1, workers: 1, op: pipelineOp, calls: 3},
-		{name: "stream10k", doc: "upload of 10k × 1 KiB -> stream writes, 256 KiB window (one op = one upload)",
-			conns: 1, workers: 1, op: uploadOp, calls: streamChunks + 2, window: streamWindow, warmup: 1},
+		{name: "stream10k", doc: "upload of 10k × 1 KiB -> stream writes, 256 KiB window (gRPC: a client stream); one op = one upload",
+			conns: 1, workers: 1, op: uploadOp, grpcOp: grpcUploadOp, calls: streamChunks + 2, window: streamWindow, warmup: 1},
 		{name: "echo/traced", doc: "echo with every span recorded, alternating with echo/untraced (vatactor only)",
 			conns: 1, workers: 1, op: echoOp(small), calls: 1, costOf: "echo", feature: traced},
 		{name: "inflight64/traced", doc: "inflight64 with every span recorded, alternating with inflight64/untraced (vatactor only)",
@@ -102,6 +105,12 @@ func echoOp(payload []byte) func(context.Context, string, schema.Bench) error {
 		return nil
 	}
 }
+
+func grpcEchoOp(payload []byte) func(context.Context, *grpcBench) error {
+	return func(ctx context.Context, g *grpcBench) error { return g.echo(ctx, payload) }
+}
+
+func grpcUploadOp(ctx context.Context, g *grpcBench) error { return g.upload(ctx) }
 
 func pipelineOp(ctx context.Context, _ string, b schema.Bench) error {
 	n1, r1 := b.Next(ctx, nil)
@@ -195,13 +204,21 @@ func measure(sc scenario, impl string, s setup, d time.Duration, r *result) erro
 		ops uint64
 		err error
 	}
-	workers := make([]*worker, 0, len(e.clients)*sc.workers)
+	// One op per connection, of this implementation.
+	var ops []func(context.Context) error
+	for _, b := range e.clients {
+		ops = append(ops, func(ctx context.Context) error { return sc.op(ctx, impl, b) })
+	}
+	for _, g := range e.grpc {
+		ops = append(ops, func(ctx context.Context) error { return sc.grpcOp(ctx, g) })
+	}
+	workers := make([]*worker, 0, len(ops)*sc.workers)
 	var (
 		ready, done sync.WaitGroup
 		start       = make(chan struct{})
 		stop        atomic.Bool
 	)
-	for _, b := range e.clients {
+	for _, op := range ops {
 		for range sc.workers {
 			w := new(worker)
 			workers = append(workers, w)
@@ -214,7 +231,7 @@ func measure(sc scenario, impl string, s setup, d time.Duration, r *result) erro
 					warmup = warmupOps
 				}
 				for range warmup {
-					if w.err = sc.op(ctx, impl, b); w.err != nil {
+					if w.err = op(ctx); w.err != nil {
 						break
 					}
 				}
@@ -222,7 +239,7 @@ func measure(sc scenario, impl string, s setup, d time.Duration, r *result) erro
 				<-start
 				for w.err == nil && !stop.Load() {
 					t0 := time.Now()
-					if w.err = sc.op(ctx, impl, b); w.err == nil {
+					if w.err = op(ctx); w.err == nil {
 						w.lat.add(time.Since(t0))
 						w.ops++
 					}

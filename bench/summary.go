@@ -48,15 +48,25 @@ func (r *report) summary() summary {
 			}
 			continue
 		}
+		m := map[string]float64{}
+		if g := r.find(sc.name, implGRPC); g != nil && g.callsPerSec() > 0 && g.allocsPerCall() > 0 {
+			m["speedup_vs_grpc"] = round(ours.callsPerSec()/g.callsPerSec(), 3)
+			m["alloc_ratio_vs_grpc"] = round(ours.allocsPerCall()/g.allocsPerCall(), 3)
+			if p := g.lat.quantile(0.5); p > 0 {
+				m["p50_ratio_vs_grpc"] = round(float64(ours.lat.quantile(0.5))/float64(p), 3)
+			}
+			if sc.name == "echo" {
+				add("calls/s echo (vatactor/gRPC-Go)", m["speedup_vs_grpc"], "≥", 3)
+			}
+			s.byScenario[sc.name] = m
+		}
 		theirs := r.find(sc.name, implGoCapnp)
 		if theirs == nil || theirs.callsPerSec() == 0 || theirs.allocsPerCall() == 0 {
 			continue
 		}
-		m := map[string]float64{
-			"speedup":     round(ours.callsPerSec()/theirs.callsPerSec(), 3),
-			"alloc_ratio": round(ours.allocsPerCall()/theirs.allocsPerCall(), 3),
-			"bytes_ratio": round(ours.bytesPerCall()/theirs.bytesPerCall(), 3),
-		}
+		m["speedup"] = round(ours.callsPerSec()/theirs.callsPerSec(), 3)
+		m["alloc_ratio"] = round(ours.allocsPerCall()/theirs.allocsPerCall(), 3)
+		m["bytes_ratio"] = round(ours.bytesPerCall()/theirs.bytesPerCall(), 3)
 		if p := theirs.lat.quantile(0.5); p > 0 {
 			m["p50_ratio"] = round(float64(ours.lat.quantile(0.5))/float64(p), 3)
 		}
