@@ -92,6 +92,8 @@ func startServer(impl string, s setup) (*serverSide, error) {
 		return startGoCapnpServer()
 	case implGRPC:
 		return startGRPCServer()
+	case implCxx, implVatToCxx:
+		return startCxxServer()
 	}
 	return nil, fmt.Errorf("unknown implementation %q", impl)
 }
@@ -104,6 +106,8 @@ func dial(impl, addr string, s setup) (*clientSide, error) {
 		return dialGoCapnp(addr, s.conns)
 	case implGRPC:
 		return dialGRPC(addr, s.conns)
+	case implVatToCxx:
+		return dialVat(addr, s)
 	}
 	return nil, fmt.Errorf("unknown implementation %q", impl)
 }

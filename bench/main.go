@@ -81,15 +81,26 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	var which []string
+	known := append([]string{implVatactor, implGoCapnp, implGRPC}, cxxImpls...)
 	switch *impls {
 	case "all":
 		which = []string{implVatactor, implGoCapnp, implGRPC}
+		if _, err := cxxBench(); err == nil {
+			which = append(which, cxxImpls...)
+		} else if os.Getenv("VATACTOR_REQUIRE_CXX") != "" {
+			return fmt.Errorf("the C++ implementation (VATACTOR_REQUIRE_CXX is set): %w", err)
+		} else {
+			fmt.Fprintf(stderr, "bench: skipping the C++ reference: %v\n", err)
+		}
 	case "both":
 		which = []string{implVatactor, implGoCapnp}
-	case implVatactor, implGoCapnp, implGRPC:
-		which = []string{*impls}
 	default:
-		return fmt.Errorf("-impl: %q is not vatactor, go-capnp, grpc-go, both (the first two) or all", *impls)
+		for _, impl := range strings.Split(*impls, ",") {
+			if !slices.Contains(known, impl) {
+				return fmt.Errorf("-impl: %q is not one of %s, both (the first two) or all", impl, strings.Join(known, ", "))
+			}
+			which = append(which, impl)
+		}
 	}
 	*rounds = max(*rounds, 1)
 	if *cpuprofile != "" {
@@ -124,8 +135,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	if *scale {
 		for _, impl := range which {
-			if impl == implGRPC {
-				continue // the scale figures are Cap'n Proto's (live questions, graceful ends)
+			if impl != implVatactor && impl != implGoCapnp {
+				continue // the scale figures are the Go implementations' (heap, goroutines)
 			}
 			fmt.Fprintf(stderr, "bench: scale figures, %s\n", impl)
 			idle, err := measureIdle(impl, *idleConns)
@@ -202,7 +213,7 @@ func runScenario(sc scenario, impls []string, rounds int, d time.Duration) ([]*r
 		}
 	} else {
 		for _, impl := range impls {
-			if impl == implGRPC && sc.grpcOp == nil {
+			if impl == implGRPC && sc.grpcOp == nil || slices.Contains(cxxImpls, impl) && sc.cxx == "" {
 				continue
 			}
 			vs = append(vs, variant{&result{scenario: sc.name, impl: impl}, base})
@@ -259,6 +270,11 @@ func (r *report) print(out io.Writer) {
 		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t-\t-\t\n", f.scenario, f.impl, f.callsPerSec(), us(f.lat.quantile(0.5)), us(f.lat.quantile(0.99)))
 	}
 	for _, res := range r.results {
+		if res.foreign {
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t-\t-\t\n", res.scenario, res.impl, res.callsPerSec(),
+				us(res.lat.quantile(0.5)), us(res.lat.quantile(0.99)))
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.0f\t\n", res.scenario, res.impl, res.callsPerSec(),
 			us(res.lat.quantile(0.5)), us(res.lat.quantile(0.99)), res.allocsPerCall(), res.bytesPerCall())
 	}

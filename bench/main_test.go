@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/vatactor/vatactor/internal/cxxpeer"
 )
 
 // TestMain lets the test binary be the peer process of the scale figures,
@@ -33,7 +36,7 @@ func TestCommand(t *testing.T) {
 		t.Skip("runs every scenario")
 	}
 	var out, errs bytes.Buffer
-	args := []string{"-duration", "40ms", "-rounds", "1", "-idle-conns", "20", "-live-questions", "200"}
+	args := []string{"-impl", "vatactor,go-capnp,grpc-go", "-duration", "40ms", "-rounds", "1", "-idle-conns", "20", "-live-questions", "200"}
 	if err := run(args, &out, &errs); err != nil {
 		t.Fatalf("bench %v: %v\n%s", args, err, errs.String())
 	}
@@ -96,5 +99,53 @@ func TestCommand(t *testing.T) {
 	}
 	if summary["tcp-floor"]["p50_us"] <= 0 || summary["echo/traced"]["alloc_ratio"] <= 0 || summary["inflight64/metered"]["alloc_ratio"] <= 0 {
 		t.Errorf("summary: %v", summary)
+	}
+}
+
+// TestCommandCxx: the C++ reference's three ways in the command (C++ to
+// C++, vatactor to C++, C++ to vatactor), with ratios against C++. It
+// needs the C++ tools: skipped without them unless VATACTOR_REQUIRE_CXX
+// is set (CI).
+func TestCommandCxx(t *testing.T) {
+	if _, err := cxxBench(); err != nil {
+		if errors.Is(err, cxxpeer.ErrToolsMissing) && os.Getenv("VATACTOR_REQUIRE_CXX") == "" {
+			t.Skipf("skipping: %v", err)
+		}
+		t.Fatalf("building the C++ bench program: %v", err)
+	}
+	var out, errs bytes.Buffer
+	args := []string{"-impl", "vatactor,c++,vatactor>c++,c++>vatactor", "-scenarios", "echo,pipeline3,stream10k", "-scale=false", "-duration", "100ms", "-rounds", "1"}
+	if err := run(args, &out, &errs); err != nil {
+		t.Fatalf("bench %v: %v\n%s", args, err, errs.String())
+	}
+	impls := map[string]int{}
+	var summary map[string]map[string]float64
+	for _, line := range strings.Split(out.String(), "\n") {
+		if !strings.HasPrefix(line, "{") {
+			continue
+		}
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(line), &obj); err != nil {
+			t.Fatalf("%v: %s", err, line)
+		}
+		if obj["summary"] != nil {
+			if err := json.Unmarshal(obj["summary"], &summary); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		var impl string
+		_ = json.Unmarshal(obj["impl"], &impl)
+		impls[impl]++
+	}
+	for _, impl := range []string{"vatactor", "c++", "vatactor>c++", "c++>vatactor"} {
+		if impls[impl] != 3 {
+			t.Errorf("%s: %d results, want 3 (one per scenario): %v", impl, impls[impl], impls)
+		}
+	}
+	for _, sc := range []string{"echo", "pipeline3", "stream10k"} {
+		if summary[sc]["speedup_vs_cxx"] <= 0 {
+			t.Errorf("summary of %s: %v", sc, summary[sc])
+		}
 	}
 }

@@ -27,6 +27,9 @@ type scenario struct {
 	// grpcOp is the same work for gRPC-Go (nil: the scenario has no
 	// gRPC equivalent, and gRPC-Go sits it out).
 	grpcOp func(ctx context.Context, g *grpcBench) error
+	// cxx names the same work for the C++ client (bench.c++'s SCENARIO;
+	// empty: the C++ client sits it out).
+	cxx string
 	// costOf, if set, names the scenario this one is with a feature on
 	// (feature: traced, every span recorded; metered, every instrument
 	// recording): it runs vatactor only, alternating with the same work
@@ -65,17 +68,17 @@ const (
 func scenarios() []scenario {
 	return []scenario{
 		{name: "echo", doc: "sequential echo of 64 bytes, one connection",
-			conns: 1, workers: 1, op: echoOp(small), grpcOp: grpcEchoOp(small), calls: 1},
+			conns: 1, workers: 1, op: echoOp(small), grpcOp: grpcEchoOp(small), cxx: "echo64", calls: 1},
 		{name: "inflight64", doc: "64 echo calls in flight on one connection",
-			conns: 1, workers: 64, op: echoOp(small), grpcOp: grpcEchoOp(small), calls: 1},
+			conns: 1, workers: 64, op: echoOp(small), grpcOp: grpcEchoOp(small), cxx: "echo64", calls: 1},
 		{name: "conns100x8", doc: "100 connections × 8 echo calls in flight",
-			conns: 100, workers: 8, op: echoOp(small), grpcOp: grpcEchoOp(small), calls: 1, warmup: 2},
+			conns: 100, workers: 8, op: echoOp(small), grpcOp: grpcEchoOp(small), cxx: "echo64", calls: 1, warmup: 2},
 		{name: "payload1MiB", doc: "sequential echo of 1 MiB",
-			conns: 1, workers: 1, op: echoOp(large), grpcOp: grpcEchoOp(large), calls: 1, warmup: 3},
+			conns: 1, workers: 1, op: echoOp(large), grpcOp: grpcEchoOp(large), cxx: "echo1MiB", calls: 1, warmup: 3},
 		{name: "pipeline3", doc: "next().next().echo() pipelined, waiting for the last (one op = 3 calls; gRPC has no pipelining)",
-			conns: 1, workers: 1, op: pipelineOp, calls: 3},
+			conns: 1, workers: 1, op: pipelineOp, cxx: "pipeline3", calls: 3},
 		{name: "stream10k", doc: "upload of 10k × 1 KiB -> stream writes, 256 KiB window (gRPC: a client stream); one op = one upload",
-			conns: 1, workers: 1, op: uploadOp, grpcOp: grpcUploadOp, calls: streamChunks + 2, window: streamWindow, warmup: 1},
+			conns: 1, workers: 1, op: uploadOp, grpcOp: grpcUploadOp, cxx: "stream10k", calls: streamChunks + 2, window: streamWindow, warmup: 1},
 		{name: "echo/traced", doc: "echo with every span recorded, alternating with echo/untraced (vatactor only)",
 			conns: 1, workers: 1, op: echoOp(small), calls: 1, costOf: "echo", feature: traced},
 		{name: "inflight64/traced", doc: "inflight64 with every span recorded, alternating with inflight64/untraced (vatactor only)",
@@ -163,6 +166,8 @@ type result struct {
 	mallocs, bytes uint64
 	lat            hist
 	err            error
+	// foreign: a C++ client measured it; its allocations are not counted.
+	foreign bool
 }
 
 func (r *result) callsPerSec() float64 {
@@ -193,6 +198,9 @@ const warmupOps = 20
 // measure runs sc on a fresh env of impl for d and adds what it measured
 // to r.
 func measure(sc scenario, impl string, s setup, d time.Duration, r *result) error {
+	if cxxClient(impl) {
+		return measureCxx(sc, impl, s, d, r)
+	}
 	e, err := connect(impl, s)
 	if err != nil {
 		return err

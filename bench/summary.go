@@ -60,6 +60,17 @@ func (r *report) summary() summary {
 			}
 			s.byScenario[sc.name] = m
 		}
+		if cx := r.find(sc.name, implCxx); cx != nil && cx.callsPerSec() > 0 {
+			m["speedup_vs_cxx"] = round(ours.callsPerSec()/cx.callsPerSec(), 3)
+			if p := cx.lat.quantile(0.5); p > 0 {
+				m["p50_ratio_vs_cxx"] = round(float64(ours.lat.quantile(0.5))/float64(p), 3)
+			}
+			switch sc.name {
+			case "echo", "inflight64", "conns100x8", "payload1MiB":
+				add("calls/s "+sc.name+" (vatactor/C++)", m["speedup_vs_cxx"], "≥", 1)
+			}
+			s.byScenario[sc.name] = m
+		}
 		theirs := r.find(sc.name, implGoCapnp)
 		if theirs == nil || theirs.callsPerSec() == 0 || theirs.allocsPerCall() == 0 {
 			continue

@@ -1,5 +1,6 @@
-// Package cxxpeer builds the C++ reference peer of the interop tests
-// (peer.c++) against the system's libcapnp.
+// Package cxxpeer builds the C++ reference programs against the system's
+// libcapnp: the peer of the interop tests (peer.c++) and the C++ side of
+// go run ./bench (bench.c++).
 package cxxpeer
 
 import (
@@ -15,12 +16,28 @@ import (
 //go:embed peer.c++
 var peerSource []byte
 
+//go:embed bench.c++
+var benchSource []byte
+
 // ErrToolsMissing: the C++ toolchain or Cap'n Proto C++ library is absent.
 var ErrToolsMissing = errors.New("C++ peer needs capnp, g++ and libcapnp-dev (Debian: apt-get install -y capnproto libcapnp-dev g++ pkg-config)")
 
 // Build compiles the peer into dir and returns the binary's path. schema
 // is interop.capnp's path, std the directory holding go.capnp.
 func Build(dir, schema, std string) (string, error) {
+	return build(dir, schema, std, "peer", peerSource)
+}
+
+// BuildBench compiles the C++ side of go run ./bench (bench.c++) into dir
+// and returns the binary's path. schema is bench/schema/bench.capnp's
+// path, std the directory holding go.capnp. It is built with -O2, as a
+// user would build it.
+func BuildBench(dir, schema, std string) (string, error) {
+	return build(dir, schema, std, "bench", benchSource)
+}
+
+// build compiles program name from source and schema into dir.
+func build(dir, schema, std, name string, source []byte) (string, error) {
 	for _, tool := range []string{"capnp", "g++", "pkg-config"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return "", fmt.Errorf("%w: %s not found", ErrToolsMissing, tool)
@@ -33,24 +50,29 @@ func Build(dir, schema, std string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "interop.capnp"), src, 0o644); err != nil {
+	base := filepath.Base(schema)
+	if err := os.WriteFile(filepath.Join(dir, base), src, 0o644); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "peer.c++"), peerSource, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, name+".c++"), source, 0o644); err != nil {
 		return "", err
 	}
-	if err := run(dir, "capnp", "compile", "-I", std, "-oc++", "interop.capnp"); err != nil {
+	if err := run(dir, "capnp", "compile", "-I", std, "-oc++", base); err != nil {
 		return "", err
 	}
 	flags, err := exec.Command("pkg-config", "--cflags", "--libs", "capnp-rpc").Output()
 	if err != nil {
 		return "", fmt.Errorf("pkg-config capnp-rpc: %w", err)
 	}
-	args := append([]string{"-std=c++17", "-O1", "-o", "peer", "peer.c++", "interop.capnp.c++"}, strings.Fields(string(flags))...)
+	opt := "-O1"
+	if name == "bench" {
+		opt = "-O2"
+	}
+	args := append([]string{"-std=c++17", opt, "-o", name, name + ".c++", base + ".c++"}, strings.Fields(string(flags))...)
 	if err := run(dir, "g++", args...); err != nil {
 		return "", err
 	}
-	return filepath.Join(dir, "peer"), nil
+	return filepath.Join(dir, name), nil
 }
 
 func run(dir, name string, args ...string) error {
@@ -62,3 +84,6 @@ func run(dir, name string, args ...string) error {
 	}
 	return nil
 }
+
+// BenchSource is bench.c++, for a cache key of the built program.
+func BenchSource() []byte { return benchSource }

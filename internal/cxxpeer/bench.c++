@@ -1,0 +1,186 @@
+// The C++ reference in go run ./bench, built against Debian's libcapnp by
+// internal/cxxpeer.BuildBench: the Bench service of bench/schema, served
+// and called by the C++ implementation itself.
+//
+//   bench serve HOST
+//       serve Bench on HOST:0; print "port N" when ready
+//   bench run HOST:PORT SCENARIO CONNS WORKERS WARMUP MILLIS
+//       CONNS connections, WORKERS calls in flight on each: each worker
+//       does WARMUP ops, then all repeat the op for MILLIS ms; print
+//       "ops N elapsed_ns T" and then one line with each op's latency in
+//       ns. SCENARIO: echo64, echo1MiB, pipeline3, stream10k.
+
+#include "bench.capnp.h"
+#include <capnp/ez-rpc.h>
+#include <kj/async-io.h>
+#include <kj/debug.h>
+#include <kj/time.h>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+class SinkImpl final: public Sink::Server {
+protected:
+  kj::Promise<void> write(WriteContext context) override {
+    ++chunks;
+    bytes += context.getParams().getChunk().size();
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> done(DoneContext context) override {
+    auto r = context.getResults();
+    r.setChunks(chunks);
+    r.setBytes(bytes);
+    return kj::READY_NOW;
+  }
+
+private:
+  uint32_t chunks = 0;
+  uint64_t bytes = 0;
+};
+
+class BenchImpl final: public Bench::Server {
+protected:
+  kj::Promise<void> echo(EchoContext context) override {
+    context.getResults().setData(context.getParams().getData());
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> next(NextContext context) override {
+    context.getResults().setBench(thisCap());
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> upload(UploadContext context) override {
+    context.getResults().setSink(kj::heap<SinkImpl>());
+    return kj::READY_NOW;
+  }
+};
+
+static int runServer(kj::StringPtr host) {
+  capnp::EzRpcServer server(kj::heap<BenchImpl>(), host, 0);
+  auto& ws = server.getWaitScope();
+  uint port = server.getPort().wait(ws);
+  std::cout << "port " << port << std::endl;
+  kj::NEVER_DONE.wait(ws);
+  return 0;
+}
+
+static kj::TimePoint now() { return kj::systemPreciseMonotonicClock().now(); }
+
+static const size_t streamChunks = 10000;
+
+// One op of a scenario on b.
+class Op {
+public:
+  Op(kj::StringPtr scenario): scenario(scenario) {
+    size_t n = scenario == "echo1MiB" ? (1 << 20) : 64;
+    payload = kj::heapArray<kj::byte>(n);
+    memset(payload.begin(), 0, n);
+    chunk = kj::heapArray<kj::byte>(1024);
+    memset(chunk.begin(), 0, chunk.size());
+    KJ_REQUIRE(scenario == "echo64" || scenario == "echo1MiB" || scenario == "pipeline3" || scenario == "stream10k",
+               "unknown scenario", scenario);
+  }
+
+  kj::Promise<void> run(Bench::Client b) {
+    if (scenario == "pipeline3") {
+      auto r1 = b.nextRequest().send();
+      auto r2 = r1.getBench().nextRequest().send();
+      auto req = r2.getBench().echoRequest();
+      req.setData(payload);
+      return req.send().then([](auto resp) {
+        KJ_REQUIRE(resp.getData().size() == 64);
+      }).attach(kj::mv(r1), kj::mv(r2));
+    }
+    if (scenario == "stream10k") {
+      auto sink = b.uploadRequest().send().getSink();
+      return write(sink, 0).then([sink]() mutable {
+        return sink.doneRequest().send().then([](auto resp) {
+          KJ_REQUIRE(resp.getChunks() == streamChunks && resp.getBytes() == streamChunks * 1024);
+        });
+      });
+    }
+    auto req = b.echoRequest();
+    req.setData(payload);
+    size_t n = payload.size();
+    return req.send().then([n](auto resp) { KJ_REQUIRE(resp.getData().size() == n); });
+  }
+
+private:
+  // write streams chunks i… to sink, each sent when flow control lets it.
+  kj::Promise<void> write(Sink::Client sink, size_t i) {
+    if (i == streamChunks) return kj::READY_NOW;
+    auto req = sink.writeRequest();
+    req.setChunk(chunk);
+    return req.send().then([this, sink, i]() mutable { return write(sink, i + 1); });
+  }
+
+  kj::StringPtr scenario;
+  kj::Array<kj::byte> payload;
+  kj::Array<kj::byte> chunk;
+};
+
+struct Worker {
+  uint64_t ops = 0;
+  std::vector<int64_t> lat;
+};
+
+static kj::Promise<void> warm(Op& op, Bench::Client b, int n) {
+  if (n == 0) return kj::READY_NOW;
+  return op.run(b).then([&op, b, n]() mutable { return warm(op, b, n - 1); });
+}
+
+static kj::Promise<void> measure(Op& op, Bench::Client b, Worker& w, kj::TimePoint end) {
+  auto t0 = now();
+  return op.run(b).then([&op, b, &w, end, t0]() mutable -> kj::Promise<void> {
+    auto t1 = now();
+    w.lat.push_back((t1 - t0) / kj::NANOSECONDS);
+    ++w.ops;
+    if (t1 >= end) return kj::READY_NOW;
+    return measure(op, b, w, end);
+  });
+}
+
+static int runClient(kj::StringPtr addr, kj::StringPtr scenario, int conns, int workers, int warmup, long millis) {
+  Op op(scenario);
+  std::vector<kj::Own<capnp::EzRpcClient>> clients;
+  std::vector<Bench::Client> benches;
+  for (int i = 0; i < conns; i++) {
+    clients.push_back(kj::heap<capnp::EzRpcClient>(addr));
+    benches.push_back(clients.back()->getMain<Bench>());
+  }
+  auto& ws = clients[0]->getWaitScope();
+  {
+    kj::Vector<kj::Promise<void>> ps;
+    for (auto& b: benches)
+      for (int k = 0; k < workers; k++) ps.add(warm(op, b, warmup));
+    kj::joinPromises(ps.releaseAsArray()).wait(ws);
+  }
+  std::vector<Worker> ws2(benches.size() * workers);
+  auto start = now();
+  auto end = start + millis * kj::MILLISECONDS;
+  {
+    kj::Vector<kj::Promise<void>> ps;
+    size_t k = 0;
+    for (auto& b: benches)
+      for (int j = 0; j < workers; j++) ps.add(measure(op, b, ws2[k++], end));
+    kj::joinPromises(ps.releaseAsArray()).wait(ws);
+  }
+  auto elapsed = (now() - start) / kj::NANOSECONDS;
+  uint64_t ops = 0;
+  for (auto& w: ws2) ops += w.ops;
+  printf("ops %llu elapsed_ns %lld\n", (unsigned long long)ops, (long long)elapsed);
+  for (auto& w: ws2)
+    for (auto l: w.lat) printf("%lld ", (long long)l);
+  printf("\n");
+  fflush(stdout);
+  return 0;
+}
+
+int main(int argc, const char* argv[]) {
+  if (argc == 3 && kj::StringPtr(argv[1]) == "serve") return runServer(argv[2]);
+  if (argc == 8 && kj::StringPtr(argv[1]) == "run")
+    return runClient(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atoi(argv[6]), atol(argv[7]));
+  std::cerr << "usage: bench serve HOST | bench run HOST:PORT SCENARIO CONNS WORKERS WARMUP MILLIS" << std::endl;
+  return 2;
+}
