@@ -14,30 +14,47 @@ import (
 // for vatactor, capnp's server.New for go-capnp.
 type newServerFunc func(methods []server.Method, impl any) capnp.Client
 
-// benchServer implements schema.Bench, the same code for both
-// implementations.
+// benchServer implements schema.Bench, the same code for every
+// implementation.
 type benchServer struct {
 	newServer newServerFunc
 	self      capnp.WeakClient // for next(): this same Bench
+	holds     *holds           // shared by the capabilities of one server
+}
 
+// holds are the hold() calls waiting for release().
+type holds struct {
 	mu   sync.Mutex
-	held []chan struct{} // hold() calls waiting for release()
+	held []chan struct{}
 }
 
 // newBench returns a Bench server and its capability, built with
 // newServer.
 func newBench(newServer newServerFunc) (*benchServer, capnp.Client) {
-	s := &benchServer{newServer: newServer}
+	return newBenchOf(newServer, &holds{})
+}
+
+func newBenchOf(newServer newServerFunc, h *holds) (*benchServer, capnp.Client) {
+	s := &benchServer{newServer: newServer, holds: h}
 	c := newServer(schema.Bench_Methods(nil, s), s)
 	s.self = c.WeakRef()
 	return s, c
 }
 
+// forConn returns a capability of its own for one connection, with the
+// same state: capnp's server runs a capability's calls one at a time,
+// so connections that shared one would queue behind each other (each
+// implementation's server hands one to each connection).
+func (s *benchServer) forConn() capnp.Client {
+	_, c := newBenchOf(s.newServer, s.holds)
+	return c
+}
+
 // holding reports how many hold() calls are waiting.
 func (s *benchServer) holding() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.held)
+	s.holds.mu.Lock()
+	defer s.holds.mu.Unlock()
+	return len(s.holds.held)
 }
 
 func (s *benchServer) Echo(ctx context.Context, call schema.Bench_echo) error {
@@ -77,9 +94,9 @@ func (s *benchServer) Upload(ctx context.Context, call schema.Bench_upload) erro
 // Hold stays in flight (off the server's call queue) until Unhold.
 func (s *benchServer) Hold(ctx context.Context, call schema.Bench_hold) error {
 	ch := make(chan struct{})
-	s.mu.Lock()
-	s.held = append(s.held, ch)
-	s.mu.Unlock()
+	s.holds.mu.Lock()
+	s.holds.held = append(s.holds.held, ch)
+	s.holds.mu.Unlock()
 	call.Go()
 	select {
 	case <-ch:
@@ -90,10 +107,10 @@ func (s *benchServer) Hold(ctx context.Context, call schema.Bench_hold) error {
 }
 
 func (s *benchServer) Unhold(ctx context.Context, call schema.Bench_unhold) error {
-	s.mu.Lock()
-	held := s.held
-	s.held = nil
-	s.mu.Unlock()
+	s.holds.mu.Lock()
+	held := s.holds.held
+	s.holds.held = nil
+	s.holds.mu.Unlock()
 	for _, ch := range held {
 		close(ch)
 	}
