@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exp/bufferpool"
 
 	"github.com/vatactor/vatactor/conn/core"
 )
@@ -192,14 +193,14 @@ func readFrame(r *frameReader, lim Limits) (Frame, error) {
 	var f Frame
 	switch {
 	case nseg == 1:
-		f.Msg, _ = capnp.NewSingleSegmentMessage(body)
+		f.Msg = receivedMessage(capnp.SingleSegment(body), body)
 	case nseg == 2 && isSidecar(body[size0:]):
 		sc, err := decodeSidecar(body[size0:], lim)
 		if err != nil {
 			return Frame{}, err
 		}
 		f.Sidecar = sc
-		f.Msg, _ = capnp.NewSingleSegmentMessage(body[:size0:size0])
+		f.Msg = receivedMessage(capnp.SingleSegment(body[:size0:size0]), body)
 	default:
 		segs := make([][]byte, nseg)
 		off := uint64(0)
@@ -215,7 +216,7 @@ func readFrame(r *frameReader, lim Limits) (Frame, error) {
 			f.Sidecar = sc
 			segs = segs[:len(segs)-1]
 		}
-		f.Msg, _ = capnp.NewMultiSegmentMessage(segs)
+		f.Msg = receivedMessage(capnp.MultiSegment(segs), body)
 	}
 	f.Msg.TraverseLimit = lim.TraverseLimit
 	f.Msg.DepthLimit = lim.DepthLimit
@@ -236,29 +237,78 @@ const (
 // costs what it sent (at most 2 × bodyGrowth times, and firstBodyChunk at
 // least), not what it declared.
 func readBody(r io.Reader, n int) ([]byte, error) {
-	if n <= firstBodyChunk {
+	if n < minPooledBody {
 		body := make([]byte, n)
 		_, err := io.ReadFull(r, body)
 		return body, err
 	}
-	body := make([]byte, 0, firstBodyChunk)
+	if n <= firstBodyChunk {
+		body := recvBodies.Get(n)
+		if _, err := io.ReadFull(r, body); err != nil {
+			recvBodies.Put(body)
+			return nil, err
+		}
+		return body, nil
+	}
+	body := recvBodies.Get(firstBodyChunk)[:0]
 	for len(body) < n {
 		if len(body) == cap(body) {
 			next := bodyGrowth * cap(body)
 			if 2*next > n {
 				next = n // the last step: straight to the frame's size
 			}
-			grown := make([]byte, len(body), next)
+			grown := recvBodies.Get(next)[:len(body)]
 			copy(grown, body)
+			recvBodies.Put(body)
 			body = grown
 		}
-		k, err := r.Read(body[len(body):cap(body)])
+		want := min(cap(body), n) // a pooled buffer may be larger than the frame
+		k, err := r.Read(body[len(body):want])
 		body = body[:len(body)+k]
 		if err != nil && len(body) < n {
+			recvBodies.Put(body)
 			return nil, err
 		}
 	}
 	return body, nil
+}
+
+// recvBodies are the buffers of received frames of minPooledBody bytes
+// and more, reused once the message read into one is released
+// (recvArena): by powers of two up to the largest frame; a pool drops
+// what the collector reclaims, so an idle connection holds none. Smaller
+// frames get a buffer of their exact size (a pooled one would round a
+// held message's memory up).
+var recvBodies = bufferpool.NewPool(minPooledBody, 27)
+
+const minPooledBody = 32 << 10
+
+// recvArena is the arena of a received message: its segments are slices
+// of one pooled body, given back when the message is released. What a
+// reader took out of the message (a Data's bytes) is valid until then,
+// as with go-capnp's own messages.
+type recvArena struct {
+	capnp.Arena
+	body []byte
+}
+
+func (a *recvArena) Release() {
+	a.Arena.Release()
+	if a.body != nil {
+		recvBodies.Put(a.body)
+		a.body = nil
+	}
+}
+
+// receivedMessage makes the message of a received frame over arena,
+// whose segments are slices of body.
+func receivedMessage(arena capnp.Arena, body []byte) *capnp.Message {
+	if len(body) < minPooledBody {
+		msg, _, _ := capnp.NewMessage(arena)
+		return msg
+	}
+	msg, _, _ := capnp.NewMessage(&recvArena{Arena: arena, body: body})
+	return msg
 }
 
 func unexpectedEOF(err error) error {

@@ -448,3 +448,39 @@ func TestFinishFrame(t *testing.T) {
 		t.Fatalf("release read as %+v, %v", got, err)
 	}
 }
+
+// TestLargeFrameBuffersReused: a received frame of 1 MiB goes into a
+// pooled buffer that its message gives back when released, so reading
+// and releasing many allocates far less than their bytes.
+func TestLargeFrameBuffersReused(t *testing.T) {
+	msg, seg := capnp.NewSingleSegmentMessage(nil)
+	data, _ := capnp.NewData(seg, make([]byte, 1<<20))
+	_ = msg.SetRoot(data.ToPtr())
+	frame, err := appendFrame(nil, Frame{Msg: msg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 100
+	stream := bytes.Repeat(frame, n)
+	r := newFrameReader(bytes.NewReader(stream), 8+4*DefaultMaxSegments)
+	lim := Limits{}.withDefaults()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range n {
+		f, err := readFrame(r, lim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := f.Msg.Root()
+		if err != nil || len(p.Data()) != 1<<20 {
+			t.Fatalf("frame: %v, %d bytes", err, len(p.Data()))
+		}
+		f.Msg.Release()
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > n<<20/4 {
+		t.Errorf("reading %d frames of 1 MiB allocated %d MiB: the buffers are not reused", n, got>>20)
+	} else {
+		t.Logf("%d frames of 1 MiB: %.1f MiB allocated", n, float64(got)/(1<<20))
+	}
+}
