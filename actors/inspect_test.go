@@ -30,11 +30,13 @@ func TestInspect(t *testing.T) {
 		if server, err = p.serverConn.Inspect(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if count(server.Answers, func(a conn.AnswerSnapshot) bool { return a.Method == "Echo.wait" && a.State == "running" }) == 2 {
+		// Both waits running and self() answered (its Echo exported).
+		if count(server.Answers, func(a conn.AnswerSnapshot) bool { return a.Method == "Echo.wait" && a.State == "running" }) == 2 &&
+			server.Budget.Running == 2 && len(server.Exports) >= 2 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the server never ran both waits: %+v", server.Answers)
+			t.Fatalf("the server never ran both waits with self() answered: %+v, %+v", server.Answers, server.Budget)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

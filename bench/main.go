@@ -59,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		liveQs     = fs.Int("live-questions", 10000, "questions in flight for the scale figures")
 		list       = fs.Bool("list", false, "list the scenarios and exit")
 		cpuprofile = fs.String("cpuprofile", "", "write a CPU profile of the scenarios to this file")
+		sweep      = fs.Bool("sweep", false, "measure the scaling figures instead of the scenarios (calls in flight, connections, idle connections)")
+		plots      = fs.String("plots", "", "with -sweep: draw the figures as PNG files in this directory")
 		memprofile = fs.String("memprofile", "", "write an allocation profile to this file at the end")
 	)
 	fs.StringVar(&idleProfile, "idleprofile", "", "write heap profiles (<file>.<impl>) while the idle connections are open")
@@ -113,6 +115,18 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+
+	if *sweep {
+		res, err := runSweep(which, *duration, stderr)
+		if err != nil {
+			return err
+		}
+		res.print(stdout)
+		if *plots != "" {
+			return res.plot(*plots)
+		}
+		return nil
 	}
 
 	rep := &report{}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -146,6 +147,28 @@ func TestCommandCxx(t *testing.T) {
 	for _, sc := range []string{"echo", "pipeline3", "stream10k"} {
 		if summary[sc]["speedup_vs_cxx"] <= 0 {
 			t.Errorf("summary of %s: %v", sc, summary[sc])
+		}
+	}
+}
+
+// TestSweep: the scaling figures on a small scale, printed and drawn.
+func TestSweep(t *testing.T) {
+	defer func(a, b, c []int) { sweepInFlight, sweepConns, sweepIdle = a, b, c }(sweepInFlight, sweepConns, sweepIdle)
+	sweepInFlight, sweepConns, sweepIdle = []int{1, 4}, []int{1, 3}, []int{10}
+	var out, errs bytes.Buffer
+	dir := t.TempDir()
+	if err := run([]string{"-sweep", "-impl", "both", "-duration", "30ms", "-plots", dir}, &out, &errs); err != nil {
+		t.Fatalf("%v\n%s", err, errs.String())
+	}
+	for _, want := range []string{"echo against calls in flight", "echo against connections", "idle connections"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("no %q in:\n%s", want, out.String())
+		}
+	}
+	for _, f := range []string{"inflight-calls.png", "inflight-p99.png", "conns-calls.png", "conns-p99.png", "idle-bytes.png", "shutdown.png"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil || !bytes.HasPrefix(b, []byte("\x89PNG")) {
+			t.Errorf("%s: %v, not a PNG", f, err)
 		}
 	}
 }

@@ -478,6 +478,10 @@ func TestLargeFrameBuffersReused(t *testing.T) {
 		f.Msg.Release()
 	}
 	runtime.ReadMemStats(&after)
+	if raceOn {
+		t.Log("under the race detector sync.Pool drops buffers on purpose: reuse not measured")
+		return
+	}
 	if got := after.TotalAlloc - before.TotalAlloc; got > n<<20/4 {
 		t.Errorf("reading %d frames of 1 MiB allocated %d MiB: the buffers are not reused", n, got>>20)
 	} else {
