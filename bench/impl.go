@@ -121,9 +121,7 @@ func vatOptions(window int) conn.Options {
 
 func startVatServer(s setup) (*serverSide, error) {
 	bs, boot := newBench(actors.NewServer)
-	boot.Release() // each connection gets a capability of its own
-	v := actors.Spawn(actors.Options{Name: "bench-server", Conn: vatOptions(0), TracerProvider: s.tracer, MeterProvider: s.meter,
-		BootstrapFor: func(conn.PeerInfo) (capnp.Client, error) { return bs.forConn(), nil }})
+	v := actors.Spawn(actors.Options{Name: "bench-server", Bootstrap: boot, Conn: vatOptions(0), TracerProvider: s.tracer, MeterProvider: s.meter})
 	addr, err := v.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		v.Stop()
@@ -186,7 +184,7 @@ func startGoCapnpServer() (*serverSide, error) {
 			if err != nil {
 				return
 			}
-			c := rpc.NewConn(rpc.NewStreamTransport(nc), &rpc.Options{BootstrapClient: bs.forConn()})
+			c := rpc.NewConn(rpc.NewStreamTransport(nc), &rpc.Options{BootstrapClient: boot.AddRef()})
 			mu.Lock()
 			conns = append(conns, c)
 			mu.Unlock()

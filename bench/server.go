@@ -14,47 +14,30 @@ import (
 // for vatactor, capnp's server.New for go-capnp.
 type newServerFunc func(methods []server.Method, impl any) capnp.Client
 
-// benchServer implements schema.Bench, the same code for every
-// implementation.
+// benchServer implements schema.Bench, the same code for both
+// implementations.
 type benchServer struct {
 	newServer newServerFunc
 	self      capnp.WeakClient // for next(): this same Bench
-	holds     *holds           // shared by the capabilities of one server
-}
 
-// holds are the hold() calls waiting for release().
-type holds struct {
 	mu   sync.Mutex
-	held []chan struct{}
+	held []chan struct{} // hold() calls waiting for release()
 }
 
 // newBench returns a Bench server and its capability, built with
 // newServer.
 func newBench(newServer newServerFunc) (*benchServer, capnp.Client) {
-	return newBenchOf(newServer, &holds{})
-}
-
-func newBenchOf(newServer newServerFunc, h *holds) (*benchServer, capnp.Client) {
-	s := &benchServer{newServer: newServer, holds: h}
+	s := &benchServer{newServer: newServer}
 	c := newServer(schema.Bench_Methods(nil, s), s)
 	s.self = c.WeakRef()
 	return s, c
 }
 
-// forConn returns a capability of its own for one connection, with the
-// same state: capnp's server runs a capability's calls one at a time,
-// so connections that shared one would queue behind each other (each
-// implementation's server hands one to each connection).
-func (s *benchServer) forConn() capnp.Client {
-	_, c := newBenchOf(s.newServer, s.holds)
-	return c
-}
-
 // holding reports how many hold() calls are waiting.
 func (s *benchServer) holding() int {
-	s.holds.mu.Lock()
-	defer s.holds.mu.Unlock()
-	return len(s.holds.held)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.held)
 }
 
 func (s *benchServer) Echo(ctx context.Context, call schema.Bench_echo) error {
@@ -94,9 +77,9 @@ func (s *benchServer) Upload(ctx context.Context, call schema.Bench_upload) erro
 // Hold stays in flight (off the server's call queue) until Unhold.
 func (s *benchServer) Hold(ctx context.Context, call schema.Bench_hold) error {
 	ch := make(chan struct{})
-	s.holds.mu.Lock()
-	s.holds.held = append(s.holds.held, ch)
-	s.holds.mu.Unlock()
+	s.mu.Lock()
+	s.held = append(s.held, ch)
+	s.mu.Unlock()
 	call.Go()
 	select {
 	case <-ch:
@@ -107,10 +90,10 @@ func (s *benchServer) Hold(ctx context.Context, call schema.Bench_hold) error {
 }
 
 func (s *benchServer) Unhold(ctx context.Context, call schema.Bench_unhold) error {
-	s.holds.mu.Lock()
-	held := s.holds.held
-	s.holds.held = nil
-	s.holds.mu.Unlock()
+	s.mu.Lock()
+	held := s.held
+	s.held = nil
+	s.mu.Unlock()
 	for _, ch := range held {
 		close(ch)
 	}
