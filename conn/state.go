@@ -342,6 +342,9 @@ func (s *state) frame(f Frame) {
 		return
 	}
 	s.c.meterMessage(false, kindOf(m), size)
+	if _, ok := m.(*core.Abort); ok {
+		s.peerEnding()
+	}
 	s.in.recv = core.Received{Msg: m}
 	s.feed(&s.in.recv)
 }
@@ -529,9 +532,17 @@ func (s *state) event(e core.Event) {
 	case *core.EpitaphSent:
 		s.traceEvent("epitaph.sent", epitaphAttributes(e.Epitaph)...)
 	case *core.EpitaphReceived:
+		s.peerEnding()
 		s.traceEvent("epitaph.received", epitaphAttributes(e.Epitaph)...)
 	case *core.Down:
 		s.down(e.Report)
+	}
+}
+
+// peerEnding tells the stream that the peer is ending (streamWriter).
+func (s *state) peerEnding() {
+	if s.c.stream != nil {
+		s.c.stream.peerEnding()
 	}
 }
 

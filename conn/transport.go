@@ -51,6 +51,10 @@ type streamWriter interface {
 	// releaseBuffers drops the write buffers; the writer calls it as it
 	// exits.
 	releaseBuffers()
+	// peerEnding: the peer has said it is ending (an Abort, an epitaph),
+	// so an EOF after it is its FIN, even if a reset follows (see
+	// readEnd).
+	peerEnding()
 }
 
 // NewStreamTransport returns a Transport that speaks the standard stream
@@ -81,6 +85,7 @@ type streamTransport struct {
 	try          tryWrite              // trySend's write in progress
 	tryFn        func(fd uintptr) bool // try.write, bound once
 	finSent      atomic.Bool           // CloseWrite was called (readEnd)
+	peerEnded    atomic.Bool           // the peer said it is ending (readEnd)
 }
 
 // copyLimit is the largest segment SendFrames copies into its buffer;
@@ -104,9 +109,11 @@ func (t *streamTransport) RecvFrame() (Frame, error) {
 // readEnd is how reading ended. The kernel reports a reset once, to the
 // first read or write after it, and reads after that see an EOF: when the
 // writer took it, an EOF (clean or mid-frame) on a socket the reset has
-// closed, before our own FIN, is the reset.
+// closed, before our own FIN, is the reset. Not after the peer said it
+// was ending: then the EOF was its FIN, and a reset after it (our write
+// to a socket the peer had closed) is not how reading ended.
 func (t *streamTransport) readEnd(err error) error {
-	if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) || t.finSent.Load() {
+	if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) || t.finSent.Load() || t.peerEnded.Load() {
 		return err
 	}
 	c := t.c
@@ -242,6 +249,8 @@ func (t *streamTransport) setKeepAlive(ka KeepAlive) {
 	setUserTimeout(tc, ka.Interval+timeout)
 }
 func (t *streamTransport) canTry() bool { return t.raw != nil }
+
+func (t *streamTransport) peerEnding() { t.peerEnded.Store(true) }
 
 // closeWriter is implemented by *net.TCPConn, *net.UnixConn and
 // *tls.Conn.
