@@ -216,6 +216,22 @@ func panicError(m capnp.Method, r any) error {
 // is released, impl's Shutdown method, if it has one
 // (server.Shutdowner), is called.
 func NewServer(methods []server.Method, impl any) capnp.Client {
+	return newServer(methods, impl, false)
+}
+
+// NewConcurrentServer is NewServer whose calls run at once, each on its
+// own goroutine, instead of one after another (capnp's server runs a
+// capability's calls in order, the next once the last returns or calls
+// call.Go()). Calls still begin in the order they arrive, which is what
+// E-order asks; they may end in any order, and impl must be safe for
+// concurrent use. For a capability shared by many connections (a vat's
+// bootstrap), it keeps one connection's slow call from holding up the
+// others'.
+func NewConcurrentServer(methods []server.Method, impl any) capnp.Client {
+	return newServer(methods, impl, true)
+}
+
+func newServer(methods []server.Method, impl any, concurrent bool) capnp.Client {
 	guarded := make([]server.Method, len(methods))
 	for i, m := range methods {
 		tracing.RegisterMethods(m.Method)
@@ -227,6 +243,9 @@ func NewServer(methods []server.Method, impl any) capnp.Client {
 					err = panicError(method, r)
 				}
 			}()
+			if concurrent {
+				call.Go()
+			}
 			return impl(ctx, call)
 		}
 		guarded[i] = m

@@ -3,6 +3,7 @@ package actors_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/server"
@@ -52,5 +53,51 @@ func TestActorClientNamesAndResults(t *testing.T) {
 	}
 	if sz := ptr.Size(); sz != (capnp.ObjectSize{PointerCount: 1}) {
 		t.Errorf("results of size %v, want the generated type's (one pointer)", sz)
+	}
+}
+
+// rendezvous's echo() waits until two calls are inside it at once.
+type rendezvous struct {
+	*interop.EchoServer
+	inside chan struct{}
+}
+
+func (r *rendezvous) Echo(ctx context.Context, call interop.Echo_echo) error {
+	select { // the first call waits here for a second one inside
+	case r.inside <- struct{}{}:
+	case <-r.inside:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return r.EchoServer.Echo(ctx, call)
+}
+
+// TestConcurrentServer: with actors.NewConcurrentServer, a capability's
+// calls run at once (two calls meet inside the method); with
+// actors.NewServer, one after another (the first waits in vain for a
+// second and gives up at its deadline).
+func TestConcurrentServer(t *testing.T) {
+	for _, concurrent := range []bool{true, false} {
+		impl := &rendezvous{EchoServer: interop.NewEchoServer(), inside: make(chan struct{})}
+		build := actors.NewServer
+		if concurrent {
+			build = actors.NewConcurrentServer
+		}
+		e := interop.Echo(build(interop.Echo_Methods(nil, impl), impl))
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		f1, r1 := e.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("a") })
+		f2, r2 := e.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("b") })
+		_, err1 := f1.Struct()
+		_, err2 := f2.Struct()
+		if concurrent && (err1 != nil || err2 != nil) {
+			t.Errorf("concurrent: %v, %v: the calls did not meet", err1, err2)
+		}
+		if !concurrent && err1 == nil {
+			t.Errorf("in order: the calls met inside the method")
+		}
+		cancel()
+		r1()
+		r2()
+		e.Release()
 	}
 }
