@@ -10,6 +10,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -32,7 +34,7 @@ const grpcService = "vatactor.bench.Bench"
 var grpcDesc = grpc.ServiceDesc{
 	ServiceName: grpcService,
 	HandlerType: (*any)(nil),
-	Methods:     []grpc.MethodDesc{{MethodName: "Echo", Handler: grpcEcho}},
+	Methods:     []grpc.MethodDesc{{MethodName: "Echo", Handler: grpcEcho}, {MethodName: "Tree", Handler: grpcTree}},
 	Streams:     []grpc.StreamDesc{{StreamName: "Upload", Handler: grpcUpload, ClientStreams: true}},
 }
 
@@ -143,6 +145,175 @@ func (g *grpcBench) upload(ctx context.Context) error {
 	}
 	if res.Value != streamChunks*streamChunk {
 		return fmt.Errorf("the server got %d bytes", res.Value)
+	}
+	return nil
+}
+
+// The deep tree for gRPC-Go, as protoc-gen-go would give it for
+//
+//	message TreeRequest { uint32 depth = 1; uint32 fanout = 2; }
+//	message Tree { uint64 value = 1; repeated Tree children = 2; }
+//	rpc Tree(TreeRequest) returns (Tree);
+//
+// written out with protowire (the same wire bytes generated code makes)
+// under a codec of its own, so no generated code is needed.
+
+type treeRequest struct{ depth, fanout uint32 }
+
+type pbTree struct {
+	value    uint64
+	children []*pbTree
+	size     int // of its encoding, computed before appending it
+}
+
+func (t *pbTree) computeSize() int {
+	n := 0
+	if t.value != 0 {
+		n += protowire.SizeTag(1) + protowire.SizeVarint(t.value)
+	}
+	for _, c := range t.children {
+		n += protowire.SizeTag(2) + protowire.SizeBytes(c.computeSize())
+	}
+	t.size = n
+	return n
+}
+
+func (t *pbTree) appendTo(b []byte) []byte {
+	if t.value != 0 {
+		b = protowire.AppendTag(b, 1, protowire.VarintType)
+		b = protowire.AppendVarint(b, t.value)
+	}
+	for _, c := range t.children {
+		b = protowire.AppendTag(b, 2, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(c.size))
+		b = c.appendTo(b)
+	}
+	return b
+}
+
+func (t *pbTree) unmarshal(b []byte) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			t.value, b = v, b[n:]
+		case num == 2 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			c := new(pbTree)
+			if err := c.unmarshal(v); err != nil {
+				return err
+			}
+			t.children, b = append(t.children, c), b[n:]
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			b = b[n:]
+		}
+	}
+	return nil
+}
+
+// treeCodec marshals treeRequest and pbTree.
+type treeCodec struct{}
+
+const treeCodecName = "vatactor-tree"
+
+func (treeCodec) Name() string { return treeCodecName }
+
+func (treeCodec) Marshal(v any) ([]byte, error) {
+	switch v := v.(type) {
+	case *treeRequest:
+		b := protowire.AppendTag(nil, 1, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(v.depth))
+		b = protowire.AppendTag(b, 2, protowire.VarintType)
+		return protowire.AppendVarint(b, uint64(v.fanout)), nil
+	case *pbTree:
+		return v.appendTo(make([]byte, 0, v.computeSize())), nil
+	}
+	return nil, fmt.Errorf("treeCodec: cannot marshal %T", v)
+}
+
+func (treeCodec) Unmarshal(data []byte, v any) error {
+	switch v := v.(type) {
+	case *treeRequest:
+		for len(data) > 0 {
+			num, _, n := protowire.ConsumeTag(data)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			x, m := protowire.ConsumeVarint(data[n:])
+			if m < 0 {
+				return protowire.ParseError(m)
+			}
+			switch num {
+			case 1:
+				v.depth = uint32(x)
+			case 2:
+				v.fanout = uint32(x)
+			}
+			data = data[n+m:]
+		}
+		return nil
+	case *pbTree:
+		return v.unmarshal(data)
+	}
+	return fmt.Errorf("treeCodec: cannot unmarshal into %T", v)
+}
+
+func init() { encoding.RegisterCodec(treeCodec{}) }
+
+func grpcTree(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+	in := new(treeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	var next uint64
+	return buildPBTree(int(in.depth), int(in.fanout), &next), nil
+}
+
+func buildPBTree(depth, fanout int, next *uint64) *pbTree {
+	t := &pbTree{value: *next}
+	*next++
+	if depth > 1 {
+		t.children = make([]*pbTree, fanout)
+		for i := range t.children {
+			t.children[i] = buildPBTree(depth-1, fanout, next)
+		}
+	}
+	return t
+}
+
+func (g *grpcBench) tree(ctx context.Context) error {
+	out := new(pbTree)
+	if err := g.cc.Invoke(ctx, "/"+grpcService+"/Tree", &treeRequest{depth: treeDepth, fanout: treeFanout}, out,
+		grpc.CallContentSubtype(treeCodecName)); err != nil {
+		return err
+	}
+	var sum, n uint64
+	var walk func(t *pbTree)
+	walk = func(t *pbTree) {
+		sum += t.value
+		n++
+		for _, c := range t.children {
+			walk(c)
+		}
+	}
+	walk(out)
+	if want := uint64(treeNodes(treeDepth, treeFanout)); n != want || sum != want*(want-1)/2 {
+		return fmt.Errorf("tree of %d nodes summing to %d, want %d", n, sum, want)
 	}
 	return nil
 }

@@ -79,21 +79,21 @@ func TestCommand(t *testing.T) {
 	if !sawTable {
 		t.Error("no table")
 	}
-	// Six scenarios on two implementations, five of them on gRPC-Go too
+	// Seven scenarios on two implementations, six of them on gRPC-Go too
 	// (pipeline3 has no gRPC equivalent), two traced and two metered ones
 	// on vatactor (with and without).
-	if want := 6*2 + 5 + 2*2 + 2*2; results != want {
+	if want := 7*2 + 6 + 2*2 + 2*2; results != want {
 		t.Errorf("%d result lines, want %d", results, want)
 	}
 	if scale != 4 {
 		t.Errorf("%d scale lines, want 4 (idle and live, per implementation)", scale)
 	}
-	for _, sc := range []string{"echo", "inflight64", "conns100x8", "payload1MiB", "pipeline3", "stream10k"} {
+	for _, sc := range []string{"echo", "inflight64", "conns100x8", "payload1MiB", "pipeline3", "stream10k", "tree16"} {
 		if m := summary[sc]; m["speedup"] <= 0 || m["alloc_ratio"] <= 0 {
 			t.Errorf("summary of %s: %v", sc, m)
 		}
 	}
-	for _, sc := range []string{"echo", "inflight64", "conns100x8", "payload1MiB", "stream10k"} {
+	for _, sc := range []string{"echo", "inflight64", "conns100x8", "payload1MiB", "stream10k", "tree16"} {
 		if m := summary[sc]; m["speedup_vs_grpc"] <= 0 || m["alloc_ratio_vs_grpc"] <= 0 {
 			t.Errorf("summary of %s against gRPC-Go: %v", sc, m)
 		}
@@ -115,7 +115,7 @@ func TestCommandCxx(t *testing.T) {
 		t.Fatalf("building the C++ bench program: %v", err)
 	}
 	var out, errs bytes.Buffer
-	args := []string{"-impl", "vatactor,c++,vatactor>c++,c++>vatactor", "-scenarios", "echo,pipeline3,stream10k", "-scale=false", "-duration", "100ms", "-rounds", "1"}
+	args := []string{"-impl", "vatactor,c++,vatactor>c++,c++>vatactor", "-scenarios", "echo,pipeline3,stream10k,tree16", "-scale=false", "-duration", "100ms", "-rounds", "1"}
 	if err := run(args, &out, &errs); err != nil {
 		t.Fatalf("bench %v: %v\n%s", args, err, errs.String())
 	}
@@ -140,11 +140,11 @@ func TestCommandCxx(t *testing.T) {
 		impls[impl]++
 	}
 	for _, impl := range []string{"vatactor", "c++", "vatactor>c++", "c++>vatactor"} {
-		if impls[impl] != 3 {
-			t.Errorf("%s: %d results, want 3 (one per scenario): %v", impl, impls[impl], impls)
+		if impls[impl] != 4 {
+			t.Errorf("%s: %d results, want 4 (one per scenario): %v", impl, impls[impl], impls)
 		}
 	}
-	for _, sc := range []string{"echo", "pipeline3", "stream10k"} {
+	for _, sc := range []string{"echo", "pipeline3", "stream10k", "tree16"} {
 		if summary[sc]["speedup_vs_cxx"] <= 0 {
 			t.Errorf("summary of %s: %v", sc, summary[sc])
 		}

@@ -79,6 +79,8 @@ func scenarios() []scenario {
 			conns: 1, workers: 1, op: pipelineOp, cxx: "pipeline3", calls: 3},
 		{name: "stream10k", doc: "upload of 10k × 1 KiB -> stream writes, 256 KiB window (gRPC: a client stream); one op = one upload",
 			conns: 1, workers: 1, op: uploadOp, grpcOp: grpcUploadOp, cxx: "stream10k", calls: streamChunks + 2, window: streamWindow, warmup: 1},
+		{name: "tree16", doc: "16 connections, each asking for a deep tree (6 levels × 4 children, 1,365 nodes) and walking it",
+			conns: 16, workers: 1, op: treeOp, grpcOp: grpcTreeOp, cxx: "tree", calls: 1, warmup: 3},
 		{name: "echo/traced", doc: "echo with every span recorded, alternating with echo/untraced (vatactor only)",
 			conns: 1, workers: 1, op: echoOp(small), calls: 1, costOf: "echo", feature: traced},
 		{name: "inflight64/traced", doc: "inflight64 with every span recorded, alternating with inflight64/untraced (vatactor only)",
@@ -109,11 +111,60 @@ func echoOp(payload []byte) func(context.Context, string, schema.Bench) error {
 	}
 }
 
+// The tree of the deep scenario: 6 levels of 4 children, 1,365 nodes.
+const (
+	treeDepth  = 6
+	treeFanout = 4
+)
+
+// treeOp asks for a tree and walks all of it.
+func treeOp(ctx context.Context, _ string, b schema.Bench) error {
+	f, release := b.Tree(ctx, func(p schema.Bench_tree_Params) error {
+		p.SetDepth(treeDepth)
+		p.SetFanout(treeFanout)
+		return nil
+	})
+	defer release()
+	res, err := f.Struct()
+	if err != nil {
+		return err
+	}
+	t, err := res.Tree()
+	if err != nil {
+		return err
+	}
+	var sum, n uint64
+	if err := walkTree(t, &sum, &n); err != nil {
+		return err
+	}
+	if want := uint64(treeNodes(treeDepth, treeFanout)); n != want || sum != want*(want-1)/2 {
+		return fmt.Errorf("tree of %d nodes summing to %d, want %d", n, sum, want)
+	}
+	return nil
+}
+
+func walkTree(t schema.Tree, sum, n *uint64) error {
+	*sum += t.Value()
+	*n++
+	kids, err := t.Children()
+	if err != nil {
+		return err
+	}
+	for i := range kids.Len() {
+		if err := walkTree(kids.At(i), sum, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func grpcEchoOp(payload []byte) func(context.Context, *grpcBench) error {
 	return func(ctx context.Context, g *grpcBench) error { return g.echo(ctx, payload) }
 }
 
 func grpcUploadOp(ctx context.Context, g *grpcBench) error { return g.upload(ctx) }
+
+func grpcTreeOp(ctx context.Context, g *grpcBench) error { return g.tree(ctx) }
 
 func pipelineOp(ctx context.Context, _ string, b schema.Bench) error {
 	n1, r1 := b.Next(ctx, nil)

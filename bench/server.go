@@ -105,6 +105,53 @@ func (s *benchServer) Unhold(ctx context.Context, call schema.Bench_unhold) erro
 	return nil
 }
 
+// Tree builds a complete tree of the depth and fan-out asked for. It lets
+// the next call begin at once (call.Go): the work is the server's, and
+// calls from other connections need not wait for it.
+func (s *benchServer) Tree(ctx context.Context, call schema.Bench_tree) error {
+	call.Go()
+	depth, fanout := call.Args().Depth(), call.Args().Fanout()
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	t, err := res.NewTree()
+	if err != nil {
+		return err
+	}
+	var next uint64
+	return fillTree(t, depth, fanout, &next)
+}
+
+// fillTree fills t as a complete tree, numbering its nodes in pre-order.
+func fillTree(t schema.Tree, depth, fanout uint8, next *uint64) error {
+	t.SetValue(*next)
+	*next++
+	if depth <= 1 {
+		return nil
+	}
+	kids, err := t.NewChildren(int32(fanout))
+	if err != nil {
+		return err
+	}
+	for i := range kids.Len() {
+		if err := fillTree(kids.At(i), depth-1, fanout, next); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// treeNodes is how many nodes a complete tree of depth and fanout has.
+func treeNodes(depth, fanout int) int {
+	n, level := 0, 1
+	for range depth {
+		n += level
+		level *= fanout
+	}
+	return n
+}
+
 // sinkServer counts what one upload wrote.
 type sinkServer struct {
 	chunks uint32

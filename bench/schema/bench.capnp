@@ -22,6 +22,15 @@ interface Bench {
 
   unhold @4 () -> (n :UInt32);
   # Returns every held call; n is how many there were.
+
+  tree @5 (depth :UInt8, fanout :UInt8) -> (tree :Tree);
+  # Returns a complete tree of that depth and fan-out, built anew for
+  # each call: a deep nested result that costs the server some work.
+}
+
+struct Tree {
+  value @0 :UInt64;
+  children @1 :List(Tree);
 }
 
 interface Sink {

@@ -117,6 +117,26 @@ func (c Bench) Unhold(ctx context.Context, params func(Bench_unhold_Params) erro
 
 }
 
+func (c Bench) Tree(ctx context.Context, params func(Bench_tree_Params) error) (Bench_tree_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xa25150281c36a577,
+			MethodID:      5,
+			InterfaceName: "bench.capnp:Bench",
+			MethodName:    "tree",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 0}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Bench_tree_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Bench_tree_Results_Future{Future: ans.Future()}, release
+
+}
+
 func (c Bench) WaitStreaming() error {
 	return capnp.Client(c).WaitStreaming()
 }
@@ -199,6 +219,8 @@ type Bench_Server interface {
 	Hold(context.Context, Bench_hold) error
 
 	Unhold(context.Context, Bench_unhold) error
+
+	Tree(context.Context, Bench_tree) error
 }
 
 // Bench_NewServer creates a new Server from an implementation of Bench_Server.
@@ -217,7 +239,7 @@ func Bench_ServerToClient(s Bench_Server) Bench {
 // This can be used to create a more complicated Server.
 func Bench_Methods(methods []server.Method, s Bench_Server) []server.Method {
 	if cap(methods) == 0 {
-		methods = make([]server.Method, 0, 5)
+		methods = make([]server.Method, 0, 6)
 	}
 
 	methods = append(methods, server.Method{
@@ -277,6 +299,18 @@ func Bench_Methods(methods []server.Method, s Bench_Server) []server.Method {
 		},
 		Impl: func(ctx context.Context, call *server.Call) error {
 			return s.Unhold(ctx, Bench_unhold{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xa25150281c36a577,
+			MethodID:      5,
+			InterfaceName: "bench.capnp:Bench",
+			MethodName:    "tree",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Tree(ctx, Bench_tree{call})
 		},
 	})
 
@@ -366,6 +400,23 @@ func (c Bench_unhold) Args() Bench_unhold_Params {
 func (c Bench_unhold) AllocResults() (Bench_unhold_Results, error) {
 	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 8, PointerCount: 0})
 	return Bench_unhold_Results(r), err
+}
+
+// Bench_tree holds the state for a server call to Bench.tree.
+// See server.Call for documentation.
+type Bench_tree struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Bench_tree) Args() Bench_tree_Params {
+	return Bench_tree_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Bench_tree) AllocResults() (Bench_tree_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Bench_tree_Results(r), err
 }
 
 // Bench_List is a list of Bench.
@@ -1098,6 +1149,273 @@ func (f Bench_unhold_Results_Future) Struct() (Bench_unhold_Results, error) {
 	return Bench_unhold_Results(p.Struct()), err
 }
 
+type Bench_tree_Params capnp.Struct
+
+// Bench_tree_Params_TypeID is the unique identifier for the type Bench_tree_Params.
+const Bench_tree_Params_TypeID = 0xea5a61b7b00410bf
+
+func NewBench_tree_Params(s *capnp.Segment) (Bench_tree_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Bench_tree_Params(st), err
+}
+
+func NewRootBench_tree_Params(s *capnp.Segment) (Bench_tree_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Bench_tree_Params(st), err
+}
+
+func ReadRootBench_tree_Params(msg *capnp.Message) (Bench_tree_Params, error) {
+	root, err := msg.Root()
+	return Bench_tree_Params(root.Struct()), err
+}
+
+func (s Bench_tree_Params) String() string {
+	str, _ := text.Marshal(0xea5a61b7b00410bf, capnp.Struct(s))
+	return str
+}
+
+func (s Bench_tree_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Bench_tree_Params) DecodeFromPtr(p capnp.Ptr) Bench_tree_Params {
+	return Bench_tree_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Bench_tree_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Bench_tree_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Bench_tree_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Bench_tree_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Bench_tree_Params) Depth() uint8 {
+	return capnp.Struct(s).Uint8(0)
+}
+
+func (s Bench_tree_Params) SetDepth(v uint8) {
+	capnp.Struct(s).SetUint8(0, v)
+}
+
+func (s Bench_tree_Params) Fanout() uint8 {
+	return capnp.Struct(s).Uint8(1)
+}
+
+func (s Bench_tree_Params) SetFanout(v uint8) {
+	capnp.Struct(s).SetUint8(1, v)
+}
+
+// Bench_tree_Params_List is a list of Bench_tree_Params.
+type Bench_tree_Params_List = capnp.StructList[Bench_tree_Params]
+
+// NewBench_tree_Params creates a new list of Bench_tree_Params.
+func NewBench_tree_Params_List(s *capnp.Segment, sz int32) (Bench_tree_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0}, sz)
+	return capnp.StructList[Bench_tree_Params](l), err
+}
+
+// Bench_tree_Params_Future is a wrapper for a Bench_tree_Params promised by a client call.
+type Bench_tree_Params_Future struct{ *capnp.Future }
+
+func (f Bench_tree_Params_Future) Struct() (Bench_tree_Params, error) {
+	p, err := f.Future.Ptr()
+	return Bench_tree_Params(p.Struct()), err
+}
+
+type Bench_tree_Results capnp.Struct
+
+// Bench_tree_Results_TypeID is the unique identifier for the type Bench_tree_Results.
+const Bench_tree_Results_TypeID = 0xf654adb22347a711
+
+func NewBench_tree_Results(s *capnp.Segment) (Bench_tree_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Bench_tree_Results(st), err
+}
+
+func NewRootBench_tree_Results(s *capnp.Segment) (Bench_tree_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Bench_tree_Results(st), err
+}
+
+func ReadRootBench_tree_Results(msg *capnp.Message) (Bench_tree_Results, error) {
+	root, err := msg.Root()
+	return Bench_tree_Results(root.Struct()), err
+}
+
+func (s Bench_tree_Results) String() string {
+	str, _ := text.Marshal(0xf654adb22347a711, capnp.Struct(s))
+	return str
+}
+
+func (s Bench_tree_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Bench_tree_Results) DecodeFromPtr(p capnp.Ptr) Bench_tree_Results {
+	return Bench_tree_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Bench_tree_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Bench_tree_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Bench_tree_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Bench_tree_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Bench_tree_Results) Tree() (Tree, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return Tree(p.Struct()), err
+}
+
+func (s Bench_tree_Results) HasTree() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Bench_tree_Results) SetTree(v Tree) error {
+	return capnp.Struct(s).SetPtr(0, capnp.Struct(v).ToPtr())
+}
+
+// NewTree sets the tree field to a newly
+// allocated Tree struct, preferring placement in s's segment.
+func (s Bench_tree_Results) NewTree() (Tree, error) {
+	ss, err := NewTree(capnp.Struct(s).Segment())
+	if err != nil {
+		return Tree{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, capnp.Struct(ss).ToPtr())
+	return ss, err
+}
+
+// Bench_tree_Results_List is a list of Bench_tree_Results.
+type Bench_tree_Results_List = capnp.StructList[Bench_tree_Results]
+
+// NewBench_tree_Results creates a new list of Bench_tree_Results.
+func NewBench_tree_Results_List(s *capnp.Segment, sz int32) (Bench_tree_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Bench_tree_Results](l), err
+}
+
+// Bench_tree_Results_Future is a wrapper for a Bench_tree_Results promised by a client call.
+type Bench_tree_Results_Future struct{ *capnp.Future }
+
+func (f Bench_tree_Results_Future) Struct() (Bench_tree_Results, error) {
+	p, err := f.Future.Ptr()
+	return Bench_tree_Results(p.Struct()), err
+}
+func (p Bench_tree_Results_Future) Tree() Tree_Future {
+	return Tree_Future{Future: p.Future.Field(0, nil)}
+}
+
+type Tree capnp.Struct
+
+// Tree_TypeID is the unique identifier for the type Tree.
+const Tree_TypeID = 0xa7fbf77ab310885a
+
+func NewTree(s *capnp.Segment) (Tree, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return Tree(st), err
+}
+
+func NewRootTree(s *capnp.Segment) (Tree, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1})
+	return Tree(st), err
+}
+
+func ReadRootTree(msg *capnp.Message) (Tree, error) {
+	root, err := msg.Root()
+	return Tree(root.Struct()), err
+}
+
+func (s Tree) String() string {
+	str, _ := text.Marshal(0xa7fbf77ab310885a, capnp.Struct(s))
+	return str
+}
+
+func (s Tree) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Tree) DecodeFromPtr(p capnp.Ptr) Tree {
+	return Tree(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Tree) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Tree) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Tree) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Tree) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Tree) Value() uint64 {
+	return capnp.Struct(s).Uint64(0)
+}
+
+func (s Tree) SetValue(v uint64) {
+	capnp.Struct(s).SetUint64(0, v)
+}
+
+func (s Tree) Children() (Tree_List, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return Tree_List(p.List()), err
+}
+
+func (s Tree) HasChildren() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Tree) SetChildren(v Tree_List) error {
+	return capnp.Struct(s).SetPtr(0, v.ToPtr())
+}
+
+// NewChildren sets the children field to a newly
+// allocated Tree_List, preferring placement in s's segment.
+func (s Tree) NewChildren(n int32) (Tree_List, error) {
+	l, err := NewTree_List(capnp.Struct(s).Segment(), n)
+	if err != nil {
+		return Tree_List{}, err
+	}
+	err = capnp.Struct(s).SetPtr(0, l.ToPtr())
+	return l, err
+}
+
+// Tree_List is a list of Tree.
+type Tree_List = capnp.StructList[Tree]
+
+// NewTree creates a new list of Tree.
+func NewTree_List(s *capnp.Segment, sz int32) (Tree_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 1}, sz)
+	return capnp.StructList[Tree](l), err
+}
+
+// Tree_Future is a wrapper for a Tree promised by a client call.
+type Tree_Future struct{ *capnp.Future }
+
+func (f Tree_Future) Struct() (Tree, error) {
+	p, err := f.Future.Ptr()
+	return Tree(p.Struct()), err
+}
+
 type Sink capnp.Client
 
 // Sink_TypeID is the unique identifier for the type Sink.
@@ -1530,56 +1848,67 @@ func (f Sink_done_Results_Future) Struct() (Sink_done_Results, error) {
 	return Sink_done_Results(p.Struct()), err
 }
 
-const schema_a9d2c8f1e3b75a41 = "x\xda\x84T[H\x1cW\x18\xfe\xff3g\xdc]\xe9" +
-	"v{\x1c_\x94\x96\xa5\xb0\x82\x0a^\xd6K\xa9\x0b\xcb" +
-	"n[Z\xdbB\xdb\x1d[\xa1\xb6B\x1d\xd7\xa1\xebm" +
-	"V\xf6\xc2\xd6\xd7\xd2j-I >D\x14\xf2\x90@" +
-	"\x1e\xf2\x14b A\x13H^B$\xc1\xdcHH\xd0" +
-	"\xdc$O&\x11\xa3(\x18\x09L83\x99\x9d\xc1]" +
-	"\x93\xb79\xfb\x9f\xff\xfb\xcf\xf7\xfd\xdf\xb7\x8d\xa5$J" +
-	"\x83\xdeu\x17\x10\xb9[,\xd1\xbf\xfate\xfd\x93{" +
-	"\xbf\xff\x03\x8c!\x80\x88.\x00\xe9\xa1\xb0\x09(\xad\x08" +
-	"\x11@\x1d'\xc7\x9e,_\x99\x1f\x07Vf\xd5\x9b\x91" +
-	"\x96\"\xa0\xe4\xa1\xfcB\xdb\x8d\xd4\xe7G\xff[\x9cp" +
-	"\\\x90j\xe8.\xa0Tg\xd4\xbb\xb7[\x0e\xec<\xfa" +
-	"\xfb\x10\xb0\x0f\x04\xfd\x8b\xdf\xce=\xddX\xb8}\x12\x00" +
-	"\xa5\x1f\xe8\xffR'\xe5\xd7e:.\x1d\xe3_z\xe5" +
-	"\x8b\xef\x1f\x0c\xfc\xf2j\xd2\x04\xe3?5OP\x82@" +
-	"\xf5\xab\xcb\xa5\xc1\xa5\xfb=G\xec\x8a4L7\x81\xea" +
-	"\xb3\x1b\x9e\x8f&\x0e\xde\x9cr\xb4\xc8fK\xee\xc4g" +
-	"\x1fW\xc7\xe4\xe3\x05\x93[\xe9\xa4\x146n\xb6\xd1v" +
-	"\x94P\xe4\xa3\xb3\xdeo\xce\xbf\xfc\xf6\xce\xacc\xc0\xaa" +
-	"1\xe0\xe2\xf6\x9fUk\x1f\xfe8\x072C\xf2\xb6\xb2" +
-	"H\xb9B\xb7h\x0eP\x9f\x9dy\x1c?5Wq\xcd" +
-	")@\x9d\xc8\xebA\x91\x0bp&sy`)<\xbf" +
-	"j*l\x12\x16\x9f\x01\xd5S=\xd3\xed\x0d[w\xd7" +
-	"\x9c\x8d\xad\"W\xae\xcdh\x1c\xfb\xe9\xd7\xd7\x0d\xd7/" +
-	"l9^\xd4%\xee\x02\xd5\xbd\x0b\xea\xf3\xa9\xb3\x95;" +
-	" \x97\xa1\xc59,\x1a;\xf9Z\x8c@\x97\xde\xabj" +
-	"\xf1D}\\!#\xdaH\xe8\xe7~m\xb0>\x97\xea" +
-	"\xcf\xa8\x81\x98_I)\xc3i\x99\x0a\x14\x80\"\x00\xf3" +
-	"6\x01\xc8n\x01\xe5r\x82\xfex\"\xab\x0d\xa2\x17\x08" +
-	"z\x01\xf3 \x02\x07\xf9\xd28dG\x86\x92J_\xa0" +
-	"CMg\x872i\x00'P\xad\x0d\xe4K\xf7k\x83" +
-	"\xc8\xec\xd5\x03\"s \x12\x1bQ\x8d'\x92\x81\x8e\x88" +
-	"\x09\xb8\x1f\\\x9f\x92Q\x0a\x9e\x85\x167\x80\x18\xa2\xec" +
-	"\x16D\x80\xbc\x9bQ;})\xd7<\xf3\xc74\x0b6" +
-	"\x01aU.\xb4\xf7\x80\xd6BYE-\x10\xe6u\xf9" +
-	"\x0dq\xa2\xe8\xebKjj\x14ch\x0f))\xe0\x1e" +
-	"3\x14\x04\xeb\x82]\xd7\xd4\xbf2\x96\xc0\xf9~\xd1\xd1" +
-	"\xaf%\x92C\xfb\xf6c\x82\x93(7HX\x86B+" +
-	"Z\xec0\x7f\xe8\xbf\x9c\x84\x15\x03\xb4\xcc\xc3Fym" +
-	"\xd8\x85$\x1f\x1e\xb42\xcb\x94\x10\x10\xd6\xe9B!\xef" +
-	"n\xb4L\xc5\xbe\xe3}a\x17\xda\x09B\xcbW,\x18" +
-	"2D\xf3\xf1\xedD\xd1\xc7\xa9E1b*\x10E\x1f" +
-	"'\xc2\xcf\x9a\xf9\xe1\x14\xcc\xb1Z\x93\xee\x1eAlG" +
-	"r\xb1\x03\x1d\xaa\xdf\xdc\xbc;\xbf\xf9\x9a\x10\x80\x1c\x10" +
-	"Pn$\xc8\x10\xcb\xb9\xc3Y\x1d\xb7i\xb5\x80r\x0b" +
-	"\xc1\x88a\xd34\xba\x81\xa0\x1b\xd0\xdf;\x9aQ\xd3\xe8" +
-	"\x01\x82\x9ewx\xac\x88\xf5\xdfk\xb1=\x8f\x8d)\xbe" +
-	"B.\x8e\xe5\x17\xb3\xb13^F\x1f2\xfb\x7fi\xff" +
-	"X\x18\xdaYxE\x93h\xba\xa9h\x12\xcb\xec\x99\xa8" +
-	"Y2\xbd\x09\x00\x00\xff\xff\x05\xf0\xaf\xb1"
+const schema_a9d2c8f1e3b75a41 = "x\xda\x84U]h\x1cU\x14>\xdf\xcc\x9d\xd9M\xe9" +
+	"v\xf7f\xfa`\x8b\xb2\x88\x1b\xa8\xc5\xfe\xa4)b\x03" +
+	"\xb2\xab\xa2-\x05u'F\xb0Q\xb1\xd3\xdd\xd1\xddf" +
+	"\x9d\x8d\xfbc\xd47E\x9b\xb6\x18\x1f\x82ZR\xe8\x8b" +
+	"P\x8a\x0fA\x93\xa2%\xd5\xa2}\x10\x8b\xe2/\x06m" +
+	"+j\xf1\xa9\xd5\xa0)\xad\xadU\x18\xb9w\xbc;C" +
+	"\xb2K\xdf\xf6\xee9\xdfw\xfe\xbesf\xe3\xebZ\x8e" +
+	"\xf5&\xae\xc4I\xb3K\x86\xe9\xdfs\xf3\xb9?n\xfa" +
+	"\xfe\xd1\x97\x89s\x10\x19\x88\x11Y\x0e\xbbH\xb0\\\x96" +
+	"%\xf8\x98\xd8\xf3\xcb\xd9O\x8f\x8f\x11\xefV\xf6\xbeW" +
+	"\xd82\x10\xacq\xe9\xb0\xe5\xab\xda\x1d\x87\xf6~\xb1/" +
+	"\xe2`M\xb1k\x04kZ\xda\x1f\xbb\xbc\xf9\xd5\xab?" +
+	"\xbd\xf4\x1a\xf1\xe5\xba\x7f\xd7\xd0\xb1_\x17N}\xfb6" +
+	"\x11\xaco\xd8~\xeb4\x13\xeesl\xcc\xea1bD" +
+	"\xfe\xea\xdf\xb7\xff\xb8{\xf0\xef\x89\x80L\x18\xfb\x12\x86" +
+	"\x06b\xfegg\x97\xf5\x9e\xf9a\xe7\x9b\xa1\xc5Z`" +
+	"\x17\x89\xf93\x0b]\xa9}\xe3_\x1f\x88@\xe6\x98\x84" +
+	"\x8c\x1e\xbe\xfd\xc65y\xfb\xad%\x91g\xd9\x84uR" +
+	"z\x9e`c\xb0\xa6d\xe8\xa1\xbd\xa9\xa3/\\\xf9\xe7" +
+	"\x08\xd9\xcb\x81\xd0=(\xe8\x0dc\xbfuH\xb8Y\x93" +
+	"\xc6(\xc1o&\xee\xfb\xe0\xcfm\xdf\xcdD\xb2\xe92" +
+	"E6\x1f]~\xaag~\xc5\x03\xb3dsh\xff[" +
+	"\xe6\x0d\xd1\xce\x05\x09\x9c9\xf8s\xe1\x9d\xd9U\x9fG" +
+	"\xbbu\xbf)\xec\xb6)\xbau\xb4\xf1\xc9\xee3w\x1e" +
+	"?\x1f\x8cC\xc2\x9f1/\x08\xe2\x14{\xf7\x983t" +
+	"\x81\xecn(\xcb\xc3\x12\xb8\xc3\x14\xc4\xb5\x9d\x93[7" +
+	"\\\x9a\x9b\x8f\x12\xbfg\x8a1\xccJ\xe2=\x0f>\xf2" +
+	"\xef\x86/?\xbc\x14\xc9\xf8\xb4y\x8d\x98\xcf\x8fl\xbd" +
+	"efj\xf0\xaf(\xf0\x84\x04\x9e\x94\xc0\xc4)\xf7\xb7" +
+	"\x03\xef\xaf\xbe\x1a\x09\xdcw\xce\x94\x028ofi\x87" +
+	"\xbf\xcb\xf5\x0a\xa5\xf5\x05G\x1b\xf1F\xfa\x1f*{\xc3" +
+	"\xebGk\xe5\x86\x9b\xc9\xa7\x9d\x9a\xf3t\xddf:#" +
+	"b \xe2\x89MDv\\\x87\xbdRC\xbaPjz" +
+	"\xc3H\x90\x86\x04\xa1E\xa2\x0b\x92\xbb\xe5\xa39R\xa9" +
+	":\xc5\xcc\x80[oV\x1au\xa2(\xd1\xda\x90(Y" +
+	"/{\xc3\xe0\xa1\xce\x08\xe0\x11F-dt\x0b\xa5j" +
+	"f \x1b\x10v\xa2+:\x0dgIZP\xb5\x11\xe5" +
+	"\x01;\xae\x1bD\xad\xd5\x817\xfd\xf1h\xdf\xc1'&" +
+	"y\xef&\xd2xO\x0c\xe1\x1c\xa1\x04\xc1W\xad%\x8d" +
+	"'bi\xd9\x9c\x1c\x92\xc5\xaa\xe7\xe6\x90G\x18\xc4\\" +
+	"R{^v\x90\x94Ch\xf7\xdc\xe7\x1a\xaa\xc1-\xbc" +
+	"\x11\xc1{\xa5j\xa5#\x1e%Q\xc4\x0d\xb2\x08%H" +
+	"\xa8=\xe6\xd3\"\xd1\xc3\xa2\x08\xb5sP\xe2\xe2\x93\xc2" +
+	"6\x1e\x83\xd6\xdaT\xa8\x03\xc1_\xec'\x8d7c\xd0" +
+	"[\xdb\x01%:^\x16\xb8\xc7c\x08\xd7\x15JW\xdc" +
+	"\x16\xb8{c0Z\x1a\x87\xd2$\xdf\"p\xebbI" +
+	"1\xb9\x1c\x92\xa2\xec\x1c\xb2AwrH\x8a\"\xc5\xdb" +
+	"\x0b~$\x1b5wQO\xe5\xe0\x06k\xae\xab\x06\xa7" +
+	"f~\xab\xd0bF\x87\xbdQ\x03\xb0RH\x9b\xaf\xdb" +
+	"Nd\xdf\xa6\xc3\xde\xa6!\xfd\xacSi\xba\xe8\"\x0d" +
+	"]\x04\xbfP*W\x8a5\xd7#\"\xac \xe4u " +
+	"\x15\x9e\x0c\x82\xf8\xb3\x9d\xe4\x821,\x1aT\xb8)B" +
+	"\x04\x99\x017\x1d(2\x92]\x7f\x98\x1do\xa5'R" +
+	"^\xa3\xc3\xde\xac!+\xd7\xa7\x8e8i\x88\x13\xd2\xbb" +
+	"\x9eo\xb8\xf5V\xb6\x9d\xb4\xdff%\xaf+\xfdE\xc9" +
+	"\xe6\x9d\xe4\xd2Z\x82\x10\xa2\xfb\xad\x10\xed;\x1d\xd6\xd2" +
+	"\x1f\xd6\x92.\xba#\x8d\x12L\xd2`\x12\xb2O:^" +
+	"\xb5\xd9P\xcfv\x81\xa4\xfa\xdb\xedq\xf4\xbeH\x1cx" +
+	"\xf8\x15\xe8|\x17\xe4\x90\x14_\xc7\xca\xaew8\x84\xd3" +
+	"\"Q\xa4:\\\xb6`;\xdb^\xb6\xee\x90\x11\x9e\x1a" +
+	"\xef\x7f\x01\x00\x00\xff\xffl\xab%\xc3"
 
 func RegisterSchema(reg *schemas.Registry) {
 	reg.Register(&schemas.Schema{
@@ -1593,12 +1922,15 @@ func RegisterSchema(reg *schemas.Registry) {
 			0x9660d8da310adbca,
 			0x97d08d891009f1b2,
 			0xa25150281c36a577,
+			0xa7fbf77ab310885a,
 			0xb2d448f0bb460d75,
 			0xb94e0eed2567f5bf,
 			0xcb19b9af63df9ab2,
 			0xe9ba3dda6ac574b3,
+			0xea5a61b7b00410bf,
 			0xedd5f42f47996072,
 			0xf4bcce2ffc584f86,
+			0xf654adb22347a711,
 			0xf81ab697eb65c80d,
 		},
 		Compressed: true,

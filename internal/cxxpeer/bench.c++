@@ -8,7 +8,7 @@
 //       CONNS connections, WORKERS calls in flight on each: each worker
 //       does WARMUP ops, then all repeat the op for MILLIS ms; print
 //       "ops N elapsed_ns T" and then one line with each op's latency in
-//       ns. SCENARIO: echo64, echo1MiB, pipeline3, stream10k.
+//       ns. SCENARIO: echo64, echo1MiB, pipeline3, stream10k, tree.
 
 #include "bench.capnp.h"
 #include <capnp/ez-rpc.h>
@@ -54,7 +54,28 @@ protected:
     context.getResults().setSink(kj::heap<SinkImpl>());
     return kj::READY_NOW;
   }
+  kj::Promise<void> tree(TreeContext context) override {
+    auto p = context.getParams();
+    uint64_t next = 0;
+    fill(context.getResults().initTree(), p.getDepth(), p.getFanout(), next);
+    return kj::READY_NOW;
+  }
+
+private:
+  static void fill(Tree::Builder t, uint8_t depth, uint8_t fanout, uint64_t& next) {
+    t.setValue(next++);
+    if (depth <= 1) return;
+    auto kids = t.initChildren(fanout);
+    for (uint i = 0; i < fanout; i++) fill(kids[i], depth - 1, fanout, next);
+  }
 };
+
+// walk sums a tree's values and counts its nodes.
+static void walk(Tree::Reader t, uint64_t& sum, uint64_t& n) {
+  sum += t.getValue();
+  ++n;
+  for (auto c: t.getChildren()) walk(c, sum, n);
+}
 
 static int runServer(kj::StringPtr host) {
   capnp::EzRpcServer server(kj::heap<BenchImpl>(), host, 0);
@@ -78,8 +99,8 @@ public:
     memset(payload.begin(), 0, n);
     chunk = kj::heapArray<kj::byte>(1024);
     memset(chunk.begin(), 0, chunk.size());
-    KJ_REQUIRE(scenario == "echo64" || scenario == "echo1MiB" || scenario == "pipeline3" || scenario == "stream10k",
-               "unknown scenario", scenario);
+    KJ_REQUIRE(scenario == "echo64" || scenario == "echo1MiB" || scenario == "pipeline3" || scenario == "stream10k" ||
+               scenario == "tree", "unknown scenario", scenario);
   }
 
   kj::Promise<void> run(Bench::Client b) {
@@ -91,6 +112,17 @@ public:
       return req.send().then([](auto resp) {
         KJ_REQUIRE(resp.getData().size() == 64);
       }).attach(kj::mv(r1), kj::mv(r2));
+    }
+    if (scenario == "tree") {
+      // 6 levels of 4 children (bench/scenario.go's treeDepth, treeFanout).
+      auto req = b.treeRequest();
+      req.setDepth(6);
+      req.setFanout(4);
+      return req.send().then([](auto resp) {
+        uint64_t sum = 0, n = 0;
+        walk(resp.getTree(), sum, n);
+        KJ_REQUIRE(n == 1365 && sum == 1365 * 1364 / 2, n, sum);
+      });
     }
     if (scenario == "stream10k") {
       auto sink = b.uploadRequest().send().getSink();
