@@ -110,8 +110,7 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 		if out.Params, err = s.decodePayload(msg, params); err != nil {
 			return nil, err
 		}
-		size, _ := msg.TotalSize()
-		out.Params.Size = int(size)
+		out.Params.Size = heldBytes(msg)
 		a := s.newAnswer(out.QuestionID, capnp.Method{InterfaceID: out.Method.InterfaceID, MethodID: out.Method.MethodID}, false, sc)
 		if a.args == nil {
 			a.args = msg

@@ -274,14 +274,25 @@ func readBody(r io.Reader, n int) ([]byte, error) {
 }
 
 // recvBodies are the buffers of received frames of minPooledBody bytes
-// and more, reused once the message read into one is released
+// and more (8 KiB), reused once the message read into one is released
 // (recvArena): by powers of two up to the largest frame; a pool drops
 // what the collector reclaims, so an idle connection holds none. Smaller
 // frames get a buffer of their exact size (a pooled one would round a
 // held message's memory up).
 var recvBodies = bufferpool.NewPool(minPooledBody, 27)
 
-const minPooledBody = 32 << 10
+const minPooledBody = 8 << 10
+
+// heldBytes is the memory a received message holds: its pooled buffer's
+// (rounded up to a power of two), else its size. The budgets of what a
+// peer makes the connection hold (MaxCallBytes) count this.
+func heldBytes(msg *capnp.Message) int {
+	if a, ok := msg.Arena.(*recvArena); ok && a.body != nil {
+		return cap(a.body)
+	}
+	size, _ := msg.TotalSize()
+	return int(size)
+}
 
 // recvArena is the arena of a received message: its segments are slices
 // of one pooled body, given back when the message is released. What a
