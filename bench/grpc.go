@@ -34,8 +34,9 @@ const grpcService = "vatactor.bench.Bench"
 var grpcDesc = grpc.ServiceDesc{
 	ServiceName: grpcService,
 	HandlerType: (*any)(nil),
-	Methods:     []grpc.MethodDesc{{MethodName: "Echo", Handler: grpcEcho}, {MethodName: "Tree", Handler: grpcTree}},
-	Streams:     []grpc.StreamDesc{{StreamName: "Upload", Handler: grpcUpload, ClientStreams: true}},
+	Methods: []grpc.MethodDesc{{MethodName: "Echo", Handler: grpcEcho}, {MethodName: "Tree", Handler: grpcTree},
+		{MethodName: "Put", Handler: grpcPut}, {MethodName: "Get", Handler: grpcGet}},
+	Streams: []grpc.StreamDesc{{StreamName: "Upload", Handler: grpcUpload, ClientStreams: true}},
 }
 
 // grpcEcho returns its argument.
@@ -46,6 +47,27 @@ func grpcEcho(srv any, ctx context.Context, dec func(any) error, _ grpc.UnarySer
 	}
 	srv.(*grpcBenchServer).calls.Add(1)
 	return in, nil
+}
+
+// grpcPut returns the length of its argument.
+func grpcPut(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+	in := new(wrapperspb.BytesValue)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	return wrapperspb.UInt64(uint64(len(in.Value))), nil
+}
+
+// grpcGet returns n bytes.
+func grpcGet(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+	in := new(wrapperspb.UInt32Value)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if int(in.Value) > len(large) {
+		return nil, fmt.Errorf("get: at most %d bytes", len(large))
+	}
+	return wrapperspb.Bytes(large[:in.Value]), nil
 }
 
 // grpcUpload counts the bytes of an upload and returns the count.
@@ -121,6 +143,28 @@ func (g *grpcBench) echo(ctx context.Context, payload []byte) error {
 	}
 	if len(out.Value) != len(payload) {
 		return fmt.Errorf("echo returned %d bytes, sent %d", len(out.Value), len(payload))
+	}
+	return nil
+}
+
+func (g *grpcBench) put(ctx context.Context) error {
+	out := new(wrapperspb.UInt64Value)
+	if err := g.cc.Invoke(ctx, "/"+grpcService+"/Put", wrapperspb.Bytes(large), out); err != nil {
+		return err
+	}
+	if out.Value != uint64(len(large)) {
+		return fmt.Errorf("put: the server got %d bytes", out.Value)
+	}
+	return nil
+}
+
+func (g *grpcBench) get(ctx context.Context) error {
+	out := new(wrapperspb.BytesValue)
+	if err := g.cc.Invoke(ctx, "/"+grpcService+"/Get", wrapperspb.UInt32(uint32(len(large))), out); err != nil {
+		return err
+	}
+	if len(out.Value) != len(large) {
+		return fmt.Errorf("get: %d bytes", len(out.Value))
 	}
 	return nil
 }

@@ -79,16 +79,16 @@ func TestCommand(t *testing.T) {
 	if !sawTable {
 		t.Error("no table")
 	}
-	// Seven scenarios on two implementations, six of them on gRPC-Go too
-	// (pipeline3 has no gRPC equivalent), two traced and two metered ones
-	// on vatactor (with and without).
-	if want := 7*2 + 6 + 2*2 + 2*2; results != want {
+	// Nine scenarios on two implementations, eight of them on gRPC-Go
+	// too (pipeline3 has no gRPC equivalent), two traced and two metered
+	// ones on vatactor (with and without).
+	if want := 9*2 + 8 + 2*2 + 2*2; results != want {
 		t.Errorf("%d result lines, want %d", results, want)
 	}
 	if scale != 4 {
 		t.Errorf("%d scale lines, want 4 (idle and live, per implementation)", scale)
 	}
-	for _, sc := range []string{"echo", "inflight64", "conns100x8", "payload1MiB", "pipeline3", "stream10k", "tree16"} {
+	for _, sc := range []string{"echo", "inflight64", "conns100x8", "payload1MiB", "put1MiB", "get1MiB", "pipeline3", "stream10k", "tree16"} {
 		if m := summary[sc]; m["speedup"] <= 0 || m["alloc_ratio"] <= 0 {
 			t.Errorf("summary of %s: %v", sc, m)
 		}

@@ -75,6 +75,10 @@ func scenarios() []scenario {
 			conns: 100, workers: 8, op: echoOp(small), grpcOp: grpcEchoOp(small), cxx: "echo64", calls: 1, warmup: 2},
 		{name: "payload1MiB", doc: "sequential echo of 1 MiB",
 			conns: 1, workers: 1, op: echoOp(large), grpcOp: grpcEchoOp(large), cxx: "echo1MiB", calls: 1, warmup: 3},
+		{name: "put1MiB", doc: "sequential put(1 MiB) -> its length: a large request, a small reply",
+			conns: 1, workers: 1, op: putOp, grpcOp: grpcPutOp, cxx: "put1MiB", calls: 1, warmup: 3},
+		{name: "get1MiB", doc: "sequential get(1 MiB) -> 1 MiB: a small request, a large reply",
+			conns: 1, workers: 1, op: getOp, grpcOp: grpcGetOp, cxx: "get1MiB", calls: 1, warmup: 3},
 		{name: "pipeline3", doc: "next().next().echo() pipelined, waiting for the last (one op = 3 calls; gRPC has no pipelining)",
 			conns: 1, workers: 1, op: pipelineOp, cxx: "pipeline3", calls: 3},
 		{name: "stream10k", doc: "upload of 10k × 1 KiB -> stream writes, 256 KiB window (gRPC: a client stream); one op = one upload",
@@ -110,6 +114,39 @@ func echoOp(payload []byte) func(context.Context, string, schema.Bench) error {
 		return nil
 	}
 }
+
+func putOp(ctx context.Context, _ string, b schema.Bench) error {
+	f, release := b.Put(ctx, func(p schema.Bench_put_Params) error { return p.SetData(large) })
+	defer release()
+	res, err := f.Struct()
+	if err != nil {
+		return err
+	}
+	if res.N() != uint64(len(large)) {
+		return fmt.Errorf("put: the server got %d bytes, sent %d", res.N(), len(large))
+	}
+	return nil
+}
+
+func getOp(ctx context.Context, _ string, b schema.Bench) error {
+	f, release := b.Get(ctx, func(p schema.Bench_get_Params) error { p.SetN(uint32(len(large))); return nil })
+	defer release()
+	res, err := f.Struct()
+	if err != nil {
+		return err
+	}
+	data, err := res.Data()
+	if err != nil {
+		return err
+	}
+	if len(data) != len(large) {
+		return fmt.Errorf("get: %d bytes, want %d", len(data), len(large))
+	}
+	return nil
+}
+
+func grpcPutOp(ctx context.Context, g *grpcBench) error { return g.put(ctx) }
+func grpcGetOp(ctx context.Context, g *grpcBench) error { return g.get(ctx) }
 
 // The tree of the deep scenario: 6 levels of 4 children, 1,365 nodes.
 const (

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"capnproto.org/go/capnp/v3"
@@ -121,6 +122,34 @@ func (s *benchServer) Tree(ctx context.Context, call schema.Bench_tree) error {
 	}
 	var next uint64
 	return fillTree(t, depth, fanout, &next)
+}
+
+// Put returns the length of its argument.
+func (s *benchServer) Put(ctx context.Context, call schema.Bench_put) error {
+	data, err := call.Args().Data()
+	if err != nil {
+		return err
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	res.SetN(uint64(len(data)))
+	return nil
+}
+
+// Get returns n bytes (of large's, so that no work but the copy into the
+// results is the server's).
+func (s *benchServer) Get(ctx context.Context, call schema.Bench_get) error {
+	n := int(call.Args().N())
+	if n > len(large) {
+		return fmt.Errorf("get: at most %d bytes", len(large))
+	}
+	res, err := call.AllocResults()
+	if err != nil {
+		return err
+	}
+	return res.SetData(large[:n])
 }
 
 // fillTree fills t as a complete tree, numbering its nodes in pre-order.

@@ -26,6 +26,12 @@ interface Bench {
   tree @5 (depth :UInt8, fanout :UInt8) -> (tree :Tree);
   # Returns a complete tree of that depth and fan-out, built anew for
   # each call: a deep nested result that costs the server some work.
+
+  put @6 (data :Data) -> (n :UInt64);
+  # Returns the length of its argument: a large request, a small reply.
+
+  get @7 (n :UInt32) -> (data :Data);
+  # Returns n bytes: a small request, a large reply.
 }
 
 struct Tree {

@@ -137,6 +137,46 @@ func (c Bench) Tree(ctx context.Context, params func(Bench_tree_Params) error) (
 
 }
 
+func (c Bench) Put(ctx context.Context, params func(Bench_put_Params) error) (Bench_put_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xa25150281c36a577,
+			MethodID:      6,
+			InterfaceName: "bench.capnp:Bench",
+			MethodName:    "put",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 0, PointerCount: 1}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Bench_put_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Bench_put_Results_Future{Future: ans.Future()}, release
+
+}
+
+func (c Bench) Get(ctx context.Context, params func(Bench_get_Params) error) (Bench_get_Results_Future, capnp.ReleaseFunc) {
+
+	s := capnp.Send{
+		Method: capnp.Method{
+			InterfaceID:   0xa25150281c36a577,
+			MethodID:      7,
+			InterfaceName: "bench.capnp:Bench",
+			MethodName:    "get",
+		},
+	}
+	if params != nil {
+		s.ArgsSize = capnp.ObjectSize{DataSize: 8, PointerCount: 0}
+		s.PlaceArgs = func(s capnp.Struct) error { return params(Bench_get_Params(s)) }
+	}
+
+	ans, release := capnp.Client(c).SendCall(ctx, s)
+	return Bench_get_Results_Future{Future: ans.Future()}, release
+
+}
+
 func (c Bench) WaitStreaming() error {
 	return capnp.Client(c).WaitStreaming()
 }
@@ -221,6 +261,10 @@ type Bench_Server interface {
 	Unhold(context.Context, Bench_unhold) error
 
 	Tree(context.Context, Bench_tree) error
+
+	Put(context.Context, Bench_put) error
+
+	Get(context.Context, Bench_get) error
 }
 
 // Bench_NewServer creates a new Server from an implementation of Bench_Server.
@@ -239,7 +283,7 @@ func Bench_ServerToClient(s Bench_Server) Bench {
 // This can be used to create a more complicated Server.
 func Bench_Methods(methods []server.Method, s Bench_Server) []server.Method {
 	if cap(methods) == 0 {
-		methods = make([]server.Method, 0, 6)
+		methods = make([]server.Method, 0, 8)
 	}
 
 	methods = append(methods, server.Method{
@@ -311,6 +355,30 @@ func Bench_Methods(methods []server.Method, s Bench_Server) []server.Method {
 		},
 		Impl: func(ctx context.Context, call *server.Call) error {
 			return s.Tree(ctx, Bench_tree{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xa25150281c36a577,
+			MethodID:      6,
+			InterfaceName: "bench.capnp:Bench",
+			MethodName:    "put",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Put(ctx, Bench_put{call})
+		},
+	})
+
+	methods = append(methods, server.Method{
+		Method: capnp.Method{
+			InterfaceID:   0xa25150281c36a577,
+			MethodID:      7,
+			InterfaceName: "bench.capnp:Bench",
+			MethodName:    "get",
+		},
+		Impl: func(ctx context.Context, call *server.Call) error {
+			return s.Get(ctx, Bench_get{call})
 		},
 	})
 
@@ -417,6 +485,40 @@ func (c Bench_tree) Args() Bench_tree_Params {
 func (c Bench_tree) AllocResults() (Bench_tree_Results, error) {
 	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
 	return Bench_tree_Results(r), err
+}
+
+// Bench_put holds the state for a server call to Bench.put.
+// See server.Call for documentation.
+type Bench_put struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Bench_put) Args() Bench_put_Params {
+	return Bench_put_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Bench_put) AllocResults() (Bench_put_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Bench_put_Results(r), err
+}
+
+// Bench_get holds the state for a server call to Bench.get.
+// See server.Call for documentation.
+type Bench_get struct {
+	*server.Call
+}
+
+// Args returns the call's arguments.
+func (c Bench_get) Args() Bench_get_Params {
+	return Bench_get_Params(c.Call.Args())
+}
+
+// AllocResults allocates the results struct.
+func (c Bench_get) AllocResults() (Bench_get_Results, error) {
+	r, err := c.Call.AllocResults(capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Bench_get_Results(r), err
 }
 
 // Bench_List is a list of Bench.
@@ -1320,6 +1422,304 @@ func (p Bench_tree_Results_Future) Tree() Tree_Future {
 	return Tree_Future{Future: p.Future.Field(0, nil)}
 }
 
+type Bench_put_Params capnp.Struct
+
+// Bench_put_Params_TypeID is the unique identifier for the type Bench_put_Params.
+const Bench_put_Params_TypeID = 0xf62da7594257490c
+
+func NewBench_put_Params(s *capnp.Segment) (Bench_put_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Bench_put_Params(st), err
+}
+
+func NewRootBench_put_Params(s *capnp.Segment) (Bench_put_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Bench_put_Params(st), err
+}
+
+func ReadRootBench_put_Params(msg *capnp.Message) (Bench_put_Params, error) {
+	root, err := msg.Root()
+	return Bench_put_Params(root.Struct()), err
+}
+
+func (s Bench_put_Params) String() string {
+	str, _ := text.Marshal(0xf62da7594257490c, capnp.Struct(s))
+	return str
+}
+
+func (s Bench_put_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Bench_put_Params) DecodeFromPtr(p capnp.Ptr) Bench_put_Params {
+	return Bench_put_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Bench_put_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Bench_put_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Bench_put_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Bench_put_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Bench_put_Params) Data() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return []byte(p.Data()), err
+}
+
+func (s Bench_put_Params) HasData() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Bench_put_Params) SetData(v []byte) error {
+	return capnp.Struct(s).SetData(0, v)
+}
+
+// Bench_put_Params_List is a list of Bench_put_Params.
+type Bench_put_Params_List = capnp.StructList[Bench_put_Params]
+
+// NewBench_put_Params creates a new list of Bench_put_Params.
+func NewBench_put_Params_List(s *capnp.Segment, sz int32) (Bench_put_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Bench_put_Params](l), err
+}
+
+// Bench_put_Params_Future is a wrapper for a Bench_put_Params promised by a client call.
+type Bench_put_Params_Future struct{ *capnp.Future }
+
+func (f Bench_put_Params_Future) Struct() (Bench_put_Params, error) {
+	p, err := f.Future.Ptr()
+	return Bench_put_Params(p.Struct()), err
+}
+
+type Bench_put_Results capnp.Struct
+
+// Bench_put_Results_TypeID is the unique identifier for the type Bench_put_Results.
+const Bench_put_Results_TypeID = 0x8c867dca6b90164a
+
+func NewBench_put_Results(s *capnp.Segment) (Bench_put_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Bench_put_Results(st), err
+}
+
+func NewRootBench_put_Results(s *capnp.Segment) (Bench_put_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Bench_put_Results(st), err
+}
+
+func ReadRootBench_put_Results(msg *capnp.Message) (Bench_put_Results, error) {
+	root, err := msg.Root()
+	return Bench_put_Results(root.Struct()), err
+}
+
+func (s Bench_put_Results) String() string {
+	str, _ := text.Marshal(0x8c867dca6b90164a, capnp.Struct(s))
+	return str
+}
+
+func (s Bench_put_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Bench_put_Results) DecodeFromPtr(p capnp.Ptr) Bench_put_Results {
+	return Bench_put_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Bench_put_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Bench_put_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Bench_put_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Bench_put_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Bench_put_Results) N() uint64 {
+	return capnp.Struct(s).Uint64(0)
+}
+
+func (s Bench_put_Results) SetN(v uint64) {
+	capnp.Struct(s).SetUint64(0, v)
+}
+
+// Bench_put_Results_List is a list of Bench_put_Results.
+type Bench_put_Results_List = capnp.StructList[Bench_put_Results]
+
+// NewBench_put_Results creates a new list of Bench_put_Results.
+func NewBench_put_Results_List(s *capnp.Segment, sz int32) (Bench_put_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0}, sz)
+	return capnp.StructList[Bench_put_Results](l), err
+}
+
+// Bench_put_Results_Future is a wrapper for a Bench_put_Results promised by a client call.
+type Bench_put_Results_Future struct{ *capnp.Future }
+
+func (f Bench_put_Results_Future) Struct() (Bench_put_Results, error) {
+	p, err := f.Future.Ptr()
+	return Bench_put_Results(p.Struct()), err
+}
+
+type Bench_get_Params capnp.Struct
+
+// Bench_get_Params_TypeID is the unique identifier for the type Bench_get_Params.
+const Bench_get_Params_TypeID = 0xf6a6ea94c2dddff0
+
+func NewBench_get_Params(s *capnp.Segment) (Bench_get_Params, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Bench_get_Params(st), err
+}
+
+func NewRootBench_get_Params(s *capnp.Segment) (Bench_get_Params, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0})
+	return Bench_get_Params(st), err
+}
+
+func ReadRootBench_get_Params(msg *capnp.Message) (Bench_get_Params, error) {
+	root, err := msg.Root()
+	return Bench_get_Params(root.Struct()), err
+}
+
+func (s Bench_get_Params) String() string {
+	str, _ := text.Marshal(0xf6a6ea94c2dddff0, capnp.Struct(s))
+	return str
+}
+
+func (s Bench_get_Params) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Bench_get_Params) DecodeFromPtr(p capnp.Ptr) Bench_get_Params {
+	return Bench_get_Params(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Bench_get_Params) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Bench_get_Params) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Bench_get_Params) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Bench_get_Params) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Bench_get_Params) N() uint32 {
+	return capnp.Struct(s).Uint32(0)
+}
+
+func (s Bench_get_Params) SetN(v uint32) {
+	capnp.Struct(s).SetUint32(0, v)
+}
+
+// Bench_get_Params_List is a list of Bench_get_Params.
+type Bench_get_Params_List = capnp.StructList[Bench_get_Params]
+
+// NewBench_get_Params creates a new list of Bench_get_Params.
+func NewBench_get_Params_List(s *capnp.Segment, sz int32) (Bench_get_Params_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 8, PointerCount: 0}, sz)
+	return capnp.StructList[Bench_get_Params](l), err
+}
+
+// Bench_get_Params_Future is a wrapper for a Bench_get_Params promised by a client call.
+type Bench_get_Params_Future struct{ *capnp.Future }
+
+func (f Bench_get_Params_Future) Struct() (Bench_get_Params, error) {
+	p, err := f.Future.Ptr()
+	return Bench_get_Params(p.Struct()), err
+}
+
+type Bench_get_Results capnp.Struct
+
+// Bench_get_Results_TypeID is the unique identifier for the type Bench_get_Results.
+const Bench_get_Results_TypeID = 0xc9cc4708ff77fb5a
+
+func NewBench_get_Results(s *capnp.Segment) (Bench_get_Results, error) {
+	st, err := capnp.NewStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Bench_get_Results(st), err
+}
+
+func NewRootBench_get_Results(s *capnp.Segment) (Bench_get_Results, error) {
+	st, err := capnp.NewRootStruct(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1})
+	return Bench_get_Results(st), err
+}
+
+func ReadRootBench_get_Results(msg *capnp.Message) (Bench_get_Results, error) {
+	root, err := msg.Root()
+	return Bench_get_Results(root.Struct()), err
+}
+
+func (s Bench_get_Results) String() string {
+	str, _ := text.Marshal(0xc9cc4708ff77fb5a, capnp.Struct(s))
+	return str
+}
+
+func (s Bench_get_Results) EncodeAsPtr(seg *capnp.Segment) capnp.Ptr {
+	return capnp.Struct(s).EncodeAsPtr(seg)
+}
+
+func (Bench_get_Results) DecodeFromPtr(p capnp.Ptr) Bench_get_Results {
+	return Bench_get_Results(capnp.Struct{}.DecodeFromPtr(p))
+}
+
+func (s Bench_get_Results) ToPtr() capnp.Ptr {
+	return capnp.Struct(s).ToPtr()
+}
+func (s Bench_get_Results) IsValid() bool {
+	return capnp.Struct(s).IsValid()
+}
+
+func (s Bench_get_Results) Message() *capnp.Message {
+	return capnp.Struct(s).Message()
+}
+
+func (s Bench_get_Results) Segment() *capnp.Segment {
+	return capnp.Struct(s).Segment()
+}
+func (s Bench_get_Results) Data() ([]byte, error) {
+	p, err := capnp.Struct(s).Ptr(0)
+	return []byte(p.Data()), err
+}
+
+func (s Bench_get_Results) HasData() bool {
+	return capnp.Struct(s).HasPtr(0)
+}
+
+func (s Bench_get_Results) SetData(v []byte) error {
+	return capnp.Struct(s).SetData(0, v)
+}
+
+// Bench_get_Results_List is a list of Bench_get_Results.
+type Bench_get_Results_List = capnp.StructList[Bench_get_Results]
+
+// NewBench_get_Results creates a new list of Bench_get_Results.
+func NewBench_get_Results_List(s *capnp.Segment, sz int32) (Bench_get_Results_List, error) {
+	l, err := capnp.NewCompositeList(s, capnp.ObjectSize{DataSize: 0, PointerCount: 1}, sz)
+	return capnp.StructList[Bench_get_Results](l), err
+}
+
+// Bench_get_Results_Future is a wrapper for a Bench_get_Results promised by a client call.
+type Bench_get_Results_Future struct{ *capnp.Future }
+
+func (f Bench_get_Results_Future) Struct() (Bench_get_Results, error) {
+	p, err := f.Future.Ptr()
+	return Bench_get_Results(p.Struct()), err
+}
+
 type Tree capnp.Struct
 
 // Tree_TypeID is the unique identifier for the type Tree.
@@ -1848,67 +2248,76 @@ func (f Sink_done_Results_Future) Struct() (Sink_done_Results, error) {
 	return Sink_done_Results(p.Struct()), err
 }
 
-const schema_a9d2c8f1e3b75a41 = "x\xda\x84U]h\x1cU\x14>\xdf\xcc\x9d\xd9M\xe9" +
-	"v\xf7f\xfa`\x8b\xb2\x88\x1b\xa8\xc5\xfe\xa4)b\x03" +
-	"\xb2\xab\xa2-\x05u'F\xb0Q\xb1\xd3\xdd\xd1\xddf" +
-	"\x9d\x8d\xfbc\xd47E\x9b\xb6\x18\x1f\x82ZR\xe8\x8b" +
-	"P\x8a\x0fA\x93\xa2%\xd5\xa2}\x10\x8b\xe2/\x06m" +
-	"+j\xf1\xa9\xd5\xa0)\xad\xadU\x18\xb9w\xbc;C" +
-	"\xb2K\xdf\xf6\xee9\xdfw\xfe\xbesf\xe3\xebZ\x8e" +
-	"\xf5&\xae\xc4I\xb3K\x86\xe9\xdfs\xf3\xb9?n\xfa" +
-	"\xfe\xd1\x97\x89s\x10\x19\x88\x11Y\x0e\xbbH\xb0\\\x96" +
-	"%\xf8\x98\xd8\xf3\xcb\xd9O\x8f\x8f\x11\xefV\xf6\xbeW" +
-	"\xd82\x10\xacq\xe9\xb0\xe5\xab\xda\x1d\x87\xf6~\xb1/" +
-	"\xe2`M\xb1k\x04kZ\xda\x1f\xbb\xbc\xf9\xd5\xab?" +
-	"\xbd\xf4\x1a\xf1\xe5\xba\x7f\xd7\xd0\xb1_\x17N}\xfb6" +
-	"\x11\xaco\xd8~\xeb4\x13\xeesl\xcc\xea1bD" +
-	"\xfe\xea\xdf\xb7\xff\xb8{\xf0\xef\x89\x80L\x18\xfb\x12\x86" +
-	"\x06b\xfegg\x97\xf5\x9e\xf9a\xe7\x9b\xa1\xc5Z`" +
-	"\x17\x89\xf93\x0b]\xa9}\xe3_\x1f\x88@\xe6\x98\x84" +
-	"\x8c\x1e\xbe\xfd\xc65y\xfb\xad%\x91g\xd9\x84uR" +
-	"z\x9e`c\xb0\xa6d\xe8\xa1\xbd\xa9\xa3/\\\xf9\xe7" +
-	"\x08\xd9\xcb\x81\xd0=(\xe8\x0dc\xbfuH\xb8Y\x93" +
-	"\xc6(\xc1o&\xee\xfb\xe0\xcfm\xdf\xcdD\xb2\xe92" +
-	"E6\x1f]~\xaag~\xc5\x03\xb3dsh\xff[" +
-	"\xe6\x0d\xd1\xce\x05\x09\x9c9\xf8s\xe1\x9d\xd9U\x9fG" +
-	"\xbbu\xbf)\xec\xb6)\xbau\xb4\xf1\xc9\xee3w\x1e" +
-	"?\x1f\x8cC\xc2\x9f1/\x08\xe2\x14{\xf7\x983t" +
-	"\x81\xecn(\xcb\xc3\x12\xb8\xc3\x14\xc4\xb5\x9d\x93[7" +
-	"\\\x9a\x9b\x8f\x12\xbfg\x8a1\xccJ\xe2=\x0f>\xf2" +
-	"\xef\x86/?\xbc\x14\xc9\xf8\xb4y\x8d\x98\xcf\x8fl\xbd" +
-	"efj\xf0\xaf(\xf0\x84\x04\x9e\x94\xc0\xc4)\xf7\xb7" +
-	"\x03\xef\xaf\xbe\x1a\x09\xdcw\xce\x94\x028ofi\x87" +
-	"\xbf\xcb\xf5\x0a\xa5\xf5\x05G\x1b\xf1F\xfa\x1f*{\xc3" +
-	"\xebGk\xe5\x86\x9b\xc9\xa7\x9d\x9a\xf3t\xddf:#" +
-	"b \xe2\x89MDv\\\x87\xbdRC\xbaPjz" +
-	"\xc3H\x90\x86\x04\xa1E\xa2\x0b\x92\xbb\xe5\xa39R\xa9" +
-	":\xc5\xcc\x80[oV\x1au\xa2(\xd1\xda\x90(Y" +
-	"/{\xc3\xe0\xa1\xce\x08\xe0\x11F-dt\x0b\xa5j" +
-	"f \x1b\x10v\xa2+:\x0dgIZP\xb5\x11\xe5" +
-	"\x01;\xae\x1bD\xad\xd5\x817\xfd\xf1h\xdf\xc1'&" +
-	"y\xef&\xd2xO\x0c\xe1\x1c\xa1\x04\xc1W\xad%\x8d" +
-	"'bi\xd9\x9c\x1c\x92\xc5\xaa\xe7\xe6\x90G\x18\xc4\\" +
-	"R{^v\x90\x94Ch\xf7\xdc\xe7\x1a\xaa\xc1-\xbc" +
-	"\x11\xc1{\xa5j\xa5#\x1e%Q\xc4\x0d\xb2\x08%H" +
-	"\xa8=\xe6\xd3\"\xd1\xc3\xa2\x08\xb5sP\xe2\xe2\x93\xc2" +
-	"6\x1e\x83\xd6\xdaT\xa8\x03\xc1_\xec'\x8d7c\xd0" +
-	"[\xdb\x01%:^\x16\xb8\xc7c\x08\xd7\x15JW\xdc" +
-	"\x16\xb8{c0Z\x1a\x87\xd2$\xdf\"p\xebbI" +
-	"1\xb9\x1c\x92\xa2\xec\x1c\xb2AwrH\x8a\"\xc5\xdb" +
-	"\x0b~$\x1b5wQO\xe5\xe0\x06k\xae\xab\x06\xa7" +
-	"f~\xab\xd0bF\x87\xbdQ\x03\xb0RH\x9b\xaf\xdb" +
-	"Nd\xdf\xa6\xc3\xde\xa6!\xfd\xacSi\xba\xe8\"\x0d" +
-	"]\x04\xbfP*W\x8a5\xd7#\"\xac \xe4u " +
-	"\x15\x9e\x0c\x82\xf8\xb3\x9d\xe4\x821,\x1aT\xb8)B" +
-	"\x04\x99\x017\x1d(2\x92]\x7f\x98\x1do\xa5'R" +
-	"^\xa3\xc3\xde\xac!+\xd7\xa7\x8e8i\x88\x13\xd2\xbb" +
-	"\x9eo\xb8\xf5V\xb6\x9d\xb4\xdff%\xaf+\xfdE\xc9" +
-	"\xe6\x9d\xe4\xd2Z\x82\x10\xa2\xfb\xad\x10\xed;\x1d\xd6\xd2" +
-	"\x1f\xd6\x92.\xba#\x8d\x12L\xd2`\x12\xb2O:^" +
-	"\xb5\xd9P\xcfv\x81\xa4\xfa\xdb\xedq\xf4\xbeH\x1cx" +
-	"\xf8\x15\xe8|\x17\xe4\x90\x14_\xc7\xca\xaew8\x84\xd3" +
-	"\"Q\xa4:\\\xb6`;\xdb^\xb6\xee\x90\x11\x9e\x1a" +
-	"\xef\x7f\x01\x00\x00\xff\xffl\xab%\xc3"
+const schema_a9d2c8f1e3b75a41 = "x\xda\x9cU]l\x14U\x14>gfg\xef\xb4\xe9" +
+	"\xb2\xbd\x1d4\x81hVtI\x80X\xa0\x14\x8d6i" +
+	"v\xc5\xc4B\x13u\xa7\xd6 U#\xc3\xee\xd8-]" +
+	"f\x97\xddY\x97\x9a\xf8\xa0\x91\xf2\x130\xd2\x88\xa4$" +
+	"}\xd0\x04\x9b>\x10\xb5DIQ\xa3\x98\x10\x11\xc5\xbf" +
+	"hTP\x91\x18\x1f\xac\x12)\x01\xe4G3\xe6\xde\xe9" +
+	"\xfc\x94\x9d\x8d?o;\xfb\xdd\xf3\x9ds\xcf\xf9\xcew" +
+	"\x97\xc6\xc5d\xa8%\xb2\xba\x1e\x04u\x93\x14\xb6\xee\x9e" +
+	"w\xfa\xf7\x1b\xbf~\xf8Y\xa0\x14\x01$$\x00\x0a\x95" +
+	"\xce\x01*\xd7I\x09@\x0b\x87\x06\x7f<\xf9\xc1\xa1-" +
+	"@\x9b\x1c\xbc\xf56\xa9\x1e\x01\x95v~\xe0\xceO\x8b" +
+	"w\x8cl=\xbe\xcdw@yT\xba\x02\xa8h\x1c\xef" +
+	"\xbc\xfe\xf9\xfecO\x0d\xee\x00\xb5\x09\x11 \xc4\xf0\xa7" +
+	"y\x82\xcd\x1c\x7f\xe4\xc2\xf2\x1d\x97~x\xe69\xa0\x0d" +
+	"\xa2uW\xcf\xc1\x9f\xa6\x8e~1\x06\x80\xca>i\xbb" +
+	"\xb2_b\xc7\xc7\xa4-\xcae\xf6\xcb\x9a\xfb[\xe7w" +
+	"\xeb\xbb/\x0f\xd9\xc9\x18W\xebiI@\x08Y\xc7N" +
+	"\xd6\xb7\x9c\xf8f\xed\x8b\x1e\xa2\x1c\x91\xceA\xc8\x1a\x9f" +
+	"\xaak\xdc\xb6\xf3\xb3=\xbe\x901;\xa4\xb2\xef\xf6\x1b" +
+	"\x16\xa4\xd4\x97\xab2\xef\x94\x86\x94\xdd,_\xeb.\x89" +
+	"\x08\xca\xe7a\x96\xbagk\xe3\x81'\xff\xb8:\x0aj" +
+	"\x03\xa2w\xdc\xbe\xf0Dx\xbbr\x98\x1dS\xde\x09W" +
+	"\x00\xadr\xe4\x9e\xb7\xce\xae\xfcr\xdcWM3a\xd5" +
+	"\xbc{\xa1w\xfe\x99Y\xf7M\x80JQ\x98F(\xe1" +
+	"\xed&,\xb0\xe7j\xc5\x92;>\xfe\xd0\xdf\xcd\x8d\x1c" +
+	"/\x13\xd6\xad\xf1\xbd\xa7\xd2\xafN\xcc\xf9\xc8\x8f\xef\xe6" +
+	"\xf80\xc7\x0f\x98G\xd6\x9fh?\xf4\x8b=NN?" +
+	"A&Y\xe2\xc6\xd0k\x07\xb5\x9eI\xff\x18Fx\xe0" +
+	"K<qq\xedp\xc7\x92\xf3_\x9d\xf1\x13\xffE\xd8" +
+	"\x18Qf\xc4\x83\xf7?\xf4\xe7\x92O\xde>\xef\xbb\xd1" +
+	"<\xf9\x0a\x84\xac\x86U\xabW\xac\x19m\xbe\xe8\x0f\x94" +
+	"\xe4I@\xa5\x8e\x07\xd2\xd1\x8e[\xc6\xf7w\xcf\xc0\x17" +
+	"\xca\x8c\xb8\x99\xe3gO}\xff\xfe\x0b\x93\xaf\\\xf4\x17" +
+	"v/\x8fW9\x1e9\xaa\xff\xba\xe7\xcd\xb9\x97|x" +
+	"\xebF\x99\x0bp@N\xc0\x1ak\x9dn\xa4\xb3\x8b\xd3" +
+	"\x9aP0\x0am\x0f\xf4\x19\xfd\x8b+\xc5>S\x8f\xa7" +
+	"bZQ\xdbPRCb\x08 \x84\x004\xb2\x0c@" +
+	"\x95ETg\x0b\x18Kg\xcbF?F@\xc0\x08\xa0" +
+	"K\"2\x92\x15\xfc\xa3\\\xc8\xe5\xb5L\xbcK/\x95" +
+	"sf\x09\xc0O\xb4\xc8#\x8a\x96\xfa\x8c~\xa4\x9e\x8e" +
+	"\x01\x91\xfa\x18\x05\x8fQOg\xf3\xf1\xae\x84MX\x8b" +
+	".\xa3\x99ZUY>\x92B\xd9\x8cw\xe9\xb1*\x8e" +
+	"&\x8f\x03\x0d\xac\x03\x01\xeb|\x04\xe84\x07 \x85\xa8" +
+	"\xca\xa2\x04\xe0\xee>\x1a\xaf\xbfWi\xdd\xfb\xd80m" +
+	"Y\x06\x02\x9dO\xd0\x13\x12:\x8a\xa5s\x16\x81@#" +
+	"$\xc6\xbb\x9b\xc4h&o\xe8IL\xa1\x97$\\\xd5" +
+	"\xbc\x14\x1f\x018\x07<\xdc\xd07\x99\xce\x84\xdcx\xc9" +
+	"\x17od\xf3\xb9\x9a\xf1\x98e\x97\xb8\x89_\xc2\xd9\x08" +
+	"t\x8c\x88N\xb1B\x7ff\x97pL\x01\x1du\xd3o" +
+	"\x19v\x9c\xa0\xe0Z\x09:\x0eG\x0f\xb7\x81@\xdf " +
+	"(\xba\xeb\x8b\x8e\xea\xe9\x18\x8b\x1b!\xe8\xf9\x09:\xc2" +
+	"\xa4\xbbX\xdcf\x82\x92\xbbd\xe8\x88\x9e\x0e\xb0\xb8\x0d" +
+	"\x04\xc3\xee\x9e\xa0c\x88T\xbb\x19\x04\xfa A\xe2\xee" +
+	"\x00:\xebOW1\xac\x9dD\x99d\x92\x18e\xedJ" +
+	"b\xc2\xeej\x12\xa3\xac9\xec\xdb\xb0\x7fD\xcd\xa2\xae" +
+	"'\x91\x14\xcaf\x12I\xafn\xce\x9c\x0b\x1f~wQ" +
+	"\xd7\x9d\xe1;\xa2Y\xc8\x16\".\xa2\xbaT@\xc4\xd9" +
+	"l\xbfhs'\x80z\xab\x88\xeaJ\x01cOh\xb9" +
+	"\xb2\xee\x8a)\x9d\xed\xcbe\x8a\xba\x01\x008\x0b0%" +
+	"\"6z\xbe\x08\xc8\xfe\x0c\x92\xac=\xcak\x86\xed\xad" +
+	"+\x13\x92'i_um^u\xd4-\x8f\x95\xbc@" +
+	"Du\xb9\x80\x09\xbe\xc3%\x94A@\x190\xb6n\xc0" +
+	"\xd4KU\xd2\xf7\x15\xd2\xab\x07\xef\xce\x7f\xd9?\xbe\xc4" +
+	"\x01\xde\xf2\xef8\xbc\x0b\xa7\xb4hu?\xec\x14l\x9a" +
+	"n\x8a\xe0iy\xfdh\xf3\xfa\x11\xcb\xe8\x053\x8ba" +
+	"\x100\x0c\x98x\\3\xf2e\xd3\xf9\x0cJ\xc4\xb70" +
+	"\xc8\x90\xfcF\xc9\xe3\x90z\xcfem\x83\xe3\x83v\xf8" +
+	"j\x99\xd7\xf4\xc5\xffo\xffys\xfe\xc9D\xd9\xa1k" +
+	"\xb4\xd9X[\x12\x01\x15\xcdt\xd3i\x81\x05\xbe\x12\xb6" +
+	"Q\x05\xbe\x12\x81$\x7f\x07\x00\x00\xff\xff\xbf\x1b\x94\x8c"
 
 func RegisterSchema(reg *schemas.Registry) {
 	reg.Register(&schemas.Schema{
@@ -1917,6 +2326,7 @@ func RegisterSchema(reg *schemas.Registry) {
 			0x845bd71defe12143,
 			0x87bac7dbe0869201,
 			0x89cd889d3872cf39,
+			0x8c867dca6b90164a,
 			0x8e82def88c34f55c,
 			0x92f9546adc4aec1a,
 			0x9660d8da310adbca,
@@ -1925,12 +2335,15 @@ func RegisterSchema(reg *schemas.Registry) {
 			0xa7fbf77ab310885a,
 			0xb2d448f0bb460d75,
 			0xb94e0eed2567f5bf,
+			0xc9cc4708ff77fb5a,
 			0xcb19b9af63df9ab2,
 			0xe9ba3dda6ac574b3,
 			0xea5a61b7b00410bf,
 			0xedd5f42f47996072,
 			0xf4bcce2ffc584f86,
+			0xf62da7594257490c,
 			0xf654adb22347a711,
+			0xf6a6ea94c2dddff0,
 			0xf81ab697eb65c80d,
 		},
 		Compressed: true,

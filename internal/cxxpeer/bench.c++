@@ -8,7 +8,8 @@
 //       CONNS connections, WORKERS calls in flight on each: each worker
 //       does WARMUP ops, then all repeat the op for MILLIS ms; print
 //       "ops N elapsed_ns T" and then one line with each op's latency in
-//       ns. SCENARIO: echo64, echo1MiB, pipeline3, stream10k, tree.
+//       ns. SCENARIO: echo64, echo1MiB, put1MiB, get1MiB, pipeline3,
+//       stream10k, tree.
 
 #include "bench.capnp.h"
 #include <capnp/ez-rpc.h>
@@ -54,6 +55,17 @@ protected:
     context.getResults().setSink(kj::heap<SinkImpl>());
     return kj::READY_NOW;
   }
+  kj::Promise<void> put(PutContext context) override {
+    context.getResults().setN(context.getParams().getData().size());
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> get(GetContext context) override {
+    auto n = context.getParams().getN();
+    KJ_REQUIRE(n <= (1 << 20));
+    auto data = context.getResults().initData(n);
+    memset(data.begin(), 0, n);
+    return kj::READY_NOW;
+  }
   kj::Promise<void> tree(TreeContext context) override {
     auto p = context.getParams();
     uint64_t next = 0;
@@ -94,13 +106,13 @@ static const size_t streamChunks = 10000;
 class Op {
 public:
   Op(kj::StringPtr scenario): scenario(scenario) {
-    size_t n = scenario == "echo1MiB" ? (1 << 20) : 64;
+    size_t n = scenario == "echo1MiB" || scenario == "put1MiB" ? (1 << 20) : 64;
     payload = kj::heapArray<kj::byte>(n);
     memset(payload.begin(), 0, n);
     chunk = kj::heapArray<kj::byte>(1024);
     memset(chunk.begin(), 0, chunk.size());
     KJ_REQUIRE(scenario == "echo64" || scenario == "echo1MiB" || scenario == "pipeline3" || scenario == "stream10k" ||
-               scenario == "tree", "unknown scenario", scenario);
+               scenario == "tree" || scenario == "put1MiB" || scenario == "get1MiB", "unknown scenario", scenario);
   }
 
   kj::Promise<void> run(Bench::Client b) {
@@ -112,6 +124,16 @@ public:
       return req.send().then([](auto resp) {
         KJ_REQUIRE(resp.getData().size() == 64);
       }).attach(kj::mv(r1), kj::mv(r2));
+    }
+    if (scenario == "put1MiB") {
+      auto req = b.putRequest();
+      req.setData(payload);
+      return req.send().then([](auto resp) { KJ_REQUIRE(resp.getN() == (1 << 20)); });
+    }
+    if (scenario == "get1MiB") {
+      auto req = b.getRequest();
+      req.setN(1 << 20);
+      return req.send().then([](auto resp) { KJ_REQUIRE(resp.getData().size() == (1 << 20)); });
     }
     if (scenario == "tree") {
       // 6 levels of 4 children (bench/scenario.go's treeDepth, treeFanout).
