@@ -321,7 +321,7 @@ func (r *report) print(out io.Writer) {
 	fmt.Fprintln(out)
 	enc := json.NewEncoder(out)
 	for _, res := range r.results {
-		_ = enc.Encode(map[string]any{
+		line := map[string]any{
 			"scenario":        res.scenario,
 			"impl":            res.impl,
 			"calls_per_sec":   round(res.callsPerSec(), 0),
@@ -329,7 +329,11 @@ func (r *report) print(out io.Writer) {
 			"p99_us":          round(us(res.lat.quantile(0.99)), 1),
 			"allocs_per_call": round(res.allocsPerCall(), 1),
 			"bytes_per_call":  round(res.bytesPerCall(), 0),
-		})
+		}
+		if res.foreign { // a C++ client's: not counted
+			line["allocs_per_call"], line["bytes_per_call"] = nil, nil
+		}
+		_ = enc.Encode(line)
 	}
 	for _, idle := range r.idle {
 		_ = enc.Encode(map[string]any{"scale": "idle_conns", "impl": idle.Impl, "figures": idle})

@@ -70,7 +70,7 @@ func TestCommand(t *testing.T) {
 		default:
 			results++
 			for _, k := range []string{"scenario", "impl", "calls_per_sec", "p50_us", "p99_us", "allocs_per_call", "bytes_per_call"} {
-				if obj[k] == nil {
+				if _, ok := obj[k]; !ok {
 					t.Errorf("result without %q: %s", k, line)
 				}
 			}
