@@ -254,6 +254,9 @@ type Conn struct {
 	// meters: the instruments of Options.MeterProvider; nil when it
 	// records nothing (metering.Noop).
 	meters *metering.Instruments
+	// msgCounts: this connection's messages and bytes (meters.Messages;
+	// nil without meters), closed into the totals when it ends.
+	msgCounts *metering.MessageCounts
 	// readEnded: how reading ended, once it has (the reader's
 	// readerDone may queue behind messages that protoactor runs first).
 	readEnded atomic.Pointer[readerDone]
@@ -277,6 +280,9 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 		untraced:  tracing.Noop(opts.TracerProvider),
 		meters:    metering.For(opts.MeterProvider),
 		peerAttrs: tracing.PeerAttributes(opts.Role, opts.Peer),
+	}
+	if c.meters != nil {
+		c.msgCounts = c.meters.Messages.Open()
 	}
 	c.out.start, c.out.writers = c.startWriter, &c.writer
 	c.out.wake = make(chan struct{}, 1)

@@ -81,6 +81,7 @@ func (c *Conn) meterDown(rep Report) {
 	}
 	ctx := context.Background()
 	role := tracing.AttrRole.String(c.opts.Role)
+	m.Messages.Close(c.msgCounts)
 	m.ConnectionsOpen.Add(ctx, -1, metering.With(tracing.AttrRole, c.opts.Role))
 	attrs := append(reasonAttributes(rep.Reason), role)
 	m.ConnectionsEnded.Add(ctx, 1, metric.WithAttributes(endedAttributes(attrs)...))
@@ -119,8 +120,8 @@ func (c *Conn) meterRefused(why string) {
 
 // meterMessage counts one message of kind, of n bytes, sent or received.
 func (c *Conn) meterMessage(sent bool, kind metering.MessageKind, n int64) {
-	if m := c.meters; m != nil {
-		m.Messages.Count(sent, kind, n)
+	if c.msgCounts != nil {
+		c.msgCounts.Count(sent, kind, n)
 	}
 }
 

@@ -122,9 +122,64 @@ type Instruments struct {
 	Escalations        metric.Int64Counter
 
 	// Messages counts the messages and bytes of every connection of the
-	// provider, read at each collection (asynchronous counters: a message
-	// costs two atomic adds).
-	Messages MessageCounts
+	// provider, read at each collection (asynchronous counters): each
+	// connection counts its own (Open), so that connections on different
+	// cores do not contend for one counter, and the collection sums them.
+	Messages MessageTotals
+}
+
+// MessageTotals are the message counts of a provider's connections: those
+// still open and the sum of those that have ended.
+type MessageTotals struct {
+	mu    sync.Mutex
+	open  map[*MessageCounts]struct{}
+	ended [2][kinds]int64
+	bytes [2]int64
+}
+
+// Open returns the counts of one new connection; Close them when it
+// ends.
+func (t *MessageTotals) Open() *MessageCounts {
+	c := new(MessageCounts)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.open == nil {
+		t.open = make(map[*MessageCounts]struct{})
+	}
+	t.open[c] = struct{}{}
+	return c
+}
+
+// Close folds an ended connection's counts into the totals.
+func (t *MessageTotals) Close(c *MessageCounts) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.open[c]; !ok {
+		return
+	}
+	delete(t.open, c)
+	for d := range 2 {
+		for k := range kinds {
+			t.ended[d][k] += c.messages[d][k].Load()
+		}
+		t.bytes[d] += c.bytes[d].Load()
+	}
+}
+
+// sum is the totals now: the ended connections' and the open ones'.
+func (t *MessageTotals) sum() (msgs [2][kinds]int64, bytes [2]int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	msgs, bytes = t.ended, t.bytes
+	for c := range t.open {
+		for d := range 2 {
+			for k := range kinds {
+				msgs[d][k] += c.messages[d][k].Load()
+			}
+			bytes[d] += c.bytes[d].Load()
+		}
+	}
+	return msgs, bytes
 }
 
 // MessageKind is a message's type on the wire (AttrMessageType).
@@ -149,7 +204,8 @@ var kindNames = [kinds]string{"bootstrap", "call", "return", "finish", "resolve"
 
 func (k MessageKind) String() string { return kindNames[k] }
 
-// MessageCounts are running totals of messages and bytes each way.
+// MessageCounts are one connection's running totals of messages and
+// bytes each way (its actor adds, a collection reads).
 type MessageCounts struct {
 	messages [2][kinds]atomic.Int64 // [sent?1:0][kind]
 	bytes    [2]atomic.Int64
@@ -210,8 +266,8 @@ func newInstruments(m metric.Meter) *Instruments {
 	return in
 }
 
-// observeMessages reports c's totals at each collection.
-func observeMessages(m metric.Meter, c *MessageCounts) {
+// observeMessages reports t's totals at each collection.
+func observeMessages(m metric.Meter, t *MessageTotals) {
 	var msgs [2]metric.Int64ObservableCounter
 	var bytes [2]metric.Int64ObservableCounter
 	msgs[0], _ = m.Int64ObservableCounter(MessagesReceived, metric.WithUnit("{message}"), metric.WithDescription("RPC messages received."))
@@ -223,13 +279,14 @@ func observeMessages(m metric.Meter, c *MessageCounts) {
 		sets[k] = metric.WithAttributeSet(attribute.NewSet(AttrMessageType.String(kindNames[k])))
 	}
 	_, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		counts, totals := t.sum()
 		for d := range 2 {
 			for k := range kinds {
-				if n := c.messages[d][k].Load(); n > 0 {
+				if n := counts[d][k]; n > 0 {
 					o.ObserveInt64(msgs[d], n, sets[k])
 				}
 			}
-			o.ObserveInt64(bytes[d], c.bytes[d].Load())
+			o.ObserveInt64(bytes[d], totals[d])
 		}
 		return nil
 	}, msgs[0], msgs[1], bytes[0], bytes[1])

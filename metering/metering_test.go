@@ -59,14 +59,20 @@ func TestCallAttributes(t *testing.T) {
 	}
 }
 
+// TestMessageCounts: each connection counts its own messages; a
+// collection sums the open connections' and the ended ones'.
 func TestMessageCounts(t *testing.T) {
 	r := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(r))
 	defer mp.Shutdown(context.Background())
 	in := metering.For(mp)
-	in.Messages.Count(true, metering.KindCall, 100)
-	in.Messages.Count(true, metering.KindCall, 50)
-	in.Messages.Count(false, metering.KindReturn, 70)
+	// Two connections, one of them ended: the totals are the sum.
+	a, b := in.Messages.Open(), in.Messages.Open()
+	a.Count(true, metering.KindCall, 100)
+	b.Count(true, metering.KindCall, 50)
+	b.Count(false, metering.KindReturn, 70)
+	in.Messages.Close(b)
+	in.Messages.Close(b) // twice: counted once
 	var rm metricdata.ResourceMetrics
 	if err := r.Collect(context.Background(), &rm); err != nil {
 		t.Fatal(err)
