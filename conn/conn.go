@@ -429,7 +429,16 @@ func (c *Conn) hurryNow() {
 
 // errDisconnected is what calls get once the connection is gone.
 func (c *Conn) errDisconnected() error {
-	if r := c.Err(); r != nil {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.errDisconnectedLocked()
+}
+
+// errDisconnectedLocked is errDisconnected with c.mu held. (A read lock
+// taken twice by one goroutine deadlocks once a writer waits between the
+// two: post holds it while it posts.)
+func (c *Conn) errDisconnectedLocked() error {
+	if r := c.reason; r != nil {
 		return notProcessed("the connection has ended: %w", r)
 	}
 	return notProcessed("%w", ErrClosed)
@@ -441,7 +450,7 @@ func (c *Conn) post(msg any) error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.closed {
-		return c.errDisconnected()
+		return c.errDisconnectedLocked()
 	}
 	c.mailbox.PostUserMessage(msg) // what root.Send does for a local actor, without the lookups
 	return nil
