@@ -3,7 +3,10 @@ package conn
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -448,3 +451,39 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 func quietLogger(*actor.ActorSystem) *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// TestPostWhileEnding: callers posting to a connection while it ends —
+// its actor takes the connection's write lock to record the end — never
+// deadlock (post once took the read lock twice, and a writer waiting
+// between the two held both up for ever).
+func TestPostWhileEnding(t *testing.T) {
+	for range 20 {
+		h := newHarness(t, capnp.Client{})
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-h.c.Done():
+						return
+					default:
+					}
+					_, _ = h.c.Inspect(context.Background()) // posts, or is refused once closed
+				}
+			}()
+		}
+		done := make(chan struct{})
+		go func() { h.c.Close(); wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			// A deadlock: the test's cleanups would wait on it for ever.
+			buf := make([]byte, 1<<20)
+			n := runtime.Stack(buf, true)
+			fmt.Fprintf(os.Stderr, "--- FAIL: TestPostWhileEnding: callers posting to an ending connection are stuck:\n%s", buf[:n])
+			os.Exit(1)
+		}
+	}
+}
