@@ -226,19 +226,14 @@ func (d *deadlineEcho) Wait(ctx context.Context, call interop.Echo_wait) error {
 // context.DeadlineExceeded and ErrOutcomeUnknown.
 func TestDeadlinePropagation(t *testing.T) {
 	impl := &deadlineEcho{EchoServer: interop.NewEchoServer(), seen: make(chan deadlineSeen, 1)}
-	server := actors.Spawn(actors.Options{Name: "server", Bootstrap: actors.NewServer(interop.Echo_Methods(nil, impl), impl)})
-	defer server.Stop()
-	a, err := server.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, a := serveEcho(t, actors.Options{Bootstrap: actors.NewServer(interop.Echo_Methods(nil, impl), impl)})
 	e, _ := dialEcho(t, a.String())
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	f, release := startWait(ctx, e, 60_000)
 	defer release()
-	_, err = f.Struct()
+	_, err := f.Struct()
 	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, conn.ErrOutcomeUnknown) {
 		t.Errorf("caller: %v, want context.DeadlineExceeded and ErrOutcomeUnknown", err)
 	}
@@ -338,12 +333,7 @@ func (c *countingEcho) Echo(ctx context.Context, call interop.Echo_echo) error {
 func TestDeadlinePassedWhileHeld(t *testing.T) {
 	ran := new(atomic.Int32)
 	impl := &slowSelf{EchoServer: interop.NewEchoServer(), ran: ran}
-	server := actors.Spawn(actors.Options{Name: "server", Bootstrap: actors.NewServer(interop.Echo_Methods(nil, impl), impl)})
-	defer server.Stop()
-	a, err := server.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, a := serveEcho(t, actors.Options{Bootstrap: actors.NewServer(interop.Echo_Methods(nil, impl), impl)})
 	e, _ := dialEcho(t, a.String())
 	ctx := context.Background()
 	self, release := e.Self(ctx, func(p interop.Echo_self_Params) error { return p.SetTag("") })

@@ -160,12 +160,15 @@ func runEchoSuite(t *testing.T, e interop.Echo) {
 	})
 }
 
-// serveEcho starts a vat named "server" serving Echo (opts' Name and
-// Bootstrap are set here) on loopback TCP; it stops when the test ends.
+// serveEcho starts a vat named "server" serving Echo (opts' Name is set
+// here, and Bootstrap unless given: a plain EchoServer) on loopback TCP;
+// it stops when the test ends.
 func serveEcho(t *testing.T, opts actors.Options) (*actors.Vat, net.Addr) {
 	t.Helper()
 	opts.Name = "server"
-	opts.Bootstrap = capnp.Client(interop.NewEchoServer().Client(actors.NewServer))
+	if !opts.Bootstrap.IsValid() {
+		opts.Bootstrap = capnp.Client(interop.NewEchoServer().Client(actors.NewServer))
+	}
 	server := actors.Spawn(opts)
 	t.Cleanup(server.Stop)
 	addr, err := server.Listen("tcp", "127.0.0.1:0")

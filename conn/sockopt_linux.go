@@ -21,12 +21,8 @@ const tcpClose = 7
 
 // socketReset reports whether c is a TCP socket that a reset has closed.
 func socketReset(c net.Conn) bool {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
+	raw := rawConn(c)
+	if raw == nil {
 		return false
 	}
 	var state uint8

@@ -69,27 +69,3 @@ func TestResetTakenByAWrite(t *testing.T) {
 		})
 	}
 }
-
-// tcpPair is a connected pair of loopback TCP sockets.
-func tcpPair(t *testing.T) (ours, peer net.Conn) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := l.Accept()
-		accepted <- c
-	}()
-	ours, err = net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer = <-accepted
-	if peer == nil {
-		t.Fatal("accept failed")
-	}
-	return ours, peer
-}

@@ -16,22 +16,8 @@ import (
 // bytes arrive complete and in order once it reads. A frame with a large
 // segment is left to the writer goroutine.
 func TestTrySend(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := l.Accept()
-		accepted <- c
-	}()
-	c, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, peer := tcpPair(t)
 	defer c.Close()
-	peer := <-accepted
 	defer peer.Close()
 	tr := NewStreamTransport(c, Limits{}).(*streamTransport)
 	if tr.raw == nil {
@@ -72,4 +58,28 @@ func TestTrySend(t *testing.T) {
 	if handled, _, _ := tr.trySend([]Frame{frame(2*copyLimit, 1)}); handled {
 		t.Fatal("trySend took a frame with a large segment")
 	}
+}
+
+// tcpPair is a connected pair of loopback TCP sockets.
+func tcpPair(t *testing.T) (ours, peer net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		accepted <- c
+	}()
+	ours, err = net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer = <-accepted
+	if peer == nil {
+		t.Fatal("accept failed")
+	}
+	return ours, peer
 }
