@@ -99,6 +99,13 @@ type Options struct {
 	// flight when it expires are cut short (our questions are cancelled,
 	// the peer's calls are abandoned). Default 5s.
 	DrainTimeout time.Duration
+	// FinishWait bounds how long a drain with no call left in flight
+	// still waits for the peer's Finish of the answers that returned, so
+	// that the peer has nothing left to send when our FIN goes (a proxy
+	// that turns our half-close into a close would reset a late Finish).
+	// Never longer than DrainTimeout; not counted as cut short. Default
+	// 250ms.
+	FinishWait time.Duration
 	// StopTimeout bounds the wait for each question or export actor to
 	// stop; an actor that takes longer is left to stop on its own and
 	// counted in Report.StuckActors. Default 1s.
@@ -154,6 +161,7 @@ const (
 	DefaultMaxExports = core.DefaultMaxExports
 
 	DefaultDrainTimeout  = core.DefaultDrainTimeout
+	DefaultFinishWait    = core.DefaultFinishWait
 	DefaultStopTimeout   = core.DefaultStopTimeout
 	DefaultWriteTimeout  = 5 * time.Second
 	DefaultLingerTimeout = 2 * time.Second
@@ -198,7 +206,7 @@ func (o Options) coreConfig(boot core.Cap) core.Config {
 		Limits: core.Limits{MaxHeldAnswers: l.MaxHeldAnswers, MaxCallBytes: l.MaxCallBytes,
 			MaxAnswerBytes: l.MaxAnswerBytes, MaxCapsPerMessage: l.MaxCapsPerMessage, MaxImports: l.MaxImports,
 			MaxUnimplementedEcho: int(l.MaxUnimplementedEcho), MaxReasonLength: l.MaxReasonLength},
-		DrainTimeout: o.DrainTimeout, StopTimeout: o.StopTimeout, IdleTimeout: o.IdleTimeout,
+		DrainTimeout: o.DrainTimeout, FinishWait: o.FinishWait, StopTimeout: o.StopTimeout, IdleTimeout: o.IdleTimeout,
 		KeepAlive: o.KeepAlive,
 	}
 }

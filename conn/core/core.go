@@ -28,6 +28,14 @@ type Config struct {
 	// DrainTimeout bounds the drain phase of a Shutdown: calls still in
 	// flight when it expires are cut short.
 	DrainTimeout time.Duration
+	// FinishWait bounds how long a drain with no call left in flight
+	// still waits for the peer's Finish of answers that have returned
+	// (within DrainTimeout). A peer finishes as soon as it has our Return,
+	// so the wait is about one round trip; after it the peer has nothing
+	// left to send when our FIN goes, which matters where a proxy turns
+	// a half-close into a close and would reset a late Finish. Past it
+	// the drain ends anyway, not cut short: nothing is lost.
+	FinishWait time.Duration
 	// StopTimeout bounds the wait for each question or export actor to
 	// stop; one that takes longer is counted in Report.StuckActors.
 	StopTimeout time.Duration
@@ -90,6 +98,7 @@ const (
 	DefaultMaxUnimplementedEcho = 64 << 10
 	DefaultMaxReasonLength      = 1024
 	DefaultDrainTimeout         = 5 * time.Second
+	DefaultFinishWait           = 250 * time.Millisecond
 	DefaultStopTimeout          = 1 * time.Second
 )
 
@@ -97,6 +106,7 @@ func (c Config) withDefaults() Config {
 	orDefault(&c.MaxAnswers, DefaultMaxAnswers)
 	orDefault(&c.MaxExports, DefaultMaxExports)
 	orDefault(&c.DrainTimeout, DefaultDrainTimeout)
+	orDefault(&c.FinishWait, DefaultFinishWait)
 	orDefault(&c.StopTimeout, DefaultStopTimeout)
 	l := &c.Limits
 	orDefault(&l.MaxHeldAnswers, DefaultMaxHeldAnswers)
@@ -402,13 +412,16 @@ const (
 	KeepAliveDeadline
 	// ProbeDeadline: KeepAlive.Timeout after a probe.
 	ProbeDeadline
+	// FinishDeadline: FinishWait after a drain's last call, or when the
+	// drain deadline comes first.
+	FinishDeadline
 
 	// MaxDeadline is the last Deadline: runners size their timer tables
 	// by it.
-	MaxDeadline = ProbeDeadline
+	MaxDeadline = FinishDeadline
 )
 
-var deadlineNames = [...]string{"", "drain", "idle", "stop", "keepalive", "probe"}
+var deadlineNames = [...]string{"", "drain", "idle", "stop", "keepalive", "probe", "finish"}
 
 func (d Deadline) String() string { return deadlineNames[d] }
 
@@ -576,12 +589,13 @@ func (c *Core) step(in Input) {
 	}
 }
 
-// afterStep ends a drain with nothing left in flight and notes the
-// tables' emptiness.
+// afterStep ends a drain with nothing left in flight (once the peer's
+// Finishes are in, or FinishWait has passed) and notes the tables'
+// emptiness.
 func (c *Core) afterStep() {
 	if c.life.phase == phaseDraining {
 		if q, a := c.inFlight(); q+a == 0 {
-			c.endDrain(false, "")
+			c.drained()
 		}
 	}
 	if !c.life.phase.closing() {

@@ -79,7 +79,12 @@ func TestScriptDrainWithCallsInFlight(t *testing.T) {
 	}
 	s.in(&Returned{Answer: 1, Results: &Payload{Content: fields{}}})
 	s.recv(&Return{AnswerID: 0, Results: &Payload{Content: fields{}}})
-	s.note("nothing left in flight: the drain ends and the end goes on")
+	s.note("nothing left in flight: the drain waits for the peer's Finish of a1 and a2 (at most FinishWait)")
+	s.has("arm finish deadline")
+	s.recv(&Finish{QuestionID: 2})
+	s.lacks("drain done")
+	s.recv(&Finish{QuestionID: 1})
+	s.note("the peer has nothing left to send: the drain ends and the end goes on")
 	s.has("event drain done: refused 1; left in flight: 0 questions, 0 answers")
 	s.has("event stopQuestions started")
 	r := s.closeGracefully()
@@ -103,6 +108,25 @@ func settleErr(out []Output, call CallID) error {
 		}
 	}
 	return nil
+}
+
+func TestScriptDrainFinishWait(t *testing.T) {
+	s := bootstrapped(t, Config{FinishWait: 200 * time.Millisecond})
+	s.recv(&Call{QuestionID: 1, Target: Target{Kind: ImportedCap, ID: 0}, Method: echo})
+	s.in(&Returned{Answer: 1, Results: &Payload{Content: fields{}}})
+	s.in(&Shutdown{Epitaph: ok, Drain: true})
+	s.note("no call in flight, but a1 waits for its Finish")
+	s.has("arm finish deadline")
+	s.advance(199 * time.Millisecond)
+	s.lacks("drain done")
+	s.note("the peer keeps a1: the drain ends after FinishWait, not cut short")
+	s.advance(time.Millisecond)
+	s.has("event drain done: refused 0; left in flight: 0 questions, 0 answers; 1 returned without their Finish (finish wait over)")
+	r := s.closeGracefully()
+	if d := r.Phases[0]; d.Phase != PhaseDrain || d.CutShort || d.Took != 200*time.Millisecond {
+		t.Errorf("drain %+v, want 200ms, not cut short", d)
+	}
+	s.golden()
 }
 
 func TestScriptDrainCutShortAndStuckActor(t *testing.T) {

@@ -21,8 +21,10 @@ const (
 	// protocol or transport error, Stopped).
 	phaseOpen phase = iota
 	// phaseDraining: new calls are refused both ways; calls in flight
-	// finish. Next: phaseStopQuestions (nothing left in flight, the drain
-	// deadline, Hurry, the peer's end, a close without drain).
+	// finish, then the peer's Finishes of answers returned come in (for
+	// at most FinishWait). Next: phaseStopQuestions (nothing left in
+	// flight or to finish, the finish or drain deadline, Hurry, the
+	// peer's end, a close without drain).
 	phaseDraining
 	// phaseStopQuestions: the question actors are told to stop one at a
 	// time, newest first, each waited for at most StopTimeout. Next:
@@ -171,6 +173,7 @@ type lifecycle struct {
 	reason           supervisor.Reason
 	report           Report
 	drainStart       time.Time
+	finishWait       bool // the drain waits for the peer's Finishes (FinishDeadline armed)
 	idle             bool
 	gens             [MaxDeadline + 1]uint64 // per Deadline: the generation armed last
 	heard            time.Time               // when the last message arrived (KeepAlive)
@@ -364,8 +367,6 @@ func (c *Core) drain() {
 	c.arm(DrainDeadline, c.cfg.DrainTimeout)
 }
 
-// inFlight counts our questions waiting for their Return and the peer's
-// calls not answered yet.
 // callsIdle reports whether the peer's end loses us nothing: no call in
 // flight either way and none of its capabilities held (what makes its EOF
 // or hang-up expected). The peer's references to our exports end with it:
@@ -375,6 +376,8 @@ func (c *Core) callsIdle() bool {
 	return q+a == 0 && len(c.imports) == 0
 }
 
+// inFlight counts our questions waiting for their Return and the peer's
+// calls not answered yet.
 func (c *Core) inFlight() (questions, answers int) {
 	c.questions.Each(func(_ uint32, q *question) {
 		if q.state == questionWaiting {
@@ -389,10 +392,40 @@ func (c *Core) inFlight() (questions, answers int) {
 	return questions, answers
 }
 
+// unfinished counts the peer's answers that have returned and wait for
+// its Finish.
+func (c *Core) unfinished() int {
+	n := 0
+	for _, a := range c.answers {
+		if a.returned && !a.finished {
+			n++
+		}
+	}
+	return n
+}
+
+// drained: nothing is left in flight. The drain ends once the peer has
+// finished the answers that returned, or FinishWait (within the drain's
+// deadline) after the last call, whichever is first.
+func (c *Core) drained() {
+	if c.unfinished() == 0 {
+		c.endDrain(false, "")
+		return
+	}
+	if c.life.finishWait {
+		return
+	}
+	c.life.finishWait = true
+	c.arm(FinishDeadline, min(c.cfg.FinishWait, c.life.drainStart.Add(c.cfg.DrainTimeout).Sub(c.now)))
+}
+
 // endDrain ends the drain, cut short or not, and goes on closing.
 func (c *Core) endDrain(cut bool, why string) {
 	q, a := c.inFlight()
 	note := fmt.Sprintf("refused %d; left in flight: %d questions, %d answers", c.life.report.Refused, q, a)
+	if n := c.unfinished(); n > 0 {
+		note += fmt.Sprintf("; %d returned without their Finish", n)
+	}
 	if why != "" {
 		note += " (" + why + ")"
 	}
@@ -825,6 +858,10 @@ func (c *Core) deadline(m DeadlineFired) {
 	case DrainDeadline:
 		if c.life.phase == phaseDraining {
 			c.endDrain(true, "")
+		}
+	case FinishDeadline:
+		if c.life.phase == phaseDraining {
+			c.endDrain(false, "finish wait over")
 		}
 	case IdleDeadline:
 		if c.life.phase == phaseOpen && c.life.idle {

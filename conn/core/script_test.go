@@ -84,7 +84,7 @@ func (s *script) recv(m Message) []Output { return s.in(&Received{Msg: m}) }
 func (s *script) advance(d time.Duration) {
 	s.now = s.now.Add(d)
 	fmt.Fprintf(&s.log, "# +%v\n", d)
-	for _, dl := range []Deadline{DrainDeadline, IdleDeadline, StopDeadline, KeepAliveDeadline, ProbeDeadline} {
+	for dl := Deadline(1); dl <= MaxDeadline; dl++ {
 		if a, ok := s.arms[dl]; ok && !a.At.After(s.now) {
 			delete(s.arms, dl)
 			s.in(&DeadlineFired{Deadline: dl, Gen: a.Gen})
