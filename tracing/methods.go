@@ -49,16 +49,18 @@ func LookupMethod(iface uint64, method uint16) (capnp.Method, bool) {
 	return capnp.Method{InterfaceID: iface, MethodID: method}, false
 }
 
-var searched sync.Map // interface id → struct{}: schemas looked at once
+var searched sync.Map // interface id → struct{}: registered schemas looked at once
 
 // fromSchemas registers the methods of interface iface found in capnp's
 // default schema registry; it reports whether it found any.
 func fromSchemas(iface uint64) bool {
-	if _, done := searched.LoadOrStore(iface, struct{}{}); done {
-		return false
-	}
+	// Only an interface the registry has is remembered: the ids come
+	// from peers, and a peer can name any number of them.
 	data := schemas.Find(iface)
 	if data == nil {
+		return false
+	}
+	if _, done := searched.LoadOrStore(iface, struct{}{}); done {
 		return false
 	}
 	msg, err := capnp.Unmarshal(data)
