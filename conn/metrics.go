@@ -50,11 +50,7 @@ func (c *Conn) recordCall(mc meteredCall) {
 	if mc.server {
 		h = c.meters.ServerCallDuration
 	}
-	m := mc.method
-	if m.MethodName == "" {
-		m, _ = tracing.LookupMethod(m.InterfaceID, m.MethodID)
-	}
-	h.Record(context.Background(), mc.took.Seconds(), metering.CallAttributes(m, mc.err)...)
+	h.Record(context.Background(), mc.took.Seconds(), metering.CallAttributes(mc.method, mc.err)...)
 }
 
 // recordCalls records the durations the turn measured.

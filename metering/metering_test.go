@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/vatactor/vatactor/metering"
+	"github.com/vatactor/vatactor/tracing"
 )
 
 func TestNoopProvidersMakeNoInstruments(t *testing.T) {
@@ -56,6 +57,15 @@ func TestCallAttributes(t *testing.T) {
 	}
 	if v, _ := set.Value("error.type"); v.AsString() != "FAILED" {
 		t.Errorf("error.type = %q", v.AsString())
+	}
+	// Ids alone, of a method whose names this process knows (an incoming
+	// call's): the names.
+	tracing.RegisterMethods(capnp.Method{InterfaceID: 0x5678, MethodID: 1, InterfaceName: "y.capnp:Store", MethodName: "put"})
+	for range 2 { // made, then found
+		set = attrsOf(metering.CallAttributes(capnp.Method{InterfaceID: 0x5678, MethodID: 1}, nil))
+		if v, _ := set.Value("rpc.method"); v.AsString() != "Store.put" {
+			t.Errorf("rpc.method of a registered method named by ids = %q", v.AsString())
+		}
 	}
 }
 
