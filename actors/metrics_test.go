@@ -217,6 +217,46 @@ func TestMetricsVatToVat(t *testing.T) {
 
 // TestMetricsCleanHangUpsAreExpected: a peer that hangs up cleanly —
 // vatactor, go-capnp or the C++ reference — counts as an expected end.
+// TestMetricsEpitaphCodesOfPeersAreBounded: the codes of peers'
+// epitaphs, which they choose, count under a few values (a code's
+// number, a series each, would let a peer grow the provider's series).
+func TestMetricsEpitaphCodesOfPeersAreBounded(t *testing.T) {
+	mp, r := meterProvider(t)
+	downs := make(chan conn.Down, 16)
+	server := meteredVat(t, "server", capnp.Client(interop.NewEchoServer().Client(actors.NewServer)), mp, downs)
+	client := newSide(t, "client", capnp.Client{}, conn.Options{})
+	addr, err := server.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	codes := []supervisor.Code{4242, 4243, 4244, -77, supervisor.Unavailable}
+	for _, code := range codes {
+		boot, cn, err := client.vat.Dial(ctx, "tcp", addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := echoText(ctx, interop.Echo(boot), "hi"); err != nil || got != "hi" {
+			t.Fatalf("echo: %q %v", got, err)
+		}
+		boot.Release()
+		if _, err := cn.Shutdown(ctx, supervisor.Epitaph{Code: code, Message: "bye"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitDowns(t, downs, len(codes))
+	got := collect(t, r)
+	peer := tracing.AttrReasonKind.String("PeerEpitaph")
+	for code, want := range map[string]float64{"APP": 3, "SYSTEM": 1, "UNAVAILABLE": 1} {
+		if n := got.sum(metering.ConnectionsEnded, peer, tracing.AttrEpitaphCode.String(code)); n != want {
+			t.Errorf("ends with epitaph code %s = %v, want %v\n%v", code, n, want, got)
+		}
+	}
+	if strings.Contains(got.String(), "4242") || strings.Contains(got.String(), "-77") {
+		t.Errorf("a code's number became an attribute value:\n%v", got)
+	}
+}
+
 func TestMetricsCleanHangUpsAreExpected(t *testing.T) {
 	peers := []struct {
 		name   string

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vatactor/vatactor/conn/core"
 	"github.com/vatactor/vatactor/metering"
+	"github.com/vatactor/vatactor/supervisor"
 	"github.com/vatactor/vatactor/tracing"
 )
 
@@ -79,22 +80,25 @@ func (c *Conn) meterDown(rep Report) {
 	role := tracing.AttrRole.String(c.opts.Role)
 	m.Messages.Close(c.msgCounts)
 	m.ConnectionsOpen.Add(ctx, -1, metering.With(tracing.AttrRole, c.opts.Role))
-	attrs := append(reasonAttributes(rep.Reason), role)
-	m.ConnectionsEnded.Add(ctx, 1, metric.WithAttributes(endedAttributes(attrs)...))
+	m.ConnectionsEnded.Add(ctx, 1, metric.WithAttributes(endedAttributes(rep.Reason, role)...))
 	expected := rep.Reason != nil && rep.Reason.Expected()
 	m.ConnectionDuration.Record(ctx, rep.Lifetime.Seconds(), metric.WithAttributes(role, tracing.AttrExpected.Bool(expected)))
 }
 
-// endedAttributes keeps, of a reason's span attributes, those whose
-// values are few: its kind, whether it was expected, the epitaph's code
-// (not the texts, which are the peer's).
-func endedAttributes(attrs []attribute.KeyValue) []attribute.KeyValue {
-	out := attrs[:0]
-	for _, a := range attrs {
+// endedAttributes are the attributes of a connection's end: of the
+// reason's span attributes those whose values are few (its kind, whether
+// it was expected), and the epitaph's code by Class (a peer's code number
+// or text would make a series each).
+func endedAttributes(r supervisor.Reason, role attribute.KeyValue) []attribute.KeyValue {
+	out := []attribute.KeyValue{role}
+	for _, a := range reasonAttributes(r) {
 		switch a.Key {
-		case tracing.AttrReasonKind, tracing.AttrExpected, tracing.AttrEpitaphCode, tracing.AttrRole:
+		case tracing.AttrReasonKind, tracing.AttrExpected:
 			out = append(out, a)
 		}
+	}
+	if ep, ok := reasonEpitaph(r); ok {
+		out = append(out, tracing.AttrEpitaphCode.String(ep.Code.Class()))
 	}
 	return out
 }

@@ -289,16 +289,21 @@ func reasonAttributes(r supervisor.Reason) []attribute.KeyValue {
 		tracing.AttrReasonKind.String(reasonKind(r)),
 		tracing.AttrExpected.Bool(r.Expected()),
 	}
-	var ep supervisor.Epitaph
+	if ep, ok := reasonEpitaph(r); ok {
+		attrs = append(attrs, epitaphAttributes(ep)...)
+	}
+	return attrs
+}
+
+// reasonEpitaph is the epitaph a reason carries, ours or the peer's.
+func reasonEpitaph(r supervisor.Reason) (supervisor.Epitaph, bool) {
 	switch r := r.(type) {
 	case supervisor.LocalShutdown:
-		ep = r.Epitaph
+		return r.Epitaph, true
 	case supervisor.PeerEpitaph:
-		ep = r.Epitaph
-	default:
-		return attrs
+		return r.Epitaph, true
 	}
-	return append(attrs, epitaphAttributes(ep)...)
+	return supervisor.Epitaph{}, false
 }
 
 func reasonKind(r supervisor.Reason) string {

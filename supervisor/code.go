@@ -45,3 +45,17 @@ func (c Code) String() string {
 	}
 	return "SYSTEM(" + strconv.Itoa(int(c)) + ")"
 }
+
+// Class is c's name when it is one of the system codes above, APP for an
+// application code and SYSTEM for any other system code: one of a few
+// values, for metrics, where a code the peer chose must not make a new
+// series (String keeps the number).
+func (c Code) Class() string {
+	if n, ok := codeNames[c]; ok {
+		return n
+	}
+	if c > 0 {
+		return "APP"
+	}
+	return "SYSTEM"
+}
