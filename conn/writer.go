@@ -29,9 +29,13 @@ import (
 // lazyFlushDelay, so that a caller making one call after another sends
 // each Finish in the same write as its next Call.
 type sendQueue struct {
-	mu        sync.Mutex
-	items     []Frame
-	owner     []*answer // owner[i]: the answer whose Return items[i] is (nil: the writer frees it)
+	mu    sync.Mutex
+	items []Frame
+	owner []*answer // owner[i]: the answer whose Return items[i] is (nil: the writer frees it)
+	// due: items holds a frame that must go now (pushQuiet's), or the
+	// lazy frames' delay is over. A writer woken with only lazy frames
+	// queued leaves them for the next frame that is due.
+	due       bool
 	spare     []Frame
 	spareOwn  []*answer
 	closing   bool            // the writer flushes, then stops for good
@@ -156,6 +160,7 @@ func (q *sendQueue) pushQuiet(f Frame, owner *answer) {
 	q.mu.Lock()
 	q.items = append(q.items, f)
 	q.owner = append(q.owner, owner)
+	q.due = true
 	q.mu.Unlock()
 }
 
@@ -183,6 +188,7 @@ func (q *sendQueue) writeFailed() bool {
 // takeLocked takes everything queued, for the writer. Called with mu held.
 func (q *sendQueue) takeLocked() ([]Frame, []*answer) {
 	batch, owner := q.items, q.owner
+	q.due = false
 	q.items, q.owner = q.spare[:0], q.spareOwn[:0]
 	q.spare, q.spareOwn = nil, nil
 	return batch, owner
@@ -210,6 +216,7 @@ func (q *sendQueue) pushLazy(f Frame, delay time.Duration) {
 func (q *sendQueue) flushLazy() {
 	q.mu.Lock()
 	q.armed = false
+	q.due = q.due || len(q.items) > 0
 	q.unlockAndKick(len(q.items) > 0 && q.startLocked())
 }
 
@@ -242,7 +249,7 @@ func (c *Conn) writeLoop() {
 	for {
 		q.mu.Lock()
 		closing, half, failed, rest := q.closing, q.halfClose, q.failed, q.rest
-		if len(q.items) == 0 && rest == nil && !closing {
+		if !q.due && rest == nil && !closing {
 			q.mu.Unlock()
 			idle.Reset(writerIdleTimeout)
 			select {
@@ -322,7 +329,7 @@ func (c *Conn) writeInline(batch []Frame, owner []*answer) {
 	q.mu.Lock()
 	q.rest = rest
 	q.bytes.Add(int64(len(rest))) // still to write
-	more := rest != nil || len(q.items) > 0
+	more := rest != nil || q.due  // lazy frames alone wait for their timer
 	q.writing = more
 	if more {
 		q.writers.Add(1)
