@@ -315,7 +315,7 @@ func (c *Conn) writeInline(batch []Frame, owner []*answer) {
 	if !handled {
 		q.mu.Lock()
 		q.spare, q.spareOwn = q.items, q.owner // empty: nothing was queued meanwhile
-		q.items, q.owner = batch, owner
+		q.items, q.owner, q.due = batch, owner, true
 		q.writers.Add(1) // still marked writing: a goroutine takes over
 		q.mu.Unlock()
 		q.start()
