@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/server"
@@ -145,15 +146,18 @@ func (s *state) describeAll(ct *capnp.CapTable) []core.Cap {
 }
 
 // clients turns capabilities the core hands out (with their references)
-// into clients.
+// into clients, in a slice of the state's that the next call reuses: for
+// CapTable.Reset, which copies it.
 func (s *state) clients(caps []core.Cap) []capnp.Client {
 	if len(caps) == 0 {
 		return nil
 	}
-	out := make([]capnp.Client, len(caps))
+	clear(s.scratchClients)
+	out := slices.Grow(s.scratchClients[:0], len(caps))[:len(caps)]
 	for i, cp := range caps {
 		out[i] = s.client(cp)
 	}
+	s.scratchClients = out
 	return out
 }
 
@@ -163,7 +167,7 @@ func (s *state) client(cp core.Cap) capnp.Client {
 	case core.CapImport:
 		if ie := s.imports[cp.ID]; ie != nil {
 			if c, ok := ie.client.AddRef(); ok {
-				s.later = append(s.later, &core.LocalRelease{Cap: cp}) // the hook holds one
+				s.releaseLater(cp) // the hook holds one
 				return c
 			}
 		}
@@ -180,7 +184,7 @@ func (s *state) client(cp core.Cap) capnp.Client {
 	case core.CapNone:
 		return capnp.Client{}
 	}
-	s.later = append(s.later, &core.LocalRelease{Cap: cp})
+	s.releaseLater(cp)
 	return capnp.ErrorClient(fmt.Errorf("capnp: capability of kind %v cannot be held", cp.Kind))
 }
 
@@ -188,7 +192,7 @@ func (s *state) client(cp core.Cap) capnp.Client {
 // takes.
 func (s *state) releaseCaps(caps []core.Cap) {
 	for _, cp := range caps {
-		s.later = append(s.later, &core.LocalRelease{Cap: cp})
+		s.releaseLater(cp)
 	}
 }
 

@@ -200,13 +200,27 @@ func (q *question) PipelineRecv(ctx context.Context, transform []capnp.PipelineO
 	return q.c.forwardRecv(ctx, q.pipelineTarget(transform), r)
 }
 
+// oneField[f] is the transform of field f alone.
+var oneField = func() (t [16][1]uint16) {
+	for f := range t {
+		t[f][0] = uint16(f)
+	}
+	return t
+}()
+
 func (q *question) pipelineTarget(transform []capnp.PipelineOp) callTarget {
 	return callTarget{cap: core.Cap{Kind: core.CapQuestion, Call: q.call, Transform: pipelineOps(transform)}}
 }
 
+// pipelineOps is a promised answer's transform as the core takes it. The
+// common one, a single pointer field of the first few, is a shared slice
+// (nothing writes into a transform; its capacity makes an append copy).
 func pipelineOps(transform []capnp.PipelineOp) []uint16 {
 	if len(transform) == 0 {
 		return nil
+	}
+	if f := transform[0].Field; len(transform) == 1 && int(f) < len(oneField) {
+		return oneField[f][:]
 	}
 	out := make([]uint16, len(transform))
 	for i, op := range transform {

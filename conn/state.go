@@ -12,6 +12,7 @@ import (
 
 	"github.com/vatactor/vatactor/conn/core"
 	"github.com/vatactor/vatactor/conn/wire"
+	"github.com/vatactor/vatactor/internal/arena"
 	"github.com/vatactor/vatactor/internal/mailbox"
 	"github.com/vatactor/vatactor/metering"
 	"github.com/vatactor/vatactor/supervisor"
@@ -33,6 +34,12 @@ type state struct {
 	// (a reference handed back, a call that failed to deliver): they are
 	// fed before the next message, in order.
 	later []core.Input
+	// released holds the LocalRelease inputs in later, reused once feed
+	// has drained them.
+	released arena.Of[core.LocalRelease]
+	feeding  int // feed's depth: released is reset when the outermost one ends
+	// scratchClients is clients' slice, reused call to call.
+	scratchClients []capnp.Client
 
 	calls   map[core.CallID]*question // local calls given to the core, until retired
 	byQID   map[uint32]*question      // the same, by question id once on the wire
@@ -142,6 +149,7 @@ var stopChildren = actor.NewOneForOneStrategy(0, 0, func(any) actor.Directive { 
 // feed gives the core one input and carries out what it does, then the
 // inputs that gave rise to.
 func (s *state) feed(in core.Input) {
+	s.feeding++
 	now := s.clock.now()
 	s.apply(s.core.Step(now, in))
 	for len(s.later) > 0 {
@@ -150,7 +158,16 @@ func (s *state) feed(in core.Input) {
 		s.apply(s.core.Step(now, next))
 	}
 	s.later = s.later[:0]
+	if s.feeding--; s.feeding == 0 {
+		s.released.Reset()
+	}
 	s.sweep()
+}
+
+// releaseLater queues the release of one reference to cp, fed to the
+// core once the current output has been carried out.
+func (s *state) releaseLater(cp core.Cap) {
+	s.later = append(s.later, s.released.Put(core.LocalRelease{Cap: cp}))
 }
 
 // readEndFirst: a child's Terminated, a system message, runs ahead of the

@@ -1,32 +1,13 @@
 package core
 
+import varena "github.com/vatactor/vatactor/internal/arena"
+
 // arena holds the values of one kind that a Step hands out by pointer
-// (outputs, the messages in them, events): its storage is reused from
-// Step to Step, so a warm Step allocates nothing for them. A pointer it
-// returns is valid until the next Step.
-type arena[T any] struct {
-	buf []T
-	n   int
-}
+// (outputs, the messages in them, events): a pointer put returns is valid
+// until the next Step.
+type arena[T any] = varena.Of[T]
 
-// put stores v and returns where. When the storage grows, values handed
-// out before stay where they were, unchanged.
-func put[T any](a *arena[T], v T) *T {
-	if a.n < len(a.buf) {
-		a.buf[a.n] = v
-	} else {
-		a.buf = append(a.buf, v)
-	}
-	p := &a.buf[a.n]
-	a.n++
-	return p
-}
-
-// reset makes the storage free again. It does not clear it: put
-// overwrites a value whole, and clearing would cost a write barrier per
-// pointer during a collection; what it still points to (the last Steps'
-// outputs, a bounded few) is freed when overwritten.
-func (a *arena[T]) reset() { a.n = 0 }
+func put[T any](a *arena[T], v T) *T { return a.Put(v) }
 
 // stepStorage is the storage of one Step's outputs, by kind.
 type stepStorage struct {
@@ -65,33 +46,33 @@ type stepStorage struct {
 }
 
 func (s *stepStorage) reset() {
-	s.send.reset()
-	s.deliver.reset()
-	s.cancel.reset()
-	s.done.reset()
-	s.redirect.reset()
-	s.settle.reset()
-	s.resolved.reset()
-	s.spawn.reset()
-	s.stop.reset()
-	s.arm.reset()
-	s.closing.reset()
-	s.closeSocket.reset()
-	s.emit.reset()
-	s.log.reset()
-	s.bootstrap.reset()
-	s.call.reset()
-	s.ret.reset()
-	s.finish.reset()
-	s.resolve.reset()
-	s.release.reset()
-	s.disembargo.reset()
-	s.abort.reset()
-	s.unimpl.reset()
-	s.phaseStarted.reset()
-	s.phaseDone.reset()
-	s.busy.reset()
-	s.refused.reset()
-	s.ending.reset()
-	s.actorStopped.reset()
+	s.send.Reset()
+	s.deliver.Reset()
+	s.cancel.Reset()
+	s.done.Reset()
+	s.redirect.Reset()
+	s.settle.Reset()
+	s.resolved.Reset()
+	s.spawn.Reset()
+	s.stop.Reset()
+	s.arm.Reset()
+	s.closing.Reset()
+	s.closeSocket.Reset()
+	s.emit.Reset()
+	s.log.Reset()
+	s.bootstrap.Reset()
+	s.call.Reset()
+	s.ret.Reset()
+	s.finish.Reset()
+	s.resolve.Reset()
+	s.release.Reset()
+	s.disembargo.Reset()
+	s.abort.Reset()
+	s.unimpl.Reset()
+	s.phaseStarted.Reset()
+	s.phaseDone.Reset()
+	s.busy.Reset()
+	s.refused.Reset()
+	s.ending.Reset()
+	s.actorStopped.Reset()
 }

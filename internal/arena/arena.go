@@ -1,0 +1,32 @@
+// Package arena holds values of one kind that are handed out by pointer
+// for a short while (a step's outputs, the inputs a turn queues): the
+// storage is reused from one round to the next, so a warm round allocates
+// nothing for them.
+package arena
+
+// Of is the storage of values of type T. The zero value is empty and
+// ready.
+type Of[T any] struct {
+	buf []T
+	n   int
+}
+
+// Put stores v and returns where. A pointer it returns is valid until
+// Reset; when the storage grows, values handed out before stay where
+// they were, unchanged.
+func (a *Of[T]) Put(v T) *T {
+	if a.n < len(a.buf) {
+		a.buf[a.n] = v
+	} else {
+		a.buf = append(a.buf, v)
+	}
+	p := &a.buf[a.n]
+	a.n++
+	return p
+}
+
+// Reset makes the storage free again. It does not clear it: Put
+// overwrites a value whole, and clearing would cost a write barrier per
+// pointer during a collection; what it still points to (the last rounds'
+// values, a bounded few) is freed when overwritten.
+func (a *Of[T]) Reset() { a.n = 0 }
