@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -256,6 +257,36 @@ type result struct {
 	err            error
 	// foreign: a C++ client measured it; its allocations are not counted.
 	foreign bool
+	// roundRates: calls/s of each round, in order.
+	roundRates []float64
+}
+
+// pairedCost is a feature's cost from the rounds of the scenario with it
+// on and with it off: 1 − the median, over rounds, of on/off calls/s.
+// runScenario runs the two one after the other each round (in turn
+// first), so a round's pair shares the machine's state of the moment,
+// and the median drops the rounds a neighbour's burst upset; the ratio of
+// the totals would carry every burst.
+func pairedCost(on, off *result) float64 {
+	n := min(len(on.roundRates), len(off.roundRates))
+	if n == 0 {
+		return 0
+	}
+	ratios := make([]float64, 0, n)
+	for i := range n {
+		if off.roundRates[i] > 0 {
+			ratios = append(ratios, on.roundRates[i]/off.roundRates[i])
+		}
+	}
+	if len(ratios) == 0 {
+		return 0
+	}
+	slices.Sort(ratios)
+	m := ratios[len(ratios)/2]
+	if len(ratios)%2 == 0 {
+		m = (ratios[len(ratios)/2-1] + m) / 2
+	}
+	return 1 - m
 }
 
 func (r *result) callsPerSec() float64 {
@@ -357,13 +388,16 @@ func measure(sc scenario, impl string, s setup, d time.Duration, r *result) erro
 	r.elapsed += elapsed
 	r.mallocs += after.Mallocs - before.Mallocs
 	r.bytes += after.TotalAlloc - before.TotalAlloc
+	var calls uint64
 	for _, w := range workers {
 		if w.err != nil {
 			return fmt.Errorf("%s on %s: %w", sc.name, impl, w.err)
 		}
 		r.ops += w.ops
-		r.calls += w.ops * uint64(sc.calls)
+		calls += w.ops * uint64(sc.calls)
 		r.lat.merge(&w.lat)
 	}
+	r.calls += calls
+	r.roundRates = append(r.roundRates, float64(calls)/elapsed.Seconds())
 	return nil
 }

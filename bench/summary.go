@@ -36,7 +36,7 @@ func (r *report) summary() summary {
 			if base == nil || base.callsPerSec() == 0 || base.allocsPerCall() == 0 {
 				continue
 			}
-			cost := 1 - ours.callsPerSec()/base.callsPerSec()
+			cost := pairedCost(ours, base)
 			s.byScenario[sc.name] = map[string]float64{
 				"throughput_cost": round(cost, 3),
 				"alloc_ratio":     round(ours.allocsPerCall()/base.allocsPerCall(), 3),

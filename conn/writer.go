@@ -213,11 +213,27 @@ func (q *sendQueue) pushLazy(f Frame, delay time.Duration) {
 	}
 }
 
+// flushLazy is the lazy frames' timer: their delay is over. With no
+// writer running it writes them itself, as the actor's kick would (a
+// writer goroutine started for them would stay for writerIdleTimeout,
+// and every frame meanwhile would wait for it to be scheduled instead of
+// going out from the actor's turn).
 func (q *sendQueue) flushLazy() {
 	q.mu.Lock()
 	q.armed = false
-	q.due = q.due || len(q.items) > 0
-	q.unlockAndKick(len(q.items) > 0 && q.startLocked())
+	if len(q.items) == 0 {
+		q.mu.Unlock()
+		return
+	}
+	q.due = true
+	if q.inline != nil && !q.writing && !q.done && !q.closing && !q.failed {
+		q.writing = true
+		batch, owner := q.takeLocked()
+		q.mu.Unlock()
+		q.inline(batch, owner)
+		return
+	}
+	q.unlockAndKick(q.startLocked())
 }
 
 func (q *sendQueue) close(halfClose bool) {
@@ -237,8 +253,9 @@ func (c *Conn) startWriter() { go c.writeLoop() }
 
 // writeLoop is the writer goroutine: it takes everything queued and writes
 // it in one batch, again and again; it exits when it has had nothing to
-// write for writerIdleTimeout (the next kick writes inline or starts
-// another) or once the queue is closed (it flushes, half-closes and exits
+// write for writerIdleTimeout, or at once when the actor can write
+// inline (the next kick writes inline or starts another), or once the
+// queue is closed (it flushes, half-closes and exits
 // for good). While it runs it is the only caller of SendFrames and
 // CloseWrite.
 func (c *Conn) writeLoop() {
@@ -250,6 +267,15 @@ func (c *Conn) writeLoop() {
 		q.mu.Lock()
 		closing, half, failed, rest := q.closing, q.halfClose, q.failed, q.rest
 		if !q.due && rest == nil && !closing {
+			if q.inline != nil {
+				// Nothing left that the actor's own write could not
+				// take: its next kick writes from its turn again, one
+				// goroutine hand-off fewer per frame (lazy frames left
+				// here go with it, or on their timer).
+				q.writing = false
+				q.mu.Unlock()
+				return
+			}
 			q.mu.Unlock()
 			idle.Reset(writerIdleTimeout)
 			select {
@@ -305,17 +331,19 @@ func (c *Conn) writeLoop() {
 }
 
 // writeInline is one writer turn on the connection actor's goroutine, at
-// the end of a run of its messages when no writer goroutine runs: what
-// the socket accepts at once is written here, without waking another
-// goroutine; what it does not (its buffer is full), or a batch it cannot
-// write so (large segments), goes to a writer goroutine.
+// the end of a run of its messages when no writer goroutine runs (or on
+// the lazy frames' timer, flushLazy): what the socket accepts at once is
+// written here, without waking another goroutine; what it does not (its
+// buffer is full), or a batch it cannot write so (large segments), goes
+// to a writer goroutine.
 func (c *Conn) writeInline(batch []Frame, owner []*answer) {
 	q := &c.out
 	handled, rest, err := c.stream.trySend(batch)
 	if !handled {
 		q.mu.Lock()
-		q.spare, q.spareOwn = q.items, q.owner // empty: nothing was queued meanwhile
-		q.items, q.owner, q.due = batch, owner, true
+		// The batch goes first; the actor may have queued more meanwhile
+		// when this runs on the lazy frames' timer.
+		q.items, q.owner, q.due = append(batch, q.items...), append(owner, q.owner...), true
 		q.writers.Add(1) // still marked writing: a goroutine takes over
 		q.mu.Unlock()
 		q.start()
