@@ -42,7 +42,7 @@ func (r *report) summary() summary {
 				"alloc_ratio":     round(ours.allocsPerCall()/base.allocsPerCall(), 3),
 			}
 			if sc.feature == traced {
-				add("tracing cost, "+sc.costOf+" (1 − traced/untraced calls/s)", cost, "≤", 0.15)
+				add("tracing cost, "+sc.costOf+" (1 − traced/untraced calls/s)", cost, "≤", 0.10)
 			} else {
 				add("metering cost, "+sc.costOf+" (1 − metered/unmetered calls/s)", cost, "≤", 0.05)
 			}
@@ -96,15 +96,18 @@ func (r *report) summary() summary {
 				add("p50 echo (vatactor/TCP floor)", ratio, "≤", 2.5)
 			}
 		case "inflight64", "conns100x8":
-			add("calls/s "+sc.name+" (vatactor/go-capnp)", m["speedup"], "≥", 2)
+			add("calls/s "+sc.name+" (vatactor/go-capnp)", m["speedup"], "≥", 2.5)
+		case "payload1MiB":
+			add("calls/s payload1MiB (vatactor/go-capnp)", m["speedup"], "≥", 1.5)
+			add("bytes/call payload1MiB (vatactor/go-capnp)", m["bytes_ratio"], "≤", 1)
 		}
 	}
 	for _, idle := range r.idle {
 		if idle.Impl != implVatactor {
 			continue
 		}
-		add("bytes per idle connection", idle.BytesPerConn, "≤", 16<<10)
-		add("goroutines per idle connection", idle.GoroutinesPerConn, "≤", 3)
+		add("bytes per idle connection", idle.BytesPerConn, "≤", 8<<10)
+		add("goroutines per idle connection", idle.GoroutinesPerConn, "≤", 1)
 		add("graceful shutdown of the idle connections (ms)", idle.ShutdownMS, "≤", 2000)
 		add("idle peers that saw a reset, not EOF", float64(idle.PeersReset+idle.PeersOther), "≤", 0)
 	}
