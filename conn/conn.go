@@ -100,11 +100,12 @@ type Options struct {
 	// the peer's calls are abandoned). Default 5s.
 	DrainTimeout time.Duration
 	// FinishWait bounds how long a drain with no call left in flight
-	// still waits for the peer's Finish of the answers that returned, so
-	// that the peer has nothing left to send when our FIN goes (a proxy
-	// that turns our half-close into a close would reset a late Finish).
-	// Never longer than DrainTimeout; not counted as cut short. Default
-	// 250ms.
+	// still waits for the peer's Finish of the answers that returned
+	// without a capability (one with capabilities, a bootstrap's, is the
+	// peer's to keep while it uses them), so that the peer has nothing
+	// left to send when our FIN goes (a proxy that turns our half-close
+	// into a close would reset a late Finish). Never longer than
+	// DrainTimeout; not counted as cut short. Default 250ms.
 	FinishWait time.Duration
 	// StopTimeout bounds the wait for each question or export actor to
 	// stop; an actor that takes longer is left to stop on its own and

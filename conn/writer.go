@@ -354,10 +354,20 @@ func (c *Conn) writeInline(batch []Frame, owner []*answer) {
 		_ = c.post(writerDone{err: err})
 	}
 	c.written(batch, owner, err != nil)
+	q.inlineDone(rest)
+}
+
+// inlineDone ends an inline writer turn that left rest unwritten: a
+// writer goroutine takes over when rest is not nil, when frames that must
+// go were queued meanwhile, or when the queue was closed meanwhile (an
+// inline turn on the lazy frames' timer runs beside the actor, whose
+// close found a writer running and left the flush and the FIN to it).
+// Lazy frames alone wait for their timer.
+func (q *sendQueue) inlineDone(rest []byte) {
 	q.mu.Lock()
 	q.rest = rest
 	q.bytes.Add(int64(len(rest))) // still to write
-	more := rest != nil || q.due  // lazy frames alone wait for their timer
+	more := rest != nil || q.due || q.closing
 	q.writing = more
 	if more {
 		q.writers.Add(1)

@@ -30,7 +30,8 @@ type Config struct {
 	DrainTimeout time.Duration
 	// FinishWait bounds how long a drain with no call left in flight
 	// still waits for the peer's Finish of answers that have returned
-	// (within DrainTimeout). A peer finishes as soon as it has our Return,
+	// without a capability (within DrainTimeout; an answer with
+	// capabilities is the peer's to keep while it uses them). A peer finishes as soon as it has our Return,
 	// so the wait is about one round trip; after it the peer has nothing
 	// left to send when our FIN goes, which matters where a proxy turns
 	// a half-close into a close and would reset a late Finish. Past it

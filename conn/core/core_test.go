@@ -129,6 +129,18 @@ func TestScriptDrainFinishWait(t *testing.T) {
 	s.golden()
 }
 
+func TestScriptDrainDoesNotWaitForAnswersWithCaps(t *testing.T) {
+	s := bootstrapped(t, Config{})
+	s.recv(&Call{QuestionID: 1, Target: Target{Kind: ImportedCap, ID: 0}, Method: echo})
+	s.in(&Returned{Answer: 1, Results: &Payload{Content: fields{0}, CapTable: []Cap{Local(7)}}})
+	s.note("a1's results hold a capability: the peer may keep them while it uses it, so the drain ends at once")
+	s.in(&Shutdown{Epitaph: ok, Drain: true})
+	s.lacks("arm finish deadline")
+	s.has("event drain done: refused 0; left in flight: 0 questions, 0 answers")
+	s.closeGracefully()
+	s.golden()
+}
+
 func TestScriptDrainCutShortAndStuckActor(t *testing.T) {
 	s := bootstrapped(t, Config{DrainTimeout: time.Second, StopTimeout: 100 * time.Millisecond})
 	s.recv(&Call{QuestionID: 1, Target: Target{Kind: ImportedCap, ID: 0}, Method: echo})

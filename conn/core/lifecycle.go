@@ -21,8 +21,8 @@ const (
 	// protocol or transport error, Stopped).
 	phaseOpen phase = iota
 	// phaseDraining: new calls are refused both ways; calls in flight
-	// finish, then the peer's Finishes of answers returned come in (for
-	// at most FinishWait). Next: phaseStopQuestions (nothing left in
+	// finish, then the peer's Finishes of answers returned without a
+	// capability come in (for at most FinishWait). Next: phaseStopQuestions (nothing left in
 	// flight or to finish, the finish or drain deadline, Hurry, the
 	// peer's end, a close without drain).
 	phaseDraining
@@ -392,12 +392,16 @@ func (c *Core) inFlight() (questions, answers int) {
 	return questions, answers
 }
 
-// unfinished counts the peer's answers that have returned and wait for
-// its Finish.
+// unfinished counts the peer's answers that have returned without a
+// capability and wait for its Finish: those a peer finishes as soon as it
+// has the Return (go-capnp, C++'s dropped responses, our early Finish).
+// An answer whose results hold capabilities is the peer's to keep for as
+// long as it uses them (a bootstrap capability, typically): the drain
+// does not wait for it.
 func (c *Core) unfinished() int {
 	n := 0
 	for _, a := range c.answers {
-		if a.returned && !a.finished {
+		if a.returned && !a.finished && (a.results == nil || len(a.results.CapTable) == 0) {
 			n++
 		}
 	}
