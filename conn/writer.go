@@ -228,9 +228,15 @@ func (q *sendQueue) flushLazy() {
 	q.due = true
 	if q.inline != nil && !q.writing && !q.done && !q.closing && !q.failed {
 		q.writing = true
+		// Counted as a writer: this turn runs beside the actor, so the
+		// closer (which the actor's end starts) must wait for it as for
+		// a writer goroutine. Added before closing can be set: no Add
+		// races the closer's Wait.
+		q.writers.Add(1)
 		batch, owner := q.takeLocked()
 		q.mu.Unlock()
 		q.inline(batch, owner)
+		q.writers.Done()
 		return
 	}
 	q.unlockAndKick(q.startLocked())
