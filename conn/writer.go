@@ -19,14 +19,16 @@ import (
 // handled every message waiting for it (pushQuiet, then kick), so what a
 // run of messages produces under load goes out in one write; with no
 // writer running, kick writes that batch on the actor's goroutine as far
-// as the socket takes it without waiting (Conn.writeInline). The writer
-// is a goroutine started by the first frame to send; it waits for more,
-// and exits once it has had nothing to write for writerIdleTimeout, so
-// that an idle connection has no writer (the next frame starts one).
+// as the socket takes it without waiting (Conn.writeInline). A writer
+// goroutine takes over what that cannot write (the socket is full, a
+// segment is large) and exits once it has written everything, where the
+// actor can write inline, or after writerIdleTimeout with nothing to
+// write, where it cannot; an idle connection has no writer goroutine.
 //
 // Lazy frames (a Finish after its Return, a Release) do not start the
-// writer: they go out with the next frame that does, or after
-// lazyFlushDelay, so that a caller making one call after another sends
+// writer: they go out with the next frame that does, or after their
+// delay (lazyFlushDelay, earlyFinishDelay), when the timer writes them
+// inline itself, so that a caller making one call after another sends
 // each Finish in the same write as its next Call.
 type sendQueue struct {
 	mu    sync.Mutex
