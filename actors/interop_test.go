@@ -13,6 +13,7 @@ import (
 	"capnproto.org/go/capnp/v3/rpc"
 
 	"github.com/vatactor/vatactor/actors"
+	"github.com/vatactor/vatactor/conn"
 	"github.com/vatactor/vatactor/interop"
 )
 
@@ -276,5 +277,34 @@ func TestLargeFramesAlone(t *testing.T) {
 			t.Fatalf("large echo %d: %d bytes back, %v", i, len(got), err)
 		}
 		time.Sleep(50 * time.Millisecond) // the writers go idle between calls
+	}
+}
+
+// TestInlineWriteAfterWriterDeadline: the writer goroutine's write arms
+// a write deadline (WriteTimeout); once the goroutine is done and the
+// actor writes inline again, that deadline must not be left to fail the
+// inline write when it passes (it did: "raw-write: i/o timeout" on a
+// healthy connection, WriteTimeout after a large frame).
+func TestInlineWriteAfterWriterDeadline(t *testing.T) {
+	opts := conn.Options{WriteTimeout: 100 * time.Millisecond}
+	_, addr := serveEcho(t, actors.Options{Conn: opts})
+	client := actors.Spawn(actors.Options{Name: "client", Conn: opts})
+	t.Cleanup(client.Stop)
+	boot, _, err := client.Dial(context.Background(), "tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(boot.Release)
+	e := interop.Echo(boot)
+	ctx := context.Background()
+	big := strings.Repeat("w", 256<<10) // written by the writer goroutines
+	if got, err := echoText(ctx, e, big); err != nil || got != big {
+		t.Fatalf("large echo: %d bytes, %v", len(got), err)
+	}
+	time.Sleep(3 * opts.WriteTimeout) // past the deadline that write armed
+	for i := range 3 {                // small frames: written inline
+		if got, err := echoText(ctx, e, "small"); err != nil || got != "small" {
+			t.Fatalf("small echo %d after the writer's deadline: %q, %v", i, got, err)
+		}
 	}
 }

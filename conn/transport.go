@@ -183,6 +183,7 @@ func (t *streamTransport) writeRest(rest []byte) error { return t.write(rest) }
 // progress: a peer that takes nothing for that long fails it with
 // ErrPeerNotReading, one that reads slowly does not.
 func (t *streamTransport) write(b []byte) error {
+	defer t.disarmWrite()
 	for {
 		t.armWrite()
 		n, err := t.c.Write(b)
@@ -198,6 +199,7 @@ func (t *streamTransport) write(b []byte) error {
 
 // writeVec is write for t.vec (a vectored write, which consumes t.vec).
 func (t *streamTransport) writeVec() error {
+	defer t.disarmWrite()
 	for {
 		t.armWrite()
 		n, err := t.vec.WriteTo(t.c)
@@ -213,6 +215,15 @@ func (t *streamTransport) writeVec() error {
 func (t *streamTransport) armWrite() {
 	if t.writeTimeout > 0 {
 		_ = t.c.SetWriteDeadline(time.Now().Add(t.writeTimeout))
+	}
+}
+
+// disarmWrite clears the deadline a write armed once it is over: left
+// set, it would fail the actor's next inline write (trySend) once it
+// passed, however ready the socket.
+func (t *streamTransport) disarmWrite() {
+	if t.writeTimeout > 0 {
+		_ = t.c.SetWriteDeadline(time.Time{})
 	}
 }
 
