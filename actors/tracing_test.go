@@ -253,12 +253,14 @@ func (a *callbackActor) Receive(ctx actor.Context) {
 	}
 	a.headers <- ctx.MessageHeader().Get("traceparent")
 	_, span := a.tp.Tracer("test").Start(call.Context(), "inside actor")
-	defer span.End()
 	text, _ := interop.Callback_call_Params(call.Args()).Text()
 	res, err := call.AllocResults(capnp.ObjectSize{PointerCount: 1})
 	if err == nil {
 		err = interop.Callback_call_Results(res).SetText("called back: " + text)
 	}
+	// The work's span ends before the Return: ended after it, it could
+	// still be open when the caller, answered, reads the spans.
+	span.End()
 	call.Return(err)
 }
 
