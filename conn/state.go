@@ -37,7 +37,6 @@ type state struct {
 	// released holds the LocalRelease inputs in later, reused once feed
 	// has drained them.
 	released arena.Of[core.LocalRelease]
-	feeding  int // feed's depth: released is reset when the outermost one ends
 	// scratchClients is clients' slice, reused call to call.
 	scratchClients []capnp.Client
 
@@ -149,7 +148,6 @@ var stopChildren = actor.NewOneForOneStrategy(0, 0, func(any) actor.Directive { 
 // feed gives the core one input and carries out what it does, then the
 // inputs that gave rise to.
 func (s *state) feed(in core.Input) {
-	s.feeding++
 	now := s.clock.now()
 	s.apply(s.core.Step(now, in))
 	for len(s.later) > 0 {
@@ -158,9 +156,7 @@ func (s *state) feed(in core.Input) {
 		s.apply(s.core.Step(now, next))
 	}
 	s.later = s.later[:0]
-	if s.feeding--; s.feeding == 0 {
-		s.released.Reset()
-	}
+	s.released.Reset()
 	s.sweep()
 }
 

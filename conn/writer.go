@@ -170,7 +170,7 @@ func (q *sendQueue) pushQuiet(f Frame, owner *answer) {
 // remembers whether it queued anything since its last kick).
 func (q *sendQueue) kick() {
 	q.mu.Lock()
-	if q.inline != nil && !q.writing && !q.done && !q.closing && !q.failed {
+	if q.inlineFreeLocked() {
 		q.writing = true // this goroutine is the writer for one turn
 		batch, owner := q.takeLocked()
 		q.mu.Unlock()
@@ -178,6 +178,12 @@ func (q *sendQueue) kick() {
 		return
 	}
 	q.unlockAndKick(q.startLocked())
+}
+
+// inlineFreeLocked reports whether the caller may write inline: the
+// transport can, and no writer runs, nor will again. Called with mu held.
+func (q *sendQueue) inlineFreeLocked() bool {
+	return q.inline != nil && !q.writing && !q.done && !q.closing && !q.failed
 }
 
 // writeFailed reports whether a write has failed.
@@ -228,7 +234,7 @@ func (q *sendQueue) flushLazy() {
 		return
 	}
 	q.due = true
-	if q.inline != nil && !q.writing && !q.done && !q.closing && !q.failed {
+	if q.inlineFreeLocked() {
 		q.writing = true
 		// Counted as a writer: this turn runs beside the actor, so the
 		// closer (which the actor's end starts) must wait for it as for
@@ -263,9 +269,8 @@ func (c *Conn) startWriter() { go c.writeLoop() }
 // it in one batch, again and again; it exits when it has had nothing to
 // write for writerIdleTimeout, or at once when the actor can write
 // inline (the next kick writes inline or starts another), or once the
-// queue is closed (it flushes, half-closes and exits
-// for good). While it runs it is the only caller of SendFrames and
-// CloseWrite.
+// queue is closed (it flushes, half-closes and exits for good). While it
+// runs it is the only caller of SendFrames and CloseWrite.
 func (c *Conn) writeLoop() {
 	defer c.writer.Done()
 	q := &c.out

@@ -1,9 +1,7 @@
 package metering
 
 import (
-	"maps"
 	"sync"
-	"sync/atomic"
 
 	"capnproto.org/go/capnp/v3"
 	"go.opentelemetry.io/otel/attribute"
@@ -20,29 +18,24 @@ type callKey struct {
 	code   string
 }
 
-// callSets holds the attributes of the methods known by name, copied on
-// write: a call's lookup is one atomic load and a map read. Methods whose
-// names are not known are not kept (their ids come from peers, any
-// number of them): they share otherSets, one per status.
 var (
-	callSets   atomic.Pointer[map[callKey][]metric.RecordOption]
-	callSetsMu sync.Mutex
-	otherSets  sync.Map // status → []metric.RecordOption
+	callSets  sync.Map // callKey → []metric.RecordOption, for methods known by name
+	otherSets sync.Map // status → []metric.RecordOption, for all the others
 )
 
 // CallAttributes are the attributes of the duration of a call of m that
 // ended with err (nil: returned), made once per method and status:
 // rpc.system.name, rpc.method (_OTHER for a method whose names are not
 // known, in m or to tracing.LookupMethod), rpc.response.status_code and,
-// when err is not nil, error.type. Pass them as h.Record(ctx, v, opts...):
-// the slice is shared (do not modify it), so recording allocates nothing
-// for it.
+// when err is not nil, error.type. A method is found by its ids, so one
+// given by ids alone (an incoming call's) costs one lookup; one whose
+// names are unknown is not kept (its ids come from a peer, any number of
+// them). Pass them as h.Record(ctx, v, opts...): the slice is shared (do
+// not modify it), so recording allocates nothing for it.
 func CallAttributes(m capnp.Method, err error) []metric.RecordOption {
 	k := callKey{iface: m.InterfaceID, method: m.MethodID, code: tracing.StatusCode(err)}
-	if sets := callSets.Load(); sets != nil {
-		if o, ok := (*sets)[k]; ok {
-			return o
-		}
+	if o, ok := callSets.Load(k); ok {
+		return o.([]metric.RecordOption)
 	}
 	if m.InterfaceName == "" || m.MethodName == "" {
 		m, _ = tracing.LookupMethod(m.InterfaceID, m.MethodID)
@@ -54,22 +47,8 @@ func CallAttributes(m capnp.Method, err error) []metric.RecordOption {
 		o, _ := otherSets.LoadOrStore(k.code, callSet("_OTHER", k.code, err))
 		return o.([]metric.RecordOption)
 	}
-	callSetsMu.Lock()
-	defer callSetsMu.Unlock()
-	old := callSets.Load()
-	if old != nil {
-		if o, ok := (*old)[k]; ok {
-			return o
-		}
-	}
-	sets := make(map[callKey][]metric.RecordOption, 1)
-	if old != nil {
-		maps.Copy(sets, *old)
-	}
-	o := callSet(tracing.SpanName(m), k.code, err) // the name as on the call's spans
-	sets[k] = o
-	callSets.Store(&sets)
-	return o
+	o, _ := callSets.LoadOrStore(k, callSet(tracing.SpanName(m), k.code, err)) // the name as on the call's spans
+	return o.([]metric.RecordOption)
 }
 
 func callSet(method, code string, err error) []metric.RecordOption {

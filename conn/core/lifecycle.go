@@ -22,9 +22,9 @@ const (
 	phaseOpen phase = iota
 	// phaseDraining: new calls are refused both ways; calls in flight
 	// finish, then the peer's Finishes of answers returned without a
-	// capability come in (for at most FinishWait). Next: phaseStopQuestions (nothing left in
-	// flight or to finish, the finish or drain deadline, Hurry, the
-	// peer's end, a close without drain).
+	// capability come in (for at most FinishWait). Next:
+	// phaseStopQuestions (nothing left in flight or to finish, the finish
+	// or drain deadline, Hurry, the peer's end, a close without drain).
 	phaseDraining
 	// phaseStopQuestions: the question actors are told to stop one at a
 	// time, newest first, each waited for at most StopTimeout. Next:
