@@ -240,7 +240,12 @@ type Conn struct {
 	readEndAt time.Time // when readEnd happened
 	reader    sync.WaitGroup
 	writer    sync.WaitGroup
-	done      chan struct{}
+	// writeLoopFn is c.writeLoop, made once (startWriter); writerIdle is
+	// the writer goroutines' idle timer, made on first use, used by one
+	// writer at a time.
+	writeLoopFn func()
+	writerIdle  *time.Timer
+	done        chan struct{}
 
 	hurryOnce sync.Once
 	hurry     chan struct{} // closed when a Shutdown's context ends: skip every wait
@@ -293,6 +298,7 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 	if c.meters != nil {
 		c.msgCounts = c.meters.Messages.Open()
 	}
+	c.writeLoopFn = c.writeLoop
 	c.out.start, c.out.writers = c.startWriter, &c.writer
 	c.out.wake = make(chan struct{}, 1)
 	c.out.limit = opts.Limits.MaxSendQueue

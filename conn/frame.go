@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -193,14 +194,15 @@ func readFrame(r *frameReader, lim Limits) (Frame, error) {
 	var f Frame
 	switch {
 	case nseg == 1:
-		f.Msg = receivedMessage(capnp.SingleSegment(body), body)
+		f.Msg = receivedSingle(body, body)
 	case nseg == 2 && isSidecar(body[size0:]):
 		sc, err := decodeSidecar(body[size0:], lim)
 		if err != nil {
+			putBody(body)
 			return Frame{}, err
 		}
 		f.Sidecar = sc
-		f.Msg = receivedMessage(capnp.SingleSegment(body[:size0:size0]), body)
+		f.Msg = receivedSingle(body[:size0:size0], body)
 	default:
 		segs := make([][]byte, nseg)
 		off := uint64(0)
@@ -211,6 +213,7 @@ func readFrame(r *frameReader, lim Limits) (Frame, error) {
 		if last := segs[len(segs)-1]; isSidecar(last) {
 			sc, err := decodeSidecar(last, lim)
 			if err != nil {
+				putBody(body)
 				return Frame{}, err
 			}
 			f.Sidecar = sc
@@ -238,9 +241,12 @@ const (
 // least), not what it declared.
 func readBody(r io.Reader, n int) ([]byte, error) {
 	if n < minPooledBody {
-		body := make([]byte, n)
-		_, err := io.ReadFull(r, body)
-		return body, err
+		body := smallBodies.Get(n)
+		if _, err := io.ReadFull(r, body); err != nil {
+			smallBodies.Put(body)
+			return nil, err
+		}
+		return body, nil
 	}
 	if n <= firstBodyChunk {
 		body := recvBodies.Get(n)
@@ -273,31 +279,46 @@ func readBody(r io.Reader, n int) ([]byte, error) {
 	return body, nil
 }
 
-// recvBodies are the buffers of received frames of minPooledBody bytes
-// and more (8 KiB), reused once the message read into one is released
-// (recvArena): by powers of two up to the largest frame; a pool drops
-// what the collector reclaims, so an idle connection holds none. Smaller
-// frames get a buffer of their exact size (a pooled one would round a
-// held message's memory up).
-var recvBodies = bufferpool.NewPool(minPooledBody, 27)
+// The buffers of received frames, reused once the message read into one
+// is released (recvArena, recvSingle), by powers of two: recvBodies from
+// minPooledBody (8 KiB) up to the largest frame, smallBodies below it
+// (from 64 bytes: a held message's memory is at most twice its size, and
+// the budgets count it so, see heldBytes). A pool drops what the
+// collector reclaims, so an idle connection holds none.
+var (
+	recvBodies  = bufferpool.NewPool(minPooledBody, 27)
+	smallBodies = bufferpool.NewPool(64, 13)
+)
 
 const minPooledBody = 8 << 10
+
+// putBody gives a frame's buffer back to its pool.
+func putBody(body []byte) {
+	if cap(body) < minPooledBody {
+		smallBodies.Put(body)
+		return
+	}
+	recvBodies.Put(body)
+}
 
 // heldBytes is the memory a received message holds: its pooled buffer's
 // (rounded up to a power of two), else its size. The budgets of what a
 // peer makes the connection hold (MaxCallBytes) count this.
 func heldBytes(msg *capnp.Message) int {
-	if a, ok := msg.Arena.(*recvArena); ok && a.body != nil {
+	switch a := msg.Arena.(type) {
+	case *recvSingle:
+		return cap(a.body)
+	case *recvArena:
 		return cap(a.body)
 	}
 	size, _ := msg.TotalSize()
 	return int(size)
 }
 
-// recvArena is the arena of a received message: its segments are slices
-// of one pooled body, given back when the message is released. What a
-// reader took out of the message (a Data's bytes) is valid until then,
-// as with go-capnp's own messages.
+// recvArena is the arena of a received message of several segments:
+// they are slices of one pooled body, given back when the message is
+// released. What a reader took out of the message (a Data's bytes) is
+// valid until then, as with go-capnp's own messages.
 type recvArena struct {
 	capnp.Arena
 	body []byte
@@ -306,18 +327,44 @@ type recvArena struct {
 func (a *recvArena) Release() {
 	a.Arena.Release()
 	if a.body != nil {
-		recvBodies.Put(a.body)
+		putBody(a.body)
 		a.body = nil
 	}
 }
 
-// receivedMessage makes the message of a received frame over arena,
-// whose segments are slices of body.
-func receivedMessage(arena capnp.Arena, body []byte) *capnp.Message {
-	if len(body) < minPooledBody {
-		msg, _, _ := capnp.NewMessage(arena)
-		return msg
+// recvSingle is the arena of a received message of one segment, a slice
+// of its pooled body: like recvArena, and itself reused (recvSingles),
+// so that a received frame costs the Message alone.
+type recvSingle struct {
+	capnp.ReadOnlySingleSegment
+	body []byte
+}
+
+var recvSingles = sync.Pool{New: func() any { return new(recvSingle) }}
+
+func (a *recvSingle) Release() {
+	a.ReadOnlySingleSegment.Release()
+	a.Segment(0).BindTo(nil) // its next message binds it anew
+	if a.body != nil {
+		putBody(a.body)
+		a.body = nil
+		recvSingles.Put(a)
 	}
+}
+
+// receivedSingle makes the message of a received frame whose one segment
+// is seg, a slice of body.
+func receivedSingle(seg, body []byte) *capnp.Message {
+	a := recvSingles.Get().(*recvSingle)
+	a.ReplaceData(seg)
+	a.body = body
+	msg, _, _ := capnp.NewMessage(a)
+	return msg
+}
+
+// receivedMessage makes the message of a received frame of several
+// segments over arena, whose segments are slices of body.
+func receivedMessage(arena capnp.Arena, body []byte) *capnp.Message {
 	msg, _, _ := capnp.NewMessage(&recvArena{Arena: arena, body: body})
 	return msg
 }

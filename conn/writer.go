@@ -262,8 +262,9 @@ func (q *sendQueue) close(halfClose bool) {
 }
 
 // startWriter is sendQueue.start: one writer goroutine at a time, counted
-// in c.writer when it was decided.
-func (c *Conn) startWriter() { go c.writeLoop() }
+// in c.writer when it was decided. It starts c.writeLoopFn, the method
+// value made once, where go c.writeLoop() would allocate one each time.
+func (c *Conn) startWriter() { go c.writeLoopFn() }
 
 // writeLoop is the writer goroutine: it takes everything queued and writes
 // it in one batch, again and again; it exits when it has had nothing to
@@ -274,8 +275,6 @@ func (c *Conn) startWriter() { go c.writeLoop() }
 func (c *Conn) writeLoop() {
 	defer c.writer.Done()
 	q := &c.out
-	idle := time.NewTimer(writerIdleTimeout)
-	defer idle.Stop()
 	for {
 		q.mu.Lock()
 		closing, half, failed, rest := q.closing, q.halfClose, q.failed, q.rest
@@ -290,9 +289,18 @@ func (c *Conn) writeLoop() {
 				return
 			}
 			q.mu.Unlock()
-			idle.Reset(writerIdleTimeout)
+			// The idle timer is the connection's, made on first use and
+			// reused by each writer in turn; none leaves it armed.
+			idle := c.writerIdle
+			if idle == nil {
+				idle = time.NewTimer(writerIdleTimeout)
+				c.writerIdle = idle
+			} else {
+				idle.Reset(writerIdleTimeout)
+			}
 			select {
 			case <-q.wake:
+				idle.Stop()
 				continue
 			case <-idle.C:
 			}
@@ -355,8 +363,15 @@ func (c *Conn) writeInline(batch []Frame, owner []*answer) {
 	if !handled {
 		q.mu.Lock()
 		// The batch goes first; the actor may have queued more meanwhile
-		// when this runs on the lazy frames' timer.
-		q.items, q.owner, q.due = append(batch, q.items...), append(owner, q.owner...), true
+		// when this runs on the lazy frames' timer. The storage that
+		// takeLocked gave the queue is left empty: it is the spare again.
+		more, moreOwn := q.items, q.owner
+		q.items, q.owner, q.due = append(batch, more...), append(owner, moreOwn...), true
+		if q.spare == nil {
+			clear(more)
+			clear(moreOwn)
+			q.spare, q.spareOwn = more[:0], moreOwn[:0]
+		}
 		q.writers.Add(1) // still marked writing: a goroutine takes over
 		q.mu.Unlock()
 		q.start()
