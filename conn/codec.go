@@ -2,6 +2,7 @@ package conn
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
@@ -295,7 +296,8 @@ func (s *state) decodePayload(msg *capnp.Message, p rpccp.Payload) (core.Payload
 	if lim := s.c.opts.Limits.MaxCapsPerMessage; list.Len() > lim {
 		return core.Payload{}, budgetErrorf("MaxCapsPerMessage", int64(lim), "a message with %d capabilities", list.Len())
 	}
-	out.Caps = make([]core.CapDescriptor, list.Len())
+	out.Caps = slices.Grow(s.scratchDescs[:0], list.Len())[:list.Len()]
+	s.scratchDescs = out.Caps
 	for i := range out.Caps {
 		if out.Caps[i], err = decodeDescriptor(list.At(i)); err != nil {
 			return core.Payload{}, err

@@ -561,7 +561,7 @@ func (c *Conn) readLoop() {
 		var posted error
 		switch {
 		case f.finish.ok:
-			if posted = c.postFromReader(f.finish); posted != nil && c.trace {
+			if posted = c.postFromReader(f.finish.post()); posted != nil && c.trace {
 				c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", f.finish.describe())
 			}
 			continue

@@ -435,6 +435,9 @@ func TestFinishFrame(t *testing.T) {
 				if got.Msg != nil || got.finish != want {
 					t.Fatalf("finish q%d release=%v workaround=%v read as %+v (msg %v)", qid, release, workaround, got.finish, got.Msg != nil)
 				}
+				if back := got.finish.post().frame(); back != want {
+					t.Fatalf("finish %+v posted and read back as %+v", want, back)
+				}
 			}
 		}
 	}
@@ -486,5 +489,41 @@ func TestLargeFrameBuffersReused(t *testing.T) {
 		t.Errorf("reading %d frames of 1 MiB allocated %d MiB: the buffers are not reused", n, got>>20)
 	} else {
 		t.Logf("%d frames of 1 MiB: %.1f MiB allocated", n, float64(got)/(1<<20))
+	}
+}
+
+// TestReceivedFramesReuseTheirArenas: a released small frame's buffer and
+// arena go back to their pools, and the next frame read into them is its
+// own message, whole, counted with its pooled buffer's size.
+func TestReceivedFramesReuseTheirArenas(t *testing.T) {
+	frameOf := func(id uint32) []byte {
+		msg, m := newMessage()
+		rel, _ := m.NewRelease()
+		rel.SetId(id)
+		rel.SetReferenceCount(id + 1)
+		b, err := appendFrame(nil, Frame{Msg: msg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for id := uint32(1); id <= 50; id++ {
+		f, err := readFrame(newTestReader(bytes.NewReader(frameOf(id))), Limits{}.withDefaults())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rm, err := rpccp.ReadRootMessage(f.Msg)
+		if err != nil {
+			t.Fatalf("frame %d: %v", id, err)
+		}
+		rel, err := rm.Release()
+		if err != nil || rel.Id() != id || rel.ReferenceCount() != id+1 {
+			t.Fatalf("frame %d read as release %d ×%d (%v)", id, rel.Id(), rel.ReferenceCount(), err)
+		}
+		size, _ := f.Msg.TotalSize()
+		if held := heldBytes(f.Msg); held < int(size) || held&(held-1) != 0 {
+			t.Fatalf("frame %d of %d bytes holds %d (want its buffer: a power of two, at least the frame)", id, size, held)
+		}
+		f.Msg.Release()
 	}
 }

@@ -37,8 +37,11 @@ type state struct {
 	// released holds the LocalRelease inputs in later, reused once feed
 	// has drained them.
 	released arena.Of[core.LocalRelease]
-	// scratchClients is clients' slice, reused call to call.
+	// scratchClients is clients' slice, reused call to call;
+	// scratchDescs, decodePayload's (the core keeps no descriptor it is
+	// given: it turns them into capabilities).
 	scratchClients []capnp.Client
+	scratchDescs   []core.CapDescriptor
 
 	calls   map[core.CallID]*question // local calls given to the core, until retired
 	byQID   map[uint32]*question      // the same, by question id once on the wire
@@ -150,9 +153,11 @@ var stopChildren = actor.NewOneForOneStrategy(0, 0, func(any) actor.Directive { 
 func (s *state) feed(in core.Input) {
 	now := s.clock.now()
 	s.apply(s.core.Step(now, in))
-	for len(s.later) > 0 {
-		next := s.later[0]
-		s.later = s.later[1:]
+	// By index, not by reslicing: the queue keeps its storage for the
+	// next feed (apply may append to it meanwhile).
+	for i := 0; i < len(s.later); i++ {
+		next := s.later[i]
+		s.later[i] = nil
 		s.apply(s.core.Step(now, next))
 	}
 	s.later = s.later[:0]
@@ -242,8 +247,8 @@ func (s *state) Receive(ctx actor.Context) {
 		s.apply(s.core.Start())
 	case *capnp.Message:
 		s.frame(Frame{Msg: m})
-	case finishFrame:
-		s.frame(Frame{finish: m})
+	case finishPost:
+		s.frame(Frame{finish: m.frame()})
 	case inFrame:
 		s.frame(m.f)
 	case readerDone:

@@ -47,6 +47,25 @@ type finishFrame struct {
 	ok                bool // this is a Finish
 }
 
+// finishPost is a finishFrame as the reader posts it to the actor: the
+// question id, and bit 32 set for releaseResultCaps. An integer under 256
+// goes into an interface without an allocation, so the usual Finish (a
+// small id, after its Return: releaseResultCaps false) costs none; the
+// struct would cost one each time.
+type finishPost uint64
+
+func (f finishFrame) post() finishPost {
+	p := finishPost(f.questionID)
+	if f.releaseResultCaps {
+		p |= 1 << 32
+	}
+	return p
+}
+
+func (p finishPost) frame() finishFrame {
+	return finishFrame{questionID: uint32(p), releaseResultCaps: p&(1<<32) != 0, ok: true}
+}
+
 // The bytes of a Finish message as capnp's encoder lays it out in one
 // segment: the root pointer to Message (one data word, one pointer),
 // Message's union tag, the pointer to Finish (one data word), Finish's

@@ -125,7 +125,9 @@ func (c *Core) newQuestion(cl caller) *question {
 	var q *question
 	if n := len(c.freeQ); n > 0 {
 		q, c.freeQ = c.freeQ[n-1], c.freeQ[:n-1]
-		*q = question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq, since: c.now}
+		pipelined := q.pipelined[:0] // storage kept from its last use
+		clear(q.pipelined[:cap(q.pipelined)])
+		*q = question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq, since: c.now, pipelined: pipelined}
 	} else {
 		q = &question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq, since: c.now}
 	}
@@ -424,12 +426,10 @@ func (c *Core) releaseParamCaps(q *question, released bool) error {
 // Where it is the peer's, the calls are counted as sent on it (a later
 // resolution of it to one of ours embargoes them too).
 func (c *Core) embargoResults(q *question, descs []CapDescriptor) {
-	seen := make([][]uint16, 0, len(q.pipelined))
-	for _, tr := range q.pipelined {
-		if slices.ContainsFunc(seen, func(s []uint16) bool { return slices.Equal(s, tr) }) {
-			continue
+	for i, tr := range q.pipelined {
+		if slices.ContainsFunc(q.pipelined[:i], func(s []uint16) bool { return slices.Equal(s, tr) }) {
+			continue // seen already
 		}
-		seen = append(seen, tr)
 		cp, err := q.resultCap(tr)
 		if err != nil {
 			continue
@@ -447,7 +447,8 @@ func (c *Core) embargoResults(q *question, descs []CapDescriptor) {
 			}
 		}
 	}
-	q.pipelined = nil
+	clear(q.pipelined)
+	q.pipelined = q.pipelined[:0] // its storage, for the question's next use
 }
 
 // pointsBack reports whether a descriptor names one of the receiver's own
