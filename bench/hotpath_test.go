@@ -210,3 +210,35 @@ func BenchmarkEchoTCP(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkScenario runs each sequential scenario of go run ./bench as a
+// Go benchmark on vatactor over loopback TCP, for allocation profiles:
+//
+//	go test -run XXX -bench Scenario/pipeline3 -benchtime 3000x \
+//	    -memprofile mem.out -memprofilerate 1 ./bench
+func BenchmarkScenario(b *testing.B) {
+	for _, sc := range scenarios() {
+		if sc.conns != 1 || sc.workers != 1 || sc.costOf != "" {
+			continue
+		}
+		b.Run(sc.name, func(b *testing.B) {
+			e, err := connect(implVatactor, setup{conns: 1, window: sc.window})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer e.close()
+			ctx := context.Background()
+			for range max(sc.warmup, 1) {
+				if err := sc.op(ctx, implVatactor, e.clients[0]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := sc.op(ctx, implVatactor, e.clients[0]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
