@@ -154,9 +154,9 @@ func (s *state) inspect() Snapshot {
 			Bootstrap: q.Bootstrap, Probe: q.Probe}
 		switch lq := s.calls[q.Call]; {
 		case q.Bootstrap:
-			qs.Method = tracing.SpanName(bootstrapMethod)
+			qs.Method = tracing.MethodName(bootstrapMethod)
 		case lq != nil:
-			qs.Method = tracing.SpanName(lq.method)
+			qs.Method = tracing.MethodName(lq.method)
 			qs.Pipelined = lq.target.cap.Kind == core.CapQuestion
 		default:
 			qs.Method = methodName(q.Method)
@@ -168,9 +168,9 @@ func (s *state) inspect() Snapshot {
 		as := AnswerSnapshot{ID: a.ID, Age: now.Sub(a.Since), State: a.State, Held: a.Held, Bootstrap: a.Bootstrap}
 		switch sa := s.answers[a.ID]; {
 		case a.Bootstrap:
-			as.Method = tracing.SpanName(bootstrapMethod)
+			as.Method = tracing.MethodName(bootstrapMethod)
 		case sa != nil && sa.method.InterfaceName != "":
-			as.Method = tracing.SpanName(sa.method)
+			as.Method = tracing.MethodName(sa.method)
 		default:
 			as.Method = methodName(a.Method)
 		}
@@ -196,7 +196,7 @@ func (s *state) inspect() Snapshot {
 // process knows of the schema.
 func methodName(m core.Method) string {
 	named, _ := tracing.LookupMethod(m.InterfaceID, m.MethodID)
-	return tracing.SpanName(named)
+	return tracing.MethodName(named)
 }
 
 // snapshot copies the window's state.

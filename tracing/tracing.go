@@ -125,8 +125,26 @@ var SystemName = semconv.RPCSystemNameKey.String("capnp")
 
 // SpanName is the name of a call's span: "Interface.method", the
 // interface's name without its file ("Calculator.evaluate"). A method
-// whose names are unknown is named by its ids ("@0x97983392df35cc36/0").
+// whose names are unknown is UnknownMethodSpan: its ids are the peer's
+// choice, and a name per id would make a tracing backend list an
+// operation per id a peer sends (its ids stay on the span, in
+// rpc.method_original and capnp.interface.id/capnp.method.id).
 func SpanName(m capnp.Method) string { return namesOf(m).span }
+
+// UnknownMethodSpan names the span of a call whose method's names are
+// unknown: the RPC system's name, as the conventions name an operation
+// they cannot name otherwise.
+const UnknownMethodSpan = "capnp"
+
+// MethodName is m as logs and inspection pages show it: "Interface.method"
+// as SpanName, or, for a method whose names are unknown, its ids
+// ("@0x97983392df35cc36/0").
+func MethodName(m capnp.Method) string {
+	if n := namesOf(m); n.span != UnknownMethodSpan {
+		return n.span
+	}
+	return idsName(m)
+}
 
 // MethodAttributes are the attributes naming m on a call span: rpc.method
 // is the span's name ("Calculator.evaluate"). An unknown method is
@@ -150,10 +168,11 @@ func namesOf(m capnp.Method) *callNames {
 			return n.(*callNames)
 		}
 	}
-	n := &callNames{span: spanName(m)}
-	name := semconv.RPCMethod(n.span) // the span's name, as the conventions ask
-	if !known {
-		name = semconv.RPCMethod("_OTHER")
+	n := &callNames{span: UnknownMethodSpan}
+	name := semconv.RPCMethod("_OTHER")
+	if known {
+		n.span = spanName(m)
+		name = semconv.RPCMethod(n.span) // the span's name, as the conventions ask
 	}
 	n.attrs = []attribute.KeyValue{
 		SystemName,
@@ -162,7 +181,7 @@ func namesOf(m capnp.Method) *callNames {
 		AttrMethodID.Int(int(m.MethodID)),
 	}
 	if !known {
-		n.attrs = append(n.attrs, semconv.RPCMethodOriginal(n.span))
+		n.attrs = append(n.attrs, semconv.RPCMethodOriginal(idsName(m)))
 	}
 	if known {
 		namesCache.Store(m, n)
@@ -170,10 +189,11 @@ func namesOf(m capnp.Method) *callNames {
 	return n
 }
 
+// idsName names a method by its ids: "@0x97983392df35cc36/0".
+func idsName(m capnp.Method) string { return fmt.Sprintf("@%#x/%d", m.InterfaceID, m.MethodID) }
+
+// spanName is a known method's "Interface.method".
 func spanName(m capnp.Method) string {
-	if m.InterfaceName == "" || m.MethodName == "" {
-		return fmt.Sprintf("@%#x/%d", m.InterfaceID, m.MethodID)
-	}
 	iface := m.InterfaceName
 	if i := strings.LastIndexByte(iface, ':'); i >= 0 {
 		iface = iface[i+1:]

@@ -28,9 +28,41 @@ func TestSpanName(t *testing.T) {
 		{capnp.Method{InterfaceName: "Echo", MethodName: "echo"}, "Echo.echo"},
 		{capnp.Method{InterfaceID: 0x97983392df35cc36, MethodID: 3}, "@0x97983392df35cc36/3"},
 	} {
-		if got := tracing.SpanName(c.m); got != c.want {
-			t.Errorf("SpanName(%v) = %q, want %q", c.m, got, c.want)
+		if got := tracing.MethodName(c.m); got != c.want {
+			t.Errorf("MethodName(%v) = %q, want %q", c.m, got, c.want)
 		}
+		want := c.want
+		if c.m.MethodName == "" {
+			want = tracing.UnknownMethodSpan // a peer's ids never name a span
+		}
+		if got := tracing.SpanName(c.m); got != want {
+			t.Errorf("SpanName(%v) = %q, want %q", c.m, got, want)
+		}
+	}
+}
+
+// TestUnknownMethodsShareOneSpanName: calls of any number of unknown
+// methods make one span name, with the ids the peer sent in attributes.
+func TestUnknownMethodsShareOneSpanName(t *testing.T) {
+	names := map[string]bool{}
+	for id := range uint64(1000) {
+		m := capnp.Method{InterfaceID: 0xabc0000 + id, MethodID: uint16(id)}
+		names[tracing.SpanName(m)] = true
+		var original, iface string
+		for _, kv := range tracing.MethodAttributes(m) {
+			switch kv.Key {
+			case "rpc.method_original":
+				original = kv.Value.AsString()
+			case tracing.AttrInterfaceID:
+				iface = kv.Value.AsString()
+			}
+		}
+		if want := fmt.Sprintf("@%#x/%d", m.InterfaceID, m.MethodID); original != want || iface != fmt.Sprintf("%#x", m.InterfaceID) {
+			t.Fatalf("method %v: rpc.method_original %q, interface id %q", m, original, iface)
+		}
+	}
+	if len(names) != 1 || !names[tracing.UnknownMethodSpan] {
+		t.Fatalf("1,000 unknown methods made span names %v", names)
 	}
 }
 
@@ -80,7 +112,7 @@ func TestInjectExtract(t *testing.T) {
 // from capnp's schema registry.
 func TestLookupMethod(t *testing.T) {
 	const echoID, callbackID = interop.Echo_TypeID, interop.Callback_TypeID
-	if m, ok := tracing.LookupMethod(0x1234, 0); ok || tracing.SpanName(m) != "@0x1234/0" {
+	if m, ok := tracing.LookupMethod(0x1234, 0); ok || tracing.MethodName(m) != "@0x1234/0" {
 		t.Errorf("unknown interface: %v %v", m, ok)
 	}
 	tracing.RegisterMethods(capnp.Method{InterfaceID: callbackID, MethodID: 0, InterfaceName: "interop.capnp:Callback", MethodName: "call"})
