@@ -1,0 +1,28 @@
+package tracing
+
+import (
+	"math/rand/v2"
+	"sync"
+	"testing"
+)
+
+func entries(m *sync.Map) int {
+	n := 0
+	m.Range(func(_, _ any) bool { n++; return true })
+	return n
+}
+
+// A peer names any interface ids it likes: looking them up keeps nothing
+// for ids that no schema has (it grew a map by one entry per id).
+func TestLookupMethodOfUnknownIDsKeepsNothing(t *testing.T) {
+	searchedBefore, methodsBefore := entries(&searched), entries(&methods)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 10_000 {
+		if m, ok := LookupMethod(rng.Uint64(), uint16(rng.Uint32())); ok {
+			t.Fatalf("a random id found %v", m)
+		}
+	}
+	if s, m := entries(&searched), entries(&methods); s != searchedBefore || m != methodsBefore {
+		t.Errorf("after 10,000 unknown ids: %d interfaces searched (was %d), %d methods (was %d)", s, searchedBefore, m, methodsBefore)
+	}
+}
