@@ -177,7 +177,7 @@ func (s *state) answerReturned(a *answer) {
 		s.feed(&core.Returned{Answer: a.id, Results: &core.Payload{}})
 		return
 	}
-	caps := s.describeAll(a.msg.CapTable())
+	caps := s.describeReturned(a.msg.CapTable())
 	size, _ := a.msg.TotalSize()
 	a.outr.a = a
 	s.in.results = core.Payload{Content: &a.outr, CapTable: caps, Size: int(size)}

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/conn/core"
+	"github.com/vatactor/vatactor/internal/mailbox"
 )
 
 // An export is a capability of ours that the peer holds references to.
@@ -27,6 +28,7 @@ type export struct {
 	span    trace.Span // the export's lifetime
 
 	stopResolve context.CancelFunc // export actor only
+	mbox        mailbox.Mailbox    // the export actor's
 }
 
 // exportResolved: an exported promise has resolved (export actor → conn).
@@ -142,6 +144,22 @@ func (s *state) describeAll(ct *capnp.CapTable) []core.Cap {
 	for i := range caps {
 		caps[i] = s.describe(ct.At(i))
 	}
+	return caps
+}
+
+// describeReturned is describeAll for a Return's results, in a slice of
+// the state's that the next Return reuses: the core copies the results'
+// table it keeps (Core.returned), where it keeps a local call's params'.
+func (s *state) describeReturned(ct *capnp.CapTable) []core.Cap {
+	n := ct.Len()
+	if n == 0 {
+		return nil
+	}
+	caps := slices.Grow(s.scratchCaps[:0], n)[:n]
+	for i := range caps {
+		caps[i] = s.describe(ct.At(i))
+	}
+	s.scratchCaps = caps
 	return caps
 }
 

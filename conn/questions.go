@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/conn/core"
+	"github.com/vatactor/vatactor/internal/mailbox"
 )
 
 // A question is one outgoing Bootstrap or Call of local code: its
@@ -56,9 +57,10 @@ type question struct {
 	pid     *actor.PID
 	pending *settleQuestion // the outcome sent to the actor, kept in case a Stop overtakes it
 	outcome settleQuestion
-	results *capnp.Message // freed once the caller has released it and the actor stopped
-	outc    outCall        // its params' content, as the core names it
-	in      inPayload      // its results' content, as the core names it
+	results *capnp.Message  // freed once the caller has released it and the actor stopped
+	outc    outCall         // its params' content, as the core names it
+	in      inPayload       // its results' content, as the core names it
+	mbox    mailbox.Mailbox // its actor's
 }
 
 // callTarget is where a call goes, as the core names it, and the flow

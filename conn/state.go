@@ -42,6 +42,7 @@ type state struct {
 	// given: it turns them into capabilities).
 	scratchClients []capnp.Client
 	scratchDescs   []core.CapDescriptor
+	scratchCaps    []core.Cap // describeReturned's
 
 	calls   map[core.CallID]*question // local calls given to the core, until retired
 	byQID   map[uint32]*question      // the same, by question id once on the wire
@@ -63,9 +64,10 @@ type state struct {
 	readEndFed bool
 
 	// childProps spawn every question and export actor: made once, its
-	// producer hands over spawning (see spawnChild).
-	childProps *actor.Props
-	spawning   actor.Actor
+	// producers hand over spawning and its mailbox (see spawnChild).
+	childProps   *actor.Props
+	spawning     actor.Actor
+	spawningMbox *mailbox.Mailbox
 
 	unsent      bool // frames queued since the writer was last kicked (flushOut)
 	sidecarSent bool // our first frame carried our sidecar
@@ -132,14 +134,18 @@ func newState(c *Conn) *state {
 		a := s.spawning
 		s.spawning = nil
 		return a
-	}, actor.WithMailbox(mailbox.Producer), actor.WithDispatcher(mailbox.Pool))
+	}, actor.WithMailbox(func() actor.Mailbox {
+		m := s.spawningMbox
+		s.spawningMbox = nil
+		return mailbox.Init(m)
+	}), actor.WithDispatcher(mailbox.Pool))
 	return s
 }
 
 // spawnChild starts a (question or export) actor as a child of the
 // connection, with no allocation beyond protoactor's own for the process.
-func (s *state) spawnChild(a actor.Actor) *actor.PID {
-	s.spawning = a
+func (s *state) spawnChild(a actor.Actor, mbox *mailbox.Mailbox) *actor.PID {
+	s.spawning, s.spawningMbox = a, mbox
 	return s.ctx.Spawn(s.childProps)
 }
 
@@ -459,6 +465,7 @@ func (s *state) closingStarts() {
 // spawn starts the actor of a question or an export.
 func (s *state) spawn(ch core.Child) {
 	var a actor.Actor
+	var mbox *mailbox.Mailbox // the actor's own, part of it
 	switch ch.Kind {
 	case core.QuestionChild:
 		q := s.calls[ch.Call]
@@ -467,7 +474,7 @@ func (s *state) spawn(ch core.Child) {
 		}
 		q.id = ch.ID
 		s.byQID[ch.ID] = q
-		a = q
+		a, mbox = q, &q.mbox
 	case core.ExportChild:
 		e := &export{c: s.c, id: ch.ID, ref: ch.Ref}
 		if l := s.locals[ch.Ref]; l != nil && ch.Ref != 0 {
@@ -478,9 +485,9 @@ func (s *state) spawn(ch core.Child) {
 			snap.Release()
 		}
 		e.span = s.startExportSpan(e)
-		a = e
+		a, mbox = e, &e.mbox
 	}
-	pid := s.spawnChild(a)
+	pid := s.spawnChild(a, mbox)
 	if q, ok := a.(*question); ok {
 		// Its Terminated matters only to the end, which names its
 		// question actors then (closingStarts): none in the maps now.

@@ -107,7 +107,9 @@ func (c *Core) newAnswer(id uint32, m Method) (*answer, error) {
 	var a *answer
 	if n := len(c.freeA); n > 0 {
 		a, c.freeA = c.freeA[n-1], c.freeA[:n-1]
-		*a = answer{id: id, method: m, seq: c.seq, since: c.now}
+		held := a.held[:0] // storage kept from its last use
+		clear(held[:cap(held)])
+		*a = answer{id: id, method: m, seq: c.seq, since: c.now, held: held}
 	} else {
 		a = &answer{id: id, method: m, seq: c.seq, since: c.now}
 	}
@@ -276,6 +278,10 @@ func (c *Core) answerReturn(a *answer, results *Payload, err error) {
 		}
 		c.route(h.caller, to, 0)
 	}
+	// Returned, it holds no more calls: its storage is kept, for the
+	// answer's next use.
+	clear(held)
+	a.held = held[:0]
 	c.resolveAnswerExports(a)
 	if a.finished {
 		c.dropAnswer(a)

@@ -31,6 +31,7 @@ type question struct {
 	capRefs      int        // CapQuestion caps the core holds (resolutions, results)
 
 	resultsVal, settleVal Payload // storage of results and of the Settle's copy
+	settleCaps            []Cap   // storage of the Settle's CapTable, kept when the question is reused
 }
 
 // settle gives q's local call its one Settle.
@@ -125,9 +126,13 @@ func (c *Core) newQuestion(cl caller) *question {
 	var q *question
 	if n := len(c.freeQ); n > 0 {
 		q, c.freeQ = c.freeQ[n-1], c.freeQ[:n-1]
-		pipelined := q.pipelined[:0] // storage kept from its last use
+		// Storage kept from its last use (the runner keeps nothing of a
+		// Step's outputs past the Step: Settle's CapTable included).
+		pipelined, settleCaps := q.pipelined[:0], q.settleCaps[:0]
 		clear(q.pipelined[:cap(q.pipelined)])
-		*q = question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq, since: c.now, pipelined: pipelined}
+		clear(settleCaps[:cap(settleCaps)])
+		*q = question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq, since: c.now,
+			pipelined: pipelined, settleCaps: settleCaps}
 	} else {
 		q = &question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq, since: c.now}
 	}
@@ -372,7 +377,8 @@ func (c *Core) receiveReturn(r Return) error {
 			c.retainCaps(results.CapTable)
 			q.settleVal = *results
 			cp := &q.settleVal
-			cp.CapTable = slices.Clone(results.CapTable)
+			q.settleCaps = append(q.settleCaps[:0], results.CapTable...)
+			cp.CapTable = q.settleCaps
 			// A capability under embargo is given as the question's: calls
 			// on it come here and wait behind the embargo (local code
 			// would otherwise call ours at once).

@@ -18,8 +18,12 @@ import (
 )
 
 // Producer makes a new Mailbox; pass it to actor.WithMailbox.
-func Producer() actor.Mailbox {
-	m := &Mailbox{}
+func Producer() actor.Mailbox { return Init(&Mailbox{}) }
+
+// Init readies m, a Mailbox that is part of something else (an actor
+// that carries its own mailbox costs one allocation less), and returns
+// it. m must not have been used.
+func Init(m *Mailbox) *Mailbox {
 	m.sys.items = m.sys.inline[:0]
 	m.user.items = m.user.inline[:0]
 	return m
