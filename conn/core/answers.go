@@ -32,7 +32,8 @@ type answer struct {
 	heldBytes      int64 // the Return's size, counted until the Finish
 	capRefs        int   // CapAnswer caps naming its results
 
-	resultsVal, wireVal Payload // storage of its results and of the Return's
+	resultsVal, wireVal Payload         // storage of its results and of the Return's
+	wireDescs           []CapDescriptor // storage of the Return's descriptors, kept when the answer is reused
 }
 
 // answerOf returns the answer a CapAnswer names, in the table or retired.
@@ -107,9 +108,12 @@ func (c *Core) newAnswer(id uint32, m Method) (*answer, error) {
 	var a *answer
 	if n := len(c.freeA); n > 0 {
 		a, c.freeA = c.freeA[n-1], c.freeA[:n-1]
-		held := a.held[:0] // storage kept from its last use
+		// Storage kept from its last use (the runner keeps nothing of a
+		// Step's outputs past the Step: a Return's descriptors included).
+		held, wireDescs := a.held[:0], a.wireDescs[:0]
 		clear(held[:cap(held)])
-		*a = answer{id: id, method: m, seq: c.seq, since: c.now, held: held}
+		clear(wireDescs[:cap(wireDescs)])
+		*a = answer{id: id, method: m, seq: c.seq, since: c.now, held: held, wireDescs: wireDescs}
 	} else {
 		a = &answer{id: id, method: m, seq: c.seq, since: c.now}
 	}
@@ -177,7 +181,7 @@ func (c *Core) receiveCall(m Call) error {
 		c.answerReturn(a, nil, newError(ExcUnimplemented, "results can only be sent to the caller"))
 		return nil
 	}
-	caps, err := c.decodeCaps(m.Params.Caps)
+	caps, err := c.decodeCaps(nil, m.Params.Caps)
 	if err != nil {
 		return err
 	}
@@ -249,7 +253,8 @@ func (c *Core) answerReturn(a *answer, results *Payload, err error) {
 		if results == nil {
 			results = &Payload{}
 		}
-		descs, ids, eerr := c.encodeCaps(results.CapTable)
+		descs, ids, eerr := c.encodeCaps(a.wireDescs, results.CapTable)
+		a.wireDescs = descs
 		if eerr != nil {
 			c.releaseCaps(results.CapTable)
 			results, err = nil, eerr

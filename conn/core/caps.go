@@ -37,13 +37,14 @@ type embargo struct {
 	held      []caller // in the order they were made
 }
 
-// encodeCaps describes the capabilities of a payload we send. ids has the
-// export each descriptor counted (noExport: none), nil if none did.
-func (c *Core) encodeCaps(caps []Cap) ([]CapDescriptor, []uint32, error) {
+// encodeCaps describes the capabilities of a payload we send, in dst's
+// storage (nil: new). ids has the export each descriptor counted
+// (noExport: none), nil if none did.
+func (c *Core) encodeCaps(dst []CapDescriptor, caps []Cap) ([]CapDescriptor, []uint32, error) {
 	if len(caps) == 0 {
 		return nil, nil, nil
 	}
-	descs := make([]CapDescriptor, len(caps))
+	descs := slices.Grow(dst[:0], len(caps))[:len(caps)]
 	var ids []uint32
 	for i, cp := range caps {
 		d, id, err := c.encodeCap(cp)
@@ -232,14 +233,14 @@ func (c *Core) releaseExport(id uint32, n uint32) error {
 
 // decodeCaps turns the descriptors the peer sent into capabilities on our
 // side; each import in them gets one reference, the payload's.
-func (c *Core) decodeCaps(descs []CapDescriptor) ([]Cap, error) {
+func (c *Core) decodeCaps(dst []Cap, descs []CapDescriptor) ([]Cap, error) {
 	if len(descs) == 0 {
 		return nil, nil
 	}
 	if lim := c.cfg.Limits.MaxCapsPerMessage; len(descs) > lim {
 		return nil, budgetErrorf("MaxCapsPerMessage", int64(lim), "a message with %d capabilities", len(descs))
 	}
-	caps := make([]Cap, len(descs))
+	caps := slices.Grow(dst[:0], len(descs))[:len(descs)]
 	for i, d := range descs {
 		cp, err := c.decodeCap(d)
 		if err != nil {

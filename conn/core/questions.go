@@ -32,6 +32,7 @@ type question struct {
 
 	resultsVal, settleVal Payload // storage of results and of the Settle's copy
 	settleCaps            []Cap   // storage of the Settle's CapTable, kept when the question is reused
+	resultsCaps           []Cap   // storage of its results' CapTable, likewise
 }
 
 // settle gives q's local call its one Settle.
@@ -128,11 +129,12 @@ func (c *Core) newQuestion(cl caller) *question {
 		q, c.freeQ = c.freeQ[n-1], c.freeQ[:n-1]
 		// Storage kept from its last use (the runner keeps nothing of a
 		// Step's outputs past the Step: Settle's CapTable included).
-		pipelined, settleCaps := q.pipelined[:0], q.settleCaps[:0]
+		pipelined, settleCaps, resultsCaps := q.pipelined[:0], q.settleCaps[:0], q.resultsCaps[:0]
 		clear(q.pipelined[:cap(q.pipelined)])
 		clear(settleCaps[:cap(settleCaps)])
+		clear(resultsCaps[:cap(resultsCaps)])
 		*q = question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq, since: c.now,
-			pipelined: pipelined, settleCaps: settleCaps}
+			pipelined: pipelined, settleCaps: settleCaps, resultsCaps: resultsCaps}
 	} else {
 		q = &question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq, since: c.now}
 	}
@@ -251,7 +253,7 @@ func (c *Core) route(cl caller, to Cap, depth int) {
 
 // sendCall puts cl on the wire as a new question to target.
 func (c *Core) sendCall(cl caller, target Target) {
-	descs, ids, err := c.encodeCaps(cl.params.CapTable)
+	descs, ids, err := c.encodeCaps(nil, cl.params.CapTable)
 	if err != nil {
 		c.fail(cl, err)
 		return
@@ -346,7 +348,8 @@ func (c *Core) receiveReturn(r Return) error {
 	var err error
 	switch {
 	case r.Results != nil:
-		caps, derr := c.decodeCaps(r.Results.Caps)
+		caps, derr := c.decodeCaps(q.resultsCaps, r.Results.Caps)
+		q.resultsCaps = caps
 		if derr != nil {
 			return derr
 		}
