@@ -103,7 +103,11 @@ func (a *answer) PrepareReturn(e error) {
 
 // Return implements capnp.Returner: the connection sends the Return.
 func (a *answer) Return() {
-	if a.c.post(answerReturned{a: a}) != nil && a.msg != nil {
+	post := a.c.post
+	if a.c.delivered.Add(-1) <= 0 {
+		post = a.c.postHere // no other call runs: nothing to batch this Return with
+	}
+	if post(answerReturned{a: a}) != nil && a.msg != nil {
 		a.msg.Release()
 	}
 }
@@ -153,6 +157,7 @@ func (s *state) deliver(o core.Deliver) {
 	}
 	in.msg.CapTable().Reset(s.clients(o.Params.CapTable)...)
 	a.delivered = true
+	s.c.delivered.Add(1)
 	l.client.RecvCall(&a.ctx, capnp.Recv{Method: a.method, Args: in.content.Struct(), ReleaseArgs: a.releaseArgs, Returner: a})
 }
 

@@ -240,6 +240,9 @@ type Conn struct {
 	readEndAt time.Time // when readEnd happened
 	reader    sync.WaitGroup
 	writer    sync.WaitGroup
+	// delivered counts the peer's calls handed to our capabilities and
+	// not yet returned (answer.Return's choice of postHere).
+	delivered atomic.Int32
 	// writeLoopFn is c.writeLoop, made once (startWriter); writerIdle is
 	// the writer goroutines' idle timer, made on first use, used by one
 	// writer at a time.
@@ -475,12 +478,17 @@ func (c *Conn) post(msg any) error {
 // nothing from outside: the timers and the closer goroutine of its end.
 func (c *Conn) postInternal(msg any) { c.mailbox.PostUserMessage(msg) }
 
-// postFromReader is post for the reader goroutine: when the actor is
-// idle, the reader handles msg (and what arrives meanwhile) itself,
-// instead of handing it to another goroutine and waiting for the next
-// frame. The actor's handling never blocks, so neither does the reader
-// for long.
-func (c *Conn) postFromReader(msg any) error {
+// postHere is post for a goroutine that would only wait for the actor
+// anyway: when the actor is idle, the poster handles msg (and what
+// arrives meanwhile) itself, instead of handing it to another goroutine.
+// The reader does so with every frame (it would wait for the next one);
+// a capability's goroutine does so with its Return when no other call
+// of the peer runs (answer.Return: a hand-off, and the wake-up of a
+// parked thread, fewer on a sequential call's path; while calls run
+// side by side their Returns go through the mailbox, which writes them
+// in batches). The actor's handling never blocks, so neither does the
+// poster for long. The poster must hold no lock the actor may take.
+func (c *Conn) postHere(msg any) error {
 	c.mu.RLock()
 	if c.closed {
 		c.mu.RUnlock()
@@ -561,14 +569,14 @@ func (c *Conn) readLoop() {
 		var posted error
 		switch {
 		case f.finish.ok:
-			if posted = c.postFromReader(f.finish.post()); posted != nil && c.trace {
+			if posted = c.postHere(f.finish.post()); posted != nil && c.trace {
 				c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", f.finish.describe())
 			}
 			continue
 		case f.Sidecar == nil:
-			posted = c.postFromReader(f.Msg) // most frames: no boxing of the Frame
+			posted = c.postHere(f.Msg) // most frames: no boxing of the Frame
 		default:
-			posted = c.postFromReader(inFrame{f: f})
+			posted = c.postHere(inFrame{f: f})
 		}
 		if posted != nil {
 			if c.trace {
