@@ -12,6 +12,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/vatactor/vatactor/actors"
 	"github.com/vatactor/vatactor/bench/schema"
@@ -212,17 +213,25 @@ func BenchmarkEchoTCP(b *testing.B) {
 }
 
 // BenchmarkScenario runs each sequential scenario of go run ./bench as a
-// Go benchmark on vatactor over loopback TCP, for allocation profiles:
+// Go benchmark on vatactor over loopback TCP (echo/traced and
+// echo/metered with the feature on), for allocation profiles:
 //
 //	go test -run XXX -bench Scenario/pipeline3 -benchtime 3000x \
 //	    -memprofile mem.out -memprofilerate 1 ./bench
 func BenchmarkScenario(b *testing.B) {
 	for _, sc := range scenarios() {
-		if sc.conns != 1 || sc.workers != 1 || sc.costOf != "" {
+		if sc.conns != 1 || sc.workers != 1 {
 			continue
 		}
+		su := setup{conns: 1, window: sc.window}
+		switch sc.feature { // echo/traced, echo/metered: the feature on
+		case traced:
+			su.tracer = sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+		case metered:
+			su.meter = sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+		}
 		b.Run(sc.name, func(b *testing.B) {
-			e, err := connect(implVatactor, setup{conns: 1, window: sc.window})
+			e, err := connect(implVatactor, su)
 			if err != nil {
 				b.Fatal(err)
 			}
