@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
@@ -358,7 +359,7 @@ func endQuestionSpan(q *question, err error, withID bool) {
 	if span == nil || span == noSpan || !span.IsRecording() {
 		return
 	}
-	var buf [12]attribute.KeyValue
+	buf := attrBufs.Get().(*[16]attribute.KeyValue)
 	attrs := append(append(buf[:0], tracing.MethodAttributes(q.method)...), q.c.peerAttrs...)
 	if q.target.cap.Kind == core.CapQuestion {
 		attrs = append(attrs, tracing.AttrPipelined.Bool(true))
@@ -370,6 +371,17 @@ func endQuestionSpan(q *question, err error, withID bool) {
 		attrs = append(attrs, tracing.AttrNotProcessed.Bool(true))
 	}
 	tracing.EndCall(span, err, attrs...)
+	putAttrBuf(buf)
+}
+
+// attrBufs are the attribute buffers of ending call spans: SetAttributes
+// copies what it is given, and a buffer on the stack would escape (the
+// span is an interface) at one allocation a span.
+var attrBufs = sync.Pool{New: func() any { return new([16]attribute.KeyValue) }}
+
+func putAttrBuf(buf *[16]attribute.KeyValue) {
+	clear(buf[:])
+	attrBufs.Put(buf)
 }
 
 // startAnswerSpan starts the server span of an incoming call: a child of
@@ -421,12 +433,13 @@ func endAnswerSpan(a *answer, err error, notProcessed bool) {
 	if a.span == noSpan || !a.span.IsRecording() {
 		return
 	}
-	var buf [12]attribute.KeyValue
+	buf := attrBufs.Get().(*[16]attribute.KeyValue)
 	attrs := append(append(append(buf[:0], tracing.MethodAttributes(a.method)...), a.c.peerAttrs...), tracing.AttrAnswerID.Int(int(a.id)))
 	if notProcessed {
 		attrs = append(attrs, tracing.AttrNotProcessed.Bool(true))
 	}
 	tracing.EndCall(a.span, err, attrs...)
+	putAttrBuf(buf)
 }
 
 // startExportSpan starts the span of an export's lifetime, a child of the
