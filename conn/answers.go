@@ -182,7 +182,10 @@ func (s *state) answerReturned(a *answer) {
 		s.feed(&core.Returned{Answer: a.id, Results: &core.Payload{}})
 		return
 	}
-	caps := s.describeReturned(a.msg.CapTable())
+	caps := s.describeAll(s.scratchCaps, a.msg.CapTable())
+	if caps != nil {
+		s.scratchCaps = caps // for the next Return
+	}
 	size, _ := a.msg.TotalSize()
 	a.outr.a = a
 	s.in.results = core.Payload{Content: &a.outr, CapTable: caps, Size: int(size)}

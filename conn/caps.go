@@ -134,32 +134,19 @@ func (s *state) describe(client capnp.Client) core.Cap {
 }
 
 // describeAll names the capabilities of a message's cap table as the core
-// does (nil for none), each with a reference of its own.
-func (s *state) describeAll(ct *capnp.CapTable) []core.Cap {
+// does (nil for none), each with a reference of its own, in dst's storage
+// (nil: new). A local call's goes in new storage (the core keeps its
+// params' table while the call waits); a Return's in the state's scratch
+// (the core copies the results' table it keeps, Core.returned).
+func (s *state) describeAll(dst []core.Cap, ct *capnp.CapTable) []core.Cap {
 	n := ct.Len()
 	if n == 0 {
 		return nil
 	}
-	caps := make([]core.Cap, n)
+	caps := slices.Grow(dst[:0], n)[:n]
 	for i := range caps {
 		caps[i] = s.describe(ct.At(i))
 	}
-	return caps
-}
-
-// describeReturned is describeAll for a Return's results, in a slice of
-// the state's that the next Return reuses: the core copies the results'
-// table it keeps (Core.returned), where it keeps a local call's params'.
-func (s *state) describeReturned(ct *capnp.CapTable) []core.Cap {
-	n := ct.Len()
-	if n == 0 {
-		return nil
-	}
-	caps := slices.Grow(s.scratchCaps[:0], n)[:n]
-	for i := range caps {
-		caps[i] = s.describe(ct.At(i))
-	}
-	s.scratchCaps = caps
 	return caps
 }
 

@@ -341,7 +341,7 @@ func (s *state) localCall(q *question) {
 		s.feed(&core.LocalBootstrap{Call: q.call})
 		return
 	}
-	caps := s.describeAll(q.msg.CapTable())
+	caps := s.describeAll(nil, q.msg.CapTable())
 	params, _ := q.rcall.Params()
 	size, _ := q.msg.TotalSize()
 	content, _ := params.Content()

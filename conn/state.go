@@ -42,7 +42,7 @@ type state struct {
 	// given: it turns them into capabilities).
 	scratchClients []capnp.Client
 	scratchDescs   []core.CapDescriptor
-	scratchCaps    []core.Cap // describeReturned's
+	scratchCaps    []core.Cap // a Return's describeAll
 
 	calls   map[core.CallID]*question // local calls given to the core, until retired
 	byQID   map[uint32]*question      // the same, by question id once on the wire
