@@ -215,6 +215,45 @@ func TestMetricsVatToVat(t *testing.T) {
 	}
 }
 
+// TestMetricsClientDurationsOfAnIdleConnection: a call's client duration
+// is recorded by the connection actor after a turn that writes; on a
+// connection that writes nothing more (the caller holds the answer, the
+// connection stays up) it is recorded all the same, soon.
+func TestMetricsClientDurationsOfAnIdleConnection(t *testing.T) {
+	mp, r := meterProvider(t)
+	server := meteredVat(t, "server", capnp.Client(interop.NewEchoServer().Client(actors.NewServer)), mp, nil)
+	client := meteredVat(t, "client", capnp.Client{}, mp, nil)
+	addr, err := server.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	boot, _, err := client.Dial(ctx, "tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer boot.Release()
+	e := interop.Echo(boot)
+	f, release := e.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("held") })
+	defer release()
+	if _, err := f.Struct(); err != nil {
+		t.Fatal(err)
+	}
+	echo := attribute.String("rpc.method", "Echo.echo")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := collect(t, r)
+		n := got.sum(metering.ClientCallDuration, echo)
+		if n == 1 {
+			break
+		}
+		if n > 1 || time.Now().After(deadline) {
+			t.Fatalf("%s Echo.echo = %v, want 1 while the connection is up\n%v", metering.ClientCallDuration, n, got)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // TestMetricsCleanHangUpsAreExpected: a peer that hangs up cleanly —
 // vatactor, go-capnp or the C++ reference — counts as an expected end.
 // TestMetricsEpitaphCodesOfPeersAreBounded: the codes of peers'

@@ -202,7 +202,8 @@ func selectScenarios(all []scenario, only string) ([]scenario, error) {
 // feature's cost runs vatactor twice instead, alternating in the same
 // way: with the feature on ("<name>/traced": every span recorded;
 // "<name>/metered": every instrument recording) and off ("…/untraced",
-// "…/unmetered"), so that its cost is measured under the same conditions.
+// "…/unmetered"), so that its cost is measured under the same
+// conditions, in at least minCostRounds rounds.
 func runScenario(sc scenario, impls []string, rounds int, d time.Duration) ([]*result, error) {
 	type variant struct {
 		res *result
@@ -225,6 +226,7 @@ func runScenario(sc scenario, impls []string, rounds int, d time.Duration) ([]*r
 			{&result{scenario: sc.costOf + "/un" + sc.feature, impl: implVatactor}, base},
 			{&result{scenario: sc.name, impl: implVatactor}, on},
 		}
+		rounds = max(rounds, minCostRounds)
 	} else {
 		for _, impl := range impls {
 			if impl == implGRPC && sc.grpcOp == nil || slices.Contains(cxxImpls, impl) && sc.cxx == "" {
@@ -251,6 +253,13 @@ func runScenario(sc scenario, impls []string, rounds int, d time.Duration) ([]*r
 	}
 	return out, nil
 }
+
+// minCostRounds is the fewest rounds a feature's cost is measured in
+// (its duration split over them): the cost is the median of the rounds'
+// paired ratios (pairedCost), a few percent that the machine's noise
+// swamps in the default three rounds (costs of −6 % to +12 % for the
+// same binary); over twenty the median holds to about ±2 %.
+const minCostRounds = 20
 
 // report is everything one run measured.
 type report struct {

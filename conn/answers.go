@@ -25,10 +25,10 @@ import (
 type answer struct {
 	c      *Conn
 	id     uint32
-	ctx    callCtx      // the callee's: carries span
-	span   trace.Span   // the server span; ended when the Return is queued
-	method capnp.Method // named, for the span
-	start  time.Time    // for its duration (zero: not measured)
+	ctx    callCtx       // the callee's: carries span
+	span   trace.Span    // the server span; ended when the Return is queued
+	method capnp.Method  // named, for the span
+	start  time.Duration // for its duration (meterNow; 0: not measured)
 
 	args         *capnp.Message // the Call, freed by releaseArgs (or when the answer is done)
 	in           inPayload      // its params' content, as the core names it

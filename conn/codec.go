@@ -3,7 +3,6 @@ package conn
 import (
 	"fmt"
 	"slices"
-	"time"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
@@ -538,9 +537,9 @@ func (s *state) encodeReturn(m core.Return) (*capnp.Message, *answer, *Sidecar, 
 			err = excError(exceptionError(*m.Exception))
 		}
 		endAnswerSpan(a, err, m.Exception != nil && m.Exception.Epitaph != nil)
-		if !a.start.IsZero() {
-			s.metered = append(s.metered, meteredCall{server: true, took: time.Since(a.start), method: a.method, err: err})
-			a.start = time.Time{}
+		if a.start != 0 {
+			s.metered = append(s.metered, meteredCall{server: true, took: meterNow() - a.start, method: a.method, err: err})
+			a.start = 0
 		}
 	}
 	if r := m.Results; r != nil {

@@ -2,6 +2,8 @@ package conn
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
@@ -18,21 +20,28 @@ import (
 // when the provider records nothing: then none of this runs, and no clock
 // is read for it.
 
-// callStart is when a call starts, for its duration (zero: not
+// meterEpoch is what call durations are measured from: meterNow reads
+// the monotonic clock alone (time.Since), where time.Now reads two.
+var meterEpoch = time.Now()
+
+// meterNow is the time since meterEpoch.
+func meterNow() time.Duration { return time.Since(meterEpoch) }
+
+// callStart is when a call starts, by meterNow, for its duration (0: not
 // measured); server: one of the peer's calls.
-func (c *Conn) callStart(server bool) time.Time {
+func (c *Conn) callStart(server bool) time.Duration {
 	m := c.meters
 	if m == nil {
-		return time.Time{}
+		return 0
 	}
 	h := m.ClientCallDuration
 	if server {
 		h = m.ServerCallDuration
 	}
 	if !h.Enabled(context.Background()) {
-		return time.Time{}
+		return 0
 	}
-	return time.Now()
+	return max(meterNow(), 1)
 }
 
 // meteredCall is a call's duration, measured and not yet recorded: the
@@ -56,11 +65,79 @@ func (c *Conn) recordCall(mc meteredCall) {
 
 // recordCalls records the durations the turn measured.
 func (s *state) recordCalls() {
-	for i, mc := range s.metered {
-		s.c.recordCall(mc)
-		s.metered[i] = meteredCall{}
-	}
+	recordAll(s.c, s.metered)
 	s.metered = s.metered[:0]
+}
+
+// recordAll records mcs and clears them (they hold errors).
+func recordAll(c *Conn, mcs []meteredCall) {
+	for i, mc := range mcs {
+		c.recordCall(mc)
+		mcs[i] = meteredCall{}
+	}
+}
+
+// settledCalls holds the durations of calls to the peer, measured by
+// their question actors once they have woken the caller. The caller runs
+// when that actor's goroutine parks (it waits in the P's next slot), so
+// whatever that goroutine does after the Resolve sits between a Return
+// and the caller's next call: recording there cost a sequential caller
+// a few percent of its calls/s. The connection actor records them
+// instead (recordSettled), at the end of a turn that wrote: the peer is
+// working on what was written meanwhile, off any caller's path.
+type settledCalls struct {
+	mu    sync.Mutex
+	calls []meteredCall
+	n     atomic.Int32 // len(calls), read without the lock
+}
+
+func (p *settledCalls) add(mc meteredCall) {
+	p.mu.Lock()
+	p.calls = append(p.calls, mc)
+	p.n.Store(int32(len(p.calls)))
+	p.mu.Unlock()
+}
+
+// swap takes the calls held, giving spare (emptied) storage for the next.
+func (p *settledCalls) swap(spare []meteredCall) []meteredCall {
+	p.mu.Lock()
+	held := p.calls
+	p.calls = spare[:0]
+	p.n.Store(0)
+	p.mu.Unlock()
+	return held
+}
+
+// settledFlushDelay is how long durations measured by question actors
+// wait for a turn that writes (an idle connection has none) before a
+// timer has them recorded.
+const settledFlushDelay = 5 * time.Millisecond
+
+// settledFlush: the timer of settledFlushDelay fired.
+type settledFlush struct{}
+
+// recordSettled records the settled calls' durations after a turn that
+// wrote, or when now is set (the timer fired, or the actor's last turn);
+// otherwise it makes sure the timer runs.
+func (s *state) recordSettled(wrote, now bool) {
+	c := s.c
+	if c.settled.n.Load() == 0 {
+		return
+	}
+	if !wrote && !now {
+		if !s.settledArmed {
+			s.settledArmed = true
+			if s.settledTimer == nil {
+				s.settledTimer = time.AfterFunc(settledFlushDelay, func() { c.postInternal(settledFlush{}) })
+			} else {
+				s.settledTimer.Reset(settledFlushDelay)
+			}
+		}
+		return
+	}
+	held := c.settled.swap(s.settledSpare)
+	recordAll(c, held)
+	s.settledSpare = held[:0]
 }
 
 // meterUp: the connection is up.

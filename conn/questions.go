@@ -35,11 +35,11 @@ type question struct {
 	rcall     rpccp.Call
 	bootstrap bool
 	stopWatch func() bool
-	span      trace.Span // the client span; ended when the promise is settled
-	sidecar   *Sidecar   // carries span's context with the Call (nil: none)
-	flowBytes int64      // room taken in target.flow; given back when settled
-	start     time.Time  // for its duration (zero: not measured)
-	deadline  time.Time  // the caller's (zero: none)
+	span      trace.Span    // the client span; ended when the promise is settled
+	sidecar   *Sidecar      // carries span's context with the Call (nil: none)
+	flowBytes int64         // room taken in target.flow; given back when settled
+	start     time.Duration // for its duration (meterNow; 0: not measured)
+	deadline  time.Time     // the caller's (zero: none)
 
 	settled atomic.Bool // the promise has been (or is being) resolved
 	// resultsDone: who is done with results (resultsCallerDone,
@@ -155,12 +155,17 @@ func (q *question) settle(ptr capnp.Ptr, err error, onActor bool) bool {
 	}
 	endQuestionSpan(q, err, onActor)
 	var took time.Duration
-	if !q.start.IsZero() {
-		took = time.Since(q.start)
+	if q.start != 0 {
+		took = meterNow() - q.start
 	}
 	q.p.Resolve(ptr, err)
-	if took > 0 { // recorded once the caller is on its way
-		q.c.recordCall(meteredCall{took: took, method: q.method, err: err})
+	if took > 0 {
+		mc := meteredCall{took: took, method: q.method, err: err}
+		if onActor {
+			q.c.settled.add(mc) // recorded by the connection actor
+		} else {
+			q.c.recordCall(mc)
+		}
 	}
 	return true
 }

@@ -83,6 +83,11 @@ type state struct {
 	// metered: answers' durations measured this turn, recorded at its
 	// end, once their Returns are written (recordCalls).
 	metered []meteredCall
+	// The recording of Conn.settled (recordSettled): the storage to swap
+	// in, and the timer for a connection with no turn that writes.
+	settledSpare []meteredCall
+	settledTimer *time.Timer
+	settledArmed bool
 
 	// Storage of the inputs of the hot path, reused from message to
 	// message: the core keeps no input it is given.
@@ -236,10 +241,11 @@ func (s *state) Receive(ctx actor.Context) {
 			panic(r)
 		}
 		s.ctx = nil
-		s.flushOut()
+		wrote := s.flushOut()
 		if len(s.metered) > 0 {
 			s.recordCalls()
 		}
+		s.recordSettled(wrote, false)
 	}()
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
@@ -287,6 +293,9 @@ func (s *state) Receive(ctx actor.Context) {
 		s.exportResolved(m.e)
 	case inspectReq:
 		m.reply <- s.inspect()
+	case settledFlush:
+		s.settledArmed = false
+		s.recordSettled(false, true)
 	case *actor.Terminated:
 		if ch, ok := s.children[m.Who.Id]; ok {
 			delete(s.children, m.Who.Id)
@@ -321,6 +330,10 @@ func (s *state) Receive(ctx actor.Context) {
 		if r, ok := s.c.takeEnd(true); ok {
 			s.socketClosed(r)
 		}
+		if s.settledTimer != nil {
+			s.settledTimer.Stop()
+		}
+		s.recordSettled(false, true)
 	case *actor.Restarting:
 	}
 	if !s.closing {
@@ -727,11 +740,13 @@ func (s *state) queue(msg *capnp.Message, owner *answer, sc *Sidecar) {
 // flushOut wakes the writer for what has been queued, unless more
 // messages wait: the last one of a run wakes it once for all (Receive
 // calls this as it returns).
-func (s *state) flushOut() {
+func (s *state) flushOut() (wrote bool) {
 	if s.unsent && s.c.mailbox.UserMessageCount() == 0 {
 		s.unsent = false
 		s.c.out.kick()
+		return true
 	}
+	return false
 }
 
 var errNotOurs = errors.New("not a capability of this connection")
