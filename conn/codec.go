@@ -538,7 +538,7 @@ func (s *state) encodeReturn(m core.Return) (*capnp.Message, *answer, *Sidecar, 
 		}
 		endAnswerSpan(a, err, m.Exception != nil && m.Exception.Epitaph != nil)
 		if a.start != 0 {
-			s.metered = append(s.metered, meteredCall{server: true, took: meterNow() - a.start, method: a.method, err: err})
+			s.metered = append(s.metered, meteredCall{server: true, took: s.meterSince(a.start), method: a.method, err: err})
 			a.start = 0
 		}
 	}

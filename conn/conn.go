@@ -274,9 +274,6 @@ type Conn struct {
 	// msgCounts: this connection's messages and bytes (meters.Messages;
 	// nil without meters), closed into the totals when it ends.
 	msgCounts *metering.MessageCounts
-	// settled: durations of calls to the peer that their question
-	// actors measured, for the connection actor to record.
-	settled settledCalls
 	// readEnded: how reading ended, once it has (the reader's
 	// readerDone may queue behind messages that protoactor runs first).
 	readEnded atomic.Pointer[readerDone]

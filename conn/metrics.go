@@ -2,8 +2,6 @@ package conn
 
 import (
 	"context"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
@@ -44,10 +42,8 @@ func (c *Conn) callStart(server bool) time.Duration {
 	return max(meterNow(), 1)
 }
 
-// meteredCall is a call's duration, measured and not yet recorded: the
-// connection records its answers' durations after the turn has written
-// their Returns, and a question's after its caller has been woken, so
-// that recording is off the call's path.
+// meteredCall is a call's duration, measured and not yet recorded
+// (state.recordMetered).
 type meteredCall struct {
 	server bool
 	took   time.Duration
@@ -63,81 +59,47 @@ func (c *Conn) recordCall(mc meteredCall) {
 	h.Record(context.Background(), mc.took.Seconds(), metering.CallAttributes(mc.method, mc.err)...)
 }
 
-// recordCalls records the durations the turn measured.
-func (s *state) recordCalls() {
-	recordAll(s.c, s.metered)
-	s.metered = s.metered[:0]
+// meterSince is the time from start (by meterNow) to the current step's
+// clock value, which costs no clock read.
+func (s *state) meterSince(start time.Duration) time.Duration {
+	return max(s.now.Sub(meterEpoch)-start, 0)
 }
 
-// recordAll records mcs and clears them (they hold errors).
-func recordAll(c *Conn, mcs []meteredCall) {
-	for i, mc := range mcs {
-		c.recordCall(mc)
-		mcs[i] = meteredCall{}
-	}
-}
+// meterFlushDelay is how long measured durations wait for a turn that
+// writes (an idle connection has none) before a timer has them recorded.
+const meterFlushDelay = 5 * time.Millisecond
 
-// settledCalls holds the durations of calls to the peer, measured by
-// their question actors once they have woken the caller. The caller runs
-// when that actor's goroutine parks (it waits in the P's next slot), so
-// whatever that goroutine does after the Resolve sits between a Return
-// and the caller's next call: recording there cost a sequential caller
-// a few percent of its calls/s. The connection actor records them
-// instead (recordSettled), at the end of a turn that wrote: the peer is
-// working on what was written meanwhile, off any caller's path.
-type settledCalls struct {
-	mu    sync.Mutex
-	calls []meteredCall
-	n     atomic.Int32 // len(calls), read without the lock
-}
+// meterFlush: the timer of meterFlushDelay fired.
+type meterFlush struct{}
 
-func (p *settledCalls) add(mc meteredCall) {
-	p.mu.Lock()
-	p.calls = append(p.calls, mc)
-	p.n.Store(int32(len(p.calls)))
-	p.mu.Unlock()
-}
-
-// swap takes the calls held, giving spare (emptied) storage for the next.
-func (p *settledCalls) swap(spare []meteredCall) []meteredCall {
-	p.mu.Lock()
-	held := p.calls
-	p.calls = spare[:0]
-	p.n.Store(0)
-	p.mu.Unlock()
-	return held
-}
-
-// settledFlushDelay is how long durations measured by question actors
-// wait for a turn that writes (an idle connection has none) before a
-// timer has them recorded.
-const settledFlushDelay = 5 * time.Millisecond
-
-// settledFlush: the timer of settledFlushDelay fired.
-type settledFlush struct{}
-
-// recordSettled records the settled calls' durations after a turn that
-// wrote, or when now is set (the timer fired, or the actor's last turn);
-// otherwise it makes sure the timer runs.
-func (s *state) recordSettled(wrote, now bool) {
-	c := s.c
-	if c.settled.n.Load() == 0 {
+// recordMetered records the durations measured (s.metered) after a turn
+// that wrote, or when now is set (the timer fired, or the actor's last
+// turn); otherwise it makes sure the timer runs. After a write, the peer
+// works on what was written meanwhile, so recording is on no caller's
+// path: a question's actor would delay the caller it has just woken (the
+// caller waits in that goroutine's P until it parks), and a turn that
+// only read a Return would delay the actor that wakes the caller.
+func (s *state) recordMetered(wrote, now bool) {
+	if len(s.metered) == 0 {
 		return
 	}
 	if !wrote && !now {
-		if !s.settledArmed {
-			s.settledArmed = true
-			if s.settledTimer == nil {
-				s.settledTimer = time.AfterFunc(settledFlushDelay, func() { c.postInternal(settledFlush{}) })
+		if !s.meterArmed {
+			s.meterArmed = true
+			if s.meterTimer == nil {
+				c := s.c
+				s.meterTimer = time.AfterFunc(meterFlushDelay, func() { c.postInternal(meterFlush{}) })
 			} else {
-				s.settledTimer.Reset(settledFlushDelay)
+				s.meterTimer.Reset(meterFlushDelay)
 			}
 		}
 		return
 	}
-	held := c.settled.swap(s.settledSpare)
-	recordAll(c, held)
-	s.settledSpare = held[:0]
+	for i, mc := range s.metered {
+		s.c.recordCall(mc)
+		s.metered[i] = meteredCall{} // it holds an error
+	}
+	s.metered = s.metered[:0]
 }
 
 // meterUp: the connection is up.

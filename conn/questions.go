@@ -42,6 +42,9 @@ type question struct {
 	deadline  time.Time     // the caller's (zero: none)
 
 	settled atomic.Bool // the promise has been (or is being) resolved
+	// meteredByConn: the connection actor measured the call's duration
+	// when it sent the outcome to the actor (state.settle).
+	meteredByConn atomic.Bool
 	// resultsDone: who is done with results (resultsCallerDone,
 	// resultsActorDone); the last of the two frees them, so a caller
 	// still reading its results when the connection's end stops the
@@ -147,27 +150,23 @@ func (q *question) settle(ptr capnp.Ptr, err error, onActor bool) bool {
 	if q.flowBytes > 0 {
 		q.target.flow.release(q.flowBytes)
 	}
-	if err != nil && !q.deadline.IsZero() && !time.Now().Before(q.deadline) && !errors.Is(err, context.DeadlineExceeded) {
-		// The callee gave up at the deadline it was told (its
-		// exception came before our own timer): the caller's
-		// deadline, all the same.
-		err = fmt.Errorf("%w (%w: the call had been sent): %w", context.DeadlineExceeded, ErrOutcomeUnknown, err)
-	}
+	err = q.pastDeadline(err, time.Now())
 	endQuestionSpan(q, err, onActor)
-	var took time.Duration
-	if q.start != 0 {
-		took = meterNow() - q.start
+	if q.start != 0 && !q.meteredByConn.Load() {
+		q.c.recordCall(meteredCall{took: meterNow() - q.start, method: q.method, err: err})
 	}
 	q.p.Resolve(ptr, err)
-	if took > 0 {
-		mc := meteredCall{took: took, method: q.method, err: err}
-		if onActor {
-			q.c.settled.add(mc) // recorded by the connection actor
-		} else {
-			q.c.recordCall(mc)
-		}
-	}
 	return true
+}
+
+// pastDeadline is err as the caller gets it at now: when the callee gave
+// up at the deadline it was told (its exception came before our own
+// timer), the caller's deadline all the same.
+func (q *question) pastDeadline(err error, now time.Time) error {
+	if err != nil && !q.deadline.IsZero() && !now.Before(q.deadline) && !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w (%w: the call had been sent): %w", context.DeadlineExceeded, ErrOutcomeUnknown, err)
+	}
+	return err
 }
 
 // Receive is the question actor.
@@ -390,6 +389,15 @@ func (s *state) settle(o core.Settle) {
 	}
 	if q.pending != nil {
 		return
+	}
+	if q.start != 0 {
+		// Measured here, at the turn that read the Return, and
+		// recorded after a turn that writes (recordMetered): not on the
+		// question actor's goroutine, where the woken caller waits for
+		// it to park.
+		m.err = q.pastDeadline(m.err, s.now)
+		s.metered = append(s.metered, meteredCall{took: s.meterSince(q.start), method: q.method, err: m.err})
+		q.meteredByConn.Store(true)
 	}
 	q.outcome = m
 	q.pending = &q.outcome

@@ -80,14 +80,13 @@ type state struct {
 
 	scratch inPayload // see newInPayload
 
-	// metered: answers' durations measured this turn, recorded at its
-	// end, once their Returns are written (recordCalls).
-	metered []meteredCall
-	// The recording of Conn.settled (recordSettled): the storage to swap
-	// in, and the timer for a connection with no turn that writes.
-	settledSpare []meteredCall
-	settledTimer *time.Timer
-	settledArmed bool
+	// now: the clock value of the current step (feed).
+	now time.Time
+	// metered: call durations measured, recorded after a turn that
+	// writes or by meterTimer (recordMetered).
+	metered    []meteredCall
+	meterTimer *time.Timer
+	meterArmed bool
 
 	// Storage of the inputs of the hot path, reused from message to
 	// message: the core keeps no input it is given.
@@ -163,6 +162,7 @@ var stopChildren = actor.NewOneForOneStrategy(0, 0, func(any) actor.Directive { 
 // inputs that gave rise to.
 func (s *state) feed(in core.Input) {
 	now := s.clock.now()
+	s.now = now
 	s.apply(s.core.Step(now, in))
 	// By index, not by reslicing: the queue keeps its storage for the
 	// next feed (apply may append to it meanwhile).
@@ -242,10 +242,7 @@ func (s *state) Receive(ctx actor.Context) {
 		}
 		s.ctx = nil
 		wrote := s.flushOut()
-		if len(s.metered) > 0 {
-			s.recordCalls()
-		}
-		s.recordSettled(wrote, false)
+		s.recordMetered(wrote, false)
 	}()
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
@@ -293,9 +290,9 @@ func (s *state) Receive(ctx actor.Context) {
 		s.exportResolved(m.e)
 	case inspectReq:
 		m.reply <- s.inspect()
-	case settledFlush:
-		s.settledArmed = false
-		s.recordSettled(false, true)
+	case meterFlush:
+		s.meterArmed = false
+		s.recordMetered(false, true)
 	case *actor.Terminated:
 		if ch, ok := s.children[m.Who.Id]; ok {
 			delete(s.children, m.Who.Id)
@@ -330,10 +327,10 @@ func (s *state) Receive(ctx actor.Context) {
 		if r, ok := s.c.takeEnd(true); ok {
 			s.socketClosed(r)
 		}
-		if s.settledTimer != nil {
-			s.settledTimer.Stop()
+		if s.meterTimer != nil {
+			s.meterTimer.Stop()
 		}
-		s.recordSettled(false, true)
+		s.recordMetered(false, true)
 	case *actor.Restarting:
 	}
 	if !s.closing {
