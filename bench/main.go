@@ -52,6 +52,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	var (
 		duration   = fs.Duration("duration", time.Second, "measured time per scenario and implementation, split over the rounds")
 		rounds     = fs.Int("rounds", 3, "rounds per scenario; the implementations alternate which goes first")
+		costFor    = fs.Duration("cost-duration", 4*time.Second, "least measured time of each variant of a feature's cost scenario (…/traced, …/metered), split over at least 20 rounds")
 		only       = fs.String("scenarios", "all", "comma-separated scenarios to run, all, or none (-list shows them)")
 		impls      = fs.String("impl", "all", "vatactor, go-capnp, grpc-go, both (vatactor and go-capnp) or all")
 		scale      = fs.Bool("scale", true, "also measure the scale figures (idle connections, live questions, shutdown)")
@@ -141,7 +142,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	for _, sc := range selected {
 		fmt.Fprintf(stderr, "bench: %s\n", sc.name)
-		res, err := runScenario(sc, which, *rounds, *duration)
+		res, err := runScenario(sc, which, *rounds, *duration, *costFor)
 		if err != nil {
 			return err
 		}
@@ -203,8 +204,8 @@ func selectScenarios(all []scenario, only string) ([]scenario, error) {
 // way: with the feature on ("<name>/traced": every span recorded;
 // "<name>/metered": every instrument recording) and off ("…/untraced",
 // "…/unmetered"), so that its cost is measured under the same
-// conditions, in at least minCostRounds rounds.
-func runScenario(sc scenario, impls []string, rounds int, d time.Duration) ([]*result, error) {
+// conditions, in at least minCostRounds rounds and costFor.
+func runScenario(sc scenario, impls []string, rounds int, d, costFor time.Duration) ([]*result, error) {
 	type variant struct {
 		res *result
 		s   setup
@@ -226,7 +227,7 @@ func runScenario(sc scenario, impls []string, rounds int, d time.Duration) ([]*r
 			{&result{scenario: sc.costOf + "/un" + sc.feature, impl: implVatactor}, base},
 			{&result{scenario: sc.name, impl: implVatactor}, on},
 		}
-		rounds = max(rounds, minCostRounds)
+		rounds, d = max(rounds, minCostRounds), max(d, costFor)
 	} else {
 		for _, impl := range impls {
 			if impl == implGRPC && sc.grpcOp == nil || slices.Contains(cxxImpls, impl) && sc.cxx == "" {
@@ -259,6 +260,8 @@ func runScenario(sc scenario, impls []string, rounds int, d time.Duration) ([]*r
 // paired ratios (pairedCost), a few percent that the machine's noise
 // swamps in the default three rounds (costs of −6 % to +12 % for the
 // same binary); over twenty the median holds to about ±2 %.
+// (-cost-duration's default, 4 s, is chosen the same way: over one
+// second the same binary's cost still moved by ±5 %, over ten by ±2 %.)
 const minCostRounds = 20
 
 // report is everything one run measured.

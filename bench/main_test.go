@@ -37,7 +37,7 @@ func TestCommand(t *testing.T) {
 		t.Skip("runs every scenario")
 	}
 	var out, errs bytes.Buffer
-	args := []string{"-impl", "vatactor,go-capnp,grpc-go", "-duration", "40ms", "-rounds", "1", "-idle-conns", "20", "-live-questions", "200"}
+	args := []string{"-impl", "vatactor,go-capnp,grpc-go", "-duration", "40ms", "-cost-duration", "40ms", "-rounds", "1", "-idle-conns", "20", "-live-questions", "200"}
 	if err := run(args, &out, &errs); err != nil {
 		t.Fatalf("bench %v: %v\n%s", args, err, errs.String())
 	}
