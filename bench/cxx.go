@@ -44,7 +44,7 @@ func cxxBench() (string, error) {
 	cxxOnce.Do(func() {
 		std, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "capnproto.org/go/capnp/v3").Output()
 		if err != nil {
-			cxxErr = fmt.Errorf("finding go.capnp: %w", err)
+			cxxErr = fmt.Errorf("finding go.capnp (run the bench from the module's directory): %w", err)
 			return
 		}
 		schema, err := filepath.Abs(filepath.Join(moduleRoot(), "bench", "schema", "bench.capnp"))
