@@ -130,22 +130,30 @@ func waitDowns(t *testing.T, ch <-chan conn.Down, n int) []conn.Down {
 	return out
 }
 
-// TestMetricsVatToVat: calls, connections, their ends and tables, as a
-// vat's MeterProvider sees them.
-func TestMetricsVatToVat(t *testing.T) {
-	mp, r := meterProvider(t)
-	downs := make(chan conn.Down, 4)
+// dialMeteredEcho connects a client vat to an Echo server vat over TCP,
+// both metered by mp, and returns the client's bootstrap and connection.
+func dialMeteredEcho(t *testing.T, mp *sdkmetric.MeterProvider, downs chan<- conn.Down) (capnp.Client, *conn.Conn) {
+	t.Helper()
 	server := meteredVat(t, "server", capnp.Client(interop.NewEchoServer().Client(actors.NewServer)), mp, downs)
 	client := meteredVat(t, "client", capnp.Client{}, mp, downs)
 	addr, err := server.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	boot, cn, err := client.Dial(ctx, "tcp", addr.String())
+	boot, cn, err := client.Dial(context.Background(), "tcp", addr.String())
 	if err != nil {
 		t.Fatal(err)
 	}
+	return boot, cn
+}
+
+// TestMetricsVatToVat: calls, connections, their ends and tables, as a
+// vat's MeterProvider sees them.
+func TestMetricsVatToVat(t *testing.T) {
+	mp, r := meterProvider(t)
+	downs := make(chan conn.Down, 4)
+	boot, cn := dialMeteredEcho(t, mp, downs)
+	ctx := context.Background()
 	e := interop.Echo(boot)
 	for range 3 {
 		if got, err := echoText(ctx, e, "hi"); err != nil || got != "hi" {
@@ -221,17 +229,8 @@ func TestMetricsVatToVat(t *testing.T) {
 // connection stays up) it is recorded all the same, soon.
 func TestMetricsClientDurationsOfAnIdleConnection(t *testing.T) {
 	mp, r := meterProvider(t)
-	server := meteredVat(t, "server", capnp.Client(interop.NewEchoServer().Client(actors.NewServer)), mp, nil)
-	client := meteredVat(t, "client", capnp.Client{}, mp, nil)
-	addr, err := server.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	boot, _ := dialMeteredEcho(t, mp, nil)
 	ctx := context.Background()
-	boot, _, err := client.Dial(ctx, "tcp", addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer boot.Release()
 	e := interop.Echo(boot)
 	f, release := e.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("held") })
