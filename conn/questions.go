@@ -152,10 +152,14 @@ func (q *question) settle(ptr capnp.Ptr, err error, onActor bool) bool {
 	}
 	err = q.pastDeadline(err, time.Now())
 	endQuestionSpan(q, err, onActor)
+	var took time.Duration
 	if q.start != 0 && !q.meteredByConn.Load() {
-		q.c.recordCall(meteredCall{took: meterNow() - q.start, method: q.method, err: err})
+		took = meterNow() - q.start
 	}
 	q.p.Resolve(ptr, err)
+	if took > 0 { // recorded once the caller is on its way
+		q.c.recordCall(meteredCall{took: took, method: q.method, err: err})
+	}
 	return true
 }
 
@@ -390,12 +394,12 @@ func (s *state) settle(o core.Settle) {
 	if q.pending != nil {
 		return
 	}
+	m.err = q.pastDeadline(m.err, s.now) // as the caller gets it, metered or not
 	if q.start != 0 {
 		// Measured here, at the turn that read the Return, and
 		// recorded after a turn that writes (recordMetered): not on the
 		// question actor's goroutine, where the woken caller waits for
 		// it to park.
-		m.err = q.pastDeadline(m.err, s.now)
 		s.metered = append(s.metered, meteredCall{took: s.meterSince(q.start), method: q.method, err: m.err})
 		q.meteredByConn.Store(true)
 	}
