@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"capnproto.org/go/capnp/v3"
+
 	"github.com/vatactor/vatactor/conn"
 	"github.com/vatactor/vatactor/interop"
 	"github.com/vatactor/vatactor/supervisor"
@@ -17,8 +19,30 @@ func TestInspect(t *testing.T) {
 	p := newPair(t, conn.Options{}, conn.Options{})
 	ctx := context.Background()
 	f, release := startWait(ctx, p.echo, 60_000)
-	self, releaseSelf := p.echo.Self(ctx, func(p interop.Echo_self_Params) error { return p.SetTag("t:") })
-	piped, releasePiped := startWait(ctx, self.Echo(), 60_000)
+	// self() may return before the wait on its answer is made, which then
+	// goes to the returned capability, not pipelined: made again then.
+	var (
+		self                      interop.Echo_self_Results_Future
+		piped                     interop.Echo_wait_Results_Future
+		releaseSelf, releasePiped capnp.ReleaseFunc
+	)
+	for attempt := 1; ; attempt++ {
+		self, releaseSelf = p.echo.Self(ctx, func(p interop.Echo_self_Params) error { return p.SetTag("t:") })
+		piped, releasePiped = startWait(ctx, self.Echo(), 60_000)
+		snap, err := p.clientConn.Inspect(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if count(snap.Questions, func(q conn.QuestionSnapshot) bool { return q.Method == "Echo.wait" && q.Pipelined }) == 1 {
+			break
+		}
+		releasePiped()
+		releaseSelf()
+		_, _ = piped.Struct() // cancelled: its question leaves the table
+		if attempt == 10 {
+			t.Fatal("self() returned before the wait on its answer was made, 10 times")
+		}
+	}
 
 	var client, server conn.Snapshot
 	deadline := time.Now().Add(10 * time.Second)
