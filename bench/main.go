@@ -7,6 +7,7 @@
 //	go run ./bench -duration 3s -rounds 5
 //	go run ./bench -scenarios echo,stream10k -scale=false
 //	go run ./bench -impl vatactor -scenarios inflight64 -cpuprofile cpu.out
+//	go run ./bench -impl vatactor -scenarios echo -scale=false -trace echo.trace && go run ./bench/handoff echo.trace
 //
 // bench/README.md says what each figure means.
 package main
@@ -21,6 +22,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -60,6 +62,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		liveQs     = fs.Int("live-questions", 10000, "questions in flight for the scale figures")
 		list       = fs.Bool("list", false, "list the scenarios and exit")
 		cpuprofile = fs.String("cpuprofile", "", "write a CPU profile of the scenarios to this file")
+		traceFile  = fs.String("trace", "", "write an execution trace of the scenarios to this file (go run ./bench/handoff reads it)")
 		sweep      = fs.Bool("sweep", false, "measure the scaling figures instead of the scenarios (calls in flight, connections, idle connections)")
 		plots      = fs.String("plots", "", "with -sweep: draw the figures as PNG files in this directory")
 		memprofile = fs.String("memprofile", "", "write an allocation profile to this file at the end")
@@ -116,6 +119,17 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *traceFile != "" {
+		f, err := os.Create(*traceFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return err
+		}
+		defer trace.Stop()
 	}
 
 	if *sweep {
