@@ -4,8 +4,9 @@
 // return of a read that brought bytes to the first goroutine the reader
 // makes runnable (a question's actor, a capability's server, a caller).
 // On a sequential call that time is on the call's path twice, once in
-// each vat, and unlike a benchmark's calls per second it hardly moves
-// with the machine's noise: thousands of hand-offs give a stable median.
+// each vat; unlike a benchmark's calls per second it leaves out the rest
+// of the path (the other goroutines, the socket): it is the reader's own
+// work before the next goroutine can run.
 //
 //	go run ./bench -impl vatactor -scenarios echo -scale=false -trace echo.trace
 //	go run ./bench/handoff echo.trace
