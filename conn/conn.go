@@ -232,6 +232,7 @@ type Conn struct {
 	// the closer's last message.
 	mu     sync.RWMutex
 	closed bool              // the actor accepts no more messages from outside
+	ending atomic.Bool       // the end has begun: its steps wait for children's Terminated (childEndMayWait)
 	reason supervisor.Reason // the first reason recorded
 	report Report            // complete once done is closed
 
@@ -318,6 +319,7 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 	props := actor.PropsFromProducer(func() actor.Actor { return st },
 		actor.WithMailbox(func() actor.Mailbox {
 			c.mailbox = mailbox.Producer().(*mailbox.Mailbox)
+			c.mailbox.MayWait(c.childEndMayWait)
 			return c.mailbox
 		}),
 		actor.WithDispatcher(mailbox.Pool), actor.WithSupervisor(stopChildren))
@@ -653,4 +655,16 @@ func classifyReadError(err error, idle bool) supervisor.Reason {
 	default:
 		return supervisor.TransportError{Err: err}
 	}
+}
+
+// childEndMayWait is the connection mailbox's MayWait: until the end has
+// begun, a child's Terminated only drops the child from the actor's
+// tables, so one that arrives while the actor is idle waits for its next
+// turn instead of waking a goroutine for a turn of its own. A question's
+// actor stops as its Return is read, so on a quiet connection that is a
+// wake-up, and a turn, fewer on every call. closingStarts sets ending
+// within a turn, so a Terminated the end waits for always has a turn.
+func (c *Conn) childEndMayWait(msg any) bool {
+	_, ok := msg.(*actor.Terminated)
+	return ok && !c.ending.Load()
 }

@@ -457,6 +457,7 @@ func (s *state) arm(a core.Arm) {
 func (s *state) closingStarts() {
 	s.closing = true
 	c := s.c
+	c.ending.Store(true)
 	c.mu.Lock()
 	c.closed = true
 	c.mu.Unlock()

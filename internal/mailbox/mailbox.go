@@ -36,6 +36,10 @@ type Mailbox struct {
 	running   bool // scheduled on the dispatcher, or processing
 	suspended bool
 
+	// mayWait, if set, names system messages that need no activation of
+	// their own: posted to an idle mailbox they wait for its next one.
+	mayWait func(msg any) bool
+
 	invoker    actor.MessageInvoker
 	dispatcher actor.Dispatcher
 	pool       *Dispatcher // dispatcher, when it is one of ours: no closure needed
@@ -66,6 +70,13 @@ func (q *queue) pop() (any, bool) {
 }
 
 func (q *queue) len() int { return len(q.items) - q.head }
+
+// MayWait sets which system messages need no activation of their own
+// (nil: all do): one that f accepts, posted while the mailbox is idle,
+// waits for the next message that schedules the mailbox, and is handled
+// first then. f runs under the mailbox's lock, on the poster's goroutine;
+// it must not block. Call it before the mailbox is used.
+func (m *Mailbox) MayWait(f func(msg any) bool) { m.mayWait = f }
 
 // RegisterHandlers implements actor.Mailbox.
 func (m *Mailbox) RegisterHandlers(invoker actor.MessageInvoker, dispatcher actor.Dispatcher) {
@@ -139,8 +150,8 @@ func (m *Mailbox) RunHere() {
 func (m *Mailbox) PostSystemMessage(msg any) {
 	m.mu.Lock()
 	m.sys.push(msg)
-	schedule := !m.running
-	m.running = true
+	schedule := !m.running && (m.mayWait == nil || !m.mayWait(msg))
+	m.running = m.running || schedule
 	m.mu.Unlock()
 	if !schedule {
 		return

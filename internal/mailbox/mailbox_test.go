@@ -211,3 +211,34 @@ func TestStartedHere(t *testing.T) {
 	}
 	d.runAll()
 }
+
+// A system message that MayWait accepts, posted to an idle mailbox,
+// schedules nothing; it is handled first at the next activation. Others
+// still schedule at once.
+func TestMayWait(t *testing.T) {
+	r, d := &recorder{}, &manual{}
+	m := mailbox.Producer().(*mailbox.Mailbox)
+	m.MayWait(func(msg any) bool { return msg == "lazy" })
+	m.RegisterHandlers(r, d)
+	m.PostSystemMessage("lazy")
+	m.PostSystemMessage("lazy")
+	if len(d.work) != 0 {
+		t.Fatalf("a message that may wait scheduled %d activations", len(d.work))
+	}
+	m.PostUserMessage(1)
+	if len(d.work) != 1 {
+		t.Fatalf("a user message scheduled %d activations, want 1", len(d.work))
+	}
+	d.runAll()
+	if len(r.sys) != 2 || len(r.user) != 1 {
+		t.Fatalf("handled system %v, user %v", r.sys, r.user)
+	}
+	m.PostSystemMessage("urgent")
+	if len(d.work) != 1 {
+		t.Fatalf("a message that may not wait scheduled %d activations, want 1", len(d.work))
+	}
+	d.runAll()
+	if len(r.sys) != 3 || r.sys[2] != "urgent" {
+		t.Fatalf("handled system %v", r.sys)
+	}
+}
