@@ -662,8 +662,9 @@ func classifyReadError(err error, idle bool) supervisor.Reason {
 // tables, so one that arrives while the actor is idle waits for its next
 // turn instead of waking a goroutine for a turn of its own. A question's
 // actor stops as its Return is read, so on a quiet connection that is a
-// wake-up, and a turn, fewer on every call. closingStarts sets ending
-// within a turn, so a Terminated the end waits for always has a turn.
+// wake-up, and a turn, fewer on every call. closingStarts and protoactor's
+// Stopping set ending within a turn, so a Terminated that the end, or
+// protoactor stopping the actor, waits for always has a turn.
 func (c *Conn) childEndMayWait(msg any) bool {
 	_, ok := msg.(*actor.Terminated)
 	return ok && !c.ending.Load()

@@ -478,3 +478,33 @@ func TestPeerEOFDuringOurEnd(t *testing.T) {
 		t.Logf("the epitaph went before the end learned of the EOF")
 	}
 }
+
+// TestProtoactorStopAfterACall: a call's question actor stops as its
+// Return is read, and its Terminated, reaching an idle connection actor,
+// waits for the actor's next turn; protoactor stopping the connection
+// (which waits for every child's Terminated) is not held up by it.
+func TestProtoactorStopAfterACall(t *testing.T) {
+	h := newHarness(t, capnp.Client{})
+	ctx := context.Background()
+	boot := h.bootstrapImport(ctx)
+	defer boot.Release()
+	f, rel := boot.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("hi") })
+	h.expect("call q1")
+	h.send(returnEcho(1, "hi"))
+	if _, err := f.Struct(); err != nil {
+		t.Fatal(err)
+	}
+	rel()
+	waitFor(t, func() bool { return h.c.Stats().Questions == 1 }) // the bootstrap's, held
+	time.Sleep(20 * time.Millisecond)                           // the question's actor finishes stopping
+	h.sys.Root.Stop(h.c.PID())
+	select {
+	case <-h.c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("protoactor's Stop of the connection did not end it")
+	}
+	var ls supervisor.LocalShutdown
+	if err := h.c.Err(); !errors.As(err, &ls) || ls.Epitaph.Code != supervisor.Canceled {
+		t.Fatalf("reason: %v", err)
+	}
+}

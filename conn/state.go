@@ -312,6 +312,7 @@ func (s *state) Receive(ctx actor.Context) {
 		// the children meanwhile; the closer goroutine finishes what is
 		// left once the actor has had its last turn.
 		s.stopping = true
+		s.c.ending.Store(true) // protoactor now waits for every child's Terminated
 		if !s.core.Closed() {
 			s.feed(&core.Stopped{})
 		}
