@@ -496,7 +496,7 @@ func TestProtoactorStopAfterACall(t *testing.T) {
 	}
 	rel()
 	waitFor(t, func() bool { return h.c.Stats().Questions == 1 }) // the bootstrap's, held
-	time.Sleep(20 * time.Millisecond)                           // the question's actor finishes stopping
+	time.Sleep(20 * time.Millisecond)                             // the question's actor finishes stopping
 	h.sys.Root.Stop(h.c.PID())
 	select {
 	case <-h.c.Done():
