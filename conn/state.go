@@ -52,8 +52,11 @@ type state struct {
 	locals   map[core.Ref]*localCap // our capabilities the core may name
 	refByKey map[any]core.Ref
 	fresh    []core.Ref // named during this turn: dropped at its end unless exported
-	nextRef  core.Ref
-	bootRef  core.Ref
+	// unspawned: questions on the wire whose actors apply has still to
+	// spawn (spawnQuestions).
+	unspawned []*question
+	nextRef   core.Ref
+	bootRef   core.Ref
 
 	imports  map[uint32]*importEntry
 	children map[string]core.Child // by PID id: Terminated → ChildStopped
@@ -401,12 +404,22 @@ func (s *state) readerDone(err error) {
 	}
 }
 
-// apply carries out the core's outputs, in order.
+// apply carries out the core's outputs, in order, but for one thing: a
+// question's actor is spawned after the frames that follow its SpawnChild
+// (its Call) are sent, before any other output (spawnQuestions). Spawning
+// costs a few microseconds; the Call is written first, and the actor is
+// there long before the Return can be read, which a later turn of this
+// actor does.
 func (s *state) apply(out []core.Output) {
 	for _, o := range out {
 		if s.c.trace {
 			if _, isLog := o.(*core.Log); !isLog {
 				s.c.opts.Logger.Debug("capnp", "peer", s.c.opts.Peer, "out", core.Describe(o))
+			}
+		}
+		if len(s.unspawned) > 0 {
+			if _, isSend := o.(*core.Send); !isSend {
+				s.spawnQuestions()
 			}
 		}
 		switch o := o.(type) {
@@ -428,6 +441,10 @@ func (s *state) apply(out []core.Output) {
 		case *core.ImportResolved:
 			s.importResolved(o.ID, o.To)
 		case *core.SpawnChild:
+			if o.Child.Kind == core.QuestionChild {
+				s.questionOnWire(o.Child)
+				continue
+			}
 			s.spawn(o.Child)
 		case *core.StopChild:
 			s.stopChild(o.Child)
@@ -443,6 +460,7 @@ func (s *state) apply(out []core.Output) {
 			s.c.opts.Logger.Log(nil, o.Level, o.Msg, append([]any{"peer", s.c.opts.Peer}, o.Args...)...)
 		}
 	}
+	s.spawnQuestions()
 }
 
 // arm sets the timer of a deadline; the newest replaces the last.
@@ -474,38 +492,45 @@ func (s *state) closingStarts() {
 	s.traceShutdownBegin()
 }
 
-// spawn starts the actor of a question or an export.
-func (s *state) spawn(ch core.Child) {
-	var a actor.Actor
-	var mbox *mailbox.Mailbox // the actor's own, part of it
-	switch ch.Kind {
-	case core.QuestionChild:
-		q := s.calls[ch.Call]
-		if q == nil {
-			return
-		}
-		q.id = ch.ID
-		s.byQID[ch.ID] = q
-		a, mbox = q, &q.mbox
-	case core.ExportChild:
-		e := &export{c: s.c, id: ch.ID, ref: ch.Ref}
-		if l := s.locals[ch.Ref]; l != nil && ch.Ref != 0 {
-			l.exports++
-			e.client = l.client.AddRef()
-			snap := e.client.Snapshot()
-			e.promise = snap.IsPromise()
-			snap.Release()
-		}
-		e.span = s.startExportSpan(e)
-		a, mbox = e, &e.mbox
-	}
-	pid := s.spawnChild(a, mbox)
-	if q, ok := a.(*question); ok {
-		// Its Terminated matters only to the end, which names its
-		// question actors then (closingStarts): none in the maps now.
-		q.pid = pid
+// questionOnWire: a local call has its id on the wire (the core's
+// SpawnChild); its actor is spawned once the frames after it are sent
+// (spawnQuestions).
+func (s *state) questionOnWire(ch core.Child) {
+	q := s.calls[ch.Call]
+	if q == nil {
 		return
 	}
+	q.id = ch.ID
+	s.byQID[ch.ID] = q
+	s.unspawned = append(s.unspawned, q)
+}
+
+// spawnQuestions starts the actors of the questions put on the wire
+// (questionOnWire) since the last call. Their Terminated matters only to
+// the end, which names its question actors then (closingStarts): none in
+// the maps now.
+func (s *state) spawnQuestions() {
+	for i, q := range s.unspawned {
+		s.unspawned[i] = nil
+		if s.calls[q.call] == q && q.pid == nil {
+			q.pid = s.spawnChild(q, &q.mbox)
+		}
+	}
+	s.unspawned = s.unspawned[:0]
+}
+
+// spawn starts the actor of an export.
+func (s *state) spawn(ch core.Child) {
+	e := &export{c: s.c, id: ch.ID, ref: ch.Ref}
+	if l := s.locals[ch.Ref]; l != nil && ch.Ref != 0 {
+		l.exports++
+		e.client = l.client.AddRef()
+		snap := e.client.Snapshot()
+		e.promise = snap.IsPromise()
+		snap.Release()
+	}
+	e.span = s.startExportSpan(e)
+	pid := s.spawnChild(e, &e.mbox)
 	s.children[pid.Id] = ch
 	s.pids[ch] = pid
 }
