@@ -11,25 +11,10 @@ import (
 	"capnproto.org/go/capnp/v3"
 
 	"github.com/vatactor/vatactor/actors"
-	"github.com/vatactor/vatactor/bench/schema"
 	"github.com/vatactor/vatactor/conn"
+	"github.com/vatactor/vatactor/interop"
 	"github.com/vatactor/vatactor/supervisor"
 )
-
-// echoServer answers Echo; the other methods are not called.
-type echoServer struct{ schema.Bench_Server }
-
-func (echoServer) Echo(_ context.Context, call schema.Bench_echo) error {
-	data, err := call.Args().Data()
-	if err != nil {
-		return err
-	}
-	res, err := call.AllocResults()
-	if err != nil {
-		return err
-	}
-	return res.SetData(data)
-}
 
 // TestMeasureEchoOverTCP traces sequential echo calls between two
 // connections over loopback TCP and finds both readers' hand-offs: the
@@ -62,11 +47,11 @@ func TestMeasureEchoOverTCP(t *testing.T) {
 	if !ok {
 		t.Fatal("accept failed")
 	}
-	boot := schema.Bench_ServerToClient(echoServer{})
+	boot := interop.NewEchoServer().Client(interop.PlainServer)
 	server := conn.Spawn(sys.Root, sys.Root, conn.NewStreamTransport(sc, conn.Limits{}), conn.Options{Bootstrap: capnp.Client(boot), Role: "server"})
 	boot.Release() // the connection holds its own reference
 	client := conn.Spawn(sys.Root, sys.Root, conn.NewStreamTransport(cc, conn.Limits{}), conn.Options{Role: "client"})
-	bench := schema.Bench(client.Bootstrap(context.Background()))
+	echo := interop.Echo(client.Bootstrap(context.Background()))
 
 	const calls = 300
 	var buf bytes.Buffer
@@ -74,7 +59,7 @@ func TestMeasureEchoOverTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range calls {
-		f, release := bench.Echo(context.Background(), func(p schema.Bench_echo_Params) error { return p.SetData([]byte("hello")) })
+		f, release := echo.Echo(context.Background(), func(p interop.Echo_echo_Params) error { return p.SetText("hello") })
 		_, err := f.Struct()
 		release()
 		if err != nil {
@@ -83,7 +68,7 @@ func TestMeasureEchoOverTCP(t *testing.T) {
 		}
 	}
 	trace.Stop()
-	bench.Release()
+	echo.Release()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := client.Shutdown(ctx, supervisor.Epitaph{Code: supervisor.OK}); err != nil {
