@@ -69,3 +69,33 @@ func TestResetTakenByAWrite(t *testing.T) {
 		})
 	}
 }
+
+// TestResetTakenByARead: the peer resets the connection, a read takes
+// the reset, and the writes after it see EPIPE: the transport reports the
+// reset, from the writer's write and from the actor's inline one alike.
+func TestResetTakenByARead(t *testing.T) {
+	frame := func() Frame {
+		msg, seg := capnp.NewSingleSegmentMessage(nil)
+		data, _ := capnp.NewData(seg, bytes.Repeat([]byte{1}, 64))
+		_ = msg.SetRoot(data.ToPtr())
+		return Frame{Msg: msg}
+	}
+	ours, peer := tcpPair(t)
+	defer ours.Close()
+	tr := NewStreamTransport(ours, Limits{}).(*streamTransport)
+	_ = peer.(*net.TCPConn).SetLinger(0)
+	peer.Close()
+	if _, err := tr.RecvFrame(); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read ended with %v, want the reset", err)
+	}
+	err := tr.SendFrames([]Frame{frame()})
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("write after the reset: %v, want the reset", err)
+	}
+	if !tr.canTry() {
+		t.Fatal("a TCP transport cannot write inline")
+	}
+	if handled, _, err := tr.trySend([]Frame{frame()}); !handled || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("inline write after the reset: handled %v, %v; want the reset", handled, err)
+	}
+}

@@ -113,17 +113,19 @@ func (t *streamTransport) RecvFrame() (Frame, error) {
 // was ending: then the EOF was its FIN, and a reset after it (our write
 // to a socket the peer had closed) is not how reading ended.
 func (t *streamTransport) readEnd(err error) error {
-	if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) || t.finSent.Load() || t.peerEnded.Load() {
+	if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) || t.finSent.Load() || t.peerEnded.Load() || !t.wasReset() {
 		return err
 	}
+	return fmt.Errorf("read: %w (reported to a write first; the read then saw %v)", syscall.ECONNRESET, err)
+}
+
+// wasReset reports whether the peer's reset has closed the socket.
+func (t *streamTransport) wasReset() bool {
 	c := t.c
 	if w, ok := c.(wrapper); ok {
 		c = w.NetConn()
 	}
-	if !socketReset(c) {
-		return err
-	}
-	return fmt.Errorf("read: %w (reported to a write first; the read then saw %v)", syscall.ECONNRESET, err)
+	return socketReset(c)
 }
 
 // readTimedFrame reads the frame whose first bytes have arrived. It has
@@ -227,9 +229,17 @@ func (t *streamTransport) disarmWrite() {
 	}
 }
 
+// writeError is how a write failed. The kernel reports a reset once, to
+// the first read or write after it, and writes after that see EPIPE: a
+// write's EPIPE on a socket the reset has closed, before our own FIN, is
+// the reset the reader took (the reader's end and the writer's race to
+// the actor; both then say how the connection ended).
 func (t *streamTransport) writeError(err error) error {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
 		return fmt.Errorf("%w: nothing written for %v (%w)", ErrPeerNotReading, t.writeTimeout, err)
+	case errors.Is(err, syscall.EPIPE) && !t.finSent.Load() && t.wasReset():
+		return fmt.Errorf("write: %w (reported to a read first; the write then saw %v)", syscall.ECONNRESET, err)
 	}
 	return err
 }

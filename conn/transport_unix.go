@@ -60,6 +60,9 @@ func (t *streamTransport) trySend(frames []Frame) (handled bool, rest []byte, er
 	if cap(buf) <= keepWriteBuffer {
 		t.buf = buf
 	}
+	if err != nil {
+		err = t.writeError(err)
+	}
 	return true, rest, err
 }
 
