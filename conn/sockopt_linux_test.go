@@ -12,17 +12,19 @@ import (
 	"capnproto.org/go/capnp/v3"
 )
 
+// smallFrame is a frame of 64 bytes of data, to write.
+func smallFrame() Frame {
+	msg, seg := capnp.NewSingleSegmentMessage(nil)
+	data, _ := capnp.NewData(seg, bytes.Repeat([]byte{1}, 64))
+	_ = msg.SetRoot(data.ToPtr())
+	return Frame{Msg: msg}
+}
+
 // TestResetTakenByAWrite: the peer resets the connection, a write takes
 // the reset (the kernel reports it once), and the read after it sees an
 // EOF: the transport reports the reset, mid-frame or between frames. An
 // EOF after a FIN stays an EOF.
 func TestResetTakenByAWrite(t *testing.T) {
-	frame := func() Frame {
-		msg, seg := capnp.NewSingleSegmentMessage(nil)
-		data, _ := capnp.NewData(seg, bytes.Repeat([]byte{1}, 64))
-		_ = msg.SetRoot(data.ToPtr())
-		return Frame{Msg: msg}
-	}
 	for _, tc := range []struct {
 		name     string
 		partial  bool // the peer wrote half a frame before its end
@@ -39,7 +41,7 @@ func TestResetTakenByAWrite(t *testing.T) {
 			defer ours.Close()
 			tr := NewStreamTransport(ours, Limits{})
 			if tc.partial {
-				b, _ := appendFrame(nil, frame())
+				b, _ := appendFrame(nil, smallFrame())
 				if _, err := peer.Write(b[:len(b)/2]); err != nil {
 					t.Fatal(err)
 				}
@@ -52,7 +54,7 @@ func TestResetTakenByAWrite(t *testing.T) {
 				// Write until a write takes the reset.
 				deadline := time.Now().Add(10 * time.Second)
 				for {
-					err := tr.SendFrames([]Frame{frame()})
+					err := tr.SendFrames([]Frame{smallFrame()})
 					if errors.Is(err, syscall.ECONNRESET) {
 						break
 					}
@@ -74,12 +76,6 @@ func TestResetTakenByAWrite(t *testing.T) {
 // the reset, and the writes after it see EPIPE: the transport reports the
 // reset, from the writer's write and from the actor's inline one alike.
 func TestResetTakenByARead(t *testing.T) {
-	frame := func() Frame {
-		msg, seg := capnp.NewSingleSegmentMessage(nil)
-		data, _ := capnp.NewData(seg, bytes.Repeat([]byte{1}, 64))
-		_ = msg.SetRoot(data.ToPtr())
-		return Frame{Msg: msg}
-	}
 	ours, peer := tcpPair(t)
 	defer ours.Close()
 	tr := NewStreamTransport(ours, Limits{}).(*streamTransport)
@@ -88,14 +84,14 @@ func TestResetTakenByARead(t *testing.T) {
 	if _, err := tr.RecvFrame(); !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("read ended with %v, want the reset", err)
 	}
-	err := tr.SendFrames([]Frame{frame()})
+	err := tr.SendFrames([]Frame{smallFrame()})
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("write after the reset: %v, want the reset", err)
 	}
 	if !tr.canTry() {
 		t.Fatal("a TCP transport cannot write inline")
 	}
-	if handled, _, err := tr.trySend([]Frame{frame()}); !handled || !errors.Is(err, syscall.ECONNRESET) {
+	if handled, _, err := tr.trySend([]Frame{smallFrame()}); !handled || !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("inline write after the reset: handled %v, %v; want the reset", handled, err)
 	}
 }

@@ -506,15 +506,14 @@ func (s *state) questionOnWire(ch core.Child) {
 }
 
 // spawnQuestions starts the actors of the questions put on the wire
-// (questionOnWire) since the last call. Their Terminated matters only to
-// the end, which names its question actors then (closingStarts): none in
-// the maps now.
+// (questionOnWire) since the last call. Only Sends run in between (apply
+// calls this before any other output), so none of them can have been
+// retired. Their Terminated matters only to the end, which names its
+// question actors then (closingStarts): none in the maps now.
 func (s *state) spawnQuestions() {
 	for i, q := range s.unspawned {
 		s.unspawned[i] = nil
-		if s.calls[q.call] == q && q.pid == nil {
-			q.pid = s.spawnChild(q, &q.mbox)
-		}
+		q.pid = s.spawnChild(q, &q.mbox)
 	}
 	s.unspawned = s.unspawned[:0]
 }
