@@ -13,12 +13,27 @@ import (
 // its grown stack from one activation to the next. A worker that stays
 // idle for workerIdleTimeout exits, so an idle process keeps none.
 //
+// Activations wait in one queue. A worker that finishes one takes the
+// next without a hand-off, so a burst of short activations (the question
+// actors settled by one read of Returns) runs on the goroutines already
+// awake instead of waking one each. No activation waits behind another
+// that runs, though: while activations are queued, one worker is awake
+// to take them (it is "searching"), and a worker that takes one and
+// leaves more queued wakes the next (wakeLocked). An activation that
+// blocks holds up only its own worker.
+//
 // The zero value is not usable; use Pool.
 type Dispatcher struct {
 	throughput int
 
-	mu   sync.Mutex
-	idle []*worker // most recently idle last: it is the one reused
+	mu    sync.Mutex
+	queue []task // queue[head:] waits for a worker
+	head  int
+	idle  []*worker // most recently idle last: it is the one reused
+	// searching counts the workers that are awake and not running an
+	// activation: each looks at the queue before it idles, so work
+	// queued meanwhile needs no wake-up of its own.
+	searching int
 }
 
 // Pool is the dispatcher of vatactor's connection, question and export
@@ -29,7 +44,7 @@ var Pool = &Dispatcher{throughput: 300}
 const workerIdleTimeout = 100 * time.Millisecond
 
 type worker struct {
-	work chan task // capacity 1: a hand-off never blocks
+	wake chan struct{} // capacity 1: a wake-up never blocks
 }
 
 // A task is a function to run, or a mailbox to process (which needs no
@@ -47,8 +62,7 @@ func (t task) run() {
 	t.fn()
 }
 
-// Schedule implements actor.Dispatcher: fn runs on an idle worker, or on
-// a new one.
+// Schedule implements actor.Dispatcher: fn runs on a pooled worker.
 func (d *Dispatcher) Schedule(fn func()) { d.schedule(task{fn: fn}) }
 
 // scheduleMailbox is Schedule for this package's mailboxes.
@@ -56,34 +70,83 @@ func (d *Dispatcher) scheduleMailbox(m *Mailbox) { d.schedule(task{m: m}) }
 
 func (d *Dispatcher) schedule(t task) {
 	d.mu.Lock()
+	d.queue = append(d.queue, t)
+	d.wakeLocked()
+}
+
+// wakeLocked sees that a worker will look at the queue: one that is
+// searching already, else the most recently idle one, else a new one.
+// Called with mu held; it releases mu.
+func (d *Dispatcher) wakeLocked() {
+	if d.searching > 0 {
+		d.mu.Unlock()
+		return
+	}
+	d.searching++ // the woken worker, from now on
 	if n := len(d.idle); n > 0 {
 		w := d.idle[n-1]
 		d.idle = d.idle[:n-1]
 		d.mu.Unlock()
-		w.work <- t
+		w.wake <- struct{}{}
 		return
 	}
 	d.mu.Unlock()
-	go d.run(t)
+	go d.run()
+}
+
+// take pops the next task, if any. Called with mu held.
+func (d *Dispatcher) take() (task, bool) {
+	if d.head == len(d.queue) {
+		return task{}, false
+	}
+	t := d.queue[d.head]
+	d.queue[d.head] = task{}
+	d.head++
+	if d.head == len(d.queue) {
+		d.queue, d.head = d.queue[:0], 0
+	}
+	return t, true
 }
 
 // Throughput implements actor.Dispatcher: messages an activation handles
 // before it yields.
 func (d *Dispatcher) Throughput() int { return d.throughput }
 
-func (d *Dispatcher) run(t task) {
-	w := &worker{work: make(chan task, 1)}
-	timer := time.NewTimer(workerIdleTimeout)
-	defer timer.Stop()
+// run is a worker: it starts searching (counted by wakeLocked).
+func (d *Dispatcher) run() {
+	w := &worker{wake: make(chan struct{}, 1)}
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
-		t.run()
-		t = task{}
 		d.mu.Lock()
+		if t, ok := d.take(); ok {
+			d.searching--
+			if d.head < len(d.queue) {
+				d.wakeLocked() // the rest does not wait behind t
+			} else {
+				d.mu.Unlock()
+			}
+			t.run()
+			d.mu.Lock()
+			d.searching++
+			d.mu.Unlock()
+			continue
+		}
+		d.searching--
 		d.idle = append(d.idle, w)
 		d.mu.Unlock()
-		timer.Reset(workerIdleTimeout)
+		if timer == nil {
+			timer = time.NewTimer(workerIdleTimeout)
+		} else {
+			timer.Reset(workerIdleTimeout)
+		}
 		select {
-		case t = <-w.work:
+		case <-w.wake: // counted searching by the waker
+			timer.Stop()
 			continue
 		case <-timer.C:
 		}
@@ -94,7 +157,7 @@ func (d *Dispatcher) run(t task) {
 			return
 		}
 		d.mu.Unlock()
-		t = <-w.work // taken from the idle list just now: its work is on the way
+		<-w.wake // taken from the idle list just now: its wake-up is on the way
 	}
 }
 

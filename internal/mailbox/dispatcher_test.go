@@ -39,3 +39,39 @@ func TestDispatcherReusesAndRetires(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestDispatcherBlockedActivation: an activation that blocks holds up
+// only its own worker. Work queued behind it, even in the same burst
+// and before any worker has woken, runs meanwhile on another.
+func TestDispatcherBlockedActivation(t *testing.T) {
+	d := &Dispatcher{throughput: 10}
+	const blocked = 8
+	release := make(chan struct{})
+	var started, done sync.WaitGroup
+	started.Add(blocked)
+	done.Add(blocked)
+	for range blocked { // one burst: all queued before a worker runs
+		d.Schedule(func() {
+			started.Done()
+			<-release
+			done.Done()
+		})
+	}
+	ran := make(chan struct{})
+	d.Schedule(func() { close(ran) })
+	select {
+	case <-ran:
+	case <-time.After(5 * time.Second):
+		t.Fatal("work queued behind blocked activations did not run")
+	}
+	started.Wait() // every blocked one has a worker of its own
+	later := make(chan struct{})
+	d.Schedule(func() { close(later) }) // and work scheduled now still runs
+	select {
+	case <-later:
+	case <-time.After(5 * time.Second):
+		t.Fatal("work scheduled while every worker is blocked did not run")
+	}
+	close(release)
+	done.Wait()
+}
