@@ -27,9 +27,8 @@ type Dispatcher struct {
 	throughput int
 
 	mu    sync.Mutex
-	queue []task // queue[head:] waits for a worker
-	head  int
-	idle  []*worker // most recently idle last: it is the one reused
+	queue queue[task] // waits for a worker
+	idle  []*worker   // most recently idle last: it is the one reused
 	// searching counts the workers that are awake and not running an
 	// activation: each looks at the queue before it idles, so work
 	// queued meanwhile needs no wake-up of its own.
@@ -70,7 +69,7 @@ func (d *Dispatcher) scheduleMailbox(m *Mailbox) { d.schedule(task{m: m}) }
 
 func (d *Dispatcher) schedule(t task) {
 	d.mu.Lock()
-	d.queue = append(d.queue, t)
+	d.queue.push(t)
 	d.wakeLocked()
 }
 
@@ -94,20 +93,6 @@ func (d *Dispatcher) wakeLocked() {
 	go d.run()
 }
 
-// take pops the next task, if any. Called with mu held.
-func (d *Dispatcher) take() (task, bool) {
-	if d.head == len(d.queue) {
-		return task{}, false
-	}
-	t := d.queue[d.head]
-	d.queue[d.head] = task{}
-	d.head++
-	if d.head == len(d.queue) {
-		d.queue, d.head = d.queue[:0], 0
-	}
-	return t, true
-}
-
 // Throughput implements actor.Dispatcher: messages an activation handles
 // before it yields.
 func (d *Dispatcher) Throughput() int { return d.throughput }
@@ -121,19 +106,18 @@ func (d *Dispatcher) run() {
 			timer.Stop()
 		}
 	}()
-	for {
-		d.mu.Lock()
-		if t, ok := d.take(); ok {
+	d.mu.Lock()
+	for { // mu is held at the top of each round
+		if t, ok := d.queue.pop(); ok {
 			d.searching--
-			if d.head < len(d.queue) {
+			if d.queue.len() > 0 {
 				d.wakeLocked() // the rest does not wait behind t
 			} else {
 				d.mu.Unlock()
 			}
 			t.run()
 			d.mu.Lock()
-			d.searching++
-			d.mu.Unlock()
+			d.searching++ // searching again, under the lock this round keeps
 			continue
 		}
 		d.searching--
@@ -147,17 +131,17 @@ func (d *Dispatcher) run() {
 		select {
 		case <-w.wake: // counted searching by the waker
 			timer.Stop()
-			continue
 		case <-timer.C:
+			d.mu.Lock()
+			if i := slices.Index(d.idle, w); i >= 0 {
+				d.idle = slices.Delete(d.idle, i, i+1)
+				d.mu.Unlock()
+				return
+			}
+			d.mu.Unlock()
+			<-w.wake // taken from the idle list just now: its wake-up is on the way
 		}
 		d.mu.Lock()
-		if i := slices.Index(d.idle, w); i >= 0 {
-			d.idle = slices.Delete(d.idle, i, i+1)
-			d.mu.Unlock()
-			return
-		}
-		d.mu.Unlock()
-		<-w.wake // taken from the idle list just now: its wake-up is on the way
 	}
 }
 

@@ -32,7 +32,7 @@ func Init(m *Mailbox) *Mailbox {
 // Mailbox is a mutex-guarded pair of queues that reuse their storage.
 type Mailbox struct {
 	mu        sync.Mutex
-	sys, user queue
+	sys, user queue[any]
 	running   bool // scheduled on the dispatcher, or processing
 	suspended bool
 
@@ -47,21 +47,23 @@ type Mailbox struct {
 }
 
 // queue is a FIFO over a slice whose storage is reused once it drains;
-// the first few messages fit in the queue itself.
-type queue struct {
-	items  []any
+// in a mailbox, the first few messages fit in the queue itself (Init
+// points items at inline).
+type queue[T any] struct {
+	items  []T
 	head   int
-	inline [2]any
+	inline [2]T
 }
 
-func (q *queue) push(m any) { q.items = append(q.items, m) }
+func (q *queue[T]) push(m T) { q.items = append(q.items, m) }
 
-func (q *queue) pop() (any, bool) {
+func (q *queue[T]) pop() (T, bool) {
+	var zero T
 	if q.head == len(q.items) {
-		return nil, false
+		return zero, false
 	}
 	m := q.items[q.head]
-	q.items[q.head] = nil
+	q.items[q.head] = zero
 	q.head++
 	if q.head == len(q.items) {
 		q.items, q.head = q.items[:0], 0
@@ -69,7 +71,7 @@ func (q *queue) pop() (any, bool) {
 	return m, true
 }
 
-func (q *queue) len() int { return len(q.items) - q.head }
+func (q *queue[T]) len() int { return len(q.items) - q.head }
 
 // MayWait sets which system messages need no activation of their own
 // (nil: all do): one that f accepts, posted while the mailbox is idle,
