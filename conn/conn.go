@@ -102,9 +102,11 @@ type Options struct {
 	// FinishWait bounds how long a drain with no call left in flight
 	// still waits for the peer's Finish of the answers that returned
 	// without a capability (one with capabilities, a bootstrap's, is the
-	// peer's to keep while it uses them), so that the peer has nothing
-	// left to send when our FIN goes (a proxy that turns our half-close
-	// into a close would reset a late Finish). Never longer than
+	// peer's to keep while it uses them) and for the peer's Return of
+	// the questions we finished before it returned (a canceled call), so
+	// that the peer has nothing left to send when our FIN goes (a proxy
+	// that turns our half-close into a close would reset a late Finish or
+	// Return). Never longer than
 	// DrainTimeout; not counted as cut short. Default 250ms.
 	FinishWait time.Duration
 	// StopTimeout bounds the wait for each question or export actor to

@@ -31,10 +31,13 @@ type Config struct {
 	// FinishWait bounds how long a drain with no call left in flight
 	// still waits for the peer's Finish of answers that have returned
 	// without a capability (within DrainTimeout; an answer with
-	// capabilities is the peer's to keep while it uses them). A peer finishes as soon as it has our Return,
-	// so the wait is about one round trip; after it the peer has nothing
-	// left to send when our FIN goes, which matters where a proxy turns
-	// a half-close into a close and would reset a late Finish. Past it
+	// capabilities is the peer's to keep while it uses them), and for
+	// its Return of questions we finished before they returned (a
+	// cancel: the peer returns them all the same). A peer finishes as
+	// soon as it has our Return, so the wait is about one round trip;
+	// after it the peer has nothing left to send when our FIN goes,
+	// which matters where a proxy turns a half-close into a close and
+	// would reset a late Finish or Return. Past it
 	// the drain ends anyway, not cut short: nothing is lost.
 	FinishWait time.Duration
 	// StopTimeout bounds the wait for each question or export actor to

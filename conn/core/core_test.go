@@ -129,6 +129,41 @@ func TestScriptDrainFinishWait(t *testing.T) {
 	s.golden()
 }
 
+func TestScriptDrainWaitsForReturnOfCanceledCall(t *testing.T) {
+	s := bootstrapped(t, Config{FinishWait: 200 * time.Millisecond})
+	s.in(&LocalCall{Call: 2, Target: Cap{Kind: CapImport, ID: 0}, Method: echo})
+	s.in(&LocalCancel{Call: 2, Err: errors.New("context canceled")})
+	s.has("send finish q0 releaseResultCaps")
+	s.in(&Shutdown{Epitaph: ok, Drain: true})
+	s.note("nothing in flight, but the peer still owes q0's Return")
+	s.has("arm finish deadline")
+	s.lacks("drain done")
+	s.advance(100 * time.Millisecond)
+	s.recv(&Return{AnswerID: 0, Results: &Payload{Content: fields{}}})
+	s.note("the Return is in: the peer has nothing left to send")
+	s.has("event drain done: refused 0; left in flight: 0 questions, 0 answers")
+	r := s.closeGracefully()
+	if d := r.Phases[0]; d.Phase != PhaseDrain || d.CutShort || d.Took != 100*time.Millisecond {
+		t.Errorf("drain %+v, want 100ms, not cut short", d)
+	}
+	s.golden()
+}
+
+func TestScriptDrainFinishWaitForAReturn(t *testing.T) {
+	s := bootstrapped(t, Config{FinishWait: 200 * time.Millisecond})
+	s.in(&LocalCall{Call: 2, Target: Cap{Kind: CapImport, ID: 0}, Method: echo})
+	s.in(&LocalCancel{Call: 2, Err: errors.New("context canceled")})
+	s.in(&Shutdown{Epitaph: ok, Drain: true})
+	s.note("the Return never comes: the drain ends after FinishWait, not cut short")
+	s.advance(200 * time.Millisecond)
+	s.has("event drain done: refused 0; left in flight: 0 questions, 0 answers; 1 finished without their Return (finish wait over)")
+	r := s.closeGracefully()
+	if d := r.Phases[0]; d.Phase != PhaseDrain || d.CutShort {
+		t.Errorf("drain %+v, want not cut short", d)
+	}
+	s.golden()
+}
+
 func TestScriptDrainDoesNotWaitForAnswersWithCaps(t *testing.T) {
 	s := bootstrapped(t, Config{})
 	s.recv(&Call{QuestionID: 1, Target: Target{Kind: ImportedCap, ID: 0}, Method: echo})

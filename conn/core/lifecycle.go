@@ -22,7 +22,8 @@ const (
 	phaseOpen phase = iota
 	// phaseDraining: new calls are refused both ways; calls in flight
 	// finish, then the peer's Finishes of answers returned without a
-	// capability come in (for at most FinishWait). Next:
+	// capability and its Returns of questions we finished first come in
+	// (for at most FinishWait). Next:
 	// phaseStopQuestions (nothing left in flight or to finish, the finish
 	// or drain deadline, Hurry, the peer's end, a close without drain).
 	phaseDraining
@@ -392,27 +393,37 @@ func (c *Core) inFlight() (questions, answers int) {
 	return questions, answers
 }
 
-// unfinished counts the peer's answers that have returned without a
-// capability and wait for its Finish: those a peer finishes as soon as it
-// has the Return (go-capnp, C++'s dropped responses, our early Finish).
-// An answer whose results hold capabilities is the peer's to keep for as
-// long as it uses them (a bootstrap capability, typically): the drain
-// does not wait for it.
-func (c *Core) unfinished() int {
-	n := 0
+// unfinished counts what the peer still owes us a frame for, once
+// nothing is in flight: the peer's answers that have returned without a
+// capability and wait for its Finish (those a peer finishes as soon as it
+// has the Return: go-capnp, C++'s dropped responses, our early Finish),
+// and our questions whose Finish went before their Return (a cancel, a
+// caller done with a pipeline): the peer sends that Return all the same.
+// Ending the drain before either comes would have the peer write to a
+// socket we may be closing (a proxy that turns our FIN into a close
+// resets it). An answer whose results hold capabilities is the peer's to
+// keep for as long as it uses them (a bootstrap capability, typically):
+// the drain does not wait for it.
+func (c *Core) unfinished() (finishes, returns int) {
 	for _, a := range c.answers {
 		if a.returned && !a.finished && (a.results == nil || len(a.results.CapTable) == 0) {
-			n++
+			finishes++
 		}
 	}
-	return n
+	c.questions.Each(func(_ uint32, q *question) {
+		if q.state == questionFinishing {
+			returns++
+		}
+	})
+	return finishes, returns
 }
 
 // drained: nothing is left in flight. The drain ends once the peer has
-// finished the answers that returned, or FinishWait (within the drain's
-// deadline) after the last call, whichever is first.
+// finished the answers that returned and returned the questions we
+// finished, or FinishWait (within the drain's deadline) after the last
+// call, whichever is first.
 func (c *Core) drained() {
-	if c.unfinished() == 0 {
+	if f, r := c.unfinished(); f+r == 0 {
 		c.endDrain(false, "")
 		return
 	}
@@ -427,8 +438,12 @@ func (c *Core) drained() {
 func (c *Core) endDrain(cut bool, why string) {
 	q, a := c.inFlight()
 	note := fmt.Sprintf("refused %d; left in flight: %d questions, %d answers", c.life.report.Refused, q, a)
-	if n := c.unfinished(); n > 0 {
-		note += fmt.Sprintf("; %d returned without their Finish", n)
+	f, r := c.unfinished()
+	if f > 0 {
+		note += fmt.Sprintf("; %d returned without their Finish", f)
+	}
+	if r > 0 {
+		note += fmt.Sprintf("; %d finished without their Return", r)
 	}
 	if why != "" {
 		note += " (" + why + ")"
