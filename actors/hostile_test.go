@@ -607,10 +607,11 @@ func TestHostileUnknownTargetWithDebugLog(t *testing.T) {
 // TestHostileNeverReads: a peer that sends calls and never reads what
 // comes back. The vat stops reading it once its send queue is over
 // budget, then ends it after WriteTimeout without progress; the heap
-// stays near the budget.
+// stays near the budgets (what waits to be written, what was read and
+// not yet handled, the calls running).
 func TestHostileNeverReads(t *testing.T) {
 	const budget = 1 << 20
-	a := newArena(t, conn.Options{Limits: conn.Limits{MaxSendQueue: budget, MaxCallBytes: budget}, WriteTimeout: 500 * time.Millisecond}, false)
+	a := newArena(t, conn.Options{Limits: conn.Limits{MaxSendQueue: budget, MaxRecvQueue: budget, MaxCallBytes: budget}, WriteTimeout: 500 * time.Millisecond}, false)
 	p := a.attack(false)
 	h := watchHeap(t)
 	big := strings.Repeat("x", 32<<10)

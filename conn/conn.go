@@ -239,8 +239,9 @@ type Conn struct {
 	report Report            // complete once done is closed
 
 	out       sendQueue
-	readEnd   error     // the reader's last error; written by the reader before it exits
-	readEndAt time.Time // when readEnd happened
+	in        byteBudget // Limits.MaxRecvQueue: frames the reader posted that the actor has not handled
+	readEnd   error      // the reader's last error; written by the reader before it exits
+	readEndAt time.Time  // when readEnd happened
 	reader    sync.WaitGroup
 	writer    sync.WaitGroup
 	// delivered counts the peer's calls handed to our capabilities and
@@ -307,7 +308,8 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 	c.writeLoopFn = c.writeLoop
 	c.out.start, c.out.writers = c.startWriter, &c.writer
 	c.out.wake = make(chan struct{}, 1)
-	c.out.limit = opts.Limits.MaxSendQueue
+	c.out.budget.limit = opts.Limits.MaxSendQueue
+	c.in.limit = opts.Limits.MaxRecvQueue
 	if sw, ok := t.(streamWriter); ok {
 		c.stream = sw
 		sw.setWriteTimeout(opts.WriteTimeout)
@@ -562,7 +564,8 @@ func (m socketResult) closeSocketReport() PhaseReport {
 func (c *Conn) readLoop() {
 	defer c.reader.Done()
 	for {
-		c.out.awaitRoom() // backpressure: read nothing more while the peer does not read ours
+		c.out.awaitRoom()                        // backpressure: read nothing more while the peer does not read ours,
+		_ = c.in.awaitRoom(context.Background()) // nor while the actor has not handled what we read
 		f, err := c.transport.RecvFrame()
 		if err != nil {
 			c.readEnd, c.readEndAt = err, time.Now()
@@ -570,11 +573,16 @@ func (c *Conn) readLoop() {
 			c.readEnded.Store(&readerDone{err: err}) // after: once set, the readerDone is queued behind every frame
 			return
 		}
+		n := recvBytes(f)
+		c.in.add(n) // the actor releases it as it handles the frame (state.frame)
 		var posted error
 		switch {
 		case f.finish.ok:
-			if posted = c.postHere(f.finish.post()); posted != nil && c.trace {
-				c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", f.finish.describe())
+			if posted = c.postHere(f.finish.post()); posted != nil {
+				c.in.release(n)
+				if c.trace {
+					c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", f.finish.describe())
+				}
 			}
 			continue
 		case f.Sidecar == nil:
@@ -583,6 +591,7 @@ func (c *Conn) readLoop() {
 			posted = c.postHere(inFrame{f: f})
 		}
 		if posted != nil {
+			c.in.release(n)
 			if c.trace {
 				if rm, err := rpccp.ReadRootMessage(f.Msg); err == nil {
 					c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", DescribeMessage(rm))
@@ -599,6 +608,7 @@ func (c *Conn) readLoop() {
 // socket. hard skips both waits.
 // Each step's span (st) starts when the step does.
 func (c *Conn) closeSocket(hard bool, st *stepTracer) socketResult {
+	c.in.lift() // linger reads and discards: the reader waits for the actor no more
 	m := socketResult{hard: hard, closeWriteStart: time.Now()}
 	span := st.start(PhaseCloseWrite, m.closeWriteStart)
 	// Cut short: past WriteTimeout, or the writer gave up (a write that

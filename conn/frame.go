@@ -50,6 +50,14 @@ type Limits struct {
 	// the connection with TransportError wrapping ErrPeerNotReading.
 	// Default 16 MiB.
 	MaxSendQueue int64
+	// MaxRecvQueue bounds the bytes of the peer's frames read and not yet
+	// handled by the connection (waiting in its mailbox while it handles
+	// others). Past it the connection reads nothing more from the peer
+	// until it has handled them down to half, so a peer that sends faster
+	// than the connection handles its messages makes it hold at most this
+	// much of them; the peer's own writes then wait in its socket.
+	// Default 16 MiB.
+	MaxRecvQueue int64
 	// MaxHeldAnswers bounds the peer's calls and bootstraps we hold, from
 	// their arrival to their Finish (running, or returned and waiting for
 	// the Finish). Past it the connection ends with ProtocolError wrapping
@@ -91,6 +99,7 @@ const (
 	DefaultDepthLimit           = 64
 	DefaultFrameTimeout         = 30 * time.Second
 	DefaultMaxSendQueue         = 16 << 20
+	DefaultMaxRecvQueue         = 16 << 20
 	DefaultMaxHeldAnswers       = core.DefaultMaxHeldAnswers
 	DefaultMaxCallBytes         = core.DefaultMaxCallBytes
 	DefaultMaxAnswerBytes       = core.DefaultMaxAnswerBytes
@@ -107,6 +116,7 @@ func (l Limits) withDefaults() Limits {
 	orDefault(&l.DepthLimit, DefaultDepthLimit)
 	orDefault(&l.FrameTimeout, DefaultFrameTimeout)
 	orDefault(&l.MaxSendQueue, DefaultMaxSendQueue)
+	orDefault(&l.MaxRecvQueue, DefaultMaxRecvQueue)
 	orDefault(&l.MaxHeldAnswers, DefaultMaxHeldAnswers)
 	orDefault(&l.MaxCallBytes, DefaultMaxCallBytes)
 	orDefault(&l.MaxAnswerBytes, DefaultMaxAnswerBytes)

@@ -93,12 +93,16 @@ type WindowSnapshot struct {
 	Waiting int   `json:"waiting"`
 }
 
-// FlowSnapshot is what waits to be written: the send queue against its
-// budget (Limits.MaxSendQueue; past it, the connection reads nothing
-// from the peer until it has drained to half).
+// FlowSnapshot is what waits on either side of the connection: the send
+// queue against its budget (Limits.MaxSendQueue) and the peer's frames
+// read and not yet handled against theirs (Limits.MaxRecvQueue). Past
+// either, the connection reads nothing from the peer until it is down to
+// half.
 type FlowSnapshot struct {
 	SendQueueBytes int64 `json:"send_queue_bytes"`
 	MaxSendQueue   int64 `json:"max_send_queue"`
+	RecvQueueBytes int64 `json:"recv_queue_bytes"`
+	MaxRecvQueue   int64 `json:"max_recv_queue"`
 }
 
 // inspectReq asks the connection actor for a snapshot.
@@ -188,7 +192,8 @@ func (s *state) inspect() Snapshot {
 		}
 		snap.Imports = append(snap.Imports, is)
 	}
-	snap.Flow = FlowSnapshot{SendQueueBytes: s.c.out.bytes.Load(), MaxSendQueue: s.c.out.limit}
+	snap.Flow = FlowSnapshot{SendQueueBytes: s.c.out.budget.held(), MaxSendQueue: s.c.out.budget.limit,
+		RecvQueueBytes: s.c.in.held(), MaxRecvQueue: s.c.in.limit}
 	return snap
 }
 

@@ -246,7 +246,7 @@ func pipelineOps(transform []capnp.PipelineOp) []uint16 {
 // Calls forwarded from elsewhere (Recv: another connection's actor
 // delivering) never wait here; the other connection's budgets bound them.
 func (c *Conn) sendLocalCall(ctx context.Context, tgt callTarget, s capnp.Send) (*capnp.Answer, capnp.ReleaseFunc) {
-	if err := c.out.awaitRoomCtx(ctx); err != nil {
+	if err := c.out.budget.awaitRoom(ctx); err != nil {
 		return capnp.ErrorAnswer(s.Method, exc.WrapError("send queue full", err)), func() {}
 	}
 	return c.sendCall(ctx, tgt, s)

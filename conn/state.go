@@ -321,6 +321,7 @@ func (s *state) Receive(ctx actor.Context) {
 		}
 	case *actor.Stopped:
 		// The last turn: every child has stopped.
+		s.c.in.lift() // what is left in the mailbox is never handled
 		for len(s.children) > 0 {
 			for id, ch := range s.children {
 				delete(s.children, id)
@@ -347,6 +348,7 @@ func (s *state) Receive(ctx actor.Context) {
 // bytes reached: it ends the connection as a protocol error wrapping
 // errHandlerPanic, never the process.
 func (s *state) frame(f Frame) {
+	s.c.in.release(recvBytes(f)) // the frame leaves the mailbox: the core's budgets hold it from here
 	defer func() {
 		if r := recover(); r != nil {
 			s.c.opts.Logger.Error("capnp: panic while handling a message (a bug of vatactor's)", "peer", s.c.opts.Peer, "panic", r)
@@ -480,6 +482,7 @@ func (s *state) closingStarts() {
 	c.mu.Lock()
 	c.closed = true
 	c.mu.Unlock()
+	c.in.lift() // the reader now discards what it reads: nothing more queues
 	// The question actors still running: the end waits for their
 	// Terminated.
 	for _, q := range s.calls {

@@ -3,7 +3,6 @@ package conn
 import (
 	"context"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
@@ -57,11 +56,9 @@ type sendQueue struct {
 	armed    bool          // flush is pending
 	armedFor time.Duration // its delay
 
-	// Backpressure (Limits.MaxSendQueue): bytes counts what is queued and
-	// not yet written; the reader waits on room while it is above limit.
-	bytes atomic.Int64
-	limit int64
-	room  chan struct{} // closed when the queue has drained to limit/2; nil: nobody waits
+	// Backpressure (Limits.MaxSendQueue): what is queued and not yet
+	// written; the reader and local calls wait while it is over budget.
+	budget byteBudget
 }
 
 // frameBytes is what f adds to the send queue's count.
@@ -74,47 +71,7 @@ func frameBytes(f Frame) int64 {
 // queued for the peer, it reads none of the peer's frames (so admits none
 // of its calls), until the writer has drained the queue to half or the
 // connection ends.
-func (q *sendQueue) awaitRoom() { _ = q.awaitRoomCtx(context.Background()) }
-
-// awaitRoomCtx waits while more than the budget is queued for the peer,
-// until the queue has drained to half, the connection ends, or ctx does
-// (its error).
-func (q *sendQueue) awaitRoomCtx(ctx context.Context) error {
-	if q.bytes.Load() <= q.limit {
-		return nil
-	}
-	q.mu.Lock()
-	for q.bytes.Load() > q.limit/2 && !q.closing && !q.failed && !q.done {
-		if q.room == nil {
-			q.room = make(chan struct{})
-		}
-		room := q.room
-		q.mu.Unlock()
-		select {
-		case <-room:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		q.mu.Lock()
-	}
-	q.mu.Unlock()
-	return nil
-}
-
-// drained records n bytes written (or dropped); it lets a waiting reader
-// go on once the queue is down to half its budget. Called with mu held.
-func (q *sendQueue) drainedLocked(n int64) {
-	if q.bytes.Add(-n) <= q.limit/2 || q.closing || q.failed {
-		q.openRoomLocked()
-	}
-}
-
-func (q *sendQueue) openRoomLocked() {
-	if q.room != nil {
-		close(q.room)
-		q.room = nil
-	}
-}
+func (q *sendQueue) awaitRoom() { _ = q.budget.awaitRoom(context.Background()) }
 
 // lazyFlushDelay bounds how long a lazy frame waits for company;
 // writerIdleTimeout is how long a writer with nothing to write waits
@@ -158,7 +115,7 @@ func (q *sendQueue) unlockAndKick(start bool) {
 // actor calls kick once it has nothing more to handle, so that what one
 // run of its messages produces goes out in one write.
 func (q *sendQueue) pushQuiet(f Frame, owner *answer) {
-	q.bytes.Add(frameBytes(f))
+	q.budget.add(frameBytes(f))
 	q.mu.Lock()
 	q.items = append(q.items, f)
 	q.owner = append(q.owner, owner)
@@ -205,7 +162,7 @@ func (q *sendQueue) takeLocked() ([]Frame, []*answer) {
 // pushLazy queues f without starting the writer; the flush timer does if
 // nothing else does first.
 func (q *sendQueue) pushLazy(f Frame, delay time.Duration) {
-	q.bytes.Add(frameBytes(f))
+	q.budget.add(frameBytes(f))
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.items = append(q.items, f)
@@ -253,7 +210,7 @@ func (q *sendQueue) flushLazy() {
 func (q *sendQueue) close(halfClose bool) {
 	q.mu.Lock()
 	q.closing = true
-	q.openRoomLocked()
+	q.budget.lift()
 	q.halfClose = halfClose
 	if q.flush != nil {
 		q.flush.Stop()
@@ -328,9 +285,7 @@ func (c *Conn) writeLoop() {
 				failed = true
 				_ = c.post(writerDone{err: err})
 			}
-			q.mu.Lock()
-			q.drainedLocked(int64(len(rest)))
-			q.mu.Unlock()
+			q.budget.release(int64(len(rest)))
 		}
 		if len(batch) > 0 && !failed {
 			if err := c.transport.SendFrames(batch); err != nil {
@@ -394,7 +349,7 @@ func (c *Conn) writeInline(batch []Frame, owner []*answer) {
 func (q *sendQueue) inlineDone(rest []byte) {
 	q.mu.Lock()
 	q.rest = rest
-	q.bytes.Add(int64(len(rest))) // still to write
+	q.budget.add(int64(len(rest))) // still to write
 	more := rest != nil || q.due || q.closing
 	q.writing = more
 	if more {
@@ -435,8 +390,11 @@ func (c *Conn) written(batch []Frame, owner []*answer, failed bool) {
 	q.mu.Lock()
 	q.failed = q.failed || failed
 	q.spare, q.spareOwn = batch[:0], owner[:0]
-	q.drainedLocked(n)
 	q.mu.Unlock()
+	q.budget.release(n)
+	if failed {
+		q.budget.lift() // nothing more is written: waiting for room is waiting forever
+	}
 }
 
 // newMessage allocates an outgoing rpc message. Its memory comes from

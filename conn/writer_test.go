@@ -19,7 +19,7 @@ func TestCloseDuringTimerWrite(t *testing.T) {
 	started := make(chan struct{})
 	writing := make(chan struct{})
 	release := make(chan struct{})
-	q := &sendQueue{wake: make(chan struct{}, 1), writers: &writers, limit: 1 << 20}
+	q := &sendQueue{wake: make(chan struct{}, 1), writers: &writers, budget: byteBudget{limit: 1 << 20}}
 	q.start = func() { close(started) }
 	q.inline = func([]Frame, []*answer) {
 		close(writing)
