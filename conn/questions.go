@@ -405,7 +405,7 @@ func (s *state) settle(o core.Settle) {
 	}
 	q.outcome = m
 	q.pending = &q.outcome
-	s.ctx.Send(q.pid, q.pending)
+	q.mbox.PostUserMessage(q.pending) // what ctx.Send does, without the registry lookup
 }
 
 // retire forgets a local call the core is done with.

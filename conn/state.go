@@ -537,6 +537,9 @@ func (s *state) spawn(ch core.Child) {
 	s.pids[ch] = pid
 }
 
+// stopQuestion is the Stop posted to a question actor's mailbox.
+var stopQuestion = &actor.Stop{}
+
 // stopChild stops a question or export actor; its Terminated is the
 // core's ChildStopped.
 func (s *state) stopChild(ch core.Child) {
@@ -545,7 +548,9 @@ func (s *state) stopChild(ch core.Child) {
 		if q := s.calls[ch.Call]; q != nil {
 			s.retire(q)
 			if s.pids[ch] == nil && q.pid != nil {
-				s.ctx.Stop(q.pid)
+				// What ctx.Stop does, without the registry lookup;
+				// protoactor marks the process dead as it stops.
+				q.mbox.PostSystemMessage(stopQuestion)
 				return
 			}
 		}
