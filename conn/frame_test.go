@@ -527,3 +527,40 @@ func TestReceivedFramesReuseTheirArenas(t *testing.T) {
 		f.Msg.Release()
 	}
 }
+
+// TestSidecarOtherLayouts: a sidecar laid out otherwise than ours (a
+// later version's, with a field more) is read through capnp's decoder,
+// fields and all; a malformed one is a malformed frame.
+func TestSidecarOtherLayouts(t *testing.T) {
+	const dataWords, ptrWords = 4, 3 // one data word more than ours
+	word := func(b []byte, v uint64) []byte { return binary.LittleEndian.AppendUint64(b, v) }
+	seg := word(nil, uint64(dataWords)<<32|uint64(ptrWords)<<48)
+	seg = word(seg, wire.SidecarMagic)
+	seg = word(seg, 1<<wire.Feature_epitaphs)
+	seg = word(seg, 2500) // timeout, µs
+	seg = word(seg, 0xfeed)
+	// traceparent: a text of 3 bytes ("tp" and NUL) right after the pointers
+	const listKind, byteElems = 1, 2
+	seg = word(seg, listKind|2<<2|byteElems<<32|3<<35)
+	seg = word(seg, 0)
+	seg = word(seg, 0)
+	seg = append(seg, 't', 'p', 0, 0, 0, 0, 0, 0)
+	if !isSidecar(seg) {
+		t.Fatal("not recognised as a sidecar")
+	}
+	if _, ok := decodeOurSidecar(seg); ok {
+		t.Fatal("the fast decoder took another layout")
+	}
+	sc, err := decodeSidecar(seg, Limits{}.withDefaults())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Sidecar{Features: 1 << wire.Feature_epitaphs, Timeout: 2500 * time.Microsecond, TraceParent: "tp"}); *sc != want {
+		t.Fatalf("read %+v, want %+v", *sc, want)
+	}
+
+	bad := append([]byte(nil), seg[:len(seg)-8]...) // the text's bytes cut off
+	if _, err := decodeSidecar(bad, Limits{}.withDefaults()); !errors.Is(err, ErrMalformedFrame) {
+		t.Fatalf("a sidecar whose text is cut off: %v, want ErrMalformedFrame", err)
+	}
+}
