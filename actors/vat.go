@@ -25,7 +25,7 @@ import (
 )
 
 // Options configures a vat. The zero value is a vat with no bootstrap
-// capability and its own actor system.
+// capability, in the actor system the vats of this process share.
 type Options struct {
 	// Name is the vat's name, used in actor names and logs.
 	Name string
