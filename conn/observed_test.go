@@ -277,3 +277,33 @@ func countChildren(spans []sdktrace.ReadOnlySpan, parent sdktrace.ReadOnlySpan) 
 	}
 	return n
 }
+
+// TestCallDurationsRecordedBeforeDown: a call's duration, measured in a
+// turn whose Return went to the writer goroutine (so its recording waits
+// for a turn that writes or for a timer), is recorded by the time the
+// connection reports Down, the peer hanging up right after the call. (The
+// end's own turns usually record it first; the sample's test, scraping
+// as soon as Down is out, once found it missing under load.)
+func TestCallDurationsRecordedBeforeDown(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	down := make(chan Down, 1)
+	h := newHarnessWith(t, Options{
+		Bootstrap:     capnp.Client(interop.NewEchoServer().Client(interop.PlainServer)),
+		MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)),
+		OnEvent: func(ev Event) {
+			if d, ok := ev.(Down); ok {
+				down <- d
+			}
+		},
+	})
+	h.peerBootstrap(0)
+	h.send(callImport(0, 1, "hi"))
+	h.expect("return q1")
+	h.send(finishMsgQ(1))
+	_ = h.peer.Close() // at once: well within the recording timer's delay
+	<-down
+	e := &observedEnd{reader: reader}
+	if n := e.metric(t, metering.ServerCallDuration); n != 2 { // the bootstrap and the call
+		t.Fatalf("%v server call durations recorded at Down, want 2", n)
+	}
+}

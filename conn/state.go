@@ -693,6 +693,7 @@ func (s *state) down(r core.Report) {
 	c.mu.Unlock()
 	c.publishStats(Stats{})
 	s.traceDown(rep, s.last)
+	s.recordMetered(false, true) // what was measured is recorded before Down says the connection has ended
 	c.meterDown(rep)
 	s.emit(Down{Conn: c, Report: rep})
 	close(c.done)
