@@ -122,10 +122,7 @@ func TestScriptDrainFinishWait(t *testing.T) {
 	s.note("the peer keeps a1: the drain ends after FinishWait, not cut short")
 	s.advance(time.Millisecond)
 	s.has("event drain done: refused 0; left in flight: 0 questions, 0 answers; 1 returned without their Finish (finish wait over)")
-	r := s.closeGracefully()
-	if d := r.Phases[0]; d.Phase != PhaseDrain || d.CutShort || d.Took != 200*time.Millisecond {
-		t.Errorf("drain %+v, want 200ms, not cut short", d)
-	}
+	wantDrainTook(t, s.closeGracefully(), 200*time.Millisecond)
 	s.golden()
 }
 
@@ -142,10 +139,7 @@ func TestScriptDrainWaitsForReturnOfCanceledCall(t *testing.T) {
 	s.recv(&Return{AnswerID: 0, Results: &Payload{Content: fields{}}})
 	s.note("the Return is in: the peer has nothing left to send")
 	s.has("event drain done: refused 0; left in flight: 0 questions, 0 answers")
-	r := s.closeGracefully()
-	if d := r.Phases[0]; d.Phase != PhaseDrain || d.CutShort || d.Took != 100*time.Millisecond {
-		t.Errorf("drain %+v, want 100ms, not cut short", d)
-	}
+	wantDrainTook(t, s.closeGracefully(), 100*time.Millisecond)
 	s.golden()
 }
 
@@ -157,10 +151,7 @@ func TestScriptDrainFinishWaitForAReturn(t *testing.T) {
 	s.note("the Return never comes: the drain ends after FinishWait, not cut short")
 	s.advance(200 * time.Millisecond)
 	s.has("event drain done: refused 0; left in flight: 0 questions, 0 answers; 1 finished without their Return (finish wait over)")
-	r := s.closeGracefully()
-	if d := r.Phases[0]; d.Phase != PhaseDrain || d.CutShort {
-		t.Errorf("drain %+v, want not cut short", d)
-	}
+	wantDrainTook(t, s.closeGracefully(), 200*time.Millisecond)
 	s.golden()
 }
 
@@ -560,4 +551,13 @@ func TestScriptKeepAlive(t *testing.T) {
 	s.stopChildren()
 	s.has("close socket (hard)")
 	s.golden()
+}
+
+// wantDrainTook checks that a graceful end's drain took took and was not
+// cut short.
+func wantDrainTook(t *testing.T, r Report, took time.Duration) {
+	t.Helper()
+	if d := r.Phases[0]; d.Phase != PhaseDrain || d.CutShort || d.Took != took {
+		t.Errorf("drain %+v, want %v, not cut short", d, took)
+	}
 }
