@@ -405,7 +405,7 @@ func FuzzSidecar(f *testing.F) {
 		tp, _ := sc.Traceparent()
 		ts, _ := sc.Tracestate()
 		cp, _ := sc.Conn()
-		if want := (Sidecar{Features: sc.Features(), TraceParent: tp, TraceState: ts, ConnParent: cp}); *fast != want {
+		if want := (Sidecar{Features: sc.Features(), Timeout: micros(sc.Timeout()), TraceParent: tp, TraceState: ts, ConnParent: cp}); *fast != want {
 			t.Fatalf("fast %+v, capnp %+v", *fast, want)
 		}
 	})
