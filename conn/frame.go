@@ -296,7 +296,7 @@ func readBody(r io.Reader, n int) ([]byte, error) {
 // the budgets count it so, see heldBytes). A pool drops what the
 // collector reclaims, so an idle connection holds none.
 var (
-	recvBodies  = bufferpool.NewPool(minPooledBody, 27)
+	recvBodies  = bufferpool.NewPool(minPooledBody, pooledBucketCount)
 	smallBodies = bufferpool.NewPool(64, 13)
 )
 

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"capnproto.org/go/capnp/v3"
+	"capnproto.org/go/capnp/v3/exp/bufferpool"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
@@ -396,6 +397,22 @@ func (c *Conn) written(batch []Frame, owner []*answer, failed bool) {
 		q.budget.lift() // nothing more is written: waiting for room is waiting forever
 	}
 }
+
+// pooledBucketCount is the buckets of the buffer pools this package makes
+// or widens: powers of two up to 128 MiB, past the largest frame a
+// connection accepts by default (DefaultMaxFrameSize).
+const pooledBucketCount = 27
+
+// capnp's SingleSegmentArena, in which every outgoing message grows,
+// takes its buffers from bufferpool.Default, whose buckets capnp stops at
+// 1 MiB: a message of a megabyte or more was made anew (and zeroed by the
+// runtime) at each use and dropped after its write — a 1 MiB echo
+// allocated 2.2 MB a call. The default pool is widened here, when the
+// package is loaded, to the sizes of recvBodies, so that large messages
+// reuse their buffers as small ones do. This is process-wide: every capnp
+// message of the process, a connection's or not, draws on the wider pool;
+// what it holds, the collector reclaims as from any sync.Pool.
+func init() { bufferpool.Default = *bufferpool.NewPool(1024, pooledBucketCount) }
 
 // newMessage allocates an outgoing rpc message. Its memory comes from
 // pools: capnp's for the segment, ours for the Message, which the writer
