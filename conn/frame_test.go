@@ -564,3 +564,24 @@ func TestSidecarOtherLayouts(t *testing.T) {
 		t.Fatalf("a sidecar whose text is cut off: %v, want ErrMalformedFrame", err)
 	}
 }
+
+// TestBodyPool: buffers by powers of two from the smallest bucket up; a
+// size past the largest is allocated as asked; what is put back comes
+// out again as it went in (not zeroed: readBody overwrites what it uses).
+func TestBodyPool(t *testing.T) {
+	p := newBodyPool(64, 10) // 64 B … 1 KiB
+	for _, c := range []struct{ size, cap int }{{1, 64}, {64, 64}, {65, 128}, {1000, 1024}, {1024, 1024}, {1025, 1025}} {
+		if b := p.Get(c.size); len(b) != c.size || cap(b) != c.cap {
+			t.Errorf("Get(%d): len %d cap %d, want cap %d", c.size, len(b), cap(b), c.cap)
+		}
+	}
+	for range 100 { // sync.Pool may drop a Put (the race detector does, one in four)
+		b := p.Get(200)
+		b[0] = 42
+		p.Put(b)
+		if c := p.Get(256); c[0] == 42 {
+			return
+		}
+	}
+	t.Error("a buffer put back never came out again")
+}
