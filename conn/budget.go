@@ -73,6 +73,7 @@ func (b *byteBudget) awaitRoom(ctx context.Context) error {
 		// Checked after waiting is set: a release that came before it
 		// is seen here, one that comes after sees waiting.
 		if b.bytes.Load() <= b.limit/2 {
+			b.openLocked() // for whoever else waits, and so that release need not
 			break
 		}
 		room := b.room

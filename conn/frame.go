@@ -309,12 +309,14 @@ var (
 // echo's two received bodies was 5 % of its CPU.)
 type bodyPool struct {
 	minBucket int
-	buckets   []zeropool.Pool[[]byte] // buckets[i]: buffers of 1<<i bytes, up to 1<<bucketCount
+	buckets   []zeropool.Pool[[]byte] // buckets[i]: buffers of 1<<i bytes
 }
 
+// newBodyPool makes a pool of bucketCount buckets, as bufferpool.NewPool:
+// the last holds buffers of 1<<(bucketCount-1) bytes.
 func newBodyPool(minSize, bucketCount int) *bodyPool {
-	p := &bodyPool{minBucket: bits.Len(uint(minSize - 1)), buckets: make([]zeropool.Pool[[]byte], bucketCount+1)}
-	for i := p.minBucket; i <= bucketCount; i++ {
+	p := &bodyPool{minBucket: bits.Len(uint(minSize - 1)), buckets: make([]zeropool.Pool[[]byte], bucketCount)}
+	for i := p.minBucket; i < bucketCount; i++ {
 		p.buckets[i] = zeropool.New(func() []byte { return make([]byte, 1<<i) })
 	}
 	return p

@@ -569,7 +569,7 @@ func TestSidecarOtherLayouts(t *testing.T) {
 // size past the largest is allocated as asked; what is put back comes
 // out again as it went in (not zeroed: readBody overwrites what it uses).
 func TestBodyPool(t *testing.T) {
-	p := newBodyPool(64, 10) // 64 B … 1 KiB
+	p := newBodyPool(64, 11) // 64 B … 1 KiB
 	for _, c := range []struct{ size, cap int }{{1, 64}, {64, 64}, {65, 128}, {1000, 1024}, {1024, 1024}, {1025, 1025}} {
 		if b := p.Get(c.size); len(b) != c.size || cap(b) != c.cap {
 			t.Errorf("Get(%d): len %d cap %d, want cap %d", c.size, len(b), cap(b), c.cap)

@@ -348,7 +348,8 @@ func (s *state) Receive(ctx actor.Context) {
 // bytes reached: it ends the connection as a protocol error wrapping
 // errHandlerPanic, never the process.
 func (s *state) frame(f Frame) {
-	s.c.in.release(recvBytes(f)) // the frame leaves the mailbox: the core's budgets hold it from here
+	size := recvBytes(f)
+	s.c.in.release(size) // the frame leaves the mailbox: the core's budgets hold it from here
 	defer func() {
 		if r := recover(); r != nil {
 			s.c.opts.Logger.Error("capnp: panic while handling a message (a bug of vatactor's)", "peer", s.c.opts.Peer, "panic", r)
@@ -370,10 +371,6 @@ func (s *state) frame(f Frame) {
 		s.in.recv = core.Received{Msg: &s.in.finish}
 		s.feed(&s.in.recv)
 		return
-	}
-	var size int64
-	if s.c.meters != nil {
-		size = frameBytes(f)
 	}
 	m, err := s.decode(f.Msg, f.Sidecar)
 	if err != nil {

@@ -399,9 +399,8 @@ func (c *Conn) written(batch []Frame, owner []*answer, failed bool) {
 }
 
 // pooledBucketCount is the buckets of the buffer pools this package makes
-// or widens: powers of two up to 64 MiB (capnp's bufferpool, whose last
-// bucket is 1<<(count-1)) or 128 MiB (bodyPool, 1<<count), at least the
-// largest frame a connection accepts by default (DefaultMaxFrameSize).
+// or widens: powers of two up to 64 MiB, the largest frame a connection
+// accepts by default (DefaultMaxFrameSize).
 const pooledBucketCount = 27
 
 // capnp's SingleSegmentArena, in which every outgoing message grows,
