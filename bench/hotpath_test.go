@@ -212,37 +212,6 @@ func BenchmarkEchoTCP(b *testing.B) {
 	}
 }
 
-// BenchmarkVatSpawn is a vat's whole life, serving a bootstrap
-// capability: spawned, listening on loopback TCP, stopped. In the
-// process's shared actor system (the default), and in a system of its own
-// made with it (what a protoactor system itself costs).
-func BenchmarkVatSpawn(b *testing.B) {
-	for _, own := range []bool{false, true} {
-		name := "shared-system"
-		if own {
-			name = "own-system"
-		}
-		b.Run(name, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				_, boot := newBench(actors.NewServer)
-				opts := actors.Options{Name: "bench", Bootstrap: boot}
-				if own {
-					opts.System = actors.QuietSystem()
-				}
-				v := actors.Spawn(opts)
-				if _, err := v.Listen("tcp", "127.0.0.1:0"); err != nil {
-					b.Fatal(err)
-				}
-				v.Stop()
-				if own {
-					opts.System.Shutdown()
-				}
-			}
-		})
-	}
-}
-
 // BenchmarkScenario runs each sequential scenario of go run ./bench as a
 // Go benchmark on vatactor over loopback TCP (echo/traced and
 // echo/metered with the feature on), for allocation profiles:
