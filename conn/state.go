@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"capnproto.org/go/capnp/v3"
@@ -91,19 +92,31 @@ type state struct {
 	meterTimer *time.Timer
 	meterArmed bool
 
-	// Storage of the inputs of the hot path, reused from message to
-	// message: the core keeps no input it is given.
-	in struct {
-		recv     core.Received
-		call     core.Call
-		ret      core.Return
-		payload  core.Payload
-		finish   core.Finish
-		local    core.LocalCall
-		fin      core.LocalFinish
-		returned core.Returned
-		results  core.Payload
-	}
+	// turn is the storage the connection works in during a turn (lend,
+	// rest), nil between turns; in is its inputs.
+	turn *turnStorage
+	in   *turnInputs
+}
+
+// turnInputs is the storage of the inputs of the hot path, reused from
+// message to message: the core keeps no input it is given.
+type turnInputs struct {
+	recv     core.Received
+	call     core.Call
+	ret      core.Return
+	payload  core.Payload
+	finish   core.Finish
+	local    core.LocalCall
+	fin      core.LocalFinish
+	returned core.Returned
+	results  core.Payload
+}
+
+// turnStorage is what a connection works in during its actor's turn and
+// gives back after it: the core's (core.Scratch) and the inputs'.
+type turnStorage struct {
+	core core.Scratch
+	in   turnInputs
 }
 
 // localCap is one of our capabilities as the core knows it: a Ref.
@@ -166,6 +179,7 @@ var stopChildren = actor.NewOneForOneStrategy(0, 0, func(any) actor.Directive { 
 func (s *state) feed(in core.Input) {
 	now := s.clock.now()
 	s.now = now
+	s.lend()
 	s.apply(s.core.Step(now, in))
 	// By index, not by reslicing: the queue keeps its storage for the
 	// next feed (apply may append to it meanwhile).
@@ -177,6 +191,41 @@ func (s *state) feed(in core.Input) {
 	s.later = s.later[:0]
 	s.released.Reset()
 	s.sweep()
+}
+
+// turnPool is the storage the connections of this process work in
+// (turnStorage): a connection holds one while it has calls in flight, so
+// an idle connection holds none, and a burst's reusable question and
+// answer records go back to the pool instead of staying with the
+// connection.
+var turnPool = sync.Pool{New: func() any { return new(turnStorage) }}
+
+// lend gives the connection storage for this turn, if it has none, and
+// the core its part of it, if the core has none.
+func (s *state) lend() {
+	if s.turn == nil {
+		s.turn = turnPool.Get().(*turnStorage)
+		s.in = &s.turn.in
+	}
+	if s.core.AtRest() {
+		s.core.Lend(&s.turn.core)
+	}
+}
+
+// rest gives the storage back at the end of a turn that leaves no call in
+// flight (core.Quiet), or the connection closed; a busy connection keeps
+// it for its next turn. (The core's first storage is its own, made when
+// it was; that is dropped here.)
+func (s *state) rest() {
+	if !s.core.Quiet() && !s.core.Closed() {
+		return
+	}
+	s.core.Rest()
+	if t := s.turn; t != nil {
+		t.in = turnInputs{}
+		s.turn, s.in = nil, nil
+		turnPool.Put(t)
+	}
 }
 
 // releaseLater queues the release of one reference to cp, fed to the
@@ -234,6 +283,7 @@ func (s *state) dropLocal(r core.Ref, l *localCap) {
 // Receive is the one way in: every input of the connection is a message.
 func (s *state) Receive(ctx actor.Context) {
 	s.ctx = ctx
+	s.lend()
 	defer func() {
 		if r := recover(); r != nil {
 			// A bug of ours: said at ERROR (protoactor's own log is
@@ -246,6 +296,7 @@ func (s *state) Receive(ctx actor.Context) {
 		s.ctx = nil
 		wrote := s.flushOut()
 		s.recordMetered(wrote, false)
+		s.rest()
 	}()
 	switch m := ctx.Message().(type) {
 	case *actor.Started:

@@ -106,20 +106,27 @@ func (c *Core) newAnswer(id uint32, m Method) (*answer, error) {
 	}
 	c.seq++
 	var a *answer
-	if n := len(c.freeA); n > 0 {
-		a, c.freeA = c.freeA[n-1], c.freeA[:n-1]
-		// Storage kept from its last use (the runner keeps nothing of a
-		// Step's outputs past the Step: a Return's descriptors included).
-		held, wireDescs := a.held[:0], a.wireDescs[:0]
-		clear(held[:cap(held)])
-		clear(wireDescs[:cap(wireDescs)])
-		*a = answer{id: id, method: m, seq: c.seq, since: c.now, held: held, wireDescs: wireDescs}
+	if free := &c.sc.freeA; len(*free) > 0 {
+		n := len(*free)
+		a, *free = (*free)[n-1], (*free)[:n-1]
+		// Wiped when it was freed; its slices keep their storage.
+		*a = answer{id: id, method: m, seq: c.seq, since: c.now, held: a.held, wireDescs: a.wireDescs}
 	} else {
 		a = &answer{id: id, method: m, seq: c.seq, since: c.now}
 	}
 	c.answers[id] = a
 	c.running++
 	return a, nil
+}
+
+// wipe empties a retired answer for reuse, keeping its slices' storage
+// (the runner keeps nothing of a Step's outputs past its turn: a Return's
+// descriptors included), so that a free answer holds nothing alive.
+func (a *answer) wipe() {
+	held, wireDescs := a.held[:0], a.wireDescs[:0]
+	clear(held[:cap(held)])
+	clear(wireDescs[:cap(wireDescs)])
+	*a = answer{held: held, wireDescs: wireDescs}
 }
 
 // admit answers a at once when it cannot run: refused by a drain, or over

@@ -42,7 +42,6 @@ type stepStorage struct {
 	refused      arena[Refused]
 	ending       arena[Ending]
 	actorStopped arena[ActorStopped]
-	events       arena[Event]
 }
 
 func (s *stepStorage) reset() {
@@ -75,4 +74,126 @@ func (s *stepStorage) reset() {
 	s.refused.Reset()
 	s.ending.Reset()
 	s.actorStopped.Reset()
+}
+
+// clear empties the storage and drops what it points to (Core.Rest).
+func (s *stepStorage) clear() {
+	s.send.Clear()
+	s.deliver.Clear()
+	s.cancel.Clear()
+	s.done.Clear()
+	s.redirect.Clear()
+	s.settle.Clear()
+	s.resolved.Clear()
+	s.spawn.Clear()
+	s.stop.Clear()
+	s.arm.Clear()
+	s.closing.Clear()
+	s.closeSocket.Clear()
+	s.emit.Clear()
+	s.log.Clear()
+	s.bootstrap.Clear()
+	s.call.Clear()
+	s.ret.Clear()
+	s.finish.Clear()
+	s.resolve.Clear()
+	s.release.Clear()
+	s.disembargo.Clear()
+	s.abort.Clear()
+	s.unimpl.Clear()
+	s.phaseStarted.Clear()
+	s.phaseDone.Clear()
+	s.busy.Clear()
+	s.refused.Clear()
+	s.ending.Clear()
+	s.actorStopped.Clear()
+}
+
+// Scratch is the storage a Core's Steps work in: their outputs and the
+// question and answer records they reuse. A connection at rest needs
+// none of it, so a runner that runs many cores lends one Scratch to the
+// core whose turn it is (Lend) and takes it back when the turn is over
+// (Rest), and a thousand idle connections hold none. A core that is lent
+// none makes its own and keeps it. The zero value is ready.
+type Scratch struct {
+	o   stepStorage
+	out []Output
+	// freeQ, freeA: retired questions and answers, for reuse; bounded.
+	freeQ []*question
+	freeA []*answer
+}
+
+// maxFree bounds the questions and answers a Scratch keeps for reuse.
+const maxFree = 64
+
+// Lend gives the core s to work in, if it has none. Call it before Start
+// or a Step; a core given none makes its own.
+func (c *Core) Lend(s *Scratch) {
+	if c.sc == nil {
+		c.use(s)
+	}
+}
+
+// Quiet reports whether the connection has no call in flight either way
+// (no question, no answer, no embargo). A runner gives the storage back
+// (Rest) after a quiet turn and keeps it while calls run, so that a busy
+// connection's turns reuse its storage in place and an idle one holds
+// none.
+func (c *Core) Quiet() bool {
+	return c.questions.Len() == 0 && len(c.answers) == 0 && c.embargoes.Len() == 0
+}
+
+// AtRest reports whether the core holds no storage (see Rest).
+func (c *Core) AtRest() bool { return c.sc == nil }
+
+// use makes s the core's storage.
+func (c *Core) use(s *Scratch) {
+	c.sc, c.o = s, &s.o
+}
+
+// scratch makes sure the core has storage to work in.
+func (c *Core) scratch() {
+	if c.sc == nil {
+		c.use(new(Scratch))
+	}
+}
+
+// Rest takes back the core's storage once the runner has carried out
+// every output of its last Step (and Start): the outputs are gone from
+// then on, and the questions and answers retired meanwhile are free for
+// reuse. It returns the storage, for this core's or another's next turn,
+// or nil when it has none.
+func (c *Core) Rest() *Scratch {
+	s := c.sc
+	if s == nil {
+		return nil
+	}
+	c.recycle()
+	s.o.clear()
+	clear(s.out)
+	s.out = s.out[:0]
+	c.sc, c.o = nil, nil
+	return s
+}
+
+// recycle makes what the last Step retired free for reuse, as far as
+// the storage keeps any.
+func (c *Core) recycle() {
+	s := c.sc
+	for _, q := range c.retiredQ {
+		if len(s.freeQ) < maxFree {
+			q.wipe()
+			s.freeQ = append(s.freeQ, q)
+		}
+	}
+	clear(c.retiredQ)
+	c.retiredQ = c.retiredQ[:0]
+	for _, a := range c.retiredA {
+		if len(s.freeA) < maxFree {
+			a.wipe()
+			s.freeA = append(s.freeA, a)
+		}
+	}
+	clear(c.retiredA)
+	c.retiredA = c.retiredA[:0]
 }

@@ -463,8 +463,10 @@ func (c Child) String() string { return fmt.Sprintf("%v %d", c.Kind, c.ID) }
 type Core struct {
 	cfg Config
 	now time.Time
-	out []Output
-	o   stepStorage // where the outputs of a Step live
+	// sc is the storage the core works in (see Scratch), nil at rest; o
+	// is sc's outputs' storage.
+	sc *Scratch
+	o  *stepStorage
 
 	questions idtable.Table[*question]
 	byCall    map[CallID]*question
@@ -482,9 +484,9 @@ type Core struct {
 	// results are still named by CapAnswer caps, by Gen.
 	retired map[uint64]*answer
 	// retiredQ: questions retired during the last Step, free for reuse
-	// from the next one on (freeQ).
-	retiredQ, freeQ []*question
-	retiredA, freeA []*answer // the same for answers
+	// (Scratch.freeQ) once its outputs are carried out.
+	retiredQ []*question
+	retiredA []*answer // the same for answers
 	// answerExports counts the exports standing for capabilities in
 	// running answers (resolveAnswerExports has work only while it is
 	// above zero).
@@ -507,6 +509,7 @@ func New(cfg Config, now time.Time) *Core {
 	c.life.start = now
 	c.life.heard = now
 	c.life.idle = true
+	c.scratch()
 	c.armIdle()
 	if c.cfg.KeepAlive.Interval > 0 {
 		c.arm(KeepAliveDeadline, c.cfg.KeepAlive.Interval)
@@ -517,32 +520,25 @@ func New(cfg Config, now time.Time) *Core {
 // Start returns the outputs of the connection's start (the idle deadline,
 // if any). Call it once, before the first Step.
 func (c *Core) Start() []Output {
-	out := c.out
-	c.out = nil
-	return out
+	c.scratch()
+	return c.sc.out
 }
 
 // Step feeds one input, at now, and returns what the connection does
-// about it. The slice is the core's until the next Step.
+// about it. The slice, and what its outputs point to, are the core's
+// until the next Step or Rest.
 func (c *Core) Step(now time.Time, in Input) []Output {
 	if now.After(c.now) {
 		c.now = now
 	}
-	c.out = c.out[:0] // what the last Step returned: the runner is done with it
+	// What the last Step returned: the runner is done with it.
+	c.scratch()
+	c.sc.out = c.sc.out[:0]
 	c.o.reset()
-	if len(c.retiredQ) > 0 && len(c.freeQ) < 64 {
-		c.freeQ = append(c.freeQ, c.retiredQ...)
-	}
-	clear(c.retiredQ)
-	c.retiredQ = c.retiredQ[:0]
-	if len(c.retiredA) > 0 && len(c.freeA) < 64 {
-		c.freeA = append(c.freeA, c.retiredA...)
-	}
-	clear(c.retiredA)
-	c.retiredA = c.retiredA[:0]
+	c.recycle()
 	c.step(in)
 	c.afterStep()
-	return c.out
+	return c.sc.out
 }
 
 func (c *Core) step(in Input) {
@@ -631,7 +627,7 @@ func (s Stats) String() string {
 		s.Questions, s.Answers, s.Exports, s.Imports, s.Embargoes)
 }
 
-func (c *Core) emit(o Output) { c.out = append(c.out, o) }
+func (c *Core) emit(o Output) { c.sc.out = append(c.sc.out, o) }
 
 func (c *Core) send(m Message) { c.emit(put(&c.o.send, Send{Msg: m})) }
 

@@ -2,6 +2,7 @@ package core
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/vatactor/vatactor/supervisor"
@@ -357,9 +358,10 @@ func (m Unknown) String() string {
 	return fmt.Sprintf("unknown message kind %d (%d bytes)", m.Kind, m.Size)
 }
 
-// Copy returns a copy of m that outlives the Step that made it (a Send's
-// message lives in the core's storage until its next Step). The slices
-// in it are shared: the core never changes them once sent.
+// Copy returns a copy of m that outlives the Step that made it: a Send's
+// message lives in the core's storage, and its slices and payload in
+// records the core reuses (a retired answer's descriptors), possibly for
+// another connection's turn (Scratch). Everything m points to is copied.
 func Copy(m Message) Message {
 	switch m := m.(type) {
 	case *Bootstrap:
@@ -367,24 +369,41 @@ func Copy(m Message) Message {
 		return &v
 	case *Call:
 		v := *m
+		v.Target = copyTarget(m.Target)
+		v.Params = copyPayload(m.Params)
 		return &v
 	case *Return:
 		v := *m
+		if m.Results != nil {
+			p := copyPayload(*m.Results)
+			v.Results = &p
+		}
+		v.Exception = copyException(m.Exception)
 		return &v
 	case *Finish:
 		v := *m
 		return &v
 	case *Resolve:
 		v := *m
+		if m.Cap != nil {
+			d := copyDescriptor(*m.Cap)
+			v.Cap = &d
+		}
+		v.Exception = copyException(m.Exception)
 		return &v
 	case *Release:
 		v := *m
 		return &v
 	case *Disembargo:
 		v := *m
+		v.Target = copyTarget(m.Target)
 		return &v
 	case *Abort:
 		v := *m
+		if ep := m.Exception.Epitaph; ep != nil {
+			e := *ep
+			v.Exception.Epitaph = &e
+		}
 		return &v
 	case *Unimplemented:
 		v := *m
@@ -395,4 +414,45 @@ func Copy(m Message) Message {
 		return &v
 	}
 	return m
+}
+
+func copyTarget(t Target) Target {
+	t.Transform = slices.Clone(t.Transform)
+	return t
+}
+
+func copyDescriptor(d CapDescriptor) CapDescriptor {
+	d.Transform = slices.Clone(d.Transform)
+	return d
+}
+
+func copyPayload(p Payload) Payload {
+	if p.Caps != nil {
+		caps := make([]CapDescriptor, len(p.Caps))
+		for i, d := range p.Caps {
+			caps[i] = copyDescriptor(d)
+		}
+		p.Caps = caps
+	}
+	if p.CapTable != nil {
+		table := make([]Cap, len(p.CapTable))
+		for i, c := range p.CapTable {
+			c.Transform = slices.Clone(c.Transform)
+			table[i] = c
+		}
+		p.CapTable = table
+	}
+	return p
+}
+
+func copyException(e *Exception) *Exception {
+	if e == nil {
+		return nil
+	}
+	v := *e
+	if e.Epitaph != nil {
+		ep := *e.Epitaph
+		v.Epitaph = &ep
+	}
+	return &v
 }

@@ -122,19 +122,27 @@ func (c *Core) localBootstrap(call CallID) {
 // bootstrapMethod names a bootstrap where a method is expected.
 var bootstrapMethod = Method{}
 
+// wipe empties a retired question for reuse, keeping its slices'
+// storage (the runner keeps nothing of a Step's outputs past its turn:
+// Settle's CapTable included), so that a free question holds nothing
+// alive.
+func (q *question) wipe() {
+	pipelined, settleCaps, resultsCaps := q.pipelined[:0], q.settleCaps[:0], q.resultsCaps[:0]
+	clear(pipelined[:cap(pipelined)])
+	clear(settleCaps[:cap(settleCaps)])
+	clear(resultsCaps[:cap(resultsCaps)])
+	*q = question{pipelined: pipelined, settleCaps: settleCaps, resultsCaps: resultsCaps}
+}
+
 func (c *Core) newQuestion(cl caller) *question {
 	c.seq++
 	var q *question
-	if n := len(c.freeQ); n > 0 {
-		q, c.freeQ = c.freeQ[n-1], c.freeQ[:n-1]
-		// Storage kept from its last use (the runner keeps nothing of a
-		// Step's outputs past the Step: Settle's CapTable included).
-		pipelined, settleCaps, resultsCaps := q.pipelined[:0], q.settleCaps[:0], q.resultsCaps[:0]
-		clear(q.pipelined[:cap(q.pipelined)])
-		clear(settleCaps[:cap(settleCaps)])
-		clear(resultsCaps[:cap(resultsCaps)])
+	if free := &c.sc.freeQ; len(*free) > 0 {
+		n := len(*free)
+		q, *free = (*free)[n-1], (*free)[:n-1]
+		// Wiped when it was freed; its slices keep their storage.
 		*q = question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq, since: c.now,
-			pipelined: pipelined, settleCaps: settleCaps, resultsCaps: resultsCaps}
+			pipelined: q.pipelined, settleCaps: q.settleCaps, resultsCaps: q.resultsCaps}
 	} else {
 		q = &question{call: cl.local, forward: cl.answer, method: cl.method, seq: c.seq, since: c.now}
 	}

@@ -30,3 +30,11 @@ func (a *Of[T]) Put(v T) *T {
 // pointer during a collection; what it still points to (the last rounds'
 // values, a bounded few) is freed when overwritten.
 func (a *Of[T]) Reset() { a.n = 0 }
+
+// Clear makes the storage free again and drops everything it points to,
+// for storage that goes back to a pool between rounds: whoever takes it
+// next keeps nothing of this round alive.
+func (a *Of[T]) Clear() {
+	clear(a.buf)
+	a.n = 0
+}

@@ -32,7 +32,7 @@ func (e *end) carryOut(o core.Output) {
 				e.sentEpitaphs = append(e.sentEpitaphs, *ep)
 			}
 		}
-		e.out = append(e.out, core.Copy(o.Msg)) // o.Msg lives until the next Step
+		e.out = append(e.out, core.Copy(o.Msg)) // o.Msg lives until the core's storage is reused
 		w.messages++
 		w.kinds[messageKind(o.Msg)]++
 	case *core.Deliver:

@@ -77,9 +77,10 @@ type world struct {
 
 	failures []string
 	trace    []string
-	winding  bool // the wind-down: no new work, no faults
-	resets   int  // RSTs: a message or FIN that found the other end's socket closed
-	quiesced bool // the wind-down's check of empty tables has run
+	winding  bool          // the wind-down: no new work, no faults
+	resets   int           // RSTs: a message or FIN that found the other end's socket closed
+	quiesced bool          // the wind-down's check of empty tables has run
+	scratch  *core.Scratch // the storage the cores' turns share (end.lend)
 }
 
 type connection struct {
@@ -301,7 +302,9 @@ func (w *world) connect(a, b *vat) {
 	c.ends[0].other, c.ends[1].other = c.ends[1], c.ends[0]
 	w.conns = append(w.conns, c)
 	for _, e := range c.ends {
+		e.lend()
 		e.apply(e.core.Start())
+		e.rest()
 	}
 	for _, e := range c.ends {
 		id := w.newCallID(&callRec{end: e})
@@ -348,7 +351,26 @@ func (e *end) runOne() {
 	case *core.ReadEnded:
 		e.peerEnded = e.peerEnded || m.EOF
 	}
+	e.lend()
 	e.apply(e.core.Step(e.w.now, in))
+	e.rest()
+}
+
+// lend gives the core the world's one core.Scratch for its turn, and rest
+// takes it back: every core works in the same storage, turn by turn, as a
+// process's connections share conn's pool, so nothing of one turn may
+// show in another core's.
+func (e *end) lend() {
+	if e.core.AtRest() && e.w.scratch != nil {
+		e.core.Lend(e.w.scratch)
+		e.w.scratch = nil
+	}
+}
+
+func (e *end) rest() {
+	if sc := e.core.Rest(); sc != nil {
+		e.w.scratch = sc
+	}
 }
 
 func (e *end) apply(out []core.Output) {
