@@ -179,21 +179,19 @@ func (c *Core) Rest() *Scratch {
 // recycle makes what the last Step retired free for reuse, as far as
 // the storage keeps any.
 func (c *Core) recycle() {
-	s := c.sc
-	for _, q := range c.retiredQ {
-		if len(s.freeQ) < maxFree {
-			q.wipe()
-			s.freeQ = append(s.freeQ, q)
+	freeRetired(&c.sc.freeQ, &c.retiredQ)
+	freeRetired(&c.sc.freeA, &c.retiredA)
+}
+
+// freeRetired moves the records of retired, wiped, to free, up to maxFree
+// of them, and empties retired.
+func freeRetired[T interface{ wipe() }](free, retired *[]T) {
+	for _, r := range *retired {
+		if len(*free) < maxFree {
+			r.wipe()
+			*free = append(*free, r)
 		}
 	}
-	clear(c.retiredQ)
-	c.retiredQ = c.retiredQ[:0]
-	for _, a := range c.retiredA {
-		if len(s.freeA) < maxFree {
-			a.wipe()
-			s.freeA = append(s.freeA, a)
-		}
-	}
-	clear(c.retiredA)
-	c.retiredA = c.retiredA[:0]
+	clear(*retired)
+	*retired = (*retired)[:0]
 }
