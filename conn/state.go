@@ -96,6 +96,9 @@ type state struct {
 	// rest), nil between turns; in is its inputs.
 	turn *turnStorage
 	in   *turnInputs
+	// gone: the actor's last turn has handed the state to the closer
+	// (takeEnd); the rest of that turn leaves the storage alone.
+	gone bool
 }
 
 // turnInputs is the storage of the inputs of the hot path, reused from
@@ -220,6 +223,11 @@ func (s *state) rest() {
 	if !s.core.Quiet() && !s.core.Closed() {
 		return
 	}
+	s.giveBack()
+}
+
+// giveBack gives the storage back now.
+func (s *state) giveBack() {
 	s.core.Rest()
 	if t := s.turn; t != nil {
 		t.in = turnInputs{}
@@ -294,6 +302,9 @@ func (s *state) Receive(ctx actor.Context) {
 			panic(r)
 		}
 		s.ctx = nil
+		if s.gone {
+			return // the last turn: done (actor.Stopped)
+		}
 		wrote := s.flushOut()
 		s.recordMetered(wrote, false)
 		s.rest()
@@ -380,16 +391,23 @@ func (s *state) Receive(ctx actor.Context) {
 				s.feed(&core.ChildStopped{Child: ch})
 			}
 		}
-		if r, ok := s.c.takeEnd(true); ok {
-			s.socketClosed(r)
-		}
+		// What the end of a turn does is done here, before the closer
+		// may take the state over (takeEnd); the end of this turn then
+		// leaves the state alone.
+		s.flushOut()
 		if s.meterTimer != nil {
 			s.meterTimer.Stop()
 		}
 		s.recordMetered(false, true)
+		s.giveBack()
+		s.gone = true
+		if r, ok := s.c.takeEnd(true); ok {
+			s.socketClosed(r)
+			s.giveBack()
+		}
 	case *actor.Restarting:
 	}
-	if !s.closing {
+	if !s.gone && !s.closing {
 		s.c.publishStats(s.core.Stats())
 	}
 }
@@ -702,6 +720,7 @@ func (c *Conn) closer(s *state, hard bool, st *stepTracer) {
 	c.endMu.Unlock()
 	if mine {
 		s.socketClosed(m) // the actor is gone: s is this goroutine's now
+		s.giveBack()
 		return
 	}
 	c.postInternal(socketClosed{})
