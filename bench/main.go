@@ -68,6 +68,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		memprofile = fs.String("memprofile", "", "write an allocation profile to this file at the end")
 	)
 	fs.StringVar(&idleProfile, "idleprofile", "", "write heap profiles (<file>.<impl>) while the idle connections are open")
+	fs.IntVar(&idleBurst, "idle-burst", 0, "calls each idle peer makes at once, and waits for, before it goes idle (0: it only bootstraps)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

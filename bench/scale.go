@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/rpc"
 
 	"github.com/vatactor/vatactor/bench/schema"
@@ -99,7 +100,7 @@ func measureIdle(impl string, n int) (idleFigures, error) {
 	time.Sleep(settle)
 	mem0, g0 := memInUse()
 	peer := exec.Command(exe)
-	peer.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d", peerEnv, srv.addr, n))
+	peer.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d,%d", peerEnv, srv.addr, n, idleBurst))
 	peer.Stderr = os.Stderr
 	stdin, _ := peer.StdinPipe()
 	stdout, _ := peer.StdoutPipe()
@@ -160,18 +161,29 @@ func writeHeapProfile(name string) error {
 	return pprof.Lookup("heap").WriteTo(f, 0)
 }
 
-// peerEnv, set to "address,n", makes this program (or its test binary)
-// the peer process of the idle-connection figures.
+// idleBurst (-idle-burst) is how many calls each idle peer makes at once
+// before it goes idle: what a connection keeps after a burst.
+var idleBurst int
+
+// peerEnv, set to "address,n,burst", makes this program (or its test
+// binary) the peer process of the idle-connection figures.
 const peerEnv = "VATACTOR_BENCH_PEER"
 
 // peerMain is the peer process: spec is peerEnv's value.
 func peerMain(spec string) error {
-	addr, count, ok := strings.Cut(spec, ",")
-	n, err := strconv.Atoi(count)
-	if !ok || err != nil {
-		return fmt.Errorf("%s=%q: want address,count", peerEnv, spec)
+	var addr string
+	var n, burst int
+	f := strings.Split(spec, ",")
+	var err1, err2 error
+	if len(f) == 3 {
+		addr = f[0]
+		n, err1 = strconv.Atoi(f[1])
+		burst, err2 = strconv.Atoi(f[2])
 	}
-	return runPeers(addr, n, os.Stdin, os.Stdout)
+	if len(f) != 3 || err1 != nil || err2 != nil {
+		return fmt.Errorf("%s=%q: want address,count,burst", peerEnv, spec)
+	}
+	return runPeers(addr, n, burst, os.Stdin, os.Stdout)
 }
 
 // peerReport is how the peers' connections ended.
@@ -182,10 +194,11 @@ type peerReport struct {
 }
 
 // runPeers is the peer process: it dials addr n times with go-capnp's
-// rpc.Conn, bootstraps each connection, says "ready", and once told to
+// rpc.Conn, bootstraps each connection, makes burst echo calls at once on
+// each and waits for them, says "ready", and once told to
 // report (a line on in) waits for every connection to end and writes how
 // each one's socket read ended: EOF (the server's FIN), a reset, or other.
-func runPeers(addr string, n int, in io.Reader, out io.Writer) error {
+func runPeers(addr string, n, burst int, in io.Reader, out io.Writer) error {
 	type peer struct {
 		nc   *recordingConn
 		rc   *rpc.Conn
@@ -205,6 +218,15 @@ func runPeers(addr string, n int, in io.Reader, out io.Writer) error {
 	for _, p := range peers {
 		if err := p.boot.Resolve(context.Background()); err != nil {
 			return fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+	if burst > 0 {
+		caps := make([]schema.Bench, len(peers))
+		for i, p := range peers {
+			caps[i] = p.boot
+		}
+		if err := burstCalls(caps, burst); err != nil {
+			return err
 		}
 	}
 	fmt.Fprintln(out, "ready")
@@ -230,6 +252,32 @@ func runPeers(addr string, n int, in io.Reader, out io.Writer) error {
 		_ = p.rc.Close()
 	}
 	return json.NewEncoder(out).Encode(rep)
+}
+
+// burstCalls makes burst echo calls at once on each of caps, all
+// together, and waits for every result.
+func burstCalls(caps []schema.Bench, burst int) error {
+	ctx := context.Background()
+	type pending struct {
+		f       schema.Bench_echo_Results_Future
+		release capnp.ReleaseFunc
+	}
+	calls := make([]pending, 0, len(caps)*burst)
+	payload := make([]byte, 64)
+	for _, b := range caps {
+		for range burst {
+			f, release := b.Echo(ctx, func(a schema.Bench_echo_Params) error { return a.SetData(payload) })
+			calls = append(calls, pending{f, release})
+		}
+	}
+	var first error
+	for _, c := range calls {
+		if _, err := c.f.Struct(); err != nil && first == nil {
+			first = fmt.Errorf("burst call: %w", err)
+		}
+		c.release()
+	}
+	return first
 }
 
 // recordingConn remembers the first error a Read returned.

@@ -224,6 +224,7 @@ func (s *state) rest() {
 		return
 	}
 	s.giveBack()
+	s.c.out.trim()
 }
 
 // giveBack gives the storage back now.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -32,14 +33,17 @@ func (t *streamTransport) trySend(frames []Frame) (handled bool, rest []byte, er
 	if t.raw == nil {
 		return false, nil, nil
 	}
-	buf := t.buf[:0]
+	bp := tryBufs.Get().(*[]byte)
+	buf := (*bp)[:0]
 	for _, f := range frames {
 		var table [8][]byte
 		segs, err := frameSegments(table[:0], f, &t.sc)
 		if err != nil {
+			putTryBuf(bp, buf)
 			return true, nil, err
 		}
 		if slices.ContainsFunc(segs, func(s []byte) bool { return len(s) > copyLimit }) {
+			putTryBuf(bp, buf)
 			return false, nil, nil
 		}
 		buf = appendSegments(buf, segs)
@@ -57,13 +61,27 @@ func (t *streamTransport) trySend(frames []Frame) (handled bool, rest []byte, er
 	if err == nil && written < len(buf) {
 		rest = slices.Clone(buf[written:])
 	}
-	if cap(buf) <= keepWriteBuffer {
-		t.buf = buf
-	}
+	putTryBuf(bp, buf)
 	if err != nil {
 		err = t.writeError(err)
 	}
 	return true, rest, err
+}
+
+// tryBufs are the buffers of the actor's inline writes (trySend), shared
+// by the process's connections: such a write is done when trySend
+// returns (what the socket did not take is copied out), so its buffer
+// goes back at once, and an idle connection, or one after a burst, keeps
+// none.
+var tryBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// putTryBuf gives buf, grown from *bp, back to tryBufs, unless it grew
+// past keepWriteBuffer.
+func putTryBuf(bp *[]byte, buf []byte) {
+	if cap(buf) <= keepWriteBuffer {
+		*bp = buf[:0]
+		tryBufs.Put(bp)
+	}
 }
 
 // tryWrite is one trySend's write on the raw socket, as far as it goes

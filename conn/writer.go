@@ -160,6 +160,25 @@ func (q *sendQueue) takeLocked() ([]Frame, []*answer) {
 	return batch, owner
 }
 
+// keepQueueSlots is the most frames the send queue keeps storage for once
+// its connection has no call in flight (trim).
+const keepQueueSlots = 16
+
+// trim drops the queue's storage when it is empty and grew past
+// keepQueueSlots (a burst's batches): the connection's actor calls it at
+// the end of a turn that leaves no call in flight, so an idle
+// connection keeps no burst's worth of it.
+func (q *sendQueue) trim() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.items) == 0 && cap(q.items) > keepQueueSlots {
+		q.items, q.owner = nil, nil
+	}
+	if cap(q.spare) > keepQueueSlots {
+		q.spare, q.spareOwn = nil, nil
+	}
+}
+
 // pushLazy queues f without starting the writer; the flush timer does if
 // nothing else does first.
 func (q *sendQueue) pushLazy(f Frame, delay time.Duration) {
