@@ -170,7 +170,7 @@ func (c *Core) Rest() *Scratch {
 	}
 	c.recycle()
 	s.o.clear()
-	clear(s.out)
+	clear(s.out[:cap(s.out)]) // a bigger Step of the turn may have left some beyond len
 	s.out = s.out[:0]
 	c.sc, c.o = nil, nil
 	return s

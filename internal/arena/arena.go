@@ -9,6 +9,7 @@ package arena
 type Of[T any] struct {
 	buf []T
 	n   int
+	hi  int // the most values held since the last Clear: buf[hi:] is zero
 }
 
 // Put stores v and returns where. A pointer it returns is valid until
@@ -22,6 +23,7 @@ func (a *Of[T]) Put(v T) *T {
 	}
 	p := &a.buf[a.n]
 	a.n++
+	a.hi = max(a.hi, a.n)
 	return p
 }
 
@@ -35,6 +37,6 @@ func (a *Of[T]) Reset() { a.n = 0 }
 // for storage that goes back to a pool between rounds: whoever takes it
 // next keeps nothing of this round alive.
 func (a *Of[T]) Clear() {
-	clear(a.buf)
-	a.n = 0
+	clear(a.buf[:a.hi])
+	a.n, a.hi = 0, 0
 }

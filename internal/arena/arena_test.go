@@ -25,3 +25,24 @@ func TestPutResetReuse(t *testing.T) {
 		t.Errorf("a warm round allocates %v times", n)
 	}
 }
+
+// TestClearDropsEverything: after Clear nothing of any earlier round is
+// left in the storage, however the rounds were sized.
+func TestClearDropsEverything(t *testing.T) {
+	var a Of[*int]
+	for _, round := range []int{5, 2, 9, 1, 0, 3} {
+		for range round {
+			a.Put(new(int))
+		}
+		a.Reset()
+		for range round / 2 {
+			a.Put(new(int))
+		}
+		a.Clear()
+		for i, p := range a.buf {
+			if p != nil {
+				t.Fatalf("after a round of %d, slot %d keeps a value", round, i)
+			}
+		}
+	}
+}
