@@ -129,6 +129,7 @@ func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar
 	}
 	a.ctx.parent, a.span, a.method = s.startAnswerSpan(context.Background(), m, bootstrap, sc)
 	s.answers[id] = a
+	s.peaks.answers.Note(len(s.answers))
 	return a
 }
 

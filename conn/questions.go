@@ -344,6 +344,7 @@ func (c *Conn) forwardRecv(ctx context.Context, tgt callTarget, r capnp.Recv) ca
 func (s *state) localCall(q *question) {
 	s.calls[q.call] = q
 	s.byAns[q.p.Answer()] = q
+	s.peaks.calls.Note(len(s.calls))
 	if q.bootstrap {
 		s.traceEvent("bootstrap", attribute.String("direction", "sent"))
 		s.feed(&core.LocalBootstrap{Call: q.call})

@@ -15,6 +15,7 @@ import (
 	"github.com/vatactor/vatactor/conn/wire"
 	"github.com/vatactor/vatactor/internal/arena"
 	"github.com/vatactor/vatactor/internal/mailbox"
+	"github.com/vatactor/vatactor/internal/peakmap"
 	"github.com/vatactor/vatactor/metering"
 	"github.com/vatactor/vatactor/supervisor"
 )
@@ -96,6 +97,10 @@ type state struct {
 	// rest), nil between turns; in is its inputs.
 	turn *turnStorage
 	in   *turnInputs
+	// peaks: the largest sizes of the maps a burst grows, for rest to
+	// rebuild them once they are (nearly) empty again (peakmap); calls
+	// counts for byAns too, children for pids.
+	peaks struct{ calls, byQID, answers, children peakmap.Peak }
 	// gone: the actor's last turn has handed the state to the closer
 	// (takeEnd); the rest of that turn leaves the storage alone.
 	gone bool
@@ -225,6 +230,20 @@ func (s *state) rest() {
 	}
 	s.giveBack()
 	s.c.out.trim()
+	s.shrinkTables()
+}
+
+// shrinkTables rebuilds the maps that a burst grew, once they are (nearly)
+// empty again.
+func (s *state) shrinkTables() {
+	p := s.peaks.calls
+	s.calls = peakmap.Shrink(s.calls, &s.peaks.calls)
+	s.byAns = peakmap.Shrink(s.byAns, &p)
+	s.byQID = peakmap.Shrink(s.byQID, &s.peaks.byQID)
+	s.answers = peakmap.Shrink(s.answers, &s.peaks.answers)
+	p = s.peaks.children
+	s.children = peakmap.Shrink(s.children, &s.peaks.children)
+	s.pids = peakmap.Shrink(s.pids, &p)
 }
 
 // giveBack gives the storage back now.
@@ -557,6 +576,7 @@ func (s *state) closingStarts() {
 			ch := core.Child{Kind: core.QuestionChild, ID: q.id, Call: q.call}
 			s.children[q.pid.Id] = ch
 			s.pids[ch] = q.pid
+			s.peaks.children.Note(len(s.children))
 		}
 	}
 	s.traceShutdownBegin()
@@ -572,6 +592,7 @@ func (s *state) questionOnWire(ch core.Child) {
 	}
 	q.id = ch.ID
 	s.byQID[ch.ID] = q
+	s.peaks.byQID.Note(len(s.byQID))
 	s.unspawned = append(s.unspawned, q)
 }
 
@@ -602,6 +623,7 @@ func (s *state) spawn(ch core.Child) {
 	pid := s.spawnChild(e, &e.mbox)
 	s.children[pid.Id] = ch
 	s.pids[ch] = pid
+	s.peaks.children.Note(len(s.children))
 }
 
 // stopQuestion is the Stop posted to a question actor's mailbox.

@@ -115,6 +115,7 @@ func (c *Core) newAnswer(id uint32, m Method) (*answer, error) {
 		a = &answer{id: id, method: m, seq: c.seq, since: c.now}
 	}
 	c.answers[id] = a
+	c.peaks.answers.Note(len(c.answers))
 	c.running++
 	return a, nil
 }

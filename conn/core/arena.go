@@ -1,6 +1,9 @@
 package core
 
-import varena "github.com/vatactor/vatactor/internal/arena"
+import (
+	varena "github.com/vatactor/vatactor/internal/arena"
+	"github.com/vatactor/vatactor/internal/peakmap"
+)
 
 // arena holds the values of one kind that a Step hands out by pointer
 // (outputs, the messages in them, events): a pointer put returns is valid
@@ -162,13 +165,16 @@ func (c *Core) scratch() {
 // every output of its last Step (and Start): the outputs are gone from
 // then on, and the questions and answers retired meanwhile are free for
 // reuse. It returns the storage, for this core's or another's next turn,
-// or nil when it has none.
+// or nil when it has none. Maps of the tables that a burst grew and that
+// are empty again are rebuilt small.
 func (c *Core) Rest() *Scratch {
 	s := c.sc
 	if s == nil {
 		return nil
 	}
 	c.recycle()
+	c.answers = peakmap.Shrink(c.answers, &c.peaks.answers)
+	c.byCall = peakmap.Shrink(c.byCall, &c.peaks.byCall)
 	s.o.clear()
 	clear(s.out[:cap(s.out)]) // a bigger Step of the turn may have left some beyond len
 	s.out = s.out[:0]

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/vatactor/vatactor/internal/idtable"
+	"github.com/vatactor/vatactor/internal/peakmap"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -491,6 +492,9 @@ type Core struct {
 	// running answers (resolveAnswerExports has work only while it is
 	// above zero).
 	answerExports int
+	// peaks: the largest sizes of the maps a burst grows, for Rest to
+	// rebuild them once they are empty again (peakmap).
+	peaks struct{ answers, byCall peakmap.Peak }
 
 	life lifecycle
 }

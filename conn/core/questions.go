@@ -149,6 +149,7 @@ func (c *Core) newQuestion(cl caller) *question {
 	q.id = c.questions.Add(q)
 	if cl.local != 0 {
 		c.byCall[cl.local] = q
+		c.peaks.byCall.Note(len(c.byCall))
 		c.emit(put(&c.o.spawn, SpawnChild{Child: Child{Kind: QuestionChild, ID: q.id, Call: cl.local}}))
 	}
 	if cl.answer != nil {

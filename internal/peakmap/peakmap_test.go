@@ -1,0 +1,48 @@
+package peakmap
+
+import (
+	"runtime"
+	"testing"
+)
+
+func TestShrinkAfterBurst(t *testing.T) {
+	const tables, burst = 200, 1024
+	ms := make([]map[uint32]*int, tables)
+	peaks := make([]Peak, tables)
+	var m0, m1, m2 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	for i := range ms {
+		ms[i] = map[uint32]*int{}
+		for k := range uint32(burst) {
+			ms[i][k] = nil
+			peaks[i].Note(len(ms[i]))
+		}
+		for k := range uint32(burst - 1) {
+			delete(ms[i], k)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	for i := range ms {
+		ms[i] = Shrink(ms[i], &peaks[i])
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&m2)
+	for _, m := range ms {
+		if _, ok := m[burst-1]; len(m) != 1 || !ok {
+			t.Fatalf("a shrunk map holds %d entries, not the one left", len(m))
+		}
+	}
+	grown, shrunk := int64(m1.HeapAlloc)-int64(m0.HeapAlloc), int64(m2.HeapAlloc)-int64(m0.HeapAlloc)
+	t.Logf("%d maps after a burst of %d: %d bytes each; shrunk: %d", tables, burst, grown/tables, shrunk/tables)
+	if shrunk*8 > grown {
+		t.Errorf("shrunk maps hold %d bytes, grown ones %d: not given back", shrunk, grown)
+	}
+	// A map that stays busy, or small, is left alone.
+	m, p := map[int]int{1: 1, 2: 2}, Peak{}
+	p.Note(2)
+	if got := Shrink(m, &p); len(got) != 2 {
+		t.Fatal("a small map changed")
+	}
+}
