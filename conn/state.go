@@ -101,6 +101,10 @@ type state struct {
 	// rebuild them once they are (nearly) empty again (peakmap); calls
 	// counts for byAns too, children for pids.
 	peaks struct{ calls, byQID, answers, children peakmap.Peak }
+	// restTimer gives the storage back once the connection has been
+	// quiet for restDelay (rest); restArmed: it is pending.
+	restTimer *time.Timer
+	restArmed bool
 	// gone: the actor's last turn has handed the state to the closer
 	// (takeEnd); the rest of that turn leaves the storage alone.
 	gone bool
@@ -220,14 +224,38 @@ func (s *state) lend() {
 	}
 }
 
-// rest gives the storage back at the end of a turn that leaves no call in
-// flight (core.Quiet), or the connection closed; a busy connection keeps
-// it for its next turn. (The core's first storage is its own, made when
-// it was; that is dropped here.)
+// restDelay is how long a connection stays without a call in flight
+// before its storage goes back: under load a connection is quiet for a
+// moment between two batches many times a second, and giving the storage
+// back each time would cost its reuse.
+const restDelay = 10 * time.Millisecond
+
+// restPost: restTimer fired.
+type restPost struct{}
+
+// rest, at the end of a turn: a closed connection gives its storage back
+// at once; one that has no call in flight (core.Quiet) arms restTimer,
+// which gives it back (restNow) if the connection is still quiet then; a
+// busy connection keeps it for its next turn.
 func (s *state) rest() {
-	if !s.core.Quiet() && !s.core.Closed() {
-		return
+	switch {
+	case s.core.Closed():
+		s.restNow()
+	case !s.core.Quiet() || s.restArmed || (s.turn == nil && s.core.AtRest()):
+	default:
+		s.restArmed = true
+		if s.restTimer == nil {
+			c := s.c
+			s.restTimer = time.AfterFunc(restDelay, func() { c.postInternal(restPost{}) })
+		} else {
+			s.restTimer.Reset(restDelay)
+		}
 	}
+}
+
+// restNow gives back what the connection holds for calls in flight: its
+// storage, the send queue's grown slices, the tables' grown maps.
+func (s *state) restNow() {
 	s.giveBack()
 	s.c.out.trim()
 	s.shrinkTables()
@@ -375,6 +403,11 @@ func (s *state) Receive(ctx actor.Context) {
 		s.exportResolved(m.e)
 	case inspectReq:
 		m.reply <- s.inspect()
+	case restPost:
+		s.restArmed = false
+		if s.core.Quiet() {
+			s.restNow()
+		}
 	case meterFlush:
 		s.meterArmed = false
 		s.recordMetered(false, true)
@@ -417,6 +450,9 @@ func (s *state) Receive(ctx actor.Context) {
 		s.flushOut()
 		if s.meterTimer != nil {
 			s.meterTimer.Stop()
+		}
+		if s.restTimer != nil {
+			s.restTimer.Stop()
 		}
 		s.recordMetered(false, true)
 		s.giveBack()
