@@ -484,6 +484,16 @@ func (c *Conn) post(msg any) error {
 // nothing from outside: the timers and the closer goroutine of its end.
 func (c *Conn) postInternal(msg any) { c.mailbox.PostUserMessage(msg) }
 
+// postAfter posts msg to the actor after d, on the timer *t: made on the
+// first use, reset on the next ones (the caller knows it is not pending).
+func (c *Conn) postAfter(t **time.Timer, d time.Duration, msg any) {
+	if *t == nil {
+		*t = time.AfterFunc(d, func() { c.postInternal(msg) })
+		return
+	}
+	(*t).Reset(d)
+}
+
 // postHere is post for a goroutine that would only wait for the actor
 // anyway: when the actor is idle, the poster handles msg (and what
 // arrives meanwhile) itself, instead of handing it to another goroutine.

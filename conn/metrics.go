@@ -86,12 +86,7 @@ func (s *state) recordMetered(wrote, now bool) {
 	if !wrote && !now {
 		if !s.meterArmed {
 			s.meterArmed = true
-			if s.meterTimer == nil {
-				c := s.c
-				s.meterTimer = time.AfterFunc(meterFlushDelay, func() { c.postInternal(meterFlush{}) })
-			} else {
-				s.meterTimer.Reset(meterFlushDelay)
-			}
+			s.c.postAfter(&s.meterTimer, meterFlushDelay, meterFlush{})
 		}
 		return
 	}

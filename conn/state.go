@@ -244,12 +244,7 @@ func (s *state) rest() {
 	case !s.core.Quiet() || s.restArmed || (s.turn == nil && s.core.AtRest()):
 	default:
 		s.restArmed = true
-		if s.restTimer == nil {
-			c := s.c
-			s.restTimer = time.AfterFunc(restDelay, func() { c.postInternal(restPost{}) })
-		} else {
-			s.restTimer.Reset(restDelay)
-		}
+		s.c.postAfter(&s.restTimer, restDelay, restPost{})
 	}
 }
 
