@@ -345,6 +345,7 @@ func (s *state) localCall(q *question) {
 	s.calls[q.call] = q
 	s.byAns[q.p.Answer()] = q
 	s.peaks.calls.Note(len(s.calls))
+	s.peaks.byAns.Note(len(s.byAns))
 	if q.bootstrap {
 		s.traceEvent("bootstrap", attribute.String("direction", "sent"))
 		s.feed(&core.LocalBootstrap{Call: q.call})

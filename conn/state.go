@@ -98,9 +98,8 @@ type state struct {
 	turn *turnStorage
 	in   *turnInputs
 	// peaks: the largest sizes of the maps a burst grows, for rest to
-	// rebuild them once they are (nearly) empty again (peakmap); calls
-	// counts for byAns too, children for pids.
-	peaks struct{ calls, byQID, answers, children peakmap.Peak }
+	// rebuild them once they are (nearly) empty again (peakmap).
+	peaks struct{ calls, byAns, byQID, answers, children, pids peakmap.Peak }
 	// restTimer gives the storage back once the connection has been
 	// quiet for restDelay (rest); restArmed: it is pending.
 	restTimer *time.Timer
@@ -191,7 +190,6 @@ var stopChildren = actor.NewOneForOneStrategy(0, 0, func(any) actor.Directive { 
 func (s *state) feed(in core.Input) {
 	now := s.clock.now()
 	s.now = now
-	s.lend()
 	s.apply(s.core.Step(now, in))
 	// By index, not by reslicing: the queue keeps its storage for the
 	// next feed (apply may append to it meanwhile).
@@ -259,14 +257,12 @@ func (s *state) restNow() {
 // shrinkTables rebuilds the maps that a burst grew, once they are (nearly)
 // empty again.
 func (s *state) shrinkTables() {
-	p := s.peaks.calls
 	s.calls = peakmap.Shrink(s.calls, &s.peaks.calls)
-	s.byAns = peakmap.Shrink(s.byAns, &p)
+	s.byAns = peakmap.Shrink(s.byAns, &s.peaks.byAns)
 	s.byQID = peakmap.Shrink(s.byQID, &s.peaks.byQID)
 	s.answers = peakmap.Shrink(s.answers, &s.peaks.answers)
-	p = s.peaks.children
 	s.children = peakmap.Shrink(s.children, &s.peaks.children)
-	s.pids = peakmap.Shrink(s.pids, &p)
+	s.pids = peakmap.Shrink(s.pids, &s.peaks.pids)
 }
 
 // giveBack gives the storage back now.
@@ -608,6 +604,7 @@ func (s *state) closingStarts() {
 			s.children[q.pid.Id] = ch
 			s.pids[ch] = q.pid
 			s.peaks.children.Note(len(s.children))
+			s.peaks.pids.Note(len(s.pids))
 		}
 	}
 	s.traceShutdownBegin()
@@ -655,6 +652,7 @@ func (s *state) spawn(ch core.Child) {
 	s.children[pid.Id] = ch
 	s.pids[ch] = pid
 	s.peaks.children.Note(len(s.children))
+	s.peaks.pids.Note(len(s.pids))
 }
 
 // stopQuestion is the Stop posted to a question actor's mailbox.

@@ -165,8 +165,8 @@ func (q *sendQueue) takeLocked() ([]Frame, []*answer) {
 const keepQueueSlots = 16
 
 // trim drops the queue's storage when it is empty and grew past
-// keepQueueSlots (a burst's batches): the connection's actor calls it at
-// the end of a turn that leaves no call in flight, so an idle
+// keepQueueSlots (a burst's batches): the connection's actor calls it when
+// the connection rests (no call in flight for restDelay), so an idle
 // connection keeps no burst's worth of it.
 func (q *sendQueue) trim() {
 	q.mu.Lock()

@@ -47,69 +47,47 @@ type stepStorage struct {
 	actorStopped arena[ActorStopped]
 }
 
-func (s *stepStorage) reset() {
-	s.send.Reset()
-	s.deliver.Reset()
-	s.cancel.Reset()
-	s.done.Reset()
-	s.redirect.Reset()
-	s.settle.Reset()
-	s.resolved.Reset()
-	s.spawn.Reset()
-	s.stop.Reset()
-	s.arm.Reset()
-	s.closing.Reset()
-	s.closeSocket.Reset()
-	s.emit.Reset()
-	s.log.Reset()
-	s.bootstrap.Reset()
-	s.call.Reset()
-	s.ret.Reset()
-	s.finish.Reset()
-	s.resolve.Reset()
-	s.release.Reset()
-	s.disembargo.Reset()
-	s.abort.Reset()
-	s.unimpl.Reset()
-	s.phaseStarted.Reset()
-	s.phaseDone.Reset()
-	s.busy.Reset()
-	s.refused.Reset()
-	s.ending.Reset()
-	s.actorStopped.Reset()
+// reset empties the storage for the next Step; drop (Core.Rest) also
+// drops what it points to.
+func (s *stepStorage) reset(drop bool) {
+	empty(&s.send, drop)
+	empty(&s.deliver, drop)
+	empty(&s.cancel, drop)
+	empty(&s.done, drop)
+	empty(&s.redirect, drop)
+	empty(&s.settle, drop)
+	empty(&s.resolved, drop)
+	empty(&s.spawn, drop)
+	empty(&s.stop, drop)
+	empty(&s.arm, drop)
+	empty(&s.closing, drop)
+	empty(&s.closeSocket, drop)
+	empty(&s.emit, drop)
+	empty(&s.log, drop)
+	empty(&s.bootstrap, drop)
+	empty(&s.call, drop)
+	empty(&s.ret, drop)
+	empty(&s.finish, drop)
+	empty(&s.resolve, drop)
+	empty(&s.release, drop)
+	empty(&s.disembargo, drop)
+	empty(&s.abort, drop)
+	empty(&s.unimpl, drop)
+	empty(&s.phaseStarted, drop)
+	empty(&s.phaseDone, drop)
+	empty(&s.busy, drop)
+	empty(&s.refused, drop)
+	empty(&s.ending, drop)
+	empty(&s.actorStopped, drop)
 }
 
-// clear empties the storage and drops what it points to (Core.Rest).
-func (s *stepStorage) clear() {
-	s.send.Clear()
-	s.deliver.Clear()
-	s.cancel.Clear()
-	s.done.Clear()
-	s.redirect.Clear()
-	s.settle.Clear()
-	s.resolved.Clear()
-	s.spawn.Clear()
-	s.stop.Clear()
-	s.arm.Clear()
-	s.closing.Clear()
-	s.closeSocket.Clear()
-	s.emit.Clear()
-	s.log.Clear()
-	s.bootstrap.Clear()
-	s.call.Clear()
-	s.ret.Clear()
-	s.finish.Clear()
-	s.resolve.Clear()
-	s.release.Clear()
-	s.disembargo.Clear()
-	s.abort.Clear()
-	s.unimpl.Clear()
-	s.phaseStarted.Clear()
-	s.phaseDone.Clear()
-	s.busy.Clear()
-	s.refused.Clear()
-	s.ending.Clear()
-	s.actorStopped.Clear()
+// empty resets a, or clears it when drop is set.
+func empty[T any](a *arena[T], drop bool) {
+	if drop {
+		a.Clear()
+	} else {
+		a.Reset()
+	}
 }
 
 // Scratch is the storage a Core's Steps work in: their outputs and the
@@ -195,7 +173,7 @@ func (c *Core) Rest() *Scratch {
 	c.recycle()
 	c.answers = peakmap.Shrink(c.answers, &c.peaks.answers)
 	c.byCall = peakmap.Shrink(c.byCall, &c.peaks.byCall)
-	s.o.clear()
+	s.o.reset(true)
 	clear(s.out[:cap(s.out)]) // a bigger Step of the turn may have left some beyond len
 	s.out = s.out[:0]
 	c.sc, c.o = nil, nil

@@ -538,7 +538,7 @@ func (c *Core) Step(now time.Time, in Input) []Output {
 	// What the last Step returned: the runner is done with it.
 	c.scratch()
 	c.sc.out = c.sc.out[:0]
-	c.o.reset()
+	c.o.reset(false)
 	c.recycle()
 	c.step(in)
 	c.afterStep()
