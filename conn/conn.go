@@ -682,9 +682,10 @@ func classifyReadError(err error, idle bool) supervisor.Reason {
 // childEndMayWait is the connection mailbox's MayWait: until the end has
 // begun, a child's Terminated only drops the child from the actor's
 // tables, so one that arrives while the actor is idle waits for its next
-// turn instead of waking a goroutine for a turn of its own. A question's
-// actor stops as its Return is read, so on a quiet connection that is a
-// wake-up, and a turn, fewer on every call. closingStarts and protoactor's
+// turn instead of waking a goroutine for a turn of its own. Question
+// actors past the parked cap (maxParked) stop as their Return is read, and
+// parked ones stop when the connection rests, so on a quiet connection that
+// is a wake-up, and a turn, fewer per stopped actor. closingStarts and protoactor's
 // Stopping set ending within a turn, so a Terminated that the end, or
 // protoactor stopping the actor, waits for always has a turn.
 func (c *Conn) childEndMayWait(msg any) bool {

@@ -54,9 +54,11 @@ type state struct {
 	locals   map[core.Ref]*localCap // our capabilities the core may name
 	refByKey map[any]core.Ref
 	fresh    []core.Ref // named during this turn: dropped at its end unless exported
-	// unspawned: questions on the wire whose actors apply has still to
-	// spawn (spawnQuestions).
+	// unspawned: questions on the wire that apply has still to give an
+	// actor (spawnQuestions); parked: question actors that serve none,
+	// ready for the next (takeQuestionActor).
 	unspawned []*question
+	parked    []*questionActor
 	nextRef   core.Ref
 	bootRef   core.Ref
 
@@ -247,9 +249,11 @@ func (s *state) rest() {
 }
 
 // restNow gives back what the connection holds for calls in flight: its
-// storage, the send queue's grown slices, the tables' grown maps.
+// storage, its parked question actors, the send queue's grown slices,
+// the tables' grown maps.
 func (s *state) restNow() {
 	s.giveBack()
+	s.stopParked()
 	s.c.out.trim()
 	s.shrinkTables()
 }
@@ -596,13 +600,14 @@ func (s *state) closingStarts() {
 	c.closed = true
 	c.mu.Unlock()
 	c.in.lift() // the reader now discards what it reads: nothing more queues
-	// The question actors still running: the end waits for their
-	// Terminated.
+	// The actors of the questions still alive: the end stops them and
+	// waits for their Terminated. The parked ones serve none.
+	s.stopParked()
 	for _, q := range s.calls {
-		if q.pid != nil {
+		if a := q.actor; a != nil {
 			ch := core.Child{Kind: core.QuestionChild, ID: q.id, Call: q.call}
-			s.children[q.pid.Id] = ch
-			s.pids[ch] = q.pid
+			s.children[a.pid.Id] = ch
+			s.pids[ch] = a.pid
 			s.peaks.children.Note(len(s.children))
 			s.peaks.pids.Note(len(s.pids))
 		}
@@ -611,7 +616,7 @@ func (s *state) closingStarts() {
 }
 
 // questionOnWire: a local call has its id on the wire (the core's
-// SpawnChild); its actor is spawned once the frames after it are sent
+// SpawnChild); it gets its actor once the frames after it are sent
 // (spawnQuestions).
 func (s *state) questionOnWire(ch core.Child) {
 	q := s.calls[ch.Call]
@@ -624,17 +629,60 @@ func (s *state) questionOnWire(ch core.Child) {
 	s.unspawned = append(s.unspawned, q)
 }
 
-// spawnQuestions starts the actors of the questions put on the wire
+// spawnQuestions gives an actor to the questions put on the wire
 // (questionOnWire) since the last call. Only Sends run in between (apply
 // calls this before any other output), so none of them can have been
-// retired. Their Terminated matters only to the end, which names its
-// question actors then (closingStarts): none in the maps now.
+// retired. Their actors' Terminated matters only to the end, which names
+// the actors of its questions then (closingStarts): none in the maps now.
 func (s *state) spawnQuestions() {
 	for i, q := range s.unspawned {
 		s.unspawned[i] = nil
-		q.pid = s.spawnChild(q, &q.mbox)
+		q.actor = s.takeQuestionActor(q)
 	}
 	s.unspawned = s.unspawned[:0]
+}
+
+// maxParked is how many question actors a connection keeps parked; the
+// ones past it stop as their question is retired.
+const maxParked = 64
+
+// takeQuestionActor is an actor for q: a parked one, else a new one.
+func (s *state) takeQuestionActor(q *question) *questionActor {
+	for n := len(s.parked); n > 0; n = len(s.parked) {
+		a := s.parked[n-1]
+		s.parked[n-1] = nil
+		s.parked = s.parked[:n-1]
+		if a.bind(q) {
+			return a
+		}
+	}
+	a := &questionActor{}
+	a.serving.Store(q)
+	a.pid = s.spawnChild(a, &a.mbox)
+	return a
+}
+
+// parkQuestionActor: a, the actor of q, is done with it (q has its Return
+// and its Finish; a settles q's outcome, if it has not yet, before it
+// settles its next question's).
+func (s *state) parkQuestionActor(a *questionActor, q *question) {
+	a.serving.CompareAndSwap(q, nil) // keeps q alive no longer; fails once a has stopped
+	switch {
+	case a.serving.Load() == stoppedServing:
+	case len(s.parked) < maxParked && !s.closing:
+		s.parked = append(s.parked, a)
+	default:
+		a.mbox.PostSystemMessage(stopQuestion)
+	}
+}
+
+// stopParked stops the parked question actors.
+func (s *state) stopParked() {
+	for i, a := range s.parked {
+		s.parked[i] = nil
+		a.mbox.PostSystemMessage(stopQuestion)
+	}
+	s.parked = nil
 }
 
 // spawn starts the actor of an export.
@@ -655,7 +703,9 @@ func (s *state) spawn(ch core.Child) {
 	s.peaks.pids.Note(len(s.pids))
 }
 
-// stopQuestion is the Stop posted to a question actor's mailbox.
+// stopQuestion is the Stop posted to a question actor's mailbox: what
+// ctx.Stop does, without the registry lookup; protoactor marks the
+// process dead as it stops.
 var stopQuestion = &actor.Stop{}
 
 // stopChild stops a question or export actor; its Terminated is the
@@ -665,10 +715,8 @@ func (s *state) stopChild(ch core.Child) {
 	case core.QuestionChild:
 		if q := s.calls[ch.Call]; q != nil {
 			s.retire(q)
-			if s.pids[ch] == nil && q.pid != nil {
-				// What ctx.Stop does, without the registry lookup;
-				// protoactor marks the process dead as it stops.
-				q.mbox.PostSystemMessage(stopQuestion)
+			if s.pids[ch] == nil && q.actor != nil {
+				s.parkQuestionActor(q.actor, q)
 				return
 			}
 		}

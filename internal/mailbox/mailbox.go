@@ -165,6 +165,16 @@ func (m *Mailbox) PostSystemMessage(msg any) {
 	m.schedule()
 }
 
+// TakeUser takes the next user message without handing it to the
+// actor: an actor that stops (its Stopping) can handle what is still
+// queued for it, which protoactor would otherwise drop once it has
+// stopped. Only the actor itself may call it, from its Receive.
+func (m *Mailbox) TakeUser() (any, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.user.pop()
+}
+
 // next takes the next message to handle, system messages first; when
 // there is none (or only user messages while suspended) it marks the
 // mailbox idle, under the same lock the posters take.

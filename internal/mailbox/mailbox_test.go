@@ -242,3 +242,43 @@ func TestMayWait(t *testing.T) {
 		t.Fatalf("handled system %v", r.sys)
 	}
 }
+
+// taker is an actor that, on the system message "stop", takes what is
+// still queued for it.
+type taker struct {
+	recorder
+	m     *mailbox.Mailbox
+	taken []any
+}
+
+func (t *taker) InvokeSystemMessage(msg any) {
+	t.recorder.InvokeSystemMessage(msg)
+	if msg != "stop" {
+		return
+	}
+	for {
+		u, ok := t.m.TakeUser()
+		if !ok {
+			return
+		}
+		t.taken = append(t.taken, u)
+	}
+}
+
+func TestTakeUser(t *testing.T) {
+	d := &manual{}
+	m := mailbox.Producer().(*mailbox.Mailbox)
+	tk := &taker{m: m}
+	m.RegisterHandlers(tk, d)
+	m.PostUserMessage(1)
+	m.PostUserMessage(2)
+	m.PostSystemMessage("stop") // runs ahead of the user messages
+	m.PostUserMessage(3)
+	d.runAll()
+	if len(tk.user) != 0 || len(tk.taken) != 3 || tk.taken[0] != 1 || tk.taken[2] != 3 {
+		t.Fatalf("handed %v, taken %v; want none handed, 1 2 3 taken", tk.user, tk.taken)
+	}
+	if _, ok := m.TakeUser(); ok {
+		t.Fatal("a message left after taking them all")
+	}
+}
