@@ -226,7 +226,12 @@ type Conn struct {
 	root      *actor.RootContext
 	pid       atomic.Pointer[actor.PID] // set by Spawn and by the actor's Started
 	start     time.Time
-	calls     atomic.Uint64 // the last CallID given to a local call
+
+	// questionActors counts question actors spawned and those stopped
+	// parked, when the connection rested or its end began (stopParked):
+	// the difference is what reuse leaves live.
+	questionActors struct{ spawned, stoppedParked atomic.Int64 }
+	calls          atomic.Uint64 // the last CallID given to a local call
 
 	// mu guards the following. Senders hold it for reading while they
 	// post to the actor, so that once closing has set closed under the

@@ -659,6 +659,7 @@ func (s *state) takeQuestionActor(q *question) *questionActor {
 	a := &questionActor{}
 	a.serving.Store(q)
 	a.pid = s.spawnChild(a, &a.mbox)
+	s.c.questionActors.spawned.Add(1)
 	return a
 }
 
@@ -682,6 +683,7 @@ func (s *state) stopParked() {
 		s.parked[i] = nil
 		a.mbox.PostSystemMessage(stopQuestion)
 	}
+	s.c.questionActors.stoppedParked.Add(int64(len(s.parked)))
 	s.parked = nil
 }
 
