@@ -222,7 +222,8 @@ type Stats = core.Stats
 type Conn struct {
 	opts      Options
 	transport Transport
-	stream    streamWriter // the transport's, if it has one (nil: SendFrames alone)
+	stream    streamWriter  // the transport's, if it has one (nil: SendFrames alone)
+	resting   restingReader // the transport's, if its reader can rest (readerRest)
 	root      *actor.RootContext
 	pid       atomic.Pointer[actor.PID] // set by Spawn and by the actor's Started
 	start     time.Time
@@ -315,6 +316,9 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 	c.out.wake = make(chan struct{}, 1)
 	c.out.budget.limit = opts.Limits.MaxSendQueue
 	c.in.limit = opts.Limits.MaxRecvQueue
+	if rr, ok := t.(restingReader); ok && rr.canRest() {
+		c.resting = rr
+	}
 	if sw, ok := t.(streamWriter); ok {
 		c.stream = sw
 		sw.setWriteTimeout(opts.WriteTimeout)
@@ -582,6 +586,11 @@ func (c *Conn) readLoop() {
 		c.out.awaitRoom()                        // backpressure: read nothing more while the peer does not read ours,
 		_ = c.in.awaitRoom(context.Background()) // nor while the actor has not handled what we read
 		f, err := c.transport.RecvFrame()
+		if err == errResting {
+			c.reader.Add(1)
+			go c.readAfterRest()
+			return
+		}
 		if err != nil {
 			c.readEnd, c.readEndAt = err, time.Now()
 			c.postInternal(readerDone{err: err})     // also while the end runs: it must know the peer has gone
@@ -615,6 +624,26 @@ func (c *Conn) readLoop() {
 			f.Msg.Release()
 		}
 	}
+}
+
+// readerRest, once the connection has come to rest (restPost), asks the
+// reader to go on from a fresh goroutine (readAfterRest) when it next
+// waits between frames. The goroutine that read a burst keeps the stack
+// the burst grew (it handles frames in place, postHere): the runtime
+// halves a stack only while a quarter of it or less is in use, which a
+// read waiting on the socket never is below 4 KiB, while a goroutine
+// that only waits needs 2 KiB.
+func (c *Conn) readerRest() {
+	if c.resting != nil {
+		c.resting.askRest()
+	}
+}
+
+// readAfterRest is the reader after a rest: it waits for the peer's next
+// bytes at the top of its stack, then reads on as readLoop.
+func (c *Conn) readAfterRest() {
+	c.resting.waitShallow()
+	c.readLoop()
 }
 
 // closeSocket runs once the actor has queued its last message:

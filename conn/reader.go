@@ -1,8 +1,12 @@
 package conn
 
 import (
+	"errors"
 	"io"
+	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // frameReader buffers what the reader goroutine reads from the socket,
@@ -21,18 +25,77 @@ type frameReader struct {
 	wait [256]byte
 
 	// midFrame: a frame has begun; the first read that must wait for
-	// more of it calls arm (once), which sets the frame's deadline.
+	// more of it sets the frame's deadline (once), frameTimeout from
+	// then, with setDeadline (nil: frames have no deadline).
 	midFrame, armed bool
-	arm             func()
+	frameTimeout    time.Duration
+	frameDeadline   time.Time
+	setDeadline     func(time.Time) error
+
+	// restWanted: the connection has come to rest and asks its reader to
+	// go on from a fresh goroutine (Conn.readerRest); a read deadline in
+	// the past interrupts the wait, and a read that sees it between
+	// frames returns errResting. pending: that goroutine's first read
+	// (waitShallow), handed to the next fill.
+	restWanted atomic.Bool
+	pending    bool
+	pendN      int
+	pendErr    error
 }
 
-// read is every read from the socket.
+// errResting: the reader was interrupted between frames to go on from a
+// fresh goroutine (Conn.readAfterRest); nothing was read.
+var errResting = errors.New("reader resting")
+
+// read is every read from the socket. A deadline that passes is the
+// frame's, or the one askRest set: between frames, where there is none of
+// the frame's, the read clears it and waits on, or returns errResting if
+// a rest was asked for; within a frame, it waits on until the frame's
+// own deadline.
 func (b *frameReader) read(p []byte) (int, error) {
-	if b.midFrame && !b.armed && b.arm != nil {
+	if b.midFrame && !b.armed && b.setDeadline != nil {
 		b.armed = true
-		b.arm()
+		b.frameDeadline = time.Now().Add(b.frameTimeout)
+		_ = b.setDeadline(b.frameDeadline)
 	}
-	return b.rd.Read(p)
+	for {
+		n, err := b.rd.Read(p)
+		if n > 0 || b.setDeadline == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return n, err
+		}
+		switch {
+		case b.midFrame && !time.Now().Before(b.frameDeadline):
+			return n, err // the frame's own deadline
+		case b.midFrame:
+			_ = b.setDeadline(b.frameDeadline)
+		default:
+			_ = b.setDeadline(time.Time{})
+			if b.restWanted.Swap(false) {
+				return 0, errResting
+			}
+		}
+	}
+}
+
+// askRest asks the reader to go on from a fresh goroutine once it waits
+// between frames (see restWanted). Only where reads have deadlines.
+func (b *frameReader) askRest() {
+	if b.setDeadline == nil {
+		return
+	}
+	b.restWanted.Store(true)
+	_ = b.setDeadline(time.Now())
+}
+
+// waitShallow waits for the peer's next bytes with as little of the
+// goroutine's stack in use as a read can have: what it reads is kept for
+// the next fill. A deadline (another rest asked for meanwhile) is
+// dropped, for the next read to see again.
+func (b *frameReader) waitShallow() {
+	n, err := b.rd.Read(b.wait[:])
+	if n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		b.pending, b.pendN, b.pendErr = true, n, err
+	}
 }
 
 // readBufferSize is the pooled read buffer's size.
@@ -74,7 +137,13 @@ func (b *frameReader) fill() error {
 	}
 	if b.buf == nil {
 		// Nothing buffered: wait for the peer without a buffer.
-		n, err := b.read(b.wait[:])
+		var n int
+		var err error
+		if b.pending {
+			n, err, b.pending, b.pendErr = b.pendN, b.pendErr, false, nil
+		} else {
+			n, err = b.read(b.wait[:])
+		}
 		if n == 0 {
 			if err == nil {
 				err = io.ErrNoProgress

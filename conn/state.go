@@ -402,6 +402,7 @@ func (s *state) Receive(ctx actor.Context) {
 		s.restArmed = false
 		if s.core.Quiet() {
 			s.restNow()
+			s.c.readerRest()
 		}
 	case meterFlush:
 		s.meterArmed = false

@@ -57,13 +57,27 @@ type streamWriter interface {
 	peerEnding()
 }
 
+// restingReader is what a transport has (the stream transport over a
+// socket does) to let the connection's reader go on from a fresh
+// goroutine once the connection has come to rest (Conn.readerRest).
+type restingReader interface {
+	// canRest reports whether askRest does anything.
+	canRest() bool
+	// askRest makes RecvFrame, waiting between frames (now or next),
+	// return errResting.
+	askRest()
+	// waitShallow waits for the peer's next bytes with as little stack as
+	// a read can use; the next RecvFrame starts with what it read.
+	waitShallow()
+}
+
 // NewStreamTransport returns a Transport that speaks the standard stream
 // framing over c, enforcing lim on what it reads.
 func NewStreamTransport(c net.Conn, lim Limits) Transport {
 	lim = lim.withDefaults()
 	// Peek must hold a whole segment table.
 	t := &streamTransport{c: c, r: newFrameReader(c, 8+4*lim.MaxSegments), lim: lim, raw: rawConn(c)}
-	t.r.arm = func() { _ = c.SetReadDeadline(time.Now().Add(lim.FrameTimeout)) }
+	t.r.frameTimeout, t.r.setDeadline = lim.FrameTimeout, c.SetReadDeadline
 	return t
 }
 
@@ -95,7 +109,7 @@ const copyLimit = 16 << 10
 func (t *streamTransport) RecvFrame() (Frame, error) {
 	// Wait for the next frame's first bytes here, not deep in readFrame:
 	// an idle reader's stack is then shallow enough for the runtime to
-	// shrink it.
+	// shrink it to 4 KiB (to 2 KiB, a fresh goroutine: Conn.readerRest).
 	if err := t.r.await(); err != nil {
 		return Frame{}, t.readEnd(err)
 	}
@@ -270,6 +284,16 @@ func (t *streamTransport) setKeepAlive(ka KeepAlive) {
 	setUserTimeout(tc, ka.Interval+timeout)
 }
 func (t *streamTransport) canTry() bool { return t.raw != nil }
+
+// canRest: over TLS a waiting read is deep in the TLS record layer
+// anyway, so a fresh goroutine would save nothing.
+func (t *streamTransport) canRest() bool {
+	_, wrapped := t.c.(wrapper)
+	return !wrapped
+}
+
+func (t *streamTransport) askRest()     { t.r.askRest() }
+func (t *streamTransport) waitShallow() { t.r.waitShallow() }
 
 func (t *streamTransport) peerEnding() { t.peerEnded.Store(true) }
 
