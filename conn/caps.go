@@ -28,7 +28,7 @@ type export struct {
 	span    trace.Span // the export's lifetime
 
 	stopResolve context.CancelFunc // export actor only
-	mbox        mailbox.Mailbox    // the export actor's
+	mbox        *mailbox.Mailbox   // the export actor's, once spawned (wake)
 }
 
 // exportResolved: an exported promise has resolved (export actor → conn).
@@ -53,9 +53,16 @@ func (e *export) Receive(ctx actor.Context) {
 		if e.stopResolve != nil {
 			e.stopResolve()
 		}
-		e.release()
-		e.span.End()
+		e.end()
 	}
+}
+
+// end is what an export does as it stops: it releases our reference and
+// ends its span. Its actor does it (Stopping), or the connection's last
+// turn for an export still dormant then (state.releaseDormant).
+func (e *export) end() {
+	e.release()
+	e.span.End()
 }
 
 // release drops our reference to the exported capability. A panic in the

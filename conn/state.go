@@ -65,8 +65,13 @@ type state struct {
 	imports  map[uint32]*importEntry
 	children map[string]core.Child // by PID id: Terminated → ChildStopped
 	pids     map[core.Child]*actor.PID
-	timers   [core.MaxDeadline + 1]*time.Timer
-	clock    coreClock
+	// dormant: exports whose actor is not spawned yet (nil until the
+	// first): an export that is not a promise has nothing to do until it
+	// stops, so its actor is spawned then (wake), and an idle connection
+	// holding the peer's reference to its bootstrap holds no actor for it.
+	dormant map[core.Child]*export
+	timers  [core.MaxDeadline + 1]*time.Timer
+	clock   coreClock
 	// readEndFed: the core has been told how reading ended.
 	readEndFed bool
 
@@ -101,11 +106,14 @@ type state struct {
 	in   *turnInputs
 	// peaks: the largest sizes of the maps a burst grows, for rest to
 	// rebuild them once they are (nearly) empty again (peakmap).
-	peaks struct{ calls, byAns, byQID, answers, children, pids peakmap.Peak }
+	peaks struct{ calls, byAns, byQID, answers, children, pids, dormant peakmap.Peak }
 	// restTimer gives the storage back once the connection has been
 	// quiet for restDelay (rest); restArmed: it is pending.
 	restTimer *time.Timer
 	restArmed bool
+	// lastTurn: the actor is in its last turn (protoactor's Stopped),
+	// when no child can be spawned.
+	lastTurn bool
 	// gone: the actor's last turn has handed the state to the closer
 	// (takeEnd); the rest of that turn leaves the storage alone.
 	gone bool
@@ -267,6 +275,9 @@ func (s *state) shrinkTables() {
 	s.answers = peakmap.Shrink(s.answers, &s.peaks.answers)
 	s.children = peakmap.Shrink(s.children, &s.peaks.children)
 	s.pids = peakmap.Shrink(s.pids, &s.peaks.pids)
+	if s.dormant != nil {
+		s.dormant = peakmap.Shrink(s.dormant, &s.peaks.dormant)
+	}
 }
 
 // giveBack gives the storage back now.
@@ -432,6 +443,7 @@ func (s *state) Receive(ctx actor.Context) {
 		}
 	case *actor.Stopped:
 		// The last turn: every child has stopped.
+		s.lastTurn = true
 		s.c.in.lift() // what is left in the mailbox is never handled
 		for len(s.children) > 0 {
 			for id, ch := range s.children {
@@ -440,6 +452,7 @@ func (s *state) Receive(ctx actor.Context) {
 				s.feed(&core.ChildStopped{Child: ch})
 			}
 		}
+		s.releaseDormant()
 		// What the end of a turn does is done here, before the closer
 		// may take the state over (takeEnd); the end of this turn then
 		// leaves the state alone.
@@ -688,7 +701,10 @@ func (s *state) stopParked() {
 	s.parked = nil
 }
 
-// spawn starts the actor of an export.
+// spawn starts an export. A promise's actor is spawned now (it waits for
+// the promise to resolve); any other export's is spawned when it stops
+// (wake): until then it is dormant, its actor's work (releasing our
+// reference, outside the connection's turn) still to come.
 func (s *state) spawn(ch core.Child) {
 	e := &export{c: s.c, id: ch.ID, ref: ch.Ref}
 	if l := s.locals[ch.Ref]; l != nil && ch.Ref != 0 {
@@ -699,11 +715,37 @@ func (s *state) spawn(ch core.Child) {
 		snap.Release()
 	}
 	e.span = s.startExportSpan(e)
-	pid := s.spawnChild(e, &e.mbox)
+	if e.promise {
+		s.wake(ch, e)
+		return
+	}
+	if s.dormant == nil {
+		s.dormant = make(map[core.Child]*export)
+	}
+	s.dormant[ch] = e
+	s.peaks.dormant.Note(len(s.dormant))
+}
+
+// wake spawns the actor of export e, the child ch.
+func (s *state) wake(ch core.Child, e *export) {
+	e.mbox = new(mailbox.Mailbox)
+	pid := s.spawnChild(e, e.mbox)
 	s.children[pid.Id] = ch
 	s.pids[ch] = pid
 	s.peaks.children.Note(len(s.children))
 	s.peaks.pids.Note(len(s.pids))
+}
+
+// releaseDormant releases the exports still dormant at the actor's last
+// turn (protoactor stopped it before the core's end reached them): their
+// release is done here, as their actors' Stopping would have, and the
+// core told they stopped.
+func (s *state) releaseDormant() {
+	for ch, e := range s.dormant {
+		delete(s.dormant, ch)
+		e.end()
+		s.feed(&core.ChildStopped{Child: ch})
+	}
 }
 
 // stopQuestion is the Stop posted to a question actor's mailbox: what
@@ -728,6 +770,15 @@ func (s *state) stopChild(ch core.Child) {
 			if l.exports--; l.exports == 0 && !l.pinned {
 				s.dropLocal(ch.Ref, l)
 			}
+		}
+		if e := s.dormant[ch]; e != nil {
+			delete(s.dormant, ch)
+			if s.lastTurn { // no child can be spawned now
+				e.end()
+				s.later = append(s.later, &core.ChildStopped{Child: ch})
+				return
+			}
+			s.wake(ch, e)
 		}
 	}
 	if pid := s.pids[ch]; pid != nil {
