@@ -242,14 +242,12 @@ type Conn struct {
 	closed bool              // the actor accepts no more messages from outside
 	ending atomic.Bool       // the end has begun: its steps wait for children's Terminated (childEndMayWait)
 	reason supervisor.Reason // the first reason recorded
-	report Report            // complete once done is closed
+	report *Report           // set as the connection goes down; complete once done is closed
 
-	out       sendQueue
-	in        byteBudget // Limits.MaxRecvQueue: frames the reader posted that the actor has not handled
-	readEnd   error      // the reader's last error; written by the reader before it exits
-	readEndAt time.Time  // when readEnd happened
-	reader    sync.WaitGroup
-	writer    sync.WaitGroup
+	out    sendQueue
+	in     byteBudget // Limits.MaxRecvQueue: frames the reader posted that the actor has not handled
+	reader sync.WaitGroup
+	writer sync.WaitGroup
 	// delivered counts the peer's calls handed to our capabilities and
 	// not yet returned (answer.Return's choice of postHere).
 	delivered atomic.Int32
@@ -306,7 +304,9 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 		tracer:    tracing.Tracer(opts.TracerProvider),
 		untraced:  tracing.Noop(opts.TracerProvider),
 		meters:    metering.For(opts.MeterProvider),
-		peerAttrs: tracing.PeerAttributes(opts.Role, opts.Peer),
+	}
+	if !c.untraced { // an untraced connection's spans never record
+		c.peerAttrs = tracing.PeerAttributes(opts.Role, opts.Peer)
 	}
 	if c.meters != nil {
 		c.msgCounts = c.meters.Messages.Open()
@@ -370,7 +370,10 @@ func (c *Conn) Err() supervisor.Reason {
 func (c *Conn) Report() Report {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return c.report
+	if c.report == nil {
+		return Report{}
+	}
+	return *c.report
 }
 
 // Stats returns the table counts as last published by the actor.
@@ -529,8 +532,11 @@ func (c *Conn) postHere(msg any) error {
 
 // Actor messages. Each is handled by state.Receive.
 type (
-	inFrame     struct{ f Frame }   // reader: a frame with a sidecar arrived (*capnp.Message: one without)
-	readerDone  struct{ err error } // reader: RecvFrame failed
+	inFrame    struct{ f Frame } // reader: a frame with a sidecar arrived (*capnp.Message: one without)
+	readerDone struct {          // reader: RecvFrame failed
+		err error
+		at  time.Time
+	}
 	writerDone  struct{ err error } // writer: SendFrames failed
 	shutdownReq struct {            // user: Shutdown or Close
 		epitaph supervisor.Epitaph
@@ -592,9 +598,9 @@ func (c *Conn) readLoop() {
 			return
 		}
 		if err != nil {
-			c.readEnd, c.readEndAt = err, time.Now()
-			c.postInternal(readerDone{err: err})     // also while the end runs: it must know the peer has gone
-			c.readEnded.Store(&readerDone{err: err}) // after: once set, the readerDone is queued behind every frame
+			rd := &readerDone{err: err, at: time.Now()}
+			c.postInternal(*rd)   // also while the end runs: it must know the peer has gone
+			c.readEnded.Store(rd) // after: once set, the readerDone is queued behind every frame
 			return
 		}
 		n := recvBytes(f)

@@ -84,10 +84,10 @@ type state struct {
 	unsent      bool // frames queued since the writer was last kicked (flushOut)
 	sidecarSent bool // our first frame carried our sidecar
 	peerOurs    bool
-	closing     bool // the core's end has begun (Closing)
-	stopping    bool // protoactor is stopping the actor: the closer may end the connection
-	last        socketResult
-	parent      *actor.PID // the actor's parent, for events (also after its last turn)
+	closing     bool          // the core's end has begun (Closing)
+	stopping    bool          // protoactor is stopping the actor: the closer may end the connection
+	last        *socketResult // how the socket was closed, once it is
+	parent      *actor.PID    // the actor's parent, for events (also after its last turn)
 	tr          connTrace
 
 	scratch inPayload // see newInPayload
@@ -303,7 +303,7 @@ func (s *state) releaseLater(cp core.Cap) {
 // epitaph after the peer's EOF.
 func (s *state) readEndFirst() {
 	if rd := s.c.readEnded.Load(); rd != nil && !s.readEndFed && s.c.mailbox.UserMessageCount() <= 1 {
-		s.readerDone(rd.err)
+		s.readerDone(*rd)
 	}
 }
 
@@ -380,7 +380,7 @@ func (s *state) Receive(ctx actor.Context) {
 	case inFrame:
 		s.frame(m.f)
 	case readerDone:
-		s.readerDone(m.err)
+		s.readerDone(m)
 	case writerDone:
 		s.feed(&core.WriteFailed{Err: m.err})
 	case shutdownReq:
@@ -521,7 +521,8 @@ func (s *state) frame(f Frame) {
 }
 
 // readerDone: the reader's RecvFrame failed.
-func (s *state) readerDone(err error) {
+func (s *state) readerDone(rd readerDone) {
+	err := rd.err
 	if s.readEndFed {
 		return // fed already, from Conn.readEnded
 	}
@@ -530,7 +531,7 @@ func (s *state) readerDone(err error) {
 	case supervisor.ProtocolError:
 		s.feed(&core.ReadEnded{Malformed: true, Err: reason.Err})
 	case supervisor.PeerEOF:
-		s.traceEOFReceived()
+		s.traceEOFReceived(rd.at)
 		s.feed(&core.ReadEnded{EOF: true})
 	default:
 		s.feed(&core.ReadEnded{Err: err})
@@ -898,7 +899,7 @@ func (c *Conn) takeEnd(gone bool) (socketResult, bool) {
 
 // socketClosed: the closer has finished; the core reports the end (Down).
 func (s *state) socketClosed(m socketResult) {
-	s.last = m
+	s.last = &m
 	s.feed(&core.SocketClosed{Steps: []PhaseReport{m.closeWriteReport(), m.lingerReport(), m.closeSocketReport()}})
 }
 
@@ -908,12 +909,19 @@ func (s *state) down(r core.Report) {
 	c := s.c
 	rep := Report{Reason: r.Reason, Peer: r.Peer, Stats: r.Stats, Phases: r.Phases, Refused: r.Refused,
 		Canceled: r.Canceled, Abandoned: r.Abandoned, StuckActors: r.StuckActors, EpitaphSent: r.EpitaphSent,
-		Lifetime: time.Since(c.start), ReadEnd: c.readEnd}
+		Lifetime: time.Since(c.start)}
+	if rd := c.readEnded.Load(); rd != nil {
+		rep.ReadEnd = rd.err
+	}
 	c.mu.Lock()
-	c.report = rep
+	c.report = &rep
 	c.mu.Unlock()
 	c.publishStats(Stats{})
-	s.traceDown(rep, s.last)
+	var last socketResult // zero: the socket was not closed by the end's steps
+	if s.last != nil {
+		last = *s.last
+	}
+	s.traceDown(rep, last)
 	s.recordMetered(false, true) // what was measured is recorded before Down says the connection has ended
 	c.meterDown(rep)
 	s.emit(Down{Conn: c, Report: rep})

@@ -248,11 +248,11 @@ func (s *state) traceActorStopped(e ActorStopped) {
 }
 
 // traceEOFReceived: the peer half-closed.
-func (s *state) traceEOFReceived() {
+func (s *state) traceEOFReceived(at time.Time) {
 	if !s.tr.eofReceived {
 		s.tr.eofReceived = true
 		s.traceBegin()
-		s.tr.span.AddEvent("eof.received", trace.WithTimestamp(s.c.readEndAt))
+		s.tr.span.AddEvent("eof.received", trace.WithTimestamp(at))
 	}
 }
 
@@ -263,8 +263,8 @@ func (s *state) traceDown(r Report, m socketResult) {
 	if !m.hard && !m.flushCut {
 		s.tr.span.AddEvent("eof.sent", trace.WithTimestamp(m.lingerStart))
 	}
-	if errors.Is(r.ReadEnd, io.EOF) {
-		s.traceEOFReceived()
+	if rd := s.c.readEnded.Load(); rd != nil && errors.Is(rd.err, io.EOF) {
+		s.traceEOFReceived(rd.at)
 	}
 	attrs := reasonAttributes(r.Reason)
 	if r.Peer != nil {

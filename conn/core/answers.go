@@ -137,7 +137,7 @@ func (c *Core) admit(a *answer) bool {
 	var why RefusedWhy
 	switch lim := c.cfg.Limits.MaxCallBytes; {
 	case c.life.phase == phaseDraining:
-		c.life.report.Refused++
+		c.rep().Refused++
 		ep := c.life.epitaph
 		a.epitaph = &ep
 		why, err = RefusedDraining, newError(ExcDisconnected, "call refused, not processed: the connection is shutting down")

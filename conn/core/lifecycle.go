@@ -172,7 +172,7 @@ type lifecycle struct {
 	hard             bool                // skip the flush and the linger
 	hurried          bool                // no more waits
 	reason           supervisor.Reason
-	report           Report
+	report           *Report // made on first use (rep): a connection far from its end holds none
 	drainStart       time.Time
 	finishWait       bool // the drain waits for the peer's Finishes (FinishDeadline armed)
 	idle             bool
@@ -193,6 +193,14 @@ type stopWait struct {
 	queue   []Child
 	current *Child
 	stopped int
+}
+
+// rep is the report of the connection's end, made on first use.
+func (c *Core) rep() *Report {
+	if c.life.report == nil {
+		c.life.report = new(Report)
+	}
+	return c.life.report
 }
 
 // SetPeerOurs records that the peer reads epitaphs (it sent a sidecar
@@ -302,14 +310,14 @@ func describe(m Message) string {
 // does after ours is kept in the report.
 func (c *Core) record(reason supervisor.Reason) {
 	if c.life.reason != nil {
-		if c.life.report.Peer == nil && isPeerReason(reason) {
-			c.life.report.Peer = reason
+		if c.rep().Peer == nil && isPeerReason(reason) {
+			c.rep().Peer = reason
 		}
 		return
 	}
 	c.life.reason = reason
-	c.life.report.Reason = reason
-	c.life.report.Stats = c.Stats()
+	c.rep().Reason = reason
+	c.rep().Stats = c.Stats()
 	c.emit(put(&c.o.emit, Emit{Event: put(&c.o.ending, Ending{Reason: reason})}))
 	if reason.Expected() {
 		c.logf(slog.LevelDebug, "capnp: connection ending", "reason", reason)
@@ -437,7 +445,7 @@ func (c *Core) drained() {
 // endDrain ends the drain, cut short or not, and goes on closing.
 func (c *Core) endDrain(cut bool, why string) {
 	q, a := c.inFlight()
-	note := fmt.Sprintf("refused %d; left in flight: %d questions, %d answers", c.life.report.Refused, q, a)
+	note := fmt.Sprintf("refused %d; left in flight: %d questions, %d answers", c.rep().Refused, q, a)
 	f, r := c.unfinished()
 	if f > 0 {
 		note += fmt.Sprintf("; %d returned without their Finish", f)
@@ -561,7 +569,7 @@ func (c *Core) abandonAnswers() {
 			a.returned = true
 			c.running--
 			c.callBytes -= a.callBytes
-			c.life.report.Abandoned++
+			c.rep().Abandoned++
 			if a.delivered {
 				c.emit(put(&c.o.cancel, CancelAnswer{Answer: a.id}))
 			}
@@ -625,7 +633,7 @@ func (c *Core) stopQuestions() {
 	c.questions = idtable.Table[*question]{}
 	c.life.probes = 0
 	clear(c.byCall)
-	c.life.report.Canceled += canceled
+	c.rep().Canceled += canceled
 	w.note = fmt.Sprintf("%d stopped, %d without an answer", len(w.queue), canceled)
 	c.stopNext()
 }
@@ -685,7 +693,7 @@ func (c *Core) stopNext() {
 }
 
 func (c *Core) stuck(ch Child) {
-	c.life.report.StuckActors++
+	c.rep().StuckActors++
 	c.logf(slog.LevelWarn, "capnp: actor did not stop in time", "kind", ch.Kind, "id", ch.ID)
 	c.emit(put(&c.o.emit, Emit{Event: put(&c.o.actorStopped, ActorStopped{Child: ch, TimedOut: true})}))
 }
@@ -775,7 +783,7 @@ func (c *Core) sendEpitaph() {
 			typ = ExcDisconnected
 		}
 		c.send(put(&c.o.abort, Abort{Exception: Exception{Type: typ, Reason: "connection closed with epitaph " + ep.String(), Epitaph: &ep}}))
-		c.life.report.EpitaphSent = true
+		c.rep().EpitaphSent = true
 		c.emit(put(&c.o.emit, Emit{Event: &EpitaphSent{Epitaph: ep}}))
 		pr.Note = "epitaph " + ep.String()
 	default:
@@ -815,7 +823,7 @@ func (c *Core) stepClosing(in Input) {
 			c.socketClosed(m.Steps)
 		}
 	case *Received:
-		if a, ok := m.Msg.(*Abort); ok && c.life.report.Peer == nil {
+		if a, ok := m.Msg.(*Abort); ok && c.rep().Peer == nil {
 			c.receiveAbort(*a) // kept in Report.Peer; never answered
 		}
 	case *ReadEnded:
@@ -845,7 +853,7 @@ func (c *Core) socketClosed(steps []PhaseReport) {
 		c.phaseDone(p)
 	}
 	c.life.phase = phaseClosed
-	c.emit(put(&c.o.emit, Emit{Event: &Down{Report: c.life.report}}))
+	c.emit(put(&c.o.emit, Emit{Event: &Down{Report: *c.rep()}}))
 }
 
 // skipped records a step that did not run.
@@ -858,7 +866,7 @@ func (c *Core) phaseStarted(p Phase) {
 }
 
 func (c *Core) phaseDone(p PhaseReport) {
-	c.life.report.Phases = append(c.life.report.Phases, p)
+	c.rep().Phases = append(c.rep().Phases, p)
 	c.emit(put(&c.o.emit, Emit{Event: put(&c.o.phaseDone, PhaseDone{Report: p})}))
 }
 
