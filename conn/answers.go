@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/conn/core"
+	"github.com/vatactor/vatactor/internal/peakmap"
 )
 
 // An answer is one of the peer's Bootstraps or Calls as the shell holds
@@ -128,7 +129,7 @@ func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar
 		a.ctx.expireAt(time.Now().Add(sc.Timeout)) // the caller's deadline, from when its Call was read
 	}
 	a.ctx.parent, a.span, a.method = s.startAnswerSpan(context.Background(), m, bootstrap, sc)
-	s.answers[id] = a
+	peakmap.Set(&s.answers, id, a)
 	s.peaks.answers.Note(len(s.answers))
 	return a
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vatactor/vatactor/conn/core"
 	"github.com/vatactor/vatactor/internal/mailbox"
+	"github.com/vatactor/vatactor/internal/peakmap"
 )
 
 // An export is a capability of ours that the peer holds references to.
@@ -132,9 +133,9 @@ func (s *state) describe(client capnp.Client) core.Cap {
 	}
 	s.nextRef++
 	r := s.nextRef
-	s.locals[r] = &localCap{client: client.AddRef(), key: key}
+	peakmap.Set(&s.locals, r, &localCap{client: client.AddRef(), key: key})
 	if key != nil {
-		s.refByKey[key] = r
+		peakmap.Set(&s.refByKey, key, r)
 	}
 	s.fresh = append(s.fresh, r)
 	return core.Cap{Kind: core.CapLocal, Ref: r, Promise: isPromise}
@@ -261,7 +262,7 @@ func (s *state) newImport(id uint32, promise bool) capnp.Client {
 	}
 	w := c.WeakRef()
 	ie.client = &w
-	s.imports[id] = ie
+	peakmap.Set(&s.imports, id, ie)
 	return c
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vatactor/vatactor/conn/core"
 	"github.com/vatactor/vatactor/internal/mailbox"
+	"github.com/vatactor/vatactor/internal/peakmap"
 )
 
 // A question is one outgoing Bootstrap or Call of local code: its
@@ -388,8 +389,8 @@ func (c *Conn) forwardRecv(ctx context.Context, tgt callTarget, r capnp.Recv) ca
 // localCall (actor side) gives the core a call or bootstrap of local
 // code, with the capabilities of its params as the core names them.
 func (s *state) localCall(q *question) {
-	s.calls[q.call] = q
-	s.byAns[q.p.Answer()] = q
+	peakmap.Set(&s.calls, q.call, q)
+	peakmap.Set(&s.byAns, q.p.Answer(), q)
 	s.peaks.calls.Note(len(s.calls))
 	s.peaks.byAns.Note(len(s.byAns))
 	if q.bootstrap {

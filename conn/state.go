@@ -149,18 +149,7 @@ type localCap struct {
 }
 
 func newState(c *Conn) *state {
-	s := &state{
-		c:        c,
-		calls:    make(map[core.CallID]*question),
-		byQID:    make(map[uint32]*question),
-		byAns:    make(map[*capnp.Answer]*question),
-		answers:  make(map[uint32]*answer),
-		locals:   make(map[core.Ref]*localCap),
-		refByKey: make(map[any]core.Ref),
-		imports:  make(map[uint32]*importEntry),
-		children: make(map[string]core.Child),
-		pids:     make(map[core.Child]*actor.PID),
-	}
+	s := &state{c: c} // its maps are made as they are first written (peakmap.Set)
 	var boot core.Cap
 	if bs := c.opts.Bootstrap; bs.IsValid() {
 		boot = s.describe(bs) // its own reference, for the connection's life
@@ -275,9 +264,7 @@ func (s *state) shrinkTables() {
 	s.answers = peakmap.Shrink(s.answers, &s.peaks.answers)
 	s.children = peakmap.Shrink(s.children, &s.peaks.children)
 	s.pids = peakmap.Shrink(s.pids, &s.peaks.pids)
-	if s.dormant != nil {
-		s.dormant = peakmap.Shrink(s.dormant, &s.peaks.dormant)
-	}
+	s.dormant = peakmap.Shrink(s.dormant, &s.peaks.dormant)
 }
 
 // giveBack gives the storage back now.
@@ -621,8 +608,8 @@ func (s *state) closingStarts() {
 	for _, q := range s.calls {
 		if a := q.actor; a != nil {
 			ch := core.Child{Kind: core.QuestionChild, ID: q.id, Call: q.call}
-			s.children[a.pid.Id] = ch
-			s.pids[ch] = a.pid
+			peakmap.Set(&s.children, a.pid.Id, ch)
+			peakmap.Set(&s.pids, ch, a.pid)
 			s.peaks.children.Note(len(s.children))
 			s.peaks.pids.Note(len(s.pids))
 		}
@@ -639,7 +626,7 @@ func (s *state) questionOnWire(ch core.Child) {
 		return
 	}
 	q.id = ch.ID
-	s.byQID[ch.ID] = q
+	peakmap.Set(&s.byQID, ch.ID, q)
 	s.peaks.byQID.Note(len(s.byQID))
 	s.unspawned = append(s.unspawned, q)
 }
@@ -720,10 +707,7 @@ func (s *state) spawn(ch core.Child) {
 		s.wake(ch, e)
 		return
 	}
-	if s.dormant == nil {
-		s.dormant = make(map[core.Child]*export)
-	}
-	s.dormant[ch] = e
+	peakmap.Set(&s.dormant, ch, e)
 	s.peaks.dormant.Note(len(s.dormant))
 }
 
@@ -731,8 +715,8 @@ func (s *state) spawn(ch core.Child) {
 func (s *state) wake(ch core.Child, e *export) {
 	e.mbox = new(mailbox.Mailbox)
 	pid := s.spawnChild(e, e.mbox)
-	s.children[pid.Id] = ch
-	s.pids[ch] = pid
+	peakmap.Set(&s.children, pid.Id, ch)
+	peakmap.Set(&s.pids, ch, pid)
 	s.peaks.children.Note(len(s.children))
 	s.peaks.pids.Note(len(s.pids))
 }

@@ -4,6 +4,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/vatactor/vatactor/internal/peakmap"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -114,7 +115,7 @@ func (c *Core) newAnswer(id uint32, m Method) (*answer, error) {
 	} else {
 		a = &answer{id: id, method: m, seq: c.seq, since: c.now}
 	}
-	c.answers[id] = a
+	peakmap.Set(&c.answers, id, a)
 	c.peaks.answers.Note(len(c.answers))
 	c.running++
 	return a, nil
@@ -353,7 +354,7 @@ func (c *Core) dropAnswer(a *answer) {
 		c.emit(put(&c.o.done, AnswerDone{Answer: a.id}))
 	}
 	if a.capRefs > 0 {
-		c.retired[a.seq] = a // CapAnswer caps still name its results
+		peakmap.Set(&c.retired, a.seq, a) // CapAnswer caps still name its results
 		return
 	}
 	if a.results != nil {

@@ -1,6 +1,10 @@
 package core
 
-import "slices"
+import (
+	"slices"
+
+	"github.com/vatactor/vatactor/internal/peakmap"
+)
 
 // An export is a capability of ours that the peer holds references to.
 type export struct {
@@ -185,7 +189,7 @@ func (c *Core) exportNew(cp Cap, promise bool) (CapDescriptor, uint32, error) {
 	switch cp.Kind {
 	case CapLocal:
 		e.ref = cp.Ref
-		c.exportKey[cp.Ref] = e.id
+		peakmap.Set(&c.exportKey, cp.Ref, e.id)
 	}
 	c.emit(put(&c.o.spawn, SpawnChild{Child: Child{Kind: ExportChild, ID: e.id, Ref: e.ref}}))
 	return e.descriptor(), e.id, nil
@@ -263,7 +267,7 @@ func (c *Core) decodeCap(d CapDescriptor) (Cap, error) {
 				return Cap{}, budgetErrorf("MaxImports", int64(lim), "the peer sent a %d-th capability", len(c.imports)+1)
 			}
 			im = &importEntry{id: d.ID, promise: d.Kind == SenderPromise}
-			c.imports[d.ID] = im
+			peakmap.Set(&c.imports, d.ID, im)
 		}
 		im.wireRefs++
 		im.localRefs++

@@ -502,13 +502,9 @@ type Core struct {
 // New returns the core of a connection that starts at now.
 func New(cfg Config, now time.Time) *Core {
 	c := &Core{
-		cfg:       cfg.withDefaults(),
-		now:       now,
-		byCall:    make(map[CallID]*question),
-		answers:   make(map[uint32]*answer),
-		exportKey: make(map[Ref]uint32),
-		imports:   make(map[uint32]*importEntry),
-		retired:   make(map[uint64]*answer),
+		cfg: cfg.withDefaults(),
+		now: now,
+		// its maps are made as they are first written (peakmap.Set)
 	}
 	c.life.start = now
 	c.life.heard = now

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"time"
 	"unicode/utf8"
+
+	"github.com/vatactor/vatactor/internal/peakmap"
 )
 
 // A question is one of our Bootstraps or Calls on the wire, from the
@@ -148,7 +150,7 @@ func (c *Core) newQuestion(cl caller) *question {
 	}
 	q.id = c.questions.Add(q)
 	if cl.local != 0 {
-		c.byCall[cl.local] = q
+		peakmap.Set(&c.byCall, cl.local, q)
 		c.peaks.byCall.Note(len(c.byCall))
 		c.emit(put(&c.o.spawn, SpawnChild{Child: Child{Kind: QuestionChild, ID: q.id, Call: cl.local}}))
 	}

@@ -25,6 +25,10 @@ func (p *Peak) Note(n int) {
 // once held more than Small entries and now holds at most a quarter of
 // that peak (and no more than Small).
 func Shrink[M ~map[K]V, K comparable, V any](m M, p *Peak) M {
+	if len(m) == 0 {
+		p.n = 0
+		return nil // made again by the next Set
+	}
 	if p.n <= Small || len(m) > Small || len(m) > p.n/4 {
 		return m
 	}
@@ -32,4 +36,14 @@ func Shrink[M ~map[K]V, K comparable, V any](m M, p *Peak) M {
 	n := make(M, len(m))
 	maps.Copy(n, m) // not maps.Clone: a clone keeps the original's size
 	return n
+}
+
+// Set sets (*m)[k] = v, making *m first when it is nil: a table that is
+// empty for most of a connection's life holds no map until it is written
+// (and, after Shrink, none once it is empty again).
+func Set[M ~map[K]V, K comparable, V any](m *M, k K, v V) {
+	if *m == nil {
+		*m = make(M)
+	}
+	(*m)[k] = v
 }

@@ -46,3 +46,23 @@ func TestShrinkAfterBurst(t *testing.T) {
 		t.Fatal("a small map changed")
 	}
 }
+
+// TestEmptyHoldsNoMap: a table written once and emptied again holds no
+// map after Shrink, whatever its peak, and Set makes it again.
+func TestEmptyHoldsNoMap(t *testing.T) {
+	var m map[int]string
+	var p Peak
+	Set(&m, 1, "a")
+	p.Note(len(m))
+	if m[1] != "a" {
+		t.Fatal("Set on a nil map did not make it")
+	}
+	delete(m, 1)
+	if m = Shrink(m, &p); m != nil {
+		t.Fatalf("an empty map shrank to %v, not nil", m)
+	}
+	Set(&m, 2, "b")
+	if len(m) != 1 || m[2] != "b" {
+		t.Fatalf("Set after Shrink: %v", m)
+	}
+}
