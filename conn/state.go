@@ -247,11 +247,12 @@ func (s *state) rest() {
 
 // restNow gives back what the connection holds for calls in flight: its
 // storage, its parked question actors, the send queue's grown slices,
-// the tables' grown maps.
+// its mailbox's grown queues, the tables' grown maps.
 func (s *state) restNow() {
 	s.giveBack()
 	s.stopParked()
 	s.c.out.trim()
+	s.c.mailbox.Trim()
 	s.shrinkTables()
 }
 

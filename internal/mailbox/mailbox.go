@@ -73,6 +73,22 @@ func (q *queue[T]) pop() (T, bool) {
 
 func (q *queue[T]) len() int { return len(q.items) - q.head }
 
+// trim gives back storage a burst grew, when the queue is empty.
+func (q *queue[T]) trim() {
+	if q.head == len(q.items) && cap(q.items) > len(q.inline) {
+		q.items, q.head = q.inline[:0], 0
+	}
+}
+
+// Trim gives back the storage that a burst of messages grew the queues
+// to, where they are empty now (the owner's rest, after a burst).
+func (m *Mailbox) Trim() {
+	m.mu.Lock()
+	m.sys.trim()
+	m.user.trim()
+	m.mu.Unlock()
+}
+
 // MayWait sets which system messages need no activation of their own
 // (nil: all do): one that f accepts, posted while the mailbox is idle,
 // waits for the next message that schedules the mailbox, and is handled
