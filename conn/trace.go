@@ -29,14 +29,19 @@ type connTrace struct {
 	span        trace.Span      // capnp.conn; nil until begun
 	ctx         context.Context // carries span
 	parent      context.Context // span's parent: the dial's context or the peer's connection span
-	shutdown    trace.Span      // nil until the connection starts ending
-	shutdownCtx context.Context
-	step        trace.Span  // the span of the step running now (tracePhaseStart), or nil
-	stepStart   time.Time   // when its span started
-	stepPhase   Phase       // its step
-	pending     []actorStop // actors stopped during the step running now
-	steps       stepClock   // the start of the last step's span
+	end         *shutdownTrace  // nil until the connection starts ending
 	eofReceived bool
+}
+
+// shutdownTrace holds the spans of a connection's end.
+type shutdownTrace struct {
+	span      trace.Span // capnp.shutdown
+	ctx       context.Context
+	step      trace.Span  // the span of the step running now (tracePhaseStart), or nil
+	stepStart time.Time   // when its span started
+	stepPhase Phase       // its step
+	pending   []actorStop // actors stopped during the step running now
+	steps     stepClock   // the start of the last step's span
 }
 
 // stepClock keeps the spans of a connection's end in the order their
@@ -137,15 +142,16 @@ func (s *state) firstSidecar(call *Sidecar) *Sidecar {
 // traceShutdownBegin starts the shutdown span when the connection leaves
 // phaseOpen, for whatever reason.
 func (s *state) traceShutdownBegin() {
-	if s.tr.shutdown != nil {
+	if s.tr.end != nil {
 		return
 	}
 	s.traceBegin()
+	s.tr.end = new(shutdownTrace)
 	if s.tr.span == noSpan {
-		s.tr.shutdownCtx, s.tr.shutdown = s.tr.ctx, noSpan
+		s.tr.end.ctx, s.tr.end.span = s.tr.ctx, noSpan
 		return
 	}
-	s.tr.shutdownCtx, s.tr.shutdown = s.c.tracer.Start(s.tr.ctx, tracing.ShutdownSpan,
+	s.tr.end.ctx, s.tr.end.span = s.c.tracer.Start(s.tr.ctx, tracing.ShutdownSpan,
 		trace.WithAttributes(reasonAttributes(s.c.Err())...))
 }
 
@@ -154,12 +160,12 @@ func (s *state) traceShutdownBegin() {
 // step starts; tracePhase ends it.
 func (s *state) tracePhaseStart(p Phase, start time.Time) {
 	s.traceShutdownBegin()
-	if !s.tr.shutdown.IsRecording() {
+	if !s.tr.end.span.IsRecording() {
 		return
 	}
-	_, s.tr.step = s.c.tracer.Start(s.tr.shutdownCtx, string(p), trace.WithTimestamp(s.tr.steps.start(start)))
-	s.tr.stepPhase = p
-	s.tr.stepStart = s.tr.steps.last
+	_, s.tr.end.step = s.c.tracer.Start(s.tr.end.ctx, string(p), trace.WithTimestamp(s.tr.end.steps.start(start)))
+	s.tr.end.stepPhase = p
+	s.tr.end.stepStart = s.tr.end.steps.last
 }
 
 // tracePhase records one step of the connection's end as a child of the
@@ -168,28 +174,28 @@ func (s *state) tracePhaseStart(p Phase, start time.Time) {
 // turn (or timed by the closer goroutine).
 func (s *state) tracePhase(p PhaseReport) {
 	s.traceShutdownBegin()
-	span := s.tr.step
-	if span == nil || s.tr.stepPhase != p.Phase {
+	span := s.tr.end.step
+	if span == nil || s.tr.end.stepPhase != p.Phase {
 		if span != nil { // a step that did not end: it ends here
 			span.End()
 		}
 		span = nil
 	}
-	s.tr.step = nil
-	if !s.tr.shutdown.IsRecording() {
+	s.tr.end.step = nil
+	if !s.tr.end.span.IsRecording() {
 		return
 	}
-	start := s.tr.stepStart
+	start := s.tr.end.stepStart
 	if span == nil {
-		start = s.tr.steps.start(p.Start)
-		_, span = s.c.tracer.Start(s.tr.shutdownCtx, string(p.Phase), trace.WithTimestamp(start))
+		start = s.tr.end.steps.start(p.Start)
+		_, span = s.c.tracer.Start(s.tr.end.ctx, string(p.Phase), trace.WithTimestamp(start))
 	}
 	span.SetAttributes(phaseAttributes(p)...)
-	for _, a := range s.tr.pending {
+	for _, a := range s.tr.end.pending {
 		span.AddEvent(string(a.Kind)+" stopped", trace.WithTimestamp(a.at), trace.WithAttributes(
 			attribute.Int(string(a.Kind)+".id", int(a.ID)), attribute.Bool("timed_out", a.TimedOut)))
 	}
-	s.tr.pending = nil
+	s.tr.end.pending = nil
 	span.End(trace.WithTimestamp(spanEnd(start, p.Start.Add(p.Took))))
 }
 
@@ -217,10 +223,10 @@ type stepTracer struct {
 // closerTracer is the stepTracer of this connection's closer.
 func (s *state) closerTracer() *stepTracer {
 	s.traceShutdownBegin()
-	if !s.tr.shutdown.IsRecording() {
+	if !s.tr.end.span.IsRecording() {
 		return &stepTracer{}
 	}
-	return &stepTracer{tracer: s.c.tracer, ctx: s.tr.shutdownCtx, steps: s.tr.steps}
+	return &stepTracer{tracer: s.c.tracer, ctx: s.tr.end.ctx, steps: s.tr.end.steps}
 }
 
 func (st *stepTracer) start(p Phase, at time.Time) trace.Span {
@@ -242,8 +248,8 @@ func (st *stepTracer) end(span trace.Span, p PhaseReport) {
 // traceActorStopped: a question or export actor stopped during a step.
 // It becomes an event of the step's span, at the time it stopped.
 func (s *state) traceActorStopped(e ActorStopped) {
-	if s.tr.shutdown != nil && s.tr.shutdown.IsRecording() {
-		s.tr.pending = append(s.tr.pending, actorStop{at: time.Now(), ActorStopped: e})
+	if s.tr.end != nil && s.tr.end.span.IsRecording() {
+		s.tr.end.pending = append(s.tr.end.pending, actorStop{at: time.Now(), ActorStopped: e})
 	}
 }
 
@@ -271,8 +277,8 @@ func (s *state) traceDown(r Report, m socketResult) {
 		attrs = append(attrs, tracing.AttrPeerReason.String(r.Peer.Error()))
 	}
 	attrs = append(attrs, statsAttributes(r.Stats)...)
-	s.tr.shutdown.SetAttributes(attrs...)
-	s.tr.shutdown.End()
+	s.tr.end.span.SetAttributes(attrs...)
+	s.tr.end.span.End()
 	s.tr.span.SetAttributes(attrs...)
 	if r.Reason != nil && !r.Reason.Expected() {
 		s.tr.span.SetStatus(codes.Error, r.Reason.Error())
