@@ -65,13 +65,8 @@ type state struct {
 	imports  map[uint32]*importEntry
 	children map[string]core.Child // by PID id: Terminated → ChildStopped
 	pids     map[core.Child]*actor.PID
-	// dormant: exports whose actor is not spawned yet (nil until the
-	// first): an export that is not a promise has nothing to do until it
-	// stops, so its actor is spawned then (wake), and an idle connection
-	// holding the peer's reference to its bootstrap holds no actor for it.
-	dormant map[core.Child]*export
-	timers  [core.MaxDeadline + 1]*time.Timer
-	clock   coreClock
+	timers   [core.MaxDeadline + 1]*time.Timer
+	clock    coreClock
 	// readEndFed: the core has been told how reading ended.
 	readEndFed bool
 
@@ -106,7 +101,7 @@ type state struct {
 	in   *turnInputs
 	// peaks: the largest sizes of the maps a burst grows, for rest to
 	// rebuild them once they are (nearly) empty again (peakmap).
-	peaks struct{ calls, byAns, byQID, answers, children, pids, dormant peakmap.Peak }
+	peaks struct{ calls, byAns, byQID, answers, children, pids peakmap.Peak }
 	// restTimer gives the storage back once the connection has been
 	// quiet for restDelay (rest); restArmed: it is pending.
 	restTimer *time.Timer
@@ -144,8 +139,13 @@ type turnStorage struct {
 type localCap struct {
 	client  capnp.Client // our reference
 	key     any          // identity, for the same Ref when sent again (nil: none)
-	exports int          // export actors holding it
-	pinned  bool         // the bootstrap capability: kept for the connection's life
+	exports int          // exports holding it
+	// dormant: its export while that has no actor. An export that is not
+	// a promise has nothing to do until it stops, so its actor is spawned
+	// then (wake), and an idle connection holding the peer's reference to
+	// its bootstrap holds no actor for it.
+	dormant *export
+	pinned  bool // the bootstrap capability: kept for the connection's life
 }
 
 func newState(c *Conn) *state {
@@ -265,7 +265,6 @@ func (s *state) shrinkTables() {
 	s.answers = peakmap.Shrink(s.answers, &s.peaks.answers)
 	s.children = peakmap.Shrink(s.children, &s.peaks.children)
 	s.pids = peakmap.Shrink(s.pids, &s.peaks.pids)
-	s.dormant = peakmap.Shrink(s.dormant, &s.peaks.dormant)
 }
 
 // giveBack gives the storage back now.
@@ -696,7 +695,11 @@ func (s *state) stopParked() {
 // reference, outside the connection's turn) still to come.
 func (s *state) spawn(ch core.Child) {
 	e := &export{c: s.c, id: ch.ID, ref: ch.Ref}
-	if l := s.locals[ch.Ref]; l != nil && ch.Ref != 0 {
+	var l *localCap
+	if ch.Ref != 0 {
+		l = s.locals[ch.Ref]
+	}
+	if l != nil {
 		l.exports++
 		e.client = l.client.AddRef()
 		snap := e.client.Snapshot()
@@ -704,12 +707,11 @@ func (s *state) spawn(ch core.Child) {
 		snap.Release()
 	}
 	e.span = s.startExportSpan(e)
-	if e.promise {
+	if e.promise || l == nil || l.dormant != nil { // (one dormant export a capability)
 		s.wake(ch, e)
 		return
 	}
-	peakmap.Set(&s.dormant, ch, e)
-	s.peaks.dormant.Note(len(s.dormant))
+	l.dormant = e
 }
 
 // wake spawns the actor of export e, the child ch.
@@ -727,10 +729,12 @@ func (s *state) wake(ch core.Child, e *export) {
 // release is done here, as their actors' Stopping would have, and the
 // core told they stopped.
 func (s *state) releaseDormant() {
-	for ch, e := range s.dormant {
-		delete(s.dormant, ch)
-		e.end()
-		s.feed(&core.ChildStopped{Child: ch})
+	for _, l := range s.locals {
+		if e := l.dormant; e != nil {
+			l.dormant = nil
+			e.end()
+			s.feed(&core.ChildStopped{Child: core.Child{Kind: core.ExportChild, ID: e.id, Ref: e.ref}})
+		}
 	}
 }
 
@@ -752,13 +756,16 @@ func (s *state) stopChild(ch core.Child) {
 			}
 		}
 	case core.ExportChild:
+		var e *export // ch, if it is dormant
 		if l := s.locals[ch.Ref]; l != nil && ch.Ref != 0 {
+			if d := l.dormant; d != nil && d.id == ch.ID {
+				e, l.dormant = d, nil
+			}
 			if l.exports--; l.exports == 0 && !l.pinned {
 				s.dropLocal(ch.Ref, l)
 			}
 		}
-		if e := s.dormant[ch]; e != nil {
-			delete(s.dormant, ch)
+		if e != nil {
 			if s.lastTurn { // no child can be spawned now
 				e.end()
 				s.later = append(s.later, &core.ChildStopped{Child: ch})
