@@ -738,6 +738,20 @@ func (s *state) releaseDormant() {
 	}
 }
 
+// stopDormant stops export e, which has no actor: its actor is spawned to
+// stop (it releases our reference outside this turn) or, in the actor's
+// last turn, when no child can be spawned, e is released here.
+func (s *state) stopDormant(e *export) {
+	ch := core.Child{Kind: core.ExportChild, ID: e.id, Ref: e.ref}
+	if s.lastTurn {
+		e.end()
+		s.later = append(s.later, &core.ChildStopped{Child: ch})
+		return
+	}
+	s.wake(ch, e)
+	s.ctx.Stop(s.pids[ch])
+}
+
 // stopQuestion is the Stop posted to a question actor's mailbox: what
 // ctx.Stop does, without the registry lookup; protoactor marks the
 // process dead as it stops.
@@ -766,12 +780,8 @@ func (s *state) stopChild(ch core.Child) {
 			}
 		}
 		if e != nil {
-			if s.lastTurn { // no child can be spawned now
-				e.end()
-				s.later = append(s.later, &core.ChildStopped{Child: ch})
-				return
-			}
-			s.wake(ch, e)
+			s.stopDormant(e)
+			return
 		}
 	}
 	if pid := s.pids[ch]; pid != nil {
@@ -848,6 +858,10 @@ func (s *state) closeSocket(hard bool) {
 		}
 	}
 	for r, l := range s.locals {
+		if e := l.dormant; e != nil { // the core's end did not stop it
+			l.dormant = nil
+			s.stopDormant(e)
+		}
 		s.dropLocal(r, l) // the export actors hold their own references
 	}
 	s.c.out.close(!hard)
