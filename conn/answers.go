@@ -11,7 +11,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/conn/core"
-	"github.com/vatactor/vatactor/internal/peakmap"
 )
 
 // An answer is one of the peer's Bootstraps or Calls as the shell holds
@@ -120,7 +119,7 @@ func (a *answer) ReleaseResults() { a.retDone(retReleased) }
 // newAnswer is the shell's side of an incoming Call or Bootstrap, made as
 // the frame is decoded.
 func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar) *answer {
-	if old := s.answers[id]; old != nil {
+	if old := s.answers.At(id); old != nil {
 		return old // a duplicate id: the core ends the connection
 	}
 	a := &answer{c: s.c, id: id, start: s.c.callStart(true)}
@@ -129,20 +128,19 @@ func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar
 		a.ctx.expireAt(time.Now().Add(sc.Timeout)) // the caller's deadline, from when its Call was read
 	}
 	a.ctx.parent, a.span, a.method = s.startAnswerSpan(context.Background(), m, bootstrap, sc)
-	peakmap.Set(&s.answers, id, a)
-	s.peaks.answers.Note(len(s.answers))
+	s.answers.Set(id, a)
 	return a
 }
 
 // deliver hands the peer's call to a capability of ours.
 func (s *state) deliver(o core.Deliver) {
-	a := s.answers[o.Answer]
+	a := s.answers.At(o.Answer)
 	if a == nil {
 		s.releaseCaps(o.Params.CapTable)
 		return
 	}
 	in, _ := o.Params.Content.(*inPayload)
-	l := s.locals[o.To.Ref]
+	l := s.locals.At(o.To.Ref)
 	if l == nil || in == nil {
 		s.releaseCaps(o.Params.CapTable)
 		s.later = append(s.later, &core.Returned{Answer: a.id, Err: &core.Error{Type: core.ExcFailed, Prefix: "capnp",
@@ -169,7 +167,7 @@ var errExpired = fmt.Errorf("%w: the call waited past its caller's deadline and 
 // answerReturned: the callee has returned; the core is told, with the
 // capabilities of its results as it names them.
 func (s *state) answerReturned(a *answer) {
-	if s.answers[a.id] != a || s.closing {
+	if s.answers.At(a.id) != a || s.closing {
 		if a.msg != nil {
 			a.msg.Release() // abandoned: nobody sends it
 		}
@@ -184,9 +182,10 @@ func (s *state) answerReturned(a *answer) {
 		s.feed(&core.Returned{Answer: a.id, Results: &core.Payload{}})
 		return
 	}
-	caps := s.describeAll(s.scratchCaps, a.msg.CapTable())
+	t := s.storage()
+	caps := s.describeAll(t.caps, a.msg.CapTable())
 	if caps != nil {
-		s.scratchCaps = caps // for the next Return
+		t.caps = caps // for the next Return
 	}
 	size, _ := a.msg.TotalSize()
 	a.outr.a = a
@@ -197,11 +196,11 @@ func (s *state) answerReturned(a *answer) {
 
 // answerDone: the core is done with the answer; what is left of it goes.
 func (s *state) answerDone(id uint32) {
-	a := s.answers[id]
+	a := s.answers.At(id)
 	if a == nil {
 		return
 	}
-	delete(s.answers, id)
+	s.answers.Delete(id)
 	if !a.delivered {
 		a.releaseArgs()
 	}

@@ -127,15 +127,15 @@ func (s *state) describe(client capnp.Client) core.Cap {
 	}
 	key := exportKeyOf(brand)
 	if key != nil {
-		if r, ok := s.refByKey[key]; ok {
+		if r, ok := s.refByKey.Get(key); ok {
 			return core.Cap{Kind: core.CapLocal, Ref: r, Promise: isPromise}
 		}
 	}
 	s.nextRef++
 	r := s.nextRef
-	peakmap.Set(&s.locals, r, &localCap{client: client.AddRef(), key: key})
+	s.locals.Set(r, &localCap{client: client.AddRef(), key: key})
 	if key != nil {
-		peakmap.Set(&s.refByKey, key, r)
+		s.refByKey.Set(key, r)
 	}
 	s.fresh = append(s.fresh, r)
 	return core.Cap{Kind: core.CapLocal, Ref: r, Promise: isPromise}
@@ -159,18 +159,19 @@ func (s *state) describeAll(dst []core.Cap, ct *capnp.CapTable) []core.Cap {
 }
 
 // clients turns capabilities the core hands out (with their references)
-// into clients, in a slice of the state's that the next call reuses: for
-// CapTable.Reset, which copies it.
+// into clients, in a slice of the turn's storage that the next call
+// reuses: for CapTable.Reset, which copies it.
 func (s *state) clients(caps []core.Cap) []capnp.Client {
 	if len(caps) == 0 {
 		return nil
 	}
-	clear(s.scratchClients)
-	out := slices.Grow(s.scratchClients[:0], len(caps))[:len(caps)]
+	t := s.storage()
+	clear(t.clients)
+	out := slices.Grow(t.clients[:0], len(caps))[:len(caps)]
 	for i, cp := range caps {
 		out[i] = s.client(cp)
 	}
-	s.scratchClients = out
+	t.clients = out
 	return out
 }
 
@@ -186,7 +187,7 @@ func (s *state) client(cp core.Cap) capnp.Client {
 		}
 		return s.newImport(cp.ID, cp.Promise)
 	case core.CapLocal:
-		if l := s.locals[cp.Ref]; l != nil {
+		if l := s.locals.At(cp.Ref); l != nil {
 			return l.client.AddRef()
 		}
 		return capnp.ErrorClient(errCapGone)

@@ -295,8 +295,9 @@ func (s *state) decodePayload(msg *capnp.Message, p rpccp.Payload) (core.Payload
 	if lim := s.c.opts.Limits.MaxCapsPerMessage; list.Len() > lim {
 		return core.Payload{}, budgetErrorf("MaxCapsPerMessage", int64(lim), "a message with %d capabilities", list.Len())
 	}
-	out.Caps = slices.Grow(s.scratchDescs[:0], list.Len())[:list.Len()]
-	s.scratchDescs = out.Caps
+	t := s.storage()
+	out.Caps = slices.Grow(t.descs[:0], list.Len())[:list.Len()]
+	t.descs = out.Caps
 	for i := range out.Caps {
 		if out.Caps[i], err = decodeDescriptor(list.At(i)); err != nil {
 			return core.Payload{}, err
@@ -530,7 +531,7 @@ func (s *state) encodeCall(m core.Call) (*capnp.Message, *answer, *Sidecar, erro
 
 // encodeReturn fills in the Return the callee wrote, or builds one.
 func (s *state) encodeReturn(m core.Return) (*capnp.Message, *answer, *Sidecar, error) {
-	a := s.answers[m.AnswerID]
+	a := s.answers.At(m.AnswerID)
 	if a != nil {
 		var err error
 		if m.Exception != nil {

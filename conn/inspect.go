@@ -170,7 +170,7 @@ func (s *state) inspect() Snapshot {
 	snap.Answers = make([]AnswerSnapshot, 0, len(in.Answers))
 	for _, a := range in.Answers {
 		as := AnswerSnapshot{ID: a.ID, Age: now.Sub(a.Since), State: a.State, Held: a.Held, Bootstrap: a.Bootstrap}
-		switch sa := s.answers[a.ID]; {
+		switch sa := s.answers.At(a.ID); {
 		case a.Bootstrap:
 			as.Method = tracing.MethodName(bootstrapMethod)
 		case sa != nil && sa.method.InterfaceName != "":

@@ -481,7 +481,7 @@ func (s *state) redirect(o core.Redirect) {
 		return
 	}
 	s.retire(q)
-	l := s.locals[o.To.Ref]
+	l := s.locals.At(o.To.Ref)
 	if l == nil || q.msg == nil {
 		if q.msg != nil {
 			q.msg.Release()

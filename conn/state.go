@@ -16,6 +16,7 @@ import (
 	"github.com/vatactor/vatactor/internal/arena"
 	"github.com/vatactor/vatactor/internal/mailbox"
 	"github.com/vatactor/vatactor/internal/peakmap"
+	"github.com/vatactor/vatactor/internal/tinymap"
 	"github.com/vatactor/vatactor/metering"
 	"github.com/vatactor/vatactor/supervisor"
 )
@@ -39,20 +40,14 @@ type state struct {
 	// released holds the LocalRelease inputs in later, reused once feed
 	// has drained them.
 	released arena.Of[core.LocalRelease]
-	// scratchClients is clients' slice, reused call to call;
-	// scratchDescs, decodePayload's (the core keeps no descriptor it is
-	// given: it turns them into capabilities).
-	scratchClients []capnp.Client
-	scratchDescs   []core.CapDescriptor
-	scratchCaps    []core.Cap // a Return's describeAll
 
 	calls   map[core.CallID]*question // local calls given to the core, until retired
 	byQID   map[uint32]*question      // the same, by question id once on the wire
 	byAns   map[*capnp.Answer]*question
-	answers map[uint32]*answer // the peer's calls, until the core is done with them
+	answers tinymap.Map[uint32, *answer] // the peer's calls, until the core is done with them
 
-	locals   map[core.Ref]*localCap // our capabilities the core may name
-	refByKey map[any]core.Ref
+	locals   tinymap.Map[core.Ref, *localCap] // our capabilities the core may name
+	refByKey tinymap.Map[any, core.Ref]
 	fresh    []core.Ref // named during this turn: dropped at its end unless exported
 	// unspawned: questions on the wire that apply has still to give an
 	// actor (spawnQuestions); parked: question actors that serve none,
@@ -101,7 +96,7 @@ type state struct {
 	in   *turnInputs
 	// peaks: the largest sizes of the maps a burst grows, for rest to
 	// rebuild them once they are (nearly) empty again (peakmap).
-	peaks struct{ calls, byAns, byQID, answers, children, pids peakmap.Peak }
+	peaks struct{ calls, byAns, byQID, children, pids peakmap.Peak }
 	// restTimer gives the storage back once the connection has been
 	// quiet for restDelay (rest); restArmed: it is pending.
 	restTimer *time.Timer
@@ -129,10 +124,36 @@ type turnInputs struct {
 }
 
 // turnStorage is what a connection works in during its actor's turn and
-// gives back after it: the core's (core.Scratch) and the inputs'.
+// gives back after it: the core's (core.Scratch), the inputs', and the
+// shell's slices, reused call to call: clients' (clients), decodePayload's
+// descriptors (the core keeps none it is given: it turns them into
+// capabilities) and a Return's describeAll.
 type turnStorage struct {
-	core core.Scratch
-	in   turnInputs
+	core    core.Scratch
+	in      turnInputs
+	clients []capnp.Client
+	descs   []core.CapDescriptor
+	caps    []core.Cap
+}
+
+// keptScratch is the most entries a slice of turnStorage keeps when it
+// goes back to the pool.
+const keptScratch = 64
+
+// reset readies t for the pool: nothing it holds stays reachable.
+func (t *turnStorage) reset() {
+	t.in = turnInputs{}
+	t.clients = resetScratch(t.clients)
+	t.descs = resetScratch(t.descs)
+	t.caps = resetScratch(t.caps)
+}
+
+func resetScratch[T any](s []T) []T {
+	if cap(s) > keptScratch {
+		return nil
+	}
+	clear(s[:cap(s)])
+	return s[:0]
 }
 
 // localCap is one of our capabilities as the core knows it: a Ref.
@@ -154,7 +175,7 @@ func newState(c *Conn) *state {
 	if bs := c.opts.Bootstrap; bs.IsValid() {
 		boot = s.describe(bs) // its own reference, for the connection's life
 		s.bootRef = boot.Ref
-		if l := s.locals[boot.Ref]; l != nil {
+		if l := s.locals.At(boot.Ref); l != nil {
 			l.pinned = true
 		}
 		s.fresh = nil
@@ -212,13 +233,19 @@ var turnPool = sync.Pool{New: func() any { return new(turnStorage) }}
 // lend gives the connection storage for this turn, if it has none, and
 // the core its part of it, if the core has none.
 func (s *state) lend() {
+	s.storage()
+	if s.core.AtRest() {
+		s.core.Lend(&s.turn.core)
+	}
+}
+
+// storage is the turn's storage, borrowed now if the turn has none.
+func (s *state) storage() *turnStorage {
 	if s.turn == nil {
 		s.turn = turnPool.Get().(*turnStorage)
 		s.in = &s.turn.in
 	}
-	if s.core.AtRest() {
-		s.core.Lend(&s.turn.core)
-	}
+	return s.turn
 }
 
 // restDelay is how long a connection stays without a call in flight
@@ -262,7 +289,7 @@ func (s *state) shrinkTables() {
 	s.calls = peakmap.Shrink(s.calls, &s.peaks.calls)
 	s.byAns = peakmap.Shrink(s.byAns, &s.peaks.byAns)
 	s.byQID = peakmap.Shrink(s.byQID, &s.peaks.byQID)
-	s.answers = peakmap.Shrink(s.answers, &s.peaks.answers)
+	s.answers.Shrink()
 	s.children = peakmap.Shrink(s.children, &s.peaks.children)
 	s.pids = peakmap.Shrink(s.pids, &s.peaks.pids)
 }
@@ -271,7 +298,7 @@ func (s *state) shrinkTables() {
 func (s *state) giveBack() {
 	s.core.Rest()
 	if t := s.turn; t != nil {
-		t.in = turnInputs{}
+		t.reset()
 		s.turn, s.in = nil, nil
 		turnPool.Put(t)
 	}
@@ -314,7 +341,7 @@ func (c *coreClock) now() time.Time {
 // the core did not export.
 func (s *state) sweep() {
 	for _, r := range s.fresh {
-		if l := s.locals[r]; l != nil && l.exports == 0 && !l.pinned {
+		if l := s.locals.At(r); l != nil && l.exports == 0 && !l.pinned {
 			s.dropLocal(r, l)
 		}
 	}
@@ -322,9 +349,9 @@ func (s *state) sweep() {
 }
 
 func (s *state) dropLocal(r core.Ref, l *localCap) {
-	delete(s.locals, r)
-	if l.key != nil && s.refByKey[l.key] == r {
-		delete(s.refByKey, l.key)
+	s.locals.Delete(r)
+	if l.key != nil && s.refByKey.At(l.key) == r {
+		s.refByKey.Delete(l.key)
 	}
 	l.client.Release()
 }
@@ -549,7 +576,7 @@ func (s *state) apply(out []core.Output) {
 		case *core.Deliver:
 			s.deliver(*o)
 		case *core.CancelAnswer:
-			if a := s.answers[o.Answer]; a != nil {
+			if a := s.answers.At(o.Answer); a != nil {
 				a.span.AddEvent("canceled by the caller")
 				a.ctx.cancel()
 			}
@@ -697,7 +724,7 @@ func (s *state) spawn(ch core.Child) {
 	e := &export{c: s.c, id: ch.ID, ref: ch.Ref}
 	var l *localCap
 	if ch.Ref != 0 {
-		l = s.locals[ch.Ref]
+		l = s.locals.At(ch.Ref)
 	}
 	if l != nil {
 		l.exports++
@@ -729,7 +756,7 @@ func (s *state) wake(ch core.Child, e *export) {
 // release is done here, as their actors' Stopping would have, and the
 // core told they stopped.
 func (s *state) releaseDormant() {
-	for _, l := range s.locals {
+	for _, l := range s.locals.All() {
 		if e := l.dormant; e != nil {
 			l.dormant = nil
 			e.end()
@@ -771,7 +798,7 @@ func (s *state) stopChild(ch core.Child) {
 		}
 	case core.ExportChild:
 		var e *export // ch, if it is dormant
-		if l := s.locals[ch.Ref]; l != nil && ch.Ref != 0 {
+		if l := s.locals.At(ch.Ref); l != nil && ch.Ref != 0 {
 			if d := l.dormant; d != nil && d.id == ch.ID {
 				e, l.dormant = d, nil
 			}
@@ -857,7 +884,7 @@ func (s *state) closeSocket(hard bool) {
 			t.Stop()
 		}
 	}
-	for r, l := range s.locals {
+	for r, l := range s.locals.All() {
 		if e := l.dormant; e != nil { // the core's end did not stop it
 			l.dormant = nil
 			s.stopDormant(e)

@@ -39,7 +39,7 @@ type answer struct {
 
 // answerOf returns the answer a CapAnswer names, in the table or retired.
 func (c *Core) answerOf(cp Cap) *answer {
-	if a := c.answers[cp.ID]; a != nil && a.seq == cp.Gen {
+	if a := c.answers.At(cp.ID); a != nil && a.seq == cp.Gen {
 		return a
 	}
 	return c.retired[cp.Gen]
@@ -99,11 +99,11 @@ func (RootCap) Locate(transform []uint16) (int, bool, error) {
 var errNotAStruct = newError(ExcFailed, "the field is not a struct")
 
 func (c *Core) newAnswer(id uint32, m Method) (*answer, error) {
-	if _, dup := c.answers[id]; dup {
+	if _, dup := c.answers.Get(id); dup {
 		return nil, protocolErrorf(ErrDuplicateID, "question %d is already in flight", id)
 	}
-	if lim := c.cfg.Limits.MaxHeldAnswers; len(c.answers) >= lim {
-		return nil, budgetErrorf("MaxHeldAnswers", int64(lim), "the peer holds %d calls without their Finish", len(c.answers))
+	if lim := c.cfg.Limits.MaxHeldAnswers; c.answers.Len() >= lim {
+		return nil, budgetErrorf("MaxHeldAnswers", int64(lim), "the peer holds %d calls without their Finish", c.answers.Len())
 	}
 	c.seq++
 	var a *answer
@@ -115,8 +115,7 @@ func (c *Core) newAnswer(id uint32, m Method) (*answer, error) {
 	} else {
 		a = &answer{id: id, method: m, seq: c.seq, since: c.now}
 	}
-	peakmap.Set(&c.answers, id, a)
-	c.peaks.answers.Note(len(c.answers))
+	c.answers.Set(id, a)
 	c.running++
 	return a, nil
 }
@@ -205,7 +204,7 @@ func (c *Core) receiveCall(m Call) error {
 		}
 		c.route(cl, e.cap, 0)
 	case PromisedAnswer:
-		pa := c.answers[m.Target.ID]
+		pa := c.answers.At(m.Target.ID)
 		if pa == nil || pa == a {
 			c.releaseCaps(caps)
 			return protocolErrorf(ErrUnknownID, "call pipelined on question %d, which is not in flight", m.Target.ID)
@@ -229,7 +228,7 @@ func (c *Core) receiveCall(m Call) error {
 
 // returned: a call we delivered has returned.
 func (c *Core) returned(m Returned) {
-	a := c.answers[m.Answer]
+	a := c.answers.At(m.Answer)
 	if a == nil || a.returned || !a.delivered {
 		return // abandoned (the connection is ending), or not ours to answer
 	}
@@ -312,7 +311,7 @@ func (c *Core) answerReturn(a *answer, results *Payload, err error) {
 
 // receiveFinish: the peer is done with one of its questions.
 func (c *Core) receiveFinish(f Finish) error {
-	a := c.answers[f.QuestionID]
+	a := c.answers.At(f.QuestionID)
 	if a == nil {
 		return protocolErrorf(ErrUnknownID, "finish for question %d, which is not in flight", f.QuestionID)
 	}
@@ -349,8 +348,8 @@ func (c *Core) dropAnswer(a *answer) {
 		}
 	}
 	a.resultExports = nil
-	if c.answers[a.id] == a {
-		delete(c.answers, a.id)
+	if c.answers.At(a.id) == a {
+		c.answers.Delete(a.id)
 		c.emit(put(&c.o.done, AnswerDone{Answer: a.id}))
 	}
 	if a.capRefs > 0 {

@@ -171,7 +171,7 @@ func (c *Core) Rest() *Scratch {
 		return nil
 	}
 	c.recycle()
-	c.answers = peakmap.Shrink(c.answers, &c.peaks.answers)
+	c.answers.Shrink()
 	c.byCall = peakmap.Shrink(c.byCall, &c.peaks.byCall)
 	s.o.reset(true)
 	clear(s.out[:cap(s.out)]) // a bigger Step of the turn may have left some beyond len

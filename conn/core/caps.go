@@ -106,7 +106,7 @@ func (c *Core) encodeCap(cp Cap) (CapDescriptor, uint32, error) {
 		c.answerExports++
 		return c.exportNew(cp, true) // a promise, resolved when the answer returns
 	case CapLocal:
-		if id, ok := c.exportKey[cp.Ref]; ok {
+		if id, ok := c.exportKey.Get(cp.Ref); ok {
 			e := c.exports.Get(id)
 			if e.resolved {
 				return c.encodeCap(e.cap)
@@ -140,7 +140,7 @@ func (c *Core) innermost(cp Cap) Cap {
 			}
 			cp = to
 		case CapLocal:
-			id, ok := c.exportKey[cp.Ref]
+			id, ok := c.exportKey.Get(cp.Ref)
 			e := c.exports.Get(id)
 			if !ok || e == nil || !e.resolved {
 				return cp
@@ -189,7 +189,7 @@ func (c *Core) exportNew(cp Cap, promise bool) (CapDescriptor, uint32, error) {
 	switch cp.Kind {
 	case CapLocal:
 		e.ref = cp.Ref
-		peakmap.Set(&c.exportKey, cp.Ref, e.id)
+		c.exportKey.Set(cp.Ref, e.id)
 	}
 	c.emit(put(&c.o.spawn, SpawnChild{Child: Child{Kind: ExportChild, ID: e.id, Ref: e.ref}}))
 	return e.descriptor(), e.id, nil
@@ -210,8 +210,8 @@ func (c *Core) releaseExport(id uint32, n uint32) error {
 		return nil
 	}
 	c.exports.Remove(id)
-	if e.ref != 0 && c.exportKey[e.ref] == id {
-		delete(c.exportKey, e.ref)
+	if e.ref != 0 && c.exportKey.At(e.ref) == id {
+		c.exportKey.Delete(e.ref)
 	}
 	// Calls the peer made on the promise before it let go of it: the
 	// runner's promise takes them now (nothing can follow them here).
@@ -280,7 +280,7 @@ func (c *Core) decodeCap(d CapDescriptor) (Cap, error) {
 		c.retainCap(e.cap)
 		return e.cap, nil
 	case ReceiverAnswer:
-		a := c.answers[d.ID]
+		a := c.answers.At(d.ID)
 		if a == nil {
 			return Cap{}, protocolErrorf(ErrUnknownID, "receiverAnswer in question %d, which is not in flight", d.ID)
 		}
@@ -378,7 +378,7 @@ func (c *Core) localRelease(cp Cap) { c.releaseCap(cp) }
 // tells the peer with a Resolve; calls on it from now on go to to (and,
 // where to is the peer's, to exactly that capability: see route).
 func (c *Core) localResolved(ref Ref, to Cap) {
-	id, ok := c.exportKey[ref]
+	id, ok := c.exportKey.Get(ref)
 	e := c.exports.Get(id)
 	if !ok || e == nil || !e.promise || e.resolved {
 		return
@@ -526,7 +526,7 @@ func (c *Core) resolvesTo(to Cap, id uint32) bool {
 // of answers and questions that returned: every link of a loop that two
 // vats can make between them, one resolution on each side.
 func (c *Core) reaches(cp Cap, is func(Cap) bool) bool {
-	for range len(c.imports) + c.exports.Len() + len(c.answers) + c.questions.Len() + 1 {
+	for range len(c.imports) + c.exports.Len() + c.answers.Len() + c.questions.Len() + 1 {
 		if is(cp) {
 			return true
 		}
@@ -539,7 +539,7 @@ func (c *Core) reaches(cp Cap, is func(Cap) bool) bool {
 			}
 			cp = *im.resolved
 		case CapLocal:
-			id, ok := c.exportKey[cp.Ref]
+			id, ok := c.exportKey.Get(cp.Ref)
 			e := c.exports.Get(id)
 			if !ok || e == nil || !e.resolved {
 				return false
@@ -585,7 +585,7 @@ func (c *Core) receiveDisembargo(d Disembargo) error {
 			}
 			to = e.cap
 		case PromisedAnswer:
-			a := c.answers[d.Target.ID]
+			a := c.answers.At(d.Target.ID)
 			if a == nil || !a.returned {
 				return protocolErrorf(ErrUnknownID, "disembargo of question %d, which has not returned", d.Target.ID)
 			}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vatactor/vatactor/internal/idtable"
 	"github.com/vatactor/vatactor/internal/peakmap"
+	"github.com/vatactor/vatactor/internal/tinymap"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -471,9 +472,9 @@ type Core struct {
 
 	questions idtable.Table[*question]
 	byCall    map[CallID]*question
-	answers   map[uint32]*answer
+	answers   tinymap.Map[uint32, *answer]
 	exports   idtable.Table[*export]
-	exportKey map[Ref]uint32
+	exportKey tinymap.Map[Ref, uint32]
 	imports   map[uint32]*importEntry
 	embargoes idtable.Table[*embargo]
 
@@ -494,7 +495,7 @@ type Core struct {
 	answerExports int
 	// peaks: the largest sizes of the maps a burst grows, for Rest to
 	// rebuild them once they are empty again (peakmap).
-	peaks struct{ answers, byCall peakmap.Peak }
+	peaks struct{ byCall peakmap.Peak }
 
 	life lifecycle
 }
@@ -607,7 +608,7 @@ func (c *Core) afterStep() {
 func (c *Core) Stats() Stats {
 	return Stats{
 		Questions: c.questions.Len() - c.life.probes, // probes are the core's own
-		Answers:   len(c.answers),
+		Answers:   c.answers.Len(),
 		Exports:   c.exports.Len(),
 		Imports:   len(c.imports),
 		Embargoes: c.embargoes.Len(),

@@ -80,7 +80,7 @@ func (c *Core) Inspect() Inspection {
 		in.Questions = append(in.Questions, QuestionInspection{ID: id, Call: q.call, Method: q.method, Bootstrap: q.bootstrap,
 			Probe: q.probe, State: q.state.String(), Since: q.since, Pipelined: len(q.pipelined)})
 	})
-	for id, a := range c.answers {
+	for id, a := range c.answers.All() {
 		st := "running"
 		switch {
 		case a.finished:
@@ -106,7 +106,7 @@ func (c *Core) Inspect() Inspection {
 	in.Budget = Budget{
 		Running: c.running, MaxAnswers: c.cfg.MaxAnswers,
 		CallBytes: c.callBytes, MaxCallBytes: lim.MaxCallBytes,
-		HeldAnswers: len(c.answers), MaxHeldAnswers: lim.MaxHeldAnswers,
+		HeldAnswers: c.answers.Len(), MaxHeldAnswers: lim.MaxHeldAnswers,
 		AnswerBytes: c.answerBytes, MaxAnswerBytes: lim.MaxAnswerBytes,
 		Imports: len(c.imports), MaxImports: lim.MaxImports,
 		Exports: c.exports.Len(), MaxExports: c.cfg.MaxExports,

@@ -393,7 +393,7 @@ func (c *Core) inFlight() (questions, answers int) {
 			questions++
 		}
 	})
-	for _, a := range c.answers {
+	for _, a := range c.answers.All() {
 		if !a.returned {
 			answers++
 		}
@@ -413,7 +413,7 @@ func (c *Core) inFlight() (questions, answers int) {
 // keep for as long as it uses them (a bootstrap capability, typically):
 // the drain does not wait for it.
 func (c *Core) unfinished() (finishes, returns int) {
-	for _, a := range c.answers {
+	for _, a := range c.answers.All() {
 		if a.returned && !a.finished && (a.results == nil || len(a.results.CapTable) == 0) {
 			finishes++
 		}
@@ -555,13 +555,13 @@ func (c *Core) reasonErr() error {
 // every call the peer sent before our epitaph gets a Return. Held
 // answers are dropped.
 func (c *Core) abandonAnswers() {
-	ids := make([]uint32, 0, len(c.answers))
-	for id := range c.answers {
+	ids := make([]uint32, 0, c.answers.Len())
+	for id := range c.answers.All() {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
-		a := c.answers[id]
+		a := c.answers.At(id)
 		if a == nil {
 			continue // dropped meanwhile: a held call on it failed
 		}
@@ -658,7 +658,7 @@ func (c *Core) stopExports() {
 		w.queue = append(w.queue, Child{Kind: ExportChild, ID: e.id, Ref: e.ref})
 	}
 	c.exports = idtable.Table[*export]{}
-	clear(c.exportKey)
+	c.exportKey.Clear()
 	c.answerExports = 0
 	w.note = fmt.Sprintf("%d stopped", len(es))
 	c.stopNext()

@@ -182,7 +182,7 @@ func (c *Core) route(cl caller, to Cap, depth int) {
 			// promise: when it resolves they go on in the order they
 			// came (an embargo lifted by the peer counts on it), ahead
 			// of any made after.
-			if e := c.exports.Get(c.exportKey[to.Ref]); e != nil && e.ref == to.Ref {
+			if e := c.exports.Get(c.exportKey.At(to.Ref)); e != nil && e.ref == to.Ref {
 				if !e.resolved {
 					e.held = append(e.held, cl)
 					return

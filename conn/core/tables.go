@@ -1,7 +1,5 @@
 package core
 
-import "maps"
-
 // Tables is a copy of a connection's tables, for checks and debugging:
 // the ids in each, with the reference counts the wire has agreed on.
 type Tables struct {
@@ -17,7 +15,7 @@ type Tables struct {
 func (c *Core) Tables() Tables {
 	t := Tables{Exports: map[uint32]uint32{}, Imports: map[uint32]uint32{}, Embargoes: c.embargoes.Len(), Retired: len(c.retired)}
 	c.questions.Each(func(id uint32, _ *question) { t.Questions = append(t.Questions, id) })
-	for id := range maps.Keys(c.answers) {
+	for id := range c.answers.All() {
 		t.Answers = append(t.Answers, id)
 	}
 	c.exports.Each(func(id uint32, e *export) { t.Exports[id] = e.wireRefs })
