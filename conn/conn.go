@@ -251,6 +251,10 @@ type Conn struct {
 	// delivered counts the peer's calls handed to our capabilities and
 	// not yet returned (answer.Return's choice of postHere).
 	delivered atomic.Int32
+	// trace: log every message at debug level. untraced: the provider
+	// records nothing (tracing.Noop), so calls skip their span work unless
+	// a trace context comes with them. (Here, where they fill a gap.)
+	trace, untraced bool
 	// writeLoopFn is c.writeLoop, made once (startWriter); writerIdle is
 	// the writer goroutines' idle timer, made on first use, used by one
 	// writer at a time.
@@ -258,8 +262,12 @@ type Conn struct {
 	writerIdle  *time.Timer
 	done        chan struct{}
 
-	hurryOnce sync.Once
-	hurry     chan struct{} // closed when a Shutdown's context ends: skip every wait
+	// hurry is closed when a Shutdown's context ends: skip every wait.
+	// Made on first use (hurryChan), under hurryMu: most connections are
+	// never hurried.
+	hurryMu sync.Mutex
+	hurry   chan struct{}
+	hurried bool
 
 	// endMu guards the following: who of the actor and the closer
 	// goroutine ends the connection (see Conn.closer).
@@ -271,11 +279,7 @@ type Conn struct {
 	statsMu sync.Mutex
 	stats   Stats            // last published table counts
 	mailbox *mailbox.Mailbox // the actor's: the reader posts straight into it
-	trace   bool             // log every message at debug level
 	tracer  trace.Tracer
-	// untraced: the provider records nothing (tracing.Noop), so calls
-	// skip their span work unless a trace context comes with them.
-	untraced bool
 	// meters: the instruments of Options.MeterProvider; nil when it
 	// records nothing (metering.Noop).
 	meters *metering.Instruments
@@ -300,7 +304,6 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 		root:      root,
 		start:     time.Now(),
 		done:      make(chan struct{}),
-		hurry:     make(chan struct{}),
 		tracer:    tracing.Tracer(opts.TracerProvider),
 		untraced:  tracing.Noop(opts.TracerProvider),
 		meters:    metering.For(opts.MeterProvider),
@@ -459,9 +462,31 @@ func (c *Conn) Close() error {
 // hurryNow makes every remaining wait of the connection's end return at
 // once.
 func (c *Conn) hurryNow() {
-	c.hurryOnce.Do(func() { close(c.hurry) })
+	c.hurryMu.Lock()
+	switch {
+	case c.hurried:
+	case c.hurry == nil:
+		c.hurry = closedChan
+	default:
+		close(c.hurry)
+	}
+	c.hurried = true
+	c.hurryMu.Unlock()
 	_ = c.post(hurry{})
 }
+
+// hurryChan returns the channel closed when the end is hurried.
+func (c *Conn) hurryChan() <-chan struct{} {
+	c.hurryMu.Lock()
+	defer c.hurryMu.Unlock()
+	if c.hurry == nil {
+		c.hurry = make(chan struct{})
+	}
+	return c.hurry
+}
+
+// closedChan is the hurry of a connection hurried before anything waited.
+var closedChan = func() chan struct{} { ch := make(chan struct{}); close(ch); return ch }()
 
 // errDisconnected is what calls get once the connection is gone.
 func (c *Conn) errDisconnected() error {
@@ -695,7 +720,7 @@ func (c *Conn) waitFor(wg *sync.WaitGroup, d time.Duration) bool {
 	case <-finished:
 		return true
 	case <-t.C:
-	case <-c.hurry:
+	case <-c.hurryChan():
 	}
 	_ = c.transport.Close() // unblocks the goroutine waited for
 	<-finished

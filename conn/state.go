@@ -424,7 +424,7 @@ func (s *state) Receive(ctx actor.Context) {
 	case inspectReq:
 		m.reply <- s.inspect()
 	case restPost:
-		s.restArmed = false
+		s.restArmed, s.restTimer = false, nil // fired: an idle connection keeps no timer for its next rest
 		if s.core.Quiet() {
 			s.restNow()
 			s.c.readerRest()
@@ -728,17 +728,32 @@ func (s *state) spawn(ch core.Child) {
 	}
 	if l != nil {
 		l.exports++
-		e.client = l.client.AddRef()
-		snap := e.client.Snapshot()
+		snap := l.client.Snapshot()
 		e.promise = snap.IsPromise()
 		snap.Release()
 	}
 	e.span = s.startExportSpan(e)
 	if e.promise || l == nil || l.dormant != nil { // (one dormant export a capability)
+		if l != nil {
+			e.client = l.client.AddRef()
+		}
 		s.wake(ch, e)
 		return
 	}
-	l.dormant = e
+	l.dormant = e // its reference is taken as it wakes (takeDormant)
+}
+
+// takeDormant takes l's dormant export if it is export id (nil: it is
+// not), giving it its own reference to the capability, for its actor to
+// release.
+func takeDormant(l *localCap, id uint32) *export {
+	e := l.dormant
+	if e == nil || e.id != id {
+		return nil
+	}
+	l.dormant = nil
+	e.client = l.client.AddRef()
+	return e
 }
 
 // wake spawns the actor of export e, the child ch.
@@ -751,10 +766,10 @@ func (s *state) wake(ch core.Child, e *export) {
 	s.peaks.pids.Note(len(s.pids))
 }
 
-// releaseDormant releases the exports still dormant at the actor's last
-// turn (protoactor stopped it before the core's end reached them): their
-// release is done here, as their actors' Stopping would have, and the
-// core told they stopped.
+// releaseDormant ends the exports still dormant at the actor's last turn
+// (protoactor stopped it before the core's end reached them): a dormant
+// export holds no reference of its own, so what its actor's Stopping
+// would have done is only to end its span; the core is told they stopped.
 func (s *state) releaseDormant() {
 	for _, l := range s.locals.All() {
 		if e := l.dormant; e != nil {
@@ -799,9 +814,7 @@ func (s *state) stopChild(ch core.Child) {
 	case core.ExportChild:
 		var e *export // ch, if it is dormant
 		if l := s.locals.At(ch.Ref); l != nil && ch.Ref != 0 {
-			if d := l.dormant; d != nil && d.id == ch.ID {
-				e, l.dormant = d, nil
-			}
+			e = takeDormant(l, ch.ID)
 			if l.exports--; l.exports == 0 && !l.pinned {
 				s.dropLocal(ch.Ref, l)
 			}
@@ -885,9 +898,8 @@ func (s *state) closeSocket(hard bool) {
 		}
 	}
 	for r, l := range s.locals.All() {
-		if e := l.dormant; e != nil { // the core's end did not stop it
-			l.dormant = nil
-			s.stopDormant(e)
+		if l.dormant != nil { // the core's end did not stop it
+			s.stopDormant(takeDormant(l, l.dormant.id))
 		}
 		s.dropLocal(r, l) // the export actors hold their own references
 	}

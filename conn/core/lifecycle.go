@@ -163,22 +163,22 @@ func (*Refused) event()         {}
 // lifecycle is the connection's end in progress.
 type lifecycle struct {
 	phase            phase
+	peerOurs         bool // the peer reads epitaphs (it sent our sidecar)
+	peerGone         bool // the peer ended or the socket failed: write nothing but FIN
+	hard             bool // skip the flush and the linger
+	hurried          bool // no more waits
+	finishWait       bool // the drain waits for the peer's Finishes (FinishDeadline armed)
+	idle             bool
+	probing          bool // a probe waits for a sign of life
 	start            time.Time
-	peerOurs         bool                // the peer reads epitaphs (it sent our sidecar)
-	peerGone         bool                // the peer ended or the socket failed: write nothing but FIN
 	peerNotProcessed *supervisor.Epitaph // the peer's epitaph: what it left unanswered it never processed
 	epitaph          supervisor.Epitaph  // ours
 	abortWith        error               // a protocol error, sent instead of the epitaph
-	hard             bool                // skip the flush and the linger
-	hurried          bool                // no more waits
 	reason           supervisor.Reason
 	report           *Report // made on first use (rep): a connection far from its end holds none
 	drainStart       time.Time
-	finishWait       bool // the drain waits for the peer's Finishes (FinishDeadline armed)
-	idle             bool
 	gens             [MaxDeadline + 1]uint64 // per Deadline: the generation armed last
 	heard            time.Time               // when the last message arrived (KeepAlive)
-	probing          bool                    // a probe waits for a sign of life
 	probes           int                     // probe questions in the table (not counted in Stats)
 	wait             *stopWait
 }

@@ -14,8 +14,8 @@ import (
 // ready to use. A Map is not safe for concurrent use.
 type Map[K comparable, V any] struct {
 	k    K
+	one  bool // k, v hold an entry (next to k: it often fits in k's padding)
 	v    V
-	one  bool    // k, v hold an entry
 	more map[K]V // the other entries (nil: none yet)
 	peak peakmap.Peak
 }
