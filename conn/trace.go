@@ -342,15 +342,19 @@ func (c *Conn) startQuestionSpan(ctx context.Context, m capnp.Method, bootstrap 
 	// The span's attributes are all set when it ends, in one call: a
 	// sampler sees only what Start is given, so nothing is lost, and the
 	// SDK sizes the span's attribute slice once.
-	ctx, span := c.tracer.Start(ctx, callSpanName(m, bootstrap), clientKind)
+	ctx, span := c.tracer.Start(ctx, callSpanName(m, bootstrap), clientStart...)
 	if span.IsRecording() {
 		tracing.RegisterMethods(m)
 	}
 	if !span.SpanContext().IsValid() {
 		return span, nil
 	}
-	sc := &Sidecar{Features: ourFeatures}
-	sc.TraceParent, sc.TraceState = tracing.Inject(ctx)
+	var tp tracing.TraceParent
+	tracing.InjectInto(&tp, ctx)
+	sc := sidecarHolding(ourFeatures, &tp)
+	if ts := span.SpanContext().TraceState(); ts.Len() > 0 {
+		sc.TraceState = ts.String()
+	}
 	return span, sc
 }
 
@@ -402,25 +406,38 @@ func (s *state) startAnswerSpan(ctx context.Context, m capnp.Method, bootstrap b
 	if !bootstrap {
 		m, _ = tracing.LookupMethod(m.InterfaceID, m.MethodID)
 	}
-	opts := []trace.SpanStartOption{serverKind}
-	parent := context.Background()
+	name := callSpanName(m, bootstrap)
 	if sc != nil && sc.TraceParent != "" {
-		parent = tracing.Extract(parent, sc.TraceParent, sc.TraceState)
+		// The caller's span, put in the callee's context, is our span's
+		// parent; the context Start returns is then the callee's.
+		if parent := tracing.Extract(ctx, sc.TraceParent, sc.TraceState); trace.SpanContextFromContext(parent).IsValid() {
+			cctx, span := s.c.tracer.Start(parent, name, serverStart...)
+			if !span.SpanContext().IsValid() {
+				return ctx, span, m
+			}
+			return cctx, span, m
+		}
 	}
-	if !trace.SpanContextFromContext(parent).IsValid() && s.tr.span != nil {
-		opts = append(opts, trace.WithLinks(trace.LinkFromContext(s.tr.ctx)))
+	// No caller's span: a new trace, linked to the connection span.
+	opts := serverStart
+	if s.tr.span != nil {
+		opts = []trace.SpanStartOption{serverKind, trace.WithLinks(trace.LinkFromContext(s.tr.ctx))}
 	}
-	_, span := s.c.tracer.Start(parent, callSpanName(m, bootstrap), opts...)
+	_, span := s.c.tracer.Start(context.Background(), name, opts...)
 	if !span.SpanContext().IsValid() {
 		return ctx, span, m
 	}
 	return trace.ContextWithSpan(ctx, span), span, m
 }
 
-// Span kinds, made once.
+// Span kinds, made once; the start options of call spans, as slices made
+// once (a variadic argument to an interface's method is made anew each
+// call).
 var (
-	clientKind trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindClient)
-	serverKind trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindServer)
+	clientKind  trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindClient)
+	serverKind  trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindServer)
+	clientStart                       = []trace.SpanStartOption{clientKind}
+	serverStart                       = []trace.SpanStartOption{serverKind}
 )
 
 // bootstrapMethod is how a Bootstrap is named on its spans.

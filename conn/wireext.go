@@ -4,12 +4,14 @@ import (
 	"encoding/binary"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"capnproto.org/go/capnp/v3"
 	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 
 	"github.com/vatactor/vatactor/conn/wire"
 	"github.com/vatactor/vatactor/supervisor"
+	"github.com/vatactor/vatactor/tracing"
 )
 
 // Sidecar is what travels in a frame's sidecar segment (see wire.Sidecar):
@@ -22,6 +24,23 @@ type Sidecar struct {
 	// Timeout is, on a Call, the time left before the caller's deadline
 	// when the frame was written, to the microsecond (0: no deadline).
 	Timeout time.Duration
+}
+
+// heldSidecar is a Sidecar and the bytes of its TraceParent, when that is
+// the version-00 header a call's sidecar mostly carries: one allocation
+// for both (sidecarHolding).
+type heldSidecar struct {
+	Sidecar
+	traceParent tracing.TraceParent
+}
+
+// sidecarHolding returns a new Sidecar with features whose TraceParent is
+// tp, held with it. Those bytes are never written again: the string is
+// immutable, as any is.
+func sidecarHolding(features uint64, tp *tracing.TraceParent) *Sidecar {
+	h := &heldSidecar{Sidecar: Sidecar{Features: features}, traceParent: *tp}
+	h.TraceParent = unsafe.String(&h.traceParent[0], len(h.traceParent))
+	return &h.Sidecar
 }
 
 // Has reports whether the sender of s understands feature f.
@@ -182,9 +201,8 @@ func decodeOurSidecar(seg []byte) (*Sidecar, bool) {
 	if len(seg) < sidecarHeadBytes || binary.LittleEndian.Uint64(seg) != sidecarRootPtr {
 		return nil, false
 	}
-	out := &Sidecar{Features: binary.LittleEndian.Uint64(seg[16:]), Timeout: micros(binary.LittleEndian.Uint64(seg[24:]))}
-	fields := [sidecarPtrWords]*string{&out.TraceParent, &out.TraceState, &out.ConnParent}
-	for i, f := range fields {
+	var texts [sidecarPtrWords][]byte // TraceParent, TraceState, ConnParent
+	for i := range texts {
 		at := uint64(1 + sidecarDataWords + i)
 		ptr := binary.LittleEndian.Uint64(seg[8*at:])
 		if ptr == 0 {
@@ -203,8 +221,17 @@ func decodeOurSidecar(seg []byte) (*Sidecar, bool) {
 		if text[n-1] != 0 {
 			return nil, false
 		}
-		*f = string(text[:n-1])
+		texts[i] = text[:n-1]
 	}
+	features := binary.LittleEndian.Uint64(seg[16:])
+	var out *Sidecar
+	if tp := texts[0]; len(tp) == len(tracing.TraceParent{}) {
+		out = sidecarHolding(features, (*tracing.TraceParent)(tp))
+	} else {
+		out = &Sidecar{Features: features, TraceParent: string(tp)}
+	}
+	out.Timeout = micros(binary.LittleEndian.Uint64(seg[24:]))
+	out.TraceState, out.ConnParent = string(texts[1]), string(texts[2])
 	return out, true
 }
 

@@ -40,11 +40,29 @@ func (c *carrier) Keys() []string { return []string{"traceparent", "tracestate"}
 // or empty strings when ctx has no valid span context. It writes the
 // header itself (one string), as propagation.TraceContext would.
 func Inject(ctx context.Context) (traceparent, tracestate string) {
-	sc := trace.SpanContextFromContext(ctx)
-	if !sc.IsValid() {
+	var b TraceParent
+	if !InjectInto(&b, ctx) {
 		return "", ""
 	}
-	var b [55]byte // "00-" 32 "-" 16 "-" 2
+	if ts := trace.SpanContextFromContext(ctx).TraceState(); ts.Len() > 0 {
+		tracestate = ts.String()
+	}
+	return string(b[:]), tracestate
+}
+
+// TraceParent is a version-00 W3C traceparent header:
+// "00-" trace id "-" span id "-" flags, in lower-case hex.
+type TraceParent [55]byte
+
+// InjectInto writes the traceparent of the span in ctx into b and reports
+// whether ctx has a valid span context (b is left alone when not): Inject
+// without making a string, for a caller that keeps the header in storage
+// of its own.
+func InjectInto(b *TraceParent, ctx context.Context) bool {
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsValid() {
+		return false
+	}
 	tid, sid := sc.TraceID(), sc.SpanID()
 	b[0], b[1], b[2] = '0', '0', '-'
 	hex.Encode(b[3:35], tid[:])
@@ -53,10 +71,7 @@ func Inject(ctx context.Context) (traceparent, tracestate string) {
 	b[52] = '-'
 	flags := [1]byte{byte(sc.TraceFlags() & trace.FlagsSampled)}
 	hex.Encode(b[53:55], flags[:])
-	if ts := sc.TraceState(); ts.Len() > 0 {
-		tracestate = ts.String()
-	}
-	return string(b[:]), tracestate
+	return true
 }
 
 // Extract returns ctx with the remote span context that traceparent and
