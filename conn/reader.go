@@ -12,9 +12,10 @@ import (
 // frameReader buffers what the reader goroutine reads from the socket,
 // like a bufio.Reader, except that its buffer is borrowed from a pool
 // while it holds unread bytes and given back as soon as it is empty. A
-// connection waiting for its next frame holds only its small wait array,
-// so an idle connection costs no read buffer; a busy one keeps reading
-// many frames per system call.
+// busy connection waiting between frames reads straight into a borrowed
+// buffer, which the rest of a quiet one gives back (restWanted): a rested
+// connection waits in its small wait array, so an idle connection costs
+// no read buffer; a busy one keeps reading many frames per system call.
 type frameReader struct {
 	rd   io.Reader
 	size int     // buffer size: readBufferSize, or more for large segment tables
@@ -22,7 +23,13 @@ type frameReader struct {
 	from *[]byte // buf's pool entry, given back with it
 	r, w int     // buf[r:w] is unread
 	err  error   // the read error to report once buf is drained
-	wait [256]byte
+	// rests: the connection's reader rests when it is quiet (restWanted),
+	// so between frames it reads straight into a borrowed buffer, given
+	// back if the read brings nothing; a reader that never rests (over
+	// TLS, whose own buffers hold what arrived) waits in wait instead, as
+	// a rested one does (waitShallow).
+	rests bool
+	wait  [64]byte
 
 	// midFrame: a frame has begun; the first read that must wait for
 	// more of it sets the frame's deadline (once), frameTimeout from
@@ -139,9 +146,16 @@ func (b *frameReader) fill() error {
 		// Nothing buffered: wait for the peer without a buffer.
 		var n int
 		var err error
-		if b.pending {
+		switch {
+		case b.pending:
 			n, err, b.pending, b.pendErr = b.pendN, b.pendErr, false, nil
-		} else {
+		case b.rests:
+			b.borrow()
+			n, err = b.read(b.buf)
+			if n == 0 {
+				b.giveBack()
+			}
+		default:
 			n, err = b.read(b.wait[:])
 		}
 		if n == 0 {
@@ -151,8 +165,12 @@ func (b *frameReader) fill() error {
 			return err
 		}
 		b.err = err
-		b.borrow()
-		b.r, b.w = 0, copy(b.buf, b.wait[:n])
+		if b.buf == nil {
+			b.borrow()
+			b.r, b.w = 0, copy(b.buf, b.wait[:n])
+		} else {
+			b.r, b.w = 0, n
+		}
 		return nil
 	}
 	if b.r > 0 {

@@ -78,6 +78,7 @@ func NewStreamTransport(c net.Conn, lim Limits) Transport {
 	// Peek must hold a whole segment table.
 	t := &streamTransport{c: c, r: newFrameReader(c, 8+4*lim.MaxSegments), lim: lim, raw: rawConn(c)}
 	t.r.frameTimeout, t.r.setDeadline = lim.FrameTimeout, c.SetReadDeadline
+	t.r.rests = t.canRest()
 	return t
 }
 
