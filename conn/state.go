@@ -278,7 +278,7 @@ func (s *state) rest() {
 func (s *state) restNow() {
 	s.giveBack()
 	s.stopParked()
-	s.c.out.trim()
+	s.c.out.trim(s.c.stream)
 	s.c.mailbox.Trim()
 	s.shrinkTables()
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -49,7 +50,7 @@ type streamWriter interface {
 	// setKeepAlive turns on the socket's own dead-peer detection for ka.
 	setKeepAlive(ka KeepAlive)
 	// releaseBuffers drops the write buffers; the writer calls it as it
-	// exits.
+	// exits, the actor as the connection rests while no writer runs.
 	releaseBuffers()
 	// peerEnding: the peer has said it is ending (an Abort, an epitaph),
 	// so an EOF after it is its FIN, even if a reset follows (see
@@ -76,10 +77,24 @@ type restingReader interface {
 func NewStreamTransport(c net.Conn, lim Limits) Transport {
 	lim = lim.withDefaults()
 	// Peek must hold a whole segment table.
-	t := &streamTransport{c: c, r: newFrameReader(c, 8+4*lim.MaxSegments), lim: lim, raw: rawConn(c)}
+	t := &streamTransport{c: c, r: newFrameReader(c, 8+4*lim.MaxSegments), lim: shareLimits(lim), raw: rawConn(c)}
 	t.r.frameTimeout, t.r.setDeadline = lim.FrameTimeout, c.SetReadDeadline
 	t.r.rests = t.canRest()
 	return t
+}
+
+// sharedLimits holds one copy of each Limits the transports of this
+// process enforce: a process has few distinct ones (a vat's connections
+// share theirs), and each transport would hold its own 112 bytes.
+var sharedLimits sync.Map // Limits → *Limits
+
+// shareLimits returns the shared copy of lim.
+func shareLimits(lim Limits) *Limits {
+	if p, ok := sharedLimits.Load(lim); ok {
+		return p.(*Limits)
+	}
+	p, _ := sharedLimits.LoadOrStore(lim, &lim)
+	return p.(*Limits)
 }
 
 // keepWriteBuffer is the largest write buffer kept from one batch to the
@@ -89,7 +104,7 @@ const keepWriteBuffer = 32 << 10
 type streamTransport struct {
 	c   net.Conn
 	r   *frameReader
-	lim Limits
+	lim *Limits // shared (shareLimits)
 	buf []byte          // writer goroutine only: small frames, copied together
 	vec net.Buffers     // writer goroutine only: buf's pieces and large segments
 	sc  []byte          // writer goroutine only: the sidecar being framed
@@ -149,7 +164,7 @@ func (t *streamTransport) wasReset() bool {
 // on an idle reader's stack, stays small.)
 func (t *streamTransport) readTimedFrame() (Frame, error) {
 	t.r.midFrame = true
-	f, err := readFrame(t.r, t.lim)
+	f, err := readFrame(t.r, *t.lim)
 	t.r.midFrame = false
 	if t.r.armed {
 		t.r.armed = false
@@ -259,8 +274,9 @@ func (t *streamTransport) writeError(err error) error {
 	return err
 }
 
-// releaseBuffers drops the write buffers of an idle connection; only the
-// writer goroutine calls it, as it exits.
+// releaseBuffers drops the write buffers of an idle connection: the
+// writer goroutine as it exits, or the actor (sendQueue.trim) while no
+// writer runs.
 func (t *streamTransport) releaseBuffers() { t.buf, t.vec, t.sc = nil, nil, nil }
 
 func (t *streamTransport) setWriteTimeout(d time.Duration) { t.writeTimeout = d }

@@ -165,12 +165,17 @@ func (q *sendQueue) takeLocked() ([]Frame, []*answer) {
 const keepQueueSlots = 16
 
 // trim drops the queue's storage when it is empty and grew past
-// keepQueueSlots (a burst's batches): the connection's actor calls it when
-// the connection rests (no call in flight for restDelay), so an idle
-// connection keeps no burst's worth of it.
-func (q *sendQueue) trim() {
+// keepQueueSlots (a burst's batches), and sw's write buffers when no
+// writer goroutine runs (the actor's own inline writes left them): the
+// connection's actor calls it when the connection rests (no call in
+// flight for restDelay), so an idle connection keeps no burst's worth of
+// them.
+func (q *sendQueue) trim(sw streamWriter) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if !q.writing && sw != nil {
+		sw.releaseBuffers()
+	}
 	if len(q.items) == 0 && cap(q.items) > keepQueueSlots {
 		q.items, q.owner = nil, nil
 	}
