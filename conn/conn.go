@@ -316,7 +316,6 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 	}
 	c.writeLoopFn = c.writeLoop
 	c.out.start, c.out.writers = c.startWriter, &c.writer
-	c.out.wake = make(chan struct{}, 1)
 	c.out.budget.limit = opts.Limits.MaxSendQueue
 	c.in.limit = opts.Limits.MaxRecvQueue
 	if rr, ok := t.(restingReader); ok && rr.canRest() {

@@ -6,8 +6,8 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync/atomic"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -104,7 +104,7 @@ const keepWriteBuffer = 32 << 10
 type streamTransport struct {
 	c   net.Conn
 	r   *frameReader
-	lim *Limits // shared (shareLimits)
+	lim *Limits         // shared (shareLimits)
 	buf []byte          // writer goroutine only: small frames, copied together
 	vec net.Buffers     // writer goroutine only: buf's pieces and large segments
 	sc  []byte          // writer goroutine only: the sidecar being framed

@@ -52,7 +52,7 @@ type sendQueue struct {
 	// writer goroutine, to go before the items.
 	inline   func(batch []Frame, owner []*answer)
 	rest     []byte
-	wake     chan struct{} // wakes a waiting writer
+	wake     chan struct{} // wakes a waiting writer; made with the first writer goroutine (startLocked)
 	flush    *time.Timer   // starts the writer for lazy frames; made on first use
 	armed    bool          // flush is pending
 	armedFor time.Duration // its delay
@@ -82,14 +82,6 @@ const (
 	writerIdleTimeout = 500 * time.Millisecond
 )
 
-// wakeWriter wakes the writer if it waits for frames.
-func (q *sendQueue) wakeWriter() {
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
 // startLocked reports whether the caller must start a writer (and marks
 // one running). Called with mu held.
 func (q *sendQueue) startLocked() bool {
@@ -98,17 +90,24 @@ func (q *sendQueue) startLocked() bool {
 	}
 	q.writing = true
 	q.writers.Add(1) // under mu: before any closer can wait for writers
+	if q.wake == nil {
+		q.wake = make(chan struct{}, 1) // a connection that never needs a writer goroutine makes none
+	}
 	return true
 }
 
 // unlockAndKick releases mu, then starts a writer if start (from
 // startLocked) says so, else wakes the one that runs.
 func (q *sendQueue) unlockAndKick(start bool) {
+	wake := q.wake // read under mu: startLocked makes it (nil: no writer goroutine has run, none waits)
 	q.mu.Unlock()
 	if start {
 		q.start()
-	} else {
-		q.wakeWriter()
+		return
+	}
+	select { // wake the writer if it waits for frames
+	case wake <- struct{}{}:
+	default:
 	}
 }
 
