@@ -323,10 +323,10 @@ func (r *report) print(out io.Writer) {
 	if len(r.idle) > 0 {
 		fmt.Fprintln(out)
 		tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "scale\timpl\tidle conns\tbytes/conn\tgoroutines/conn\tshutdown ms\tpeers EOF\tpeers reset\tlive questions\tbytes/question\t")
+		fmt.Fprintln(tw, "scale\timpl\tidle conns\tbytes/conn\tlive bytes/conn\tgoroutines/conn\tshutdown ms\tpeers EOF\tpeers reset\tlive questions\tbytes/question\t")
 		for i, idle := range r.idle {
 			live := r.live[i]
-			fmt.Fprintf(tw, "server\t%s\t%d\t%.0f\t%.2f\t%.0f\t%d\t%d\t%d\t%.0f\t\n", idle.Impl, idle.Conns, idle.BytesPerConn,
+			fmt.Fprintf(tw, "server\t%s\t%d\t%.0f\t%.0f\t%.2f\t%.0f\t%d\t%d\t%d\t%.0f\t\n", idle.Impl, idle.Conns, idle.BytesPerConn, idle.LiveBytesPerConn,
 				idle.GoroutinesPerConn, idle.ShutdownMS, idle.PeersEOF, idle.PeersReset, live.Questions, live.BytesPerQuestion)
 		}
 		tw.Flush()

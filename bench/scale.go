@@ -32,6 +32,7 @@ type idleFigures struct {
 	Impl              string  `json:"impl"`
 	Conns             int     `json:"conns"`
 	BytesPerConn      float64 `json:"bytes_per_conn"`
+	LiveBytesPerConn  float64 `json:"live_bytes_per_conn"`
 	GoroutinesPerConn float64 `json:"goroutines_per_conn"`
 	ShutdownMS        float64 `json:"shutdown_ms"`
 	PeersEOF          int     `json:"peers_eof"`
@@ -60,14 +61,21 @@ const (
 // memInUse is the memory the process holds for Go objects and goroutine
 // stacks, after a collection.
 func memInUse() (uint64, int) {
+	m, g := memSample()
+	return m.HeapInuse + m.StackInuse, g
+}
+
+// memSample collects twice and reads the memory statistics and the
+// number of goroutines.
+func memSample() (runtime.MemStats, int) {
 	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	if os.Getenv("BENCH_MEMDEBUG") != "" {
-		fmt.Fprintf(os.Stderr, "heap %d stack %d goroutines %d\n", m.HeapInuse, m.StackInuse, runtime.NumGoroutine())
+		fmt.Fprintf(os.Stderr, "heap %d (live %d) stack %d goroutines %d\n", m.HeapInuse, m.HeapAlloc, m.StackInuse, runtime.NumGoroutine())
 	}
-	return m.HeapInuse + m.StackInuse, runtime.NumGoroutine()
+	return m, runtime.NumGoroutine()
 }
 
 // waitFor polls cond until it holds or d passes.
@@ -98,7 +106,7 @@ func measureIdle(impl string, n int) (idleFigures, error) {
 	// The server's own cost is not the connections': measure from here,
 	// once what earlier scenarios started (pooled workers) has wound down.
 	time.Sleep(settle)
-	mem0, g0 := memInUse()
+	m0, g0 := memSample()
 	peer := exec.Command(exe)
 	peer.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d,%d", peerEnv, srv.addr, n, idleBurst))
 	peer.Stderr = os.Stderr
@@ -119,13 +127,19 @@ func measureIdle(impl string, n int) (idleFigures, error) {
 		return fig, fmt.Errorf("server has %d of %d connections", srv.conns(), n)
 	}
 	time.Sleep(idleFor) // idle: the last Finish messages are in, writers have stopped
-	mem1, g1 := memInUse()
+	m1, g1 := memSample()
 	if idleProfile != "" {
 		if err := writeHeapProfile(idleProfile + "." + impl); err != nil {
 			return fig, err
 		}
 	}
-	fig.BytesPerConn = float64(int64(mem1)-int64(mem0)) / float64(n)
+	// In use: the heap's spans that hold any object, and the stacks;
+	// live: the objects themselves, and the stacks. The difference is
+	// where the connections' objects landed in a heap that earlier work
+	// shaped (partly filled spans), which moves from run to run.
+	perConn := func(a, b uint64) float64 { return float64(int64(b)-int64(a)) / float64(n) }
+	fig.BytesPerConn = perConn(m0.HeapInuse+m0.StackInuse, m1.HeapInuse+m1.StackInuse)
+	fig.LiveBytesPerConn = perConn(m0.HeapAlloc+m0.StackInuse, m1.HeapAlloc+m1.StackInuse)
 	fig.GoroutinesPerConn = float64(g1-g0) / float64(n)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
