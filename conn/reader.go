@@ -143,7 +143,9 @@ func (b *frameReader) fill() error {
 		return b.err
 	}
 	if b.buf == nil {
-		// Nothing buffered: wait for the peer without a buffer.
+		// Nothing buffered: take what a rested reader's read brought, or
+		// read into a borrowed buffer (given back if the read brings
+		// nothing), or, for a reader that never rests, into wait.
 		var n int
 		var err error
 		switch {
