@@ -2,7 +2,6 @@ package conn
 
 import (
 	"context"
-	"runtime"
 	"testing"
 	"time"
 
@@ -29,30 +28,7 @@ func TestIdleAfterBurst(t *testing.T) {
 	defer boot.Release()
 	ctx := context.Background()
 
-	type pairs_ struct {
-		conns  []*Conn
-		echoes []interop.Echo
-	}
-	open := func() *pairs_ {
-		p := &pairs_{}
-		for range pairs {
-			ours, theirs := tcpPair(t)
-			p.conns = append(p.conns,
-				Spawn(sys.Root, sys.Root, NewStreamTransport(theirs, Limits{}), Options{Bootstrap: boot, Peer: "client", Role: "server"}),
-				Spawn(sys.Root, sys.Root, NewStreamTransport(ours, Limits{}), Options{Peer: "server", Role: "client"}))
-			p.echoes = append(p.echoes, interop.Echo(p.conns[len(p.conns)-1].Bootstrap(ctx)))
-		}
-		return p
-	}
-	closeAll := func(p *pairs_) {
-		for _, e := range p.echoes {
-			e.Release()
-		}
-		for _, c := range p.conns {
-			_ = c.Close()
-		}
-	}
-	calls := func(p *pairs_, n int) {
+	calls := func(p *echoPairs, n int) {
 		type pending struct {
 			f   interop.Echo_echo_Results_Future
 			rel capnp.ReleaseFunc
@@ -83,24 +59,16 @@ func TestIdleAfterBurst(t *testing.T) {
 		})
 		time.Sleep(50 * time.Millisecond) // lazy frames' timers, writers' exits
 	}
-	live := func() int64 {
-		runtime.GC()
-		runtime.GC() // the pools' victims too
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return int64(m.HeapAlloc)
-	}
-
-	warm := open()
+	warm := openEchoPairs(t, sys, boot, pairs)
 	calls(warm, burst)
-	measured := open()
-	defer closeAll(measured)
+	measured := openEchoPairs(t, sys, boot, pairs)
+	defer measured.close()
 	calls(measured, 1) // every connection has made a call: its first storage is made
-	closeAll(warm)
+	warm.close()
 	time.Sleep(100 * time.Millisecond)
-	before := live()
+	before := liveHeap()
 	calls(measured, burst)
-	after := live()
+	after := liveHeap()
 	perPair := (after - before) / pairs
 	t.Logf("live heap before the burst %d B, after %d B: %+d B a pair of connections", before, after, perPair)
 	if perPair > 64<<10 {

@@ -32,6 +32,9 @@ type export struct {
 	mbox        *mailbox.Mailbox   // the export actor's, once spawned (wake)
 }
 
+// child is e as the core names it among the connection's children.
+func (e *export) child() core.Child { return core.Child{Kind: core.ExportChild, ID: e.id, Ref: e.ref} }
+
 // exportResolved: an exported promise has resolved (export actor → conn).
 type exportResolved struct{ e *export }
 
@@ -80,7 +83,7 @@ func (e *export) release() {
 
 // exportResolved: tell the core what an exported promise has become.
 func (s *state) exportResolved(e *export) {
-	if s.pids[core.Child{Kind: core.ExportChild, ID: e.id, Ref: e.ref}] == nil {
+	if s.pids[e.child()] == nil {
 		return // released meanwhile
 	}
 	to := s.describe(e.client)

@@ -2,7 +2,6 @@ package conn
 
 import (
 	"context"
-	"runtime"
 	"testing"
 	"time"
 
@@ -31,48 +30,25 @@ func TestIdleConnectionBudget(t *testing.T) {
 	boot := capnp.Client(interop.NewEchoServer().Client(interop.PlainServer))
 	defer boot.Release()
 	ctx := context.Background()
-	live := func() int64 {
-		runtime.GC()
-		runtime.GC() // the pools' victims too
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return int64(m.HeapAlloc)
-	}
-	open := func(n int) ([]*Conn, []interop.Echo) {
-		var conns []*Conn
-		var echoes []interop.Echo
-		for range n {
-			ours, theirs := tcpPair(t)
-			conns = append(conns,
-				Spawn(sys.Root, sys.Root, NewStreamTransport(theirs, Limits{}), Options{Bootstrap: boot, Peer: "client", Role: "server"}),
-				Spawn(sys.Root, sys.Root, NewStreamTransport(ours, Limits{}), Options{Peer: "server", Role: "client"}))
-			e := interop.Echo(conns[len(conns)-1].Bootstrap(ctx))
+	open := func() *echoPairs {
+		p := openEchoPairs(t, sys, boot, pairs)
+		for _, e := range p.echoes {
 			f, rel := e.Echo(ctx, func(p interop.Echo_echo_Params) error { return p.SetText("once") })
 			if _, err := f.Struct(); err != nil {
 				t.Fatal(err)
 			}
 			rel()
-			echoes = append(echoes, e)
 		}
-		return conns, echoes
-	}
-	closeAll := func(conns []*Conn, echoes []interop.Echo) {
-		for _, e := range echoes {
-			e.Release()
-		}
-		for _, c := range conns {
-			_ = c.Close()
-		}
+		return p
 	}
 	// The process's own first costs (pools, the registry's growth) come
 	// with a first set, closed before the measured one opens.
-	closeAll(open(pairs))
+	open().close()
 	time.Sleep(100 * time.Millisecond)
-	before := live()
-	conns, echoes := open(pairs)
-	defer closeAll(conns, echoes)
+	before := liveHeap()
+	defer open().close()
 	time.Sleep(4 * restDelay) // every connection rests
-	after := live()
+	after := liveHeap()
 	perPair := (after - before) / pairs
 	t.Logf("live heap %d B before, %d B with %d idle pairs: %d B a pair of connections", before, after, pairs, perPair)
 	if perPair > budget {

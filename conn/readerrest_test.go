@@ -137,23 +137,9 @@ func TestReaderRestsAfterBurst(t *testing.T) {
 	boot := capnp.Client(interop.NewEchoServer().Client(interop.PlainServer))
 	defer boot.Release()
 	ctx := context.Background()
-	var conns []*Conn
-	var echoes []interop.Echo
-	for range pairs {
-		ours, theirs := tcpPair(t)
-		conns = append(conns,
-			Spawn(sys.Root, sys.Root, NewStreamTransport(theirs, Limits{}), Options{Bootstrap: boot, Peer: "client", Role: "server"}),
-			Spawn(sys.Root, sys.Root, NewStreamTransport(ours, Limits{}), Options{Peer: "server", Role: "client"}))
-		echoes = append(echoes, interop.Echo(conns[len(conns)-1].Bootstrap(ctx)))
-	}
-	defer func() {
-		for _, e := range echoes {
-			e.Release()
-		}
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	}()
+	p := openEchoPairs(t, sys, boot, pairs)
+	defer p.close()
+	echoes := p.echoes
 	calls := func(n int) {
 		var fs []interop.Echo_echo_Results_Future
 		var rels []capnp.ReleaseFunc

@@ -775,7 +775,7 @@ func (s *state) releaseDormant() {
 		if e := l.dormant; e != nil {
 			l.dormant = nil
 			e.end()
-			s.feed(&core.ChildStopped{Child: core.Child{Kind: core.ExportChild, ID: e.id, Ref: e.ref}})
+			s.feed(&core.ChildStopped{Child: e.child()})
 		}
 	}
 }
@@ -784,7 +784,7 @@ func (s *state) releaseDormant() {
 // stop (it releases our reference outside this turn) or, in the actor's
 // last turn, when no child can be spawned, e is released here.
 func (s *state) stopDormant(e *export) {
-	ch := core.Child{Kind: core.ExportChild, ID: e.id, Ref: e.ref}
+	ch := e.child()
 	if s.lastTurn {
 		e.end()
 		s.later = append(s.later, &core.ChildStopped{Child: ch})

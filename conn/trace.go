@@ -350,11 +350,9 @@ func (c *Conn) startQuestionSpan(ctx context.Context, m capnp.Method, bootstrap 
 		return span, nil
 	}
 	var tp tracing.TraceParent
-	tracing.InjectInto(&tp, ctx)
+	ts, _ := tracing.InjectInto(&tp, ctx)
 	sc := sidecarHolding(ourFeatures, &tp)
-	if ts := span.SpanContext().TraceState(); ts.Len() > 0 {
-		sc.TraceState = ts.String()
-	}
+	sc.TraceState = ts
 	return span, sc
 }
 

@@ -41,11 +41,9 @@ func (c *carrier) Keys() []string { return []string{"traceparent", "tracestate"}
 // header itself (one string), as propagation.TraceContext would.
 func Inject(ctx context.Context) (traceparent, tracestate string) {
 	var b TraceParent
-	if !InjectInto(&b, ctx) {
+	tracestate, ok := InjectInto(&b, ctx)
+	if !ok {
 		return "", ""
-	}
-	if ts := trace.SpanContextFromContext(ctx).TraceState(); ts.Len() > 0 {
-		tracestate = ts.String()
 	}
 	return string(b[:]), tracestate
 }
@@ -54,14 +52,14 @@ func Inject(ctx context.Context) (traceparent, tracestate string) {
 // "00-" trace id "-" span id "-" flags, in lower-case hex.
 type TraceParent [55]byte
 
-// InjectInto writes the traceparent of the span in ctx into b and reports
-// whether ctx has a valid span context (b is left alone when not): Inject
-// without making a string, for a caller that keeps the header in storage
-// of its own.
-func InjectInto(b *TraceParent, ctx context.Context) bool {
+// InjectInto writes the traceparent of the span in ctx into b, returns
+// its tracestate, and reports whether ctx has a valid span context (b is
+// left alone when not): Inject without making a string of the header,
+// for a caller that keeps it in storage of its own.
+func InjectInto(b *TraceParent, ctx context.Context) (tracestate string, ok bool) {
 	sc := trace.SpanContextFromContext(ctx)
 	if !sc.IsValid() {
-		return false
+		return "", false
 	}
 	tid, sid := sc.TraceID(), sc.SpanID()
 	b[0], b[1], b[2] = '0', '0', '-'
@@ -71,7 +69,10 @@ func InjectInto(b *TraceParent, ctx context.Context) bool {
 	b[52] = '-'
 	flags := [1]byte{byte(sc.TraceFlags() & trace.FlagsSampled)}
 	hex.Encode(b[53:55], flags[:])
-	return true
+	if ts := sc.TraceState(); ts.Len() > 0 {
+		tracestate = ts.String()
+	}
+	return tracestate, true
 }
 
 // Extract returns ctx with the remote span context that traceparent and
