@@ -5,15 +5,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/vatactor/vatactor/internal/cxxpeer"
 )
@@ -123,61 +120,3 @@ func startCxxServer() (*serverSide, error) {
 
 // cxxClient reports whether impl's client is the C++ program.
 func cxxClient(impl string) bool { return impl == implCxx || impl == implCxxToVat }
-
-// measureCxx runs sc with the C++ client against impl's server for d and
-// adds what the client measured to r.
-func measureCxx(sc scenario, impl string, s setup, d time.Duration, r *result) error {
-	bin, err := cxxBench()
-	if err != nil {
-		return err
-	}
-	serverImpl := implVatactor
-	if impl == implCxx {
-		serverImpl = implCxx
-	}
-	srv, err := startServer(serverImpl, s)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.shutdown(ctx)
-	}()
-	warmup := sc.warmup
-	if warmup == 0 {
-		warmup = warmupOps
-	}
-	out, err := exec.Command(bin, "run", srv.addr, sc.cxx, strconv.Itoa(sc.conns), strconv.Itoa(sc.workers),
-		strconv.Itoa(warmup), strconv.FormatInt(d.Milliseconds(), 10)).Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return fmt.Errorf("%s on %s: %w: %s", sc.name, impl, err, ee.Stderr)
-		}
-		return fmt.Errorf("%s on %s: %w", sc.name, impl, err)
-	}
-	lines := strings.SplitN(string(out), "\n", 3)
-	var ops uint64
-	var elapsed int64
-	if len(lines) < 2 {
-		return fmt.Errorf("%s on %s: the C++ client printed %q", sc.name, impl, out)
-	}
-	if _, err := fmt.Sscanf(lines[0], "ops %d elapsed_ns %d", &ops, &elapsed); err != nil {
-		return fmt.Errorf("%s on %s: the C++ client printed %q: %w", sc.name, impl, lines[0], err)
-	}
-	for _, f := range strings.Fields(lines[1]) {
-		ns, err := strconv.ParseInt(f, 10, 64)
-		if err != nil {
-			return fmt.Errorf("%s on %s: latency %q: %w", sc.name, impl, f, err)
-		}
-		r.lat.add(time.Duration(ns))
-	}
-	r.ops += ops
-	r.calls += ops * uint64(sc.calls)
-	r.elapsed += time.Duration(elapsed)
-	// The C++ client's allocations are not Go's; a vatactor server's are
-	// half of a call's, so neither is comparable: not counted.
-	r.foreign = true
-	return nil
-}

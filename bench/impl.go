@@ -34,6 +34,9 @@ type setup struct {
 	// none): vatactor's Options.FlowWindow; go-capnp's limiter is set by
 	// the scenario on the capability it streams to.
 	window int
+	// clientProcess: the client side runs in a process of its own
+	// (measureProcess); a C++ client always does.
+	clientProcess bool
 }
 
 // serverSide is a Bench server of one implementation listening on

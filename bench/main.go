@@ -33,13 +33,7 @@ import (
 )
 
 func main() {
-	if peer := os.Getenv(peerEnv); peer != "" {
-		if err := peerMain(peer); err != nil {
-			fmt.Fprintln(os.Stderr, "bench peer:", err)
-			os.Exit(1)
-		}
-		return
-	}
+	childMain()
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)

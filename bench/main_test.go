@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,16 +13,10 @@ import (
 	"github.com/vatactor/vatactor/internal/cxxpeer"
 )
 
-// TestMain lets the test binary be the peer process of the scale figures,
-// as the bench binary is.
+// TestMain lets the test binary be a child process of the bench (the
+// idle connections' peers, a client process), as the bench binary is.
 func TestMain(m *testing.M) {
-	if peer := os.Getenv(peerEnv); peer != "" {
-		if err := peerMain(peer); err != nil {
-			fmt.Fprintln(os.Stderr, "bench peer:", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	childMain()
 	os.Exit(m.Run())
 }
 

@@ -315,48 +315,86 @@ func (r *result) bytesPerCall() float64 {
 const warmupOps = 20
 
 // measure runs sc on a fresh env of impl for d and adds what it measured
-// to r.
+// to r. With s.clientProcess, or a C++ client, the client side is a
+// process of its own (measureProcess).
 func measure(sc scenario, impl string, s setup, d time.Duration, r *result) error {
-	if cxxClient(impl) {
-		return measureCxx(sc, impl, s, d, r)
+	if cxxClient(impl) || s.clientProcess {
+		return measureProcess(sc, impl, s, d, r)
 	}
 	e, err := connect(impl, s)
 	if err != nil {
 		return err
 	}
 	defer e.close()
+	run, err := runOps(clientOps(sc, impl, e.clients, e.grpc), sc.workers, sc.warmupOps(), d)
+	if err != nil {
+		return fmt.Errorf("%s on %s: %w", sc.name, impl, err)
+	}
+	r.elapsed += run.elapsed
+	r.mallocs += run.mallocs
+	r.bytes += run.bytes
+	r.ops += run.ops
+	calls := run.ops * uint64(sc.calls)
+	r.calls += calls
+	r.lat.merge(&run.lat)
+	r.roundRates = append(r.roundRates, float64(calls)/run.elapsed.Seconds())
+	return nil
+}
+
+// warmupOps is how many ops each of sc's workers does before the clock
+// starts.
+func (sc scenario) warmupOps() int {
+	if sc.warmup == 0 {
+		return warmupOps
+	}
+	return sc.warmup
+}
+
+// clientOps is sc's op on each connection of a client of impl: its
+// bootstrap capabilities, or its gRPC connections.
+func clientOps(sc scenario, impl string, benches []schema.Bench, grpc []*grpcBench) []func(context.Context) error {
+	var ops []func(context.Context) error
+	for _, b := range benches {
+		ops = append(ops, func(ctx context.Context) error { return sc.op(ctx, impl, b) })
+	}
+	for _, g := range grpc {
+		ops = append(ops, func(ctx context.Context) error { return sc.grpcOp(ctx, g) })
+	}
+	return ops
+}
+
+// opsRun is what the workers of one measurement did, and what this
+// process allocated meanwhile.
+type opsRun struct {
+	elapsed        time.Duration
+	ops            uint64
+	lat            hist
+	mallocs, bytes uint64
+}
+
+// runOps runs workers goroutines on each of ops: each does warmup ops,
+// then, once all are warm, ops back to back for d, timing each.
+func runOps(ops []func(context.Context) error, workers, warmup int, d time.Duration) (*opsRun, error) {
 	ctx := context.Background()
 	type worker struct {
 		lat hist
 		ops uint64
 		err error
 	}
-	// One op per connection, of this implementation.
-	var ops []func(context.Context) error
-	for _, b := range e.clients {
-		ops = append(ops, func(ctx context.Context) error { return sc.op(ctx, impl, b) })
-	}
-	for _, g := range e.grpc {
-		ops = append(ops, func(ctx context.Context) error { return sc.grpcOp(ctx, g) })
-	}
-	workers := make([]*worker, 0, len(ops)*sc.workers)
+	all := make([]*worker, 0, len(ops)*workers)
 	var (
 		ready, done sync.WaitGroup
 		start       = make(chan struct{})
 		stop        atomic.Bool
 	)
 	for _, op := range ops {
-		for range sc.workers {
+		for range workers {
 			w := new(worker)
-			workers = append(workers, w)
+			all = append(all, w)
 			ready.Add(1)
 			done.Add(1)
 			go func() {
 				defer done.Done()
-				warmup := sc.warmup
-				if warmup == 0 {
-					warmup = warmupOps
-				}
 				for range warmup {
 					if w.err = op(ctx); w.err != nil {
 						break
@@ -383,21 +421,16 @@ func measure(sc scenario, impl string, s setup, d time.Duration, r *result) erro
 	time.Sleep(d)
 	stop.Store(true)
 	done.Wait()
-	elapsed := time.Since(t0)
+	run := &opsRun{elapsed: time.Since(t0)}
 	runtime.ReadMemStats(&after)
-	r.elapsed += elapsed
-	r.mallocs += after.Mallocs - before.Mallocs
-	r.bytes += after.TotalAlloc - before.TotalAlloc
-	var calls uint64
-	for _, w := range workers {
+	run.mallocs = after.Mallocs - before.Mallocs
+	run.bytes = after.TotalAlloc - before.TotalAlloc
+	for _, w := range all {
 		if w.err != nil {
-			return fmt.Errorf("%s on %s: %w", sc.name, impl, w.err)
+			return nil, w.err
 		}
-		r.ops += w.ops
-		calls += w.ops * uint64(sc.calls)
-		r.lat.merge(&w.lat)
+		run.ops += w.ops
+		run.lat.merge(&w.lat)
 	}
-	r.calls += calls
-	r.roundRates = append(r.roundRates, float64(calls)/elapsed.Seconds())
-	return nil
+	return run, nil
 }

@@ -19,14 +19,15 @@ import (
 
 // The scaling figures (-sweep): echo calls/s and p99 against the calls in
 // flight on one connection and against the number of connections (one
-// call in flight on each), then a server's memory per idle connection
-// and the time of a graceful shutdown against the number of connections.
+// call in flight on each, the clients in a process of their own), then a
+// server's memory per idle connection and the time of a graceful shutdown
+// against the number of connections.
 // Printed as tables; with -plots DIR, drawn as PNG files there too.
 
 var (
-	sweepInFlight = []int{1, 4, 16, 64, 256, 1024}
-	sweepConns    = []int{1, 10, 100, 1000, 5000}
-	sweepIdle     = []int{100, 1000, 10000}
+	sweepInFlight = []int{}
+	sweepConns    = []int{100, 1000, 5000}
+	sweepIdle     = []int{1000}
 )
 
 // sweepPoint is one measurement of a sweep.
@@ -42,8 +43,8 @@ type sweepResult struct {
 	idle            []idleFigures
 }
 
-// raiseFileLimit lets the process open as many sockets as its hard limit
-// allows (both ends of every connection are in this process).
+// raiseFileLimit lets the process, and the processes it starts, open as
+// many sockets as the hard limit allows.
 func raiseFileLimit() uint64 {
 	var l syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
@@ -58,9 +59,10 @@ func raiseFileLimit() uint64 {
 func runSweep(impls []string, d time.Duration, stderr io.Writer) (*sweepResult, error) {
 	files := raiseFileLimit()
 	res := &sweepResult{}
-	point := func(impl string, sc scenario, x int) (sweepPoint, error) {
+	point := func(impl string, sc scenario, x int, s setup) (sweepPoint, error) {
 		r := &result{scenario: sc.name, impl: impl}
-		if err := measure(sc, impl, setup{conns: sc.conns}, d, r); err != nil {
+		s.conns = sc.conns
+		if err := measure(sc, impl, s, d, r); err != nil {
 			return sweepPoint{}, err
 		}
 		return sweepPoint{impl: impl, x: x, callsPerSec: r.callsPerSec(), p99us: us(r.lat.quantile(0.99))}, nil
@@ -70,23 +72,23 @@ func runSweep(impls []string, d time.Duration, stderr io.Writer) (*sweepResult, 
 			fmt.Fprintf(stderr, "bench: sweep, %s, %d in flight\n", impl, k)
 			sc := scenario{name: fmt.Sprintf("inflight%d", k), conns: 1, workers: k, op: echoOp(small),
 				grpcOp: grpcEchoOp(small), cxx: "echo64", calls: 1, warmup: 2}
-			p, err := point(impl, sc, k)
+			p, err := point(impl, sc, k, setup{})
 			if err != nil {
 				return nil, err
 			}
 			res.inFlight = append(res.inFlight, p)
 		}
 		for _, n := range sweepConns {
-			// Both ends of each connection are sockets of this process
-			// (a C++ client's too, in its own): leave room for the rest.
-			if uint64(2*n+1000) > files || slices.Contains(cxxImpls, impl) && n > 1000 {
+			// The clients are a process of their own, so each process
+			// holds one end of each connection: leave room for the rest.
+			if uint64(n+1000) > files {
 				fmt.Fprintf(stderr, "bench: sweep, %s, %d connections: skipped (open file limit %d)\n", impl, n, files)
 				continue
 			}
 			fmt.Fprintf(stderr, "bench: sweep, %s, %d connections\n", impl, n)
 			sc := scenario{name: fmt.Sprintf("conns%d", n), conns: n, workers: 1, op: echoOp(small),
 				grpcOp: grpcEchoOp(small), cxx: "echo64", calls: 1, warmup: 2}
-			p, err := point(impl, sc, n)
+			p, err := point(impl, sc, n, setup{clientProcess: true})
 			if err != nil {
 				return nil, err
 			}
