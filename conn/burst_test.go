@@ -28,6 +28,7 @@ func TestIdleAfterBurst(t *testing.T) {
 	defer boot.Release()
 	ctx := context.Background()
 
+	live := 0 // the connections open in the process
 	calls := func(p *echoPairs, n int) {
 		type pending struct {
 			f   interop.Echo_echo_Results_Future
@@ -57,14 +58,20 @@ func TestIdleAfterBurst(t *testing.T) {
 			}
 			return true
 		})
-		time.Sleep(50 * time.Millisecond) // lazy frames' timers, writers' exits
+		// And at rest: what a rest gives back is given back (every
+		// connection of the process is p's or one of the others at rest).
+		waitFor(t, func() bool { return restingReaders() == live })
+		time.Sleep(10 * time.Millisecond) // writers' exits
 	}
 	warm := openEchoPairs(t, sys, boot, pairs)
+	live = 2 * pairs
 	calls(warm, burst)
 	measured := openEchoPairs(t, sys, boot, pairs)
 	defer measured.close()
+	live = 4 * pairs
 	calls(measured, 1) // every connection has made a call: its first storage is made
 	warm.close()
+	live = 2 * pairs
 	time.Sleep(100 * time.Millisecond)
 	before := liveHeap()
 	calls(measured, burst)

@@ -47,7 +47,7 @@ func TestIdleConnectionBudget(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	before := liveHeap()
 	defer open().close()
-	time.Sleep(4 * restDelay) // every connection rests
+	waitFor(t, func() bool { return restingReaders() == 2*pairs }) // every connection rests
 	after := liveHeap()
 	perPair := (after - before) / pairs
 	t.Logf("live heap %d B before, %d B with %d idle pairs: %d B a pair of connections", before, after, pairs, perPair)

@@ -46,7 +46,8 @@ func TestQuestionActorsReused(t *testing.T) {
 	}
 	wait(call())
 	rested := func() int {
-		time.Sleep(10*restDelay + 50*time.Millisecond)
+		waitFor(t, func() bool { return restingReaders() == 2 })
+		time.Sleep(50 * time.Millisecond) // the parked actors' ends
 		return liveActors(sys)
 	}
 	actors0 := rested()

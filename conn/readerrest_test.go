@@ -156,19 +156,22 @@ func TestReaderRestsAfterBurst(t *testing.T) {
 			rels[i]()
 		}
 	}
-	resting := func() int {
-		buf := make([]byte, 1<<20)
-		for {
-			n := runtime.Stack(buf, true)
-			if n < len(buf) {
-				return strings.Count(string(buf[:n]), "conn.(*frameReader).waitShallow(")
-			}
-			buf = make([]byte, 2*len(buf))
-		}
-	}
 	for range 2 { // a rest, a burst on the fresh readers, and they rest again
 		calls(burst)
-		waitFor(t, func() bool { return resting() == 2*pairs })
+		waitFor(t, func() bool { return restingReaders() == 2*pairs })
 	}
 	calls(1)
+}
+
+// restingReaders counts the readers of this process that wait after a
+// rest, on a fresh goroutine (readAfterRest, in waitShallow).
+func restingReaders() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "conn.(*frameReader).waitShallow(")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
 }

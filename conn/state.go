@@ -97,10 +97,11 @@ type state struct {
 	// peaks: the largest sizes of the maps a burst grows, for rest to
 	// rebuild them once they are (nearly) empty again (peakmap).
 	peaks struct{ calls, byAns, byQID, children, pids peakmap.Peak }
-	// restTimer gives the storage back once the connection has been
-	// quiet for restDelay (rest); restArmed: it is pending.
+	// restTimer rests the connection once it has been quiet for
+	// restBack's delay (rest); restArmed: it is pending.
 	restTimer *time.Timer
 	restArmed bool
+	restBack  restBackoff
 	// lastTurn: the actor is in its last turn (protoactor's Stopped),
 	// when no child can be spawned.
 	lastTurn bool
@@ -248,19 +249,14 @@ func (s *state) storage() *turnStorage {
 	return s.turn
 }
 
-// restDelay is how long a connection stays without a call in flight
-// before its storage goes back: under load a connection is quiet for a
-// moment between two batches many times a second, and giving the storage
-// back each time would cost its reuse.
-const restDelay = 10 * time.Millisecond
-
 // restPost: restTimer fired.
 type restPost struct{}
 
 // rest, at the end of a turn: a closed connection gives its storage back
-// at once; one that has no call in flight (core.Quiet) arms restTimer,
-// which gives it back (restNow) if the connection is still quiet then; a
-// busy connection keeps it for its next turn.
+// at once; one that has no call in flight (core.Quiet) arms restTimer for
+// restBack's delay, which rests it (restNow, readerRest) if it is still
+// quiet then and no frame came meanwhile (else the timer is armed again);
+// a busy connection keeps its storage for its next turn.
 func (s *state) rest() {
 	switch {
 	case s.core.Closed():
@@ -268,7 +264,8 @@ func (s *state) rest() {
 	case !s.core.Quiet() || s.restArmed || (s.turn == nil && s.core.AtRest()):
 	default:
 		s.restArmed = true
-		s.c.postAfter(&s.restTimer, restDelay, restPost{})
+		s.restBack.armed()
+		s.c.postAfter(&s.restTimer, s.restBack.delay(), restPost{})
 	}
 }
 
@@ -336,6 +333,9 @@ func (c *coreClock) now() time.Time {
 	c.base = time.Now()
 	return c.base
 }
+
+// sinceStart is the connection's clock: the time since it started.
+func (s *state) sinceStart() time.Duration { return s.clock.now().Sub(s.c.start) }
 
 // sweep drops the references to capabilities named during the turn that
 // the core did not export.
@@ -425,9 +425,10 @@ func (s *state) Receive(ctx actor.Context) {
 		m.reply <- s.inspect()
 	case restPost:
 		s.restArmed, s.restTimer = false, nil // fired: an idle connection keeps no timer for its next rest
-		if s.core.Quiet() {
+		if s.core.Quiet() && s.restBack.due() {
 			s.restNow()
 			s.c.readerRest()
+			s.restBack.rested(s.sinceStart())
 		}
 	case meterFlush:
 		s.meterArmed = false
@@ -510,6 +511,7 @@ func (s *state) frame(f Frame) {
 		s.core.SetPeerOurs()
 	}
 	s.traceFrameIn(f.Sidecar)
+	s.restBack.frame(s.sinceStart())
 	if fin := f.finish; fin.ok {
 		if s.c.trace {
 			s.c.opts.Logger.Debug("capnp recv", "peer", s.c.opts.Peer, "msg", fin.describe())
