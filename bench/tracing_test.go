@@ -5,12 +5,14 @@ import (
 	"testing"
 
 	"capnproto.org/go/capnp/v3"
+	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/vatactor/vatactor/actors"
 	"github.com/vatactor/vatactor/interop"
+	"github.com/vatactor/vatactor/tracing"
 )
 
 // BenchmarkTracingPerCall measures one echo call between two vats over
@@ -70,5 +72,37 @@ func BenchmarkTracingPerCall(b *testing.B) {
 				release()
 			}
 		})
+	}
+}
+
+// BenchmarkSDKSpanPair is the floor that the OpenTelemetry SDK sets under
+// BenchmarkTracingPerCall/sampled: what one traced call's two spans cost
+// with no RPC at all — a client span started as a child of the caller's,
+// its context carried as a traceparent and taken up again, a server span
+// started under it, both given the attributes vatactor gives them and
+// ended (every span recorded, no exporter). Subtract it from the sampled
+// call's cost to see vatactor's own share.
+//
+//	go test -run XXX -bench 'TracingPerCall|SDKSpanPair' -benchmem ./bench
+func BenchmarkSDKSpanPair(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	tr := tp.Tracer("bench")
+	ctx, root := tr.Start(context.Background(), "bench")
+	defer root.End()
+	m := capnp.Method{InterfaceID: 0xea26a5ee7d9a27c9, MethodID: 0, InterfaceName: "interop.capnp:Echo", MethodName: "echo"}
+	clientAttrs := append(append([]attribute.KeyValue{}, tracing.MethodAttributes(m)...), tracing.PeerAttributes("client", "127.0.0.1:4000")...)
+	serverAttrs := append(append([]attribute.KeyValue{}, tracing.MethodAttributes(m)...), tracing.PeerAttributes("server", "127.0.0.1:4001")...)
+	serverAttrs = append(serverAttrs, tracing.AttrAnswerID.Int(1))
+	client := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient)}
+	server := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
+	b.ReportAllocs()
+	for range b.N {
+		cctx, cs := tr.Start(ctx, tracing.SpanName(m), client...)
+		var tp tracing.TraceParent
+		ts, _ := tracing.InjectInto(&tp, cctx)
+		parent := tracing.Extract(context.Background(), string(tp[:]), ts)
+		_, ss := tr.Start(parent, tracing.SpanName(m), server...)
+		tracing.EndCall(ss, nil, serverAttrs...)
+		tracing.EndCall(cs, nil, clientAttrs...)
 	}
 }
