@@ -617,8 +617,10 @@ func (c *Conn) readLoop() {
 		_ = c.in.awaitRoom(context.Background()) // nor while the actor has not handled what we read
 		f, err := c.transport.RecvFrame()
 		if err == errResting {
-			c.reader.Add(1)
-			go c.readAfterRest()
+			c.reader.Add(1) // the reader goes on: parked, or from a fresh goroutine
+			if !readers.park(c, c.resting.syscallConn()) {
+				go c.readAfterRest()
+			}
 			return
 		}
 		if err != nil {
@@ -657,12 +659,15 @@ func (c *Conn) readLoop() {
 }
 
 // readerRest, once the connection has come to rest (restPost), asks the
-// reader to go on from a fresh goroutine (readAfterRest) when it next
-// waits between frames. The goroutine that read a burst keeps the stack
-// the burst grew (it handles frames in place, postHere): the runtime
-// halves a stack only while a quarter of it or less is in use, which a
-// read waiting on the socket never is below 4 KiB, while a goroutine
-// that only waits needs 2 KiB.
+// reader to stop when it next waits between frames: it is parked (its
+// socket waited on with every other parked one's, no goroutine of its
+// own, see parker) or, where it cannot be, goes on from a fresh goroutine
+// (readAfterRest). The goroutine that read a burst keeps the stack the
+// burst grew (it handles frames in place, postHere): the runtime halves a
+// stack only while a quarter of it or less is in use, which a read waiting
+// on the socket never is below 4 KiB, while a goroutine that only waits
+// needs 2 KiB (when the runtime starts it with 2 KiB: it starts new
+// goroutines with the average stack of the last collection).
 func (c *Conn) readerRest() {
 	if c.resting != nil {
 		c.resting.askRest()
@@ -700,7 +705,7 @@ func (c *Conn) closeSocket(hard bool, st *stepTracer) socketResult {
 	m.closeStart = time.Now()
 	st.end(span, m.lingerReport())
 	span = st.start(PhaseCloseSocket, m.closeStart)
-	_ = c.transport.Close()
+	c.closeTransport()
 	c.writer.Wait()
 	c.reader.Wait()
 	m.end = time.Now()
@@ -721,9 +726,16 @@ func (c *Conn) waitFor(wg *sync.WaitGroup, d time.Duration) bool {
 	case <-t.C:
 	case <-c.hurryChan():
 	}
-	_ = c.transport.Close() // unblocks the goroutine waited for
+	c.closeTransport() // unblocks the goroutine waited for
 	<-finished
 	return false
+}
+
+// closeTransport closes the socket; a parked reader, whose socket gets no
+// event once it is closed, goes on to read and fail.
+func (c *Conn) closeTransport() {
+	_ = c.transport.Close()
+	readers.unpark(c)
 }
 
 // classifyReadError turns the reader's error into the connection's reason.

@@ -125,9 +125,10 @@ func TestStreamTransportRest(t *testing.T) {
 }
 
 // TestReaderRestsAfterBurst: once connections have come to rest after a
-// burst of calls in flight, each one's reader waits on a fresh goroutine
-// (readAfterRest, in waitShallow), not on the one whose stack the burst
-// grew, and the connections work on. (What that saves is measured by the benchmark's
+// burst of calls in flight, each one's reader is parked (or, where it
+// cannot be, waits on a fresh goroutine: readAfterRest, in waitShallow),
+// not on the goroutine whose stack the burst grew, and the connections
+// work on. (What that saves is measured by the benchmark's
 // idle figures: a goroutine's stack in use cannot be read from here, and
 // StackInuse moves with every other goroutine.)
 func TestReaderRestsAfterBurst(t *testing.T) {
@@ -164,8 +165,15 @@ func TestReaderRestsAfterBurst(t *testing.T) {
 }
 
 // restingReaders counts the readers of this process that wait after a
-// rest, on a fresh goroutine (readAfterRest, in waitShallow).
+// rest: parked (parker), or on a fresh goroutine (readAfterRest, in
+// waitShallow).
 func restingReaders() int {
+	return readers.parked() + shallowReaders()
+}
+
+// shallowReaders counts the readers that wait after a rest on a fresh
+// goroutine (readAfterRest, in waitShallow).
+func shallowReaders() int {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)

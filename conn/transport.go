@@ -70,6 +70,9 @@ type restingReader interface {
 	// waitShallow waits for the peer's next bytes with as little stack as
 	// a read can use; the next RecvFrame starts with what it read.
 	waitShallow()
+	// syscallConn is the socket, for a parked reader to wait on (nil:
+	// none).
+	syscallConn() syscall.RawConn
 }
 
 // NewStreamTransport returns a Transport that speaks the standard stream
@@ -311,6 +314,8 @@ func (t *streamTransport) canRest() bool {
 
 func (t *streamTransport) askRest()     { t.r.askRest() }
 func (t *streamTransport) waitShallow() { t.r.waitShallow() }
+
+func (t *streamTransport) syscallConn() syscall.RawConn { return t.raw }
 
 func (t *streamTransport) peerEnding() { t.peerEnded.Store(true) }
 
