@@ -165,3 +165,22 @@ func TestSweep(t *testing.T) {
 		}
 	}
 }
+
+// TestSweepRanges: the sweep measures the ranges bench/README.md states —
+// calls in flight from 1 to 1,024, connections from 1 to 10,000, idle
+// connections from 100 to 10,000 (TestSweep runs it on smaller ones).
+func TestSweepRanges(t *testing.T) {
+	for _, r := range []struct {
+		name     string
+		points   []int
+		from, to int
+	}{
+		{"in flight", sweepInFlight, 1, 1024},
+		{"connections", sweepConns, 1, 10_000},
+		{"idle connections", sweepIdle, 100, 10_000},
+	} {
+		if len(r.points) < 3 || r.points[0] != r.from || r.points[len(r.points)-1] != r.to {
+			t.Errorf("the sweep's %s are %v, want %d to %d", r.name, r.points, r.from, r.to)
+		}
+	}
+}

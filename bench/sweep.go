@@ -25,9 +25,9 @@ import (
 // Printed as tables; with -plots DIR, drawn as PNG files there too.
 
 var (
-	sweepInFlight = []int{}
-	sweepConns    = []int{100, 1000, 5000}
-	sweepIdle     = []int{1000}
+	sweepInFlight = []int{1, 4, 16, 64, 256, 1024}
+	sweepConns    = []int{1, 10, 100, 1000, 5000, 10000}
+	sweepIdle     = []int{100, 1000, 10000}
 )
 
 // sweepPoint is one measurement of a sweep.
