@@ -32,6 +32,31 @@ func openEchoPairs(t *testing.T, sys *actor.ActorSystem, boot capnp.Client, n in
 	return p
 }
 
+// newEchoPairs opens n pairs in an actor system of their own, serving
+// an echo server; the system stops when the test ends.
+func newEchoPairs(t *testing.T, n int) *echoPairs {
+	t.Helper()
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(quietLogger))
+	t.Cleanup(sys.Shutdown)
+	boot := capnp.Client(interop.NewEchoServer().Client(interop.PlainServer))
+	t.Cleanup(boot.Release)
+	return openEchoPairs(t, sys, boot, n)
+}
+
+// echo makes one echo call of text on pair i and checks what comes back.
+func (p *echoPairs) echo(t *testing.T, i int, text string) {
+	t.Helper()
+	f, rel := p.echoes[i].Echo(context.Background(), func(p interop.Echo_echo_Params) error { return p.SetText(text) })
+	defer rel()
+	s, err := f.Struct()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Text(); got != text {
+		t.Fatalf("echo of %q: %q", text, got)
+	}
+}
+
 // close releases the echoes and closes every connection.
 func (p *echoPairs) close() {
 	for _, e := range p.echoes {

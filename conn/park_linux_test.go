@@ -1,17 +1,14 @@
 package conn
 
 import (
-	"context"
 	"net"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"capnproto.org/go/capnp/v3"
 	"github.com/asynkron/protoactor-go/actor"
 
-	"github.com/vatactor/vatactor/interop"
 	"github.com/vatactor/vatactor/supervisor"
 )
 
@@ -27,21 +24,8 @@ func pollers() int {
 // wakes for the peer's FIN, and once no reader is parked the poll
 // goroutine ends.
 func TestParkedReaders(t *testing.T) {
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(quietLogger))
-	defer sys.Shutdown()
-	boot := capnp.Client(interop.NewEchoServer().Client(interop.PlainServer))
-	defer boot.Release()
-	p := openEchoPairs(t, sys, boot, 1)
-	call := func() {
-		t.Helper()
-		f, rel := p.echoes[0].Echo(context.Background(), func(p interop.Echo_echo_Params) error { return p.SetText("parked") })
-		defer rel()
-		if s, err := f.Struct(); err != nil {
-			t.Fatal(err)
-		} else if got, _ := s.Text(); got != "parked" {
-			t.Fatalf("echo %q", got)
-		}
-	}
+	p := newEchoPairs(t, 1)
+	call := func() { t.Helper(); p.echo(t, 0, "parked") }
 	for range 3 {
 		call()
 		waitFor(t, func() bool { return readers.parked() == 2 && shallowReaders() == 0 })
@@ -66,7 +50,6 @@ func TestParkedReaders(t *testing.T) {
 func TestParkedReaderClosed(t *testing.T) {
 	sys := actor.NewActorSystem(actor.WithLoggerFactory(quietLogger))
 	defer sys.Shutdown()
-
 	silent, theirs := tcpPair(t)
 	defer theirs.Close()
 	c := Spawn(sys.Root, sys.Root, NewStreamTransport(silent, Limits{}), Options{Peer: "silent", Role: "server", LingerTimeout: 50 * time.Millisecond})

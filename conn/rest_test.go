@@ -1,14 +1,8 @@
 package conn
 
 import (
-	"context"
 	"testing"
 	"time"
-
-	"capnproto.org/go/capnp/v3"
-	"github.com/asynkron/protoactor-go/actor"
-
-	"github.com/vatactor/vatactor/interop"
 )
 
 // TestRestBackoff: the policy alone. Each frame within restSoon of a rest
@@ -98,20 +92,9 @@ func TestRestBackoff(t *testing.T) {
 // more (each rest woken soon put the next one off); once the calls stop,
 // both ends rest again.
 func TestRestBacksOffOverTCP(t *testing.T) {
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(quietLogger))
-	defer sys.Shutdown()
-	boot := capnp.Client(interop.NewEchoServer().Client(interop.PlainServer))
-	defer boot.Release()
-	p := openEchoPairs(t, sys, boot, 1)
+	p := newEchoPairs(t, 1)
 	defer p.close()
-	call := func() {
-		t.Helper()
-		f, rel := p.echoes[0].Echo(context.Background(), func(p interop.Echo_echo_Params) error { return p.SetText("tick") })
-		defer rel()
-		if _, err := f.Struct(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	call := func() { t.Helper(); p.echo(t, 0, "tick") }
 	call()
 	waitFor(t, func() bool { return restingReaders() == 2 }) // the first rest, at restDelay
 	const interval, warm, measured = 30 * time.Millisecond, 10, 10
