@@ -71,7 +71,6 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 	if s.c.trace {
 		s.c.opts.Logger.Debug("capnp recv", "peer", s.c.opts.Peer, "msg", DescribeMessage(m))
 	}
-	malformed := func(what string, err error) error { return fmt.Errorf("%w: %s: %v", ErrMalformedFrame, what, err) }
 	release := true // the message is not kept by what it became
 	defer func() {
 		if release {
@@ -79,14 +78,6 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 		}
 	}()
 	switch m.Which() {
-	case rpccp.Message_Which_bootstrap:
-		bs, err := m.Bootstrap()
-		if err != nil {
-			return nil, malformed("bootstrap", err)
-		}
-		s.traceEvent("bootstrap", attribute.String("direction", "received"))
-		s.newAnswer(bs.QuestionId(), bootstrapMethod, true, sc)
-		return &core.Bootstrap{QuestionID: bs.QuestionId()}, nil
 	case rpccp.Message_Which_call:
 		call, err := m.Call()
 		if err != nil {
@@ -162,6 +153,27 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 			out.Other = true
 		}
 		return out, nil
+	default:
+		return s.decodeRare(m, msg, sc, &release)
+	}
+}
+
+// decodeRare decodes every message but a Call and a Return: kept
+// out of decode, whose frame is on the stack of every call a reader
+// handles in place (a switch's frame holds every case's locals). release
+// is decode's: whether the message is released once decoded.
+//
+//go:noinline
+func (s *state) decodeRare(m rpccp.Message, msg *capnp.Message, sc *Sidecar, release *bool) (core.Message, error) {
+	switch m.Which() {
+	case rpccp.Message_Which_bootstrap:
+		bs, err := m.Bootstrap()
+		if err != nil {
+			return nil, malformed("bootstrap", err)
+		}
+		s.traceEvent("bootstrap", attribute.String("direction", "received"))
+		s.newAnswer(bs.QuestionId(), bootstrapMethod, true, sc)
+		return &core.Bootstrap{QuestionID: bs.QuestionId()}, nil
 	case rpccp.Message_Which_finish:
 		f, err := m.Finish()
 		if err != nil {
@@ -224,7 +236,7 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 		case rpccp.Disembargo_context_Which_receiverLoopback:
 			out.Context, out.EmbargoID = core.ReceiverLoopback, ctx.ReceiverLoopback()
 		default:
-			return s.unknown(m, msg, &release), nil
+			return s.unknown(m, msg, release), nil
 		}
 		return out, nil
 	case rpccp.Message_Which_abort:
@@ -244,7 +256,12 @@ func (s *state) decode(msg *capnp.Message, sc *Sidecar) (core.Message, error) {
 		}
 		return &core.Unimplemented{Message: decodeEchoed(inner)}, nil
 	}
-	return s.unknown(m, msg, &release), nil
+	return s.unknown(m, msg, release), nil
+}
+
+// malformed is the error of a frame whose what cannot be read.
+func malformed(what string, err error) error {
+	return fmt.Errorf("%w: %s: %v", ErrMalformedFrame, what, err)
 }
 
 // unknown is a message we do not implement; the core echoes it back

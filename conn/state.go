@@ -378,6 +378,39 @@ func (s *state) Receive(ctx actor.Context) {
 		s.rest()
 	}()
 	switch m := ctx.Message().(type) {
+	case *capnp.Message:
+		s.frame(Frame{Msg: m})
+	case finishPost:
+		s.frame(Frame{finish: m.frame()})
+	case inFrame:
+		s.frame(m.f)
+	case callOut:
+		s.localCall(m.q)
+	case cancelQuestion:
+		s.feed(&core.LocalCancel{Call: m.q.call, Err: m.err})
+	case releaseQuestion:
+		s.in.fin = core.LocalFinish{Call: m.q.call}
+		s.feed(&s.in.fin)
+	case capReleased:
+		s.feed(&core.LocalRelease{Cap: m.cap})
+	case answerReturned:
+		s.answerReturned(m.a)
+	default:
+		s.receiveRare(ctx, m)
+	}
+	if !s.gone && !s.closing {
+		s.c.publishStats(s.core.Stats())
+	}
+}
+
+// receiveRare is Receive's every other message: kept out of Receive, whose
+// frame is on the stack of every call a reader handles in place (a
+// switch's frame holds every case's locals), so that a reader's stack
+// grows less often.
+//
+//go:noinline
+func (s *state) receiveRare(ctx actor.Context, msg any) {
+	switch m := msg.(type) {
 	case *actor.Started:
 		s.parent = ctx.Parent()
 		s.c.pid.Store(ctx.Self())
@@ -387,12 +420,6 @@ func (s *state) Receive(ctx actor.Context) {
 		s.emit(Up{Conn: s.c, Peer: s.c.opts.Peer, Role: s.c.opts.Role})
 		s.c.meterUp()
 		s.apply(s.core.Start())
-	case *capnp.Message:
-		s.frame(Frame{Msg: m})
-	case finishPost:
-		s.frame(Frame{finish: m.frame()})
-	case inFrame:
-		s.frame(m.f)
 	case readerDone:
 		s.readerDone(m)
 	case writerDone:
@@ -403,22 +430,11 @@ func (s *state) Receive(ctx actor.Context) {
 		s.feed(&core.Hurry{})
 	case deadlineFired:
 		s.feed(&core.DeadlineFired{Deadline: m.d, Gen: m.gen})
-	case callOut:
-		s.localCall(m.q)
-	case cancelQuestion:
-		s.feed(&core.LocalCancel{Call: m.q.call, Err: m.err})
-	case releaseQuestion:
-		s.in.fin = core.LocalFinish{Call: m.q.call}
-		s.feed(&s.in.fin)
 	case importShutdown:
 		if ie := s.imports[m.hook.id]; ie != nil && ie.hook == m.hook {
 			delete(s.imports, m.hook.id)
 		}
 		s.feed(&core.LocalRelease{Cap: core.Cap{Kind: core.CapImport, ID: m.hook.id}})
-	case capReleased:
-		s.feed(&core.LocalRelease{Cap: m.cap})
-	case answerReturned:
-		s.answerReturned(m.a)
 	case exportResolved:
 		s.exportResolved(m.e)
 	case inspectReq:
@@ -486,9 +502,6 @@ func (s *state) Receive(ctx actor.Context) {
 			s.giveBack()
 		}
 	case *actor.Restarting:
-	}
-	if !s.gone && !s.closing {
-		s.c.publishStats(s.core.Stats())
 	}
 }
 
