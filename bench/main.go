@@ -52,6 +52,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		only       = fs.String("scenarios", "all", "comma-separated scenarios to run, all, or none (-list shows them)")
 		impls      = fs.String("impl", "all", "vatactor, go-capnp, grpc-go, both (vatactor and go-capnp) or all")
 		scale      = fs.Bool("scale", true, "also measure the scale figures (idle connections, live questions, shutdown)")
+		clientProc = fs.Bool("client-process", false, "run the Go clients in a process of their own, as the C++ client is (their allocations are then not counted; a feature's cost scenarios stay in one process)")
 		idleConns  = fs.Int("idle-conns", 1000, "idle connections for the scale figures")
 		liveQs     = fs.Int("live-questions", 10000, "questions in flight for the scale figures")
 		list       = fs.Bool("list", false, "list the scenarios and exit")
@@ -151,7 +152,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	for _, sc := range selected {
 		fmt.Fprintf(stderr, "bench: %s\n", sc.name)
-		res, err := runScenario(sc, which, *rounds, *duration, *costFor)
+		res, err := runScenario(sc, which, *rounds, *duration, *costFor, *clientProc)
 		if err != nil {
 			return err
 		}
@@ -214,12 +215,12 @@ func selectScenarios(all []scenario, only string) ([]scenario, error) {
 // "<name>/metered": every instrument recording) and off ("…/untraced",
 // "…/unmetered"), so that its cost is measured under the same
 // conditions, in at least minCostRounds rounds and costFor.
-func runScenario(sc scenario, impls []string, rounds int, d, costFor time.Duration) ([]*result, error) {
+func runScenario(sc scenario, impls []string, rounds int, d, costFor time.Duration, clientProcess bool) ([]*result, error) {
 	type variant struct {
 		res *result
 		s   setup
 	}
-	base := setup{conns: sc.conns, window: sc.window}
+	base := setup{conns: sc.conns, window: sc.window, clientProcess: clientProcess && sc.costOf == ""}
 	var vs []variant
 	if sc.costOf != "" {
 		if !slices.Contains(impls, implVatactor) {

@@ -184,3 +184,42 @@ func TestSweepRanges(t *testing.T) {
 		}
 	}
 }
+
+// TestClientProcess: with -client-process every Go implementation's client
+// runs as a process of its own (this test binary again, see TestMain) and
+// reports calls, latencies and no allocations; a feature's cost scenario
+// stays in one process and counts them.
+func TestClientProcess(t *testing.T) {
+	var out, errs bytes.Buffer
+	args := []string{"-client-process", "-impl", "vatactor,go-capnp,grpc-go", "-scenarios", "echo,stream10k,echo/traced",
+		"-duration", "60ms", "-cost-duration", "40ms", "-rounds", "1", "-scale=false"}
+	if err := run(args, &out, &errs); err != nil {
+		t.Fatalf("%v\n%s", err, errs.String())
+	}
+	seen := map[string]bool{}
+	for line := range strings.Lines(out.String()) {
+		if !strings.HasPrefix(line, `{"allocs_per_call"`) {
+			continue
+		}
+		var r struct {
+			Scenario, Impl string
+			Calls          float64  `json:"calls_per_sec"`
+			Allocs         *float64 `json:"allocs_per_call"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		seen[r.Scenario+" "+r.Impl] = true
+		if r.Calls <= 0 {
+			t.Errorf("%s on %s: %v calls/s", r.Scenario, r.Impl, r.Calls)
+		}
+		if inProcess := strings.Contains(r.Scenario, "/"); inProcess != (r.Allocs != nil) {
+			t.Errorf("%s on %s: allocations %v, want them counted only in one process", r.Scenario, r.Impl, r.Allocs)
+		}
+	}
+	for _, want := range []string{"echo vatactor", "echo go-capnp", "echo grpc-go", "stream10k vatactor", "stream10k grpc-go", "echo/traced vatactor"} {
+		if !seen[want] {
+			t.Errorf("no result for %s in:\n%s", want, out.String())
+		}
+	}
+}
