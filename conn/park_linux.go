@@ -25,13 +25,15 @@ import (
 // reader then waits in its read as a reader that has not rested does.
 type parker struct {
 	mu     sync.Mutex
-	epfd   int // -1 until made; 0 after it failed: the readers rest on goroutines
+	opened bool // the epoll instance was made, or could not be
+	broken bool // no epoll (it could not be made, or failed): the readers rest on goroutines
+	epfd   int
 	wakefd int // an eventfd that stops poll when the registry empties
 	conns  map[uintptr]*Conn
 	poll   bool // a poll goroutine runs
 }
 
-var readers = parker{epfd: -1}
+var readers parker
 
 func connKey(c *Conn) uintptr { return uintptr(unsafe.Pointer(c)) }
 
@@ -44,10 +46,11 @@ func (p *parker) park(c *Conn, raw syscall.RawConn) bool {
 		return false
 	}
 	p.mu.Lock()
-	if p.epfd < 0 {
+	if !p.opened {
+		p.opened = true
 		p.open()
 	}
-	if p.epfd == 0 {
+	if p.broken {
 		p.mu.Unlock()
 		return false
 	}
@@ -82,7 +85,7 @@ func (p *parker) park(c *Conn, raw syscall.RawConn) bool {
 func (p *parker) open() {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
-		p.epfd = 0
+		p.broken = true
 		return
 	}
 	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
@@ -91,7 +94,7 @@ func (p *parker) open() {
 	}
 	if err != nil {
 		_ = unix.Close(epfd)
-		p.epfd = 0
+		p.broken = true
 		return
 	}
 	p.epfd, p.wakefd, p.conns = epfd, wakefd, make(map[uintptr]*Conn)
@@ -158,7 +161,7 @@ func (p *parker) failed() {
 	for k := range p.conns {
 		keys = append(keys, k)
 	}
-	p.epfd = 0
+	p.broken = true
 	p.mu.Unlock()
 	for _, k := range keys {
 		p.wake(k)
