@@ -166,6 +166,22 @@ func TestSweep(t *testing.T) {
 	}
 }
 
+// TestSweepPlotsEmpty: a sweep that measured nothing of a kind draws no
+// figure of it (an empty log axis would not draw), and the others still.
+func TestSweepPlotsEmpty(t *testing.T) {
+	dir := t.TempDir()
+	s := &sweepResult{conns: []sweepPoint{{impl: implVatactor, x: 1, callsPerSec: 100, p99us: 50}, {impl: implVatactor, x: 10, callsPerSec: 300, p99us: 80}}}
+	if err := s.plot(dir); err != nil {
+		t.Fatal(err)
+	}
+	for f, want := range map[string]bool{"conns-calls.png": true, "conns-p99.png": true, "inflight-calls.png": false, "idle-bytes.png": false} {
+		_, err := os.Stat(filepath.Join(dir, f))
+		if got := err == nil; got != want {
+			t.Errorf("%s drawn: %v, want %v", f, got, want)
+		}
+	}
+}
+
 // TestSweepRanges: the sweep measures the ranges bench/README.md states —
 // calls in flight from 1 to 1,024, connections from 1 to 10,000, idle
 // connections from 100 to 10,000 (TestSweep runs it on smaller ones).

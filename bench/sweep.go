@@ -157,6 +157,9 @@ func (s *sweepResult) plot(dir string) error {
 		return out
 	}
 	draw := func(file, title, x, y string, ss []series, logY bool) error {
+		if len(ss) == 0 {
+			return nil // nothing measured (a log axis cannot be drawn empty)
+		}
 		p := plot.New()
 		p.Title.Text = title
 		p.X.Label.Text = x
