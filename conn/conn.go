@@ -624,9 +624,7 @@ func (c *Conn) readLoop() {
 			return
 		}
 		if err != nil {
-			rd := &readerDone{err: err, at: time.Now()}
-			c.postInternal(*rd)   // also while the end runs: it must know the peer has gone
-			c.readEnded.Store(rd) // after: once set, the readerDone is queued behind every frame
+			c.readFailed(err)
 			return
 		}
 		n := recvBytes(f)
@@ -634,28 +632,46 @@ func (c *Conn) readLoop() {
 		var posted error
 		switch {
 		case f.finish.ok:
-			if posted = c.postHere(f.finish.post()); posted != nil {
-				c.in.release(n)
-				if c.trace {
-					c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", f.finish.describe())
-				}
-			}
-			continue
+			posted = c.postHere(f.finish.post())
 		case f.Sidecar == nil:
 			posted = c.postHere(f.Msg) // most frames: no boxing of the Frame
 		default:
 			posted = c.postHere(inFrame{f: f})
 		}
 		if posted != nil {
-			c.in.release(n)
-			if c.trace {
-				if rm, err := rpccp.ReadRootMessage(f.Msg); err == nil {
-					c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", DescribeMessage(rm))
-				}
-			}
-			f.Msg.Release()
+			c.discard(f, n)
 		}
 	}
+}
+
+// readFailed: the reader's RecvFrame failed with err; the reader ends.
+// (This and discard are out of readLoop, whose frame is on the stack of
+// every call the reader handles in place.)
+//
+//go:noinline
+func (c *Conn) readFailed(err error) {
+	rd := &readerDone{err: err, at: time.Now()}
+	c.postInternal(*rd)   // also while the end runs: it must know the peer has gone
+	c.readEnded.Store(rd) // after: once set, the readerDone is queued behind every frame
+}
+
+// discard drops a frame of n bytes that the actor no longer takes.
+//
+//go:noinline
+func (c *Conn) discard(f Frame, n int64) {
+	c.in.release(n)
+	if f.finish.ok {
+		if c.trace {
+			c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", f.finish.describe())
+		}
+		return
+	}
+	if c.trace {
+		if rm, err := rpccp.ReadRootMessage(f.Msg); err == nil {
+			c.opts.Logger.Debug("capnp recv discarded", "peer", c.opts.Peer, "msg", DescribeMessage(rm))
+		}
+	}
+	f.Msg.Release()
 }
 
 // readerRest, once the connection has come to rest (restPost), asks the

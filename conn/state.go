@@ -576,9 +576,7 @@ func (s *state) readerDone(rd readerDone) {
 func (s *state) apply(out []core.Output) {
 	for _, o := range out {
 		if s.c.trace {
-			if _, isLog := o.(*core.Log); !isLog {
-				s.c.opts.Logger.Debug("capnp", "peer", s.c.opts.Peer, "out", core.Describe(o))
-			}
+			s.traceOutput(o)
 		}
 		if len(s.unspawned) > 0 {
 			if _, isSend := o.(*core.Send); !isSend {
@@ -590,40 +588,61 @@ func (s *state) apply(out []core.Output) {
 			s.send(o.Msg)
 		case *core.Deliver:
 			s.deliver(*o)
-		case *core.CancelAnswer:
-			if a := s.answers.At(o.Answer); a != nil {
-				a.span.AddEvent("canceled by the caller")
-				a.ctx.cancel()
-			}
 		case *core.AnswerDone:
 			s.answerDone(o.Answer)
-		case *core.Redirect:
-			s.redirect(*o)
 		case *core.Settle:
 			s.settle(*o)
-		case *core.ImportResolved:
-			s.importResolved(o.ID, o.To)
-		case *core.SpawnChild:
-			if o.Child.Kind == core.QuestionChild {
-				s.questionOnWire(o.Child)
-				continue
-			}
-			s.spawn(o.Child)
-		case *core.StopChild:
-			s.stopChild(o.Child)
-		case *core.Arm:
-			s.arm(*o)
-		case *core.Closing:
-			s.closingStarts()
-		case *core.CloseSocket:
-			s.closeSocket(o.Hard)
-		case *core.Emit:
-			s.event(o.Event)
-		case *core.Log:
-			s.c.opts.Logger.Log(nil, o.Level, o.Msg, append([]any{"peer", s.c.opts.Peer}, o.Args...)...)
+		default:
+			s.applyRare(o)
 		}
 	}
 	s.spawnQuestions()
+}
+
+// traceOutput logs an output of the core at debug level.
+//
+//go:noinline
+func (s *state) traceOutput(o core.Output) {
+	if _, isLog := o.(*core.Log); !isLog {
+		s.c.opts.Logger.Debug("capnp", "peer", s.c.opts.Peer, "out", core.Describe(o))
+	}
+}
+
+// applyRare is apply for every output but those of a call's usual path:
+// kept out of apply, whose frame is on the stack of every call a reader
+// handles in place.
+//
+//go:noinline
+func (s *state) applyRare(o core.Output) {
+	switch o := o.(type) {
+	case *core.CancelAnswer:
+		if a := s.answers.At(o.Answer); a != nil {
+			a.span.AddEvent("canceled by the caller")
+			a.ctx.cancel()
+		}
+	case *core.Redirect:
+		s.redirect(*o)
+	case *core.ImportResolved:
+		s.importResolved(o.ID, o.To)
+	case *core.SpawnChild:
+		if o.Child.Kind == core.QuestionChild {
+			s.questionOnWire(o.Child)
+			return
+		}
+		s.spawn(o.Child)
+	case *core.StopChild:
+		s.stopChild(o.Child)
+	case *core.Arm:
+		s.arm(*o)
+	case *core.Closing:
+		s.closingStarts()
+	case *core.CloseSocket:
+		s.closeSocket(o.Hard)
+	case *core.Emit:
+		s.event(o.Event)
+	case *core.Log:
+		s.c.opts.Logger.Log(nil, o.Level, o.Msg, append([]any{"peer", s.c.opts.Peer}, o.Args...)...)
+	}
 }
 
 // arm sets the timer of a deadline; the newest replaces the last.
