@@ -153,28 +153,29 @@ func measureProcess(sc scenario, impl string, s setup, d time.Duration, r *resul
 		}
 		return fmt.Errorf("%s on %s: %w", sc.name, impl, err)
 	}
-	if err := addClientReport(r, out, sc.calls); err != nil {
+	run, err := parseClientReport(out)
+	if err != nil {
 		return fmt.Errorf("%s on %s: the client process printed %.200q: %w", sc.name, impl, out, err)
 	}
+	r.add(run, sc.calls)
 	// The client's allocations are another process's, and a server's are
 	// only half of a call's: not counted.
 	r.foreign = true
 	return nil
 }
 
-// addClientReport adds a client process's report to r; calls is how many
-// calls an op counts for.
-func addClientReport(r *result, out []byte, calls int) error {
+// parseClientReport reads a client process's report.
+func parseClientReport(out []byte) (*opsRun, error) {
 	lines := strings.SplitN(string(out), "\n", 3)
 	if len(lines) < 2 {
-		return errors.New("no latency line")
+		return nil, errors.New("no latency line")
 	}
-	var ops uint64
+	run := &opsRun{}
 	var elapsed int64
-	if _, err := fmt.Sscanf(lines[0], "ops %d elapsed_ns %d", &ops, &elapsed); err != nil {
-		return err
+	if _, err := fmt.Sscanf(lines[0], "ops %d elapsed_ns %d", &run.ops, &elapsed); err != nil {
+		return nil, err
 	}
-	var lat hist
+	run.elapsed = time.Duration(elapsed)
 	for _, f := range strings.Fields(lines[1]) {
 		ns, count, many := strings.Cut(f, "*")
 		v, err := strconv.ParseInt(ns, 10, 64)
@@ -183,19 +184,12 @@ func addClientReport(r *result, out []byte, calls int) error {
 			k, err = strconv.ParseUint(count, 10, 64)
 		}
 		if err != nil {
-			return fmt.Errorf("latency %q: %w", f, err)
+			return nil, fmt.Errorf("latency %q: %w", f, err)
 		}
-		for range k {
-			lat.add(time.Duration(v))
-		}
+		run.lat.addN(time.Duration(v), k)
 	}
-	if lat.n != ops {
-		return fmt.Errorf("%d latencies for %d ops", lat.n, ops)
+	if run.lat.n != run.ops {
+		return nil, fmt.Errorf("%d latencies for %d ops", run.lat.n, run.ops)
 	}
-	r.lat.merge(&lat)
-	r.ops += ops
-	r.calls += ops * uint64(calls)
-	r.elapsed += time.Duration(elapsed)
-	r.roundRates = append(r.roundRates, float64(ops*uint64(calls))/time.Duration(elapsed).Seconds())
-	return nil
+	return run, nil
 }

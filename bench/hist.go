@@ -40,12 +40,15 @@ func histLow(i int) uint64 {
 	return m << e
 }
 
-func (h *hist) add(d time.Duration) {
+func (h *hist) add(d time.Duration) { h.addN(d, 1) }
+
+// addN adds n samples of d.
+func (h *hist) addN(d time.Duration, n uint64) {
 	if d < 0 {
 		d = 0
 	}
-	h.counts[histBucket(uint64(d))]++
-	h.n++
+	h.counts[histBucket(uint64(d))] += n
+	h.n += n
 }
 
 func (h *hist) merge(o *hist) {

@@ -330,15 +330,21 @@ func measure(sc scenario, impl string, s setup, d time.Duration, r *result) erro
 	if err != nil {
 		return fmt.Errorf("%s on %s: %w", sc.name, impl, err)
 	}
+	r.add(run, sc.calls)
+	return nil
+}
+
+// add adds one round's run to r; calls is how many calls an op counts
+// for.
+func (r *result) add(run *opsRun, calls int) {
 	r.elapsed += run.elapsed
 	r.mallocs += run.mallocs
 	r.bytes += run.bytes
 	r.ops += run.ops
-	calls := run.ops * uint64(sc.calls)
-	r.calls += calls
+	n := run.ops * uint64(calls)
+	r.calls += n
 	r.lat.merge(&run.lat)
-	r.roundRates = append(r.roundRates, float64(calls)/run.elapsed.Seconds())
-	return nil
+	r.roundRates = append(r.roundRates, float64(n)/run.elapsed.Seconds())
 }
 
 // warmupOps is how many ops each of sc's workers does before the clock
@@ -364,7 +370,7 @@ func clientOps(sc scenario, impl string, benches []schema.Bench, grpc []*grpcBen
 }
 
 // opsRun is what the workers of one measurement did, and what this
-// process allocated meanwhile.
+// process allocated meanwhile (nothing counted for a client process's).
 type opsRun struct {
 	elapsed        time.Duration
 	ops            uint64

@@ -107,23 +107,31 @@ func (p *parker) open() {
 func (p *parker) unpark(c *Conn) { p.wake(connKey(c)) }
 
 // wake takes the connection at key out of the registry, if it is there,
-// and starts its reader. When the registry empties, poll is told to stop.
+// and starts its reader. When that empties the registry, poll is told to
+// stop (it sees so itself after its own wakes: take).
 func (p *parker) wake(key uintptr) {
+	if empty := p.take(key); empty {
+		var one [8]byte
+		one[0] = 1
+		_, _ = unix.Write(p.wakefd, one[:])
+	}
+}
+
+// take takes the connection at key out of the registry, if it is there,
+// starts its reader, and reports whether the registry is now empty with
+// poll running.
+func (p *parker) take(key uintptr) (empty bool) {
 	p.mu.Lock()
 	c := p.conns[key]
 	if c != nil {
 		delete(p.conns, key)
 	}
-	empty := len(p.conns) == 0 && p.poll
+	empty = len(p.conns) == 0 && p.poll
 	p.mu.Unlock()
-	if empty {
-		var one [8]byte
-		one[0] = 1
-		_, _ = unix.Write(p.wakefd, one[:])
-	}
 	if c != nil {
 		go c.readLoop()
 	}
+	return empty
 }
 
 // run is the poll goroutine: it waits for the parked sockets and wakes
@@ -143,7 +151,7 @@ func (p *parker) run() {
 				_, _ = unix.Read(p.wakefd, buf[:])
 				continue
 			}
-			p.wake(key)
+			p.take(key)
 		}
 		p.mu.Lock()
 		if len(p.conns) == 0 {
@@ -166,7 +174,7 @@ func (p *parker) failed() {
 	p.broken = true
 	p.mu.Unlock()
 	for _, k := range keys {
-		p.wake(k)
+		p.take(k) // on the poll goroutine, which stops: nothing to tell it
 	}
 	p.mu.Lock()
 	p.poll = false

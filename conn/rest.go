@@ -50,12 +50,16 @@ func (b *restBackoff) delay() time.Duration { return restDelay << b.shift }
 // armed: the rest timer is armed now.
 func (b *restBackoff) armed() { b.stirred = false }
 
-// frame: a frame came at at.
-func (b *restBackoff) frame(at time.Duration) {
+// frame: a frame came. It reports whether the connection was resting,
+// when the caller tells woke the time (so that a frame of a connection
+// that is not resting reads no clock).
+func (b *restBackoff) frame() (resting bool) {
 	b.stirred = true
-	if b.restedAt == 0 {
-		return
-	}
+	return b.restedAt != 0
+}
+
+// woke: the first frame after a rest came at at.
+func (b *restBackoff) woke(at time.Duration) {
 	if gap := time.Duration(millis(at)-b.restedAt) * time.Millisecond; gap < restSoon {
 		// At least twice the quiet time the rest was woken after, so
 		// that a connection called at a steady rate stops resting after

@@ -12,7 +12,12 @@ import (
 // timer was armed puts the rest off.
 func TestRestBackoff(t *testing.T) {
 	var b restBackoff
-	at := time.Second // the connection's clock
+	at := time.Second                 // the connection's clock
+	frame := func(at time.Duration) { // as state.frame tells it
+		if b.frame() {
+			b.woke(at)
+		}
+	}
 	rest := func() {
 		t.Helper()
 		b.armed()
@@ -24,14 +29,14 @@ func TestRestBackoff(t *testing.T) {
 	if b.delay() != restDelay {
 		t.Fatalf("first delay %v, want %v", b.delay(), restDelay)
 	}
-	b.frame(at) // frames before any rest change nothing
+	frame(at) // frames before any rest change nothing
 	if b.delay() != restDelay {
 		t.Fatalf("delay after a frame with no rest before it: %v, want %v", b.delay(), restDelay)
 	}
 	for i := 1; i <= maxRestShift+2; i++ {
 		rest()
 		at += restDelay / 2 // woken at once: the delay doubles
-		b.frame(at)
+		frame(at)
 		want := restDelay << min(i, maxRestShift)
 		if b.delay() != want {
 			t.Fatalf("after %d rests each woken at once: delay %v, want %v", i, b.delay(), want)
@@ -47,7 +52,7 @@ func TestRestBackoff(t *testing.T) {
 		b = restBackoff{shift: uint8(c.shift)}
 		rest()
 		at += c.woken
-		b.frame(at)
+		frame(at)
 		if b.delay() != c.want {
 			t.Fatalf("delay %v, woken %v after a rest: next delay %v, want %v", restDelay<<c.shift, c.woken, b.delay(), c.want)
 		}
@@ -57,17 +62,17 @@ func TestRestBackoff(t *testing.T) {
 	}
 	rest()
 	at += restSoon
-	b.frame(at)
+	frame(at)
 	if b.delay() != restDelay {
 		t.Fatalf("after a rest woken only after restSoon: delay %v, want %v", b.delay(), restDelay)
 	}
-	b.frame(at + time.Millisecond) // not resting: no change
+	frame(at + time.Millisecond) // not resting: no change
 	if b.delay() != restDelay {
 		t.Fatalf("a frame while not resting changed the delay to %v", b.delay())
 	}
 
 	b.armed()
-	b.frame(at)
+	frame(at)
 	if b.due() {
 		t.Fatal("a rest timer is due though a frame came after it was armed")
 	}
@@ -81,7 +86,7 @@ func TestRestBackoff(t *testing.T) {
 	b = restBackoff{}
 	wrap := time.Duration(1<<32) * time.Millisecond
 	b.rested(wrap - time.Millisecond)
-	b.frame(wrap + 5*time.Millisecond)
+	frame(wrap + 5*time.Millisecond)
 	if b.delay() != 2*restDelay {
 		t.Fatalf("a rest woken 6 ms on across the clock's wrap: delay %v, want %v", b.delay(), 2*restDelay)
 	}

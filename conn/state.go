@@ -524,7 +524,9 @@ func (s *state) frame(f Frame) {
 		s.core.SetPeerOurs()
 	}
 	s.traceFrameIn(f.Sidecar)
-	s.restBack.frame(s.sinceStart())
+	if s.restBack.frame() {
+		s.restBack.woke(s.sinceStart())
+	}
 	if fin := f.finish; fin.ok {
 		if s.c.trace {
 			s.c.opts.Logger.Debug("capnp recv", "peer", s.c.opts.Peer, "msg", fin.describe())
