@@ -1,12 +1,15 @@
 package conn
 
 import (
+	"bytes"
 	"runtime"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"capnproto.org/go/capnp/v3"
+	rpccp "capnproto.org/go/capnp/v3/std/capnp/rpc"
 )
 
 // TestCloseDuringTimerWrite: the lazy frames' timer writes them inline,
@@ -86,5 +89,78 @@ func TestLargeMessagesReuseBuffers(t *testing.T) {
 	// detector sync.Pool drops one Put in four on purpose.
 	if grew > n/2*bucket {
 		t.Fatalf("%d messages of %d bytes allocated %d bytes: their buffers are not reused", n, size, grew)
+	}
+}
+
+// TestSendArenaWritesNoStaleBytes: an outgoing message's buffer goes back
+// to the pool unzeroed (sendArena), so the next message may be built in
+// a buffer full of an earlier one's bytes. Built that way, a message must
+// encode to exactly the bytes it has when built in fresh, zeroed memory:
+// nothing of what the buffer held before reaches the wire. Each size is
+// built over a buffer filled with 0xA5 just before its release, until
+// one has been built over a reused buffer.
+func TestSendArenaWritesNoStaleBytes(t *testing.T) {
+	for _, size := range []int{0, 3, 100, 5 << 10, 70 << 10, 1<<20 + 9} {
+		payload := make([]byte, size)
+		for i := range payload {
+			payload[i] = byte(i % 7) // never 0xA5
+		}
+		build := func(msg *capnp.Message, m rpccp.Message) []byte {
+			t.Helper()
+			call, err := m.NewCall()
+			if err != nil {
+				t.Fatal(err)
+			}
+			call.SetQuestionId(7)
+			call.SetMethodId(3)
+			p, err := call.NewParams()
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := capnp.NewData(p.Segment(), payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.SetContent(d.ToPtr()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.NewCapTable(3); err != nil { // zeroed descriptors, left unset
+				t.Fatal(err)
+			}
+			b, err := msg.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+		fresh, seg := capnp.NewSingleSegmentMessage(make([]byte, 0, 2*size+4096))
+		fm, err := rpccp.NewRootMessage(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := build(fresh, fm)
+
+		reused := 0
+		var last *byte
+		for i := 0; i < 50 && reused < 3; i++ {
+			msg, m := newMessage()
+			got := build(msg, m)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("a message of %d bytes of data built in a reused buffer encodes differently from one built in zeroed memory", size)
+			}
+			data := msg.Arena.Segment(0).Data()
+			if unsafe.SliceData(data) == last {
+				reused++
+			}
+			full := data[:cap(data)]
+			for j := range full {
+				full[j] = 0xA5
+			}
+			last = unsafe.SliceData(data)
+			recycleMessage(msg)
+		}
+		if reused == 0 {
+			t.Fatalf("no message of %d bytes of data was built in a reused buffer: the test did not test", size)
+		}
 	}
 }
