@@ -21,8 +21,10 @@ import (
 //	run ADDRESS OP CONNS WORKERS WARMUP MILLIS
 //
 // (OP is a scenario's cxx name) and print the same report: a line
-// "ops N elapsed_ns NS", then a line of latencies in nanoseconds, each
-// "NS" (one op) or "NS*COUNT" (COUNT ops in NS's histogram bucket).
+// "ops N elapsed_ns NS cpu_ns NS" (cpu_ns, the machine's busy time over
+// the window, where it could be read: cpu.go), then a line of latencies
+// in nanoseconds, each "NS" (one op) or "NS*COUNT" (COUNT ops in NS's
+// histogram bucket).
 
 // clientEnv, set to an implementation's name, makes this program (or its
 // test binary) a client process of that implementation.
@@ -77,7 +79,11 @@ func clientMain(impl string, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "ops %d elapsed_ns %d\n", run.ops, run.elapsed.Nanoseconds())
+	fmt.Fprintf(out, "ops %d elapsed_ns %d", run.ops, run.elapsed.Nanoseconds())
+	if run.cpuKnown {
+		fmt.Fprintf(out, " cpu_ns %d", run.cpu.Nanoseconds())
+	}
+	fmt.Fprintln(out)
 	var line strings.Builder
 	for i, c := range run.lat.counts {
 		if c > 0 {
@@ -171,11 +177,17 @@ func parseClientReport(out []byte) (*opsRun, error) {
 		return nil, errors.New("no latency line")
 	}
 	run := &opsRun{}
-	var elapsed int64
+	var elapsed, cpu int64
 	if _, err := fmt.Sscanf(lines[0], "ops %d elapsed_ns %d", &run.ops, &elapsed); err != nil {
 		return nil, err
 	}
 	run.elapsed = time.Duration(elapsed)
+	if _, cpuPart, ok := strings.Cut(lines[0], " cpu_ns "); ok {
+		if _, err := fmt.Sscanf(cpuPart, "%d", &cpu); err != nil || cpu < 0 {
+			return nil, fmt.Errorf("cpu_ns %q: not a duration", cpuPart)
+		}
+		run.cpu, run.cpuKnown = time.Duration(cpu), true
+	}
 	for _, f := range strings.Fields(lines[1]) {
 		ns, count, many := strings.Cut(f, "*")
 		v, err := strconv.ParseInt(ns, 10, 64)

@@ -54,6 +54,7 @@ func floor(d time.Duration) (*result, error) {
 			return nil, err
 		}
 	}
+	busy := openBusyWindow()
 	t0 := time.Now()
 	for time.Since(t0) < d {
 		t := time.Now()
@@ -66,6 +67,9 @@ func floor(d time.Duration) (*result, error) {
 	}
 	r.elapsed = time.Since(t0)
 	r.calls = r.ops
+	if cpu, ok := busy.took(); ok {
+		r.cpu, r.cpuCalls = cpu, r.calls
+	}
 	c.Close()
 	return r, <-served
 }

@@ -24,6 +24,7 @@ import (
 	"runtime/pprof"
 	"runtime/trace"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -293,6 +294,15 @@ func (r *report) find(scenario, impl string) *result {
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
+// cpuColumn is res's machine busy time per call in µs, or "-".
+func cpuColumn(res *result) string {
+	cpu, ok := res.cpuPerCall()
+	if !ok {
+		return "-"
+	}
+	return strconv.FormatFloat(us(cpu), 'f', 1, 64)
+}
+
 // round keeps figures readable in JSON.
 func round(x float64, digits int) float64 {
 	p := math.Pow10(digits)
@@ -301,18 +311,18 @@ func round(x float64, digits int) float64 {
 
 func (r *report) print(out io.Writer) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\timpl\tcalls/s\tp50 µs\tp99 µs\tallocs/call\tbytes/call\t")
+	fmt.Fprintln(tw, "scenario\timpl\tcalls/s\tp50 µs\tp99 µs\tcpu µs/call\tallocs/call\tbytes/call\t")
 	if f := r.floor; f != nil {
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t-\t-\t\n", f.scenario, f.impl, f.callsPerSec(), us(f.lat.quantile(0.5)), us(f.lat.quantile(0.99)))
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t%s\t-\t-\t\n", f.scenario, f.impl, f.callsPerSec(), us(f.lat.quantile(0.5)), us(f.lat.quantile(0.99)), cpuColumn(f))
 	}
 	for _, res := range r.results {
 		if res.foreign {
-			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t-\t-\t\n", res.scenario, res.impl, res.callsPerSec(),
-				us(res.lat.quantile(0.5)), us(res.lat.quantile(0.99)))
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t%s\t-\t-\t\n", res.scenario, res.impl, res.callsPerSec(),
+				us(res.lat.quantile(0.5)), us(res.lat.quantile(0.99)), cpuColumn(res))
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t%.1f\t%.0f\t\n", res.scenario, res.impl, res.callsPerSec(),
-			us(res.lat.quantile(0.5)), us(res.lat.quantile(0.99)), res.allocsPerCall(), res.bytesPerCall())
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.1f\t%.1f\t%s\t%.1f\t%.0f\t\n", res.scenario, res.impl, res.callsPerSec(),
+			us(res.lat.quantile(0.5)), us(res.lat.quantile(0.99)), cpuColumn(res), res.allocsPerCall(), res.bytesPerCall())
 	}
 	tw.Flush()
 	if len(r.idle) > 0 {
@@ -354,6 +364,9 @@ func (r *report) print(out io.Writer) {
 		}
 		if res.foreign { // a C++ client's: not counted
 			line["allocs_per_call"], line["bytes_per_call"] = nil, nil
+		}
+		if cpu, ok := res.cpuPerCall(); ok {
+			line["cpu_us_per_call"] = round(us(cpu), 2)
 		}
 		_ = enc.Encode(line)
 	}

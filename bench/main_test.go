@@ -67,6 +67,9 @@ func TestCommand(t *testing.T) {
 					t.Errorf("result without %q: %s", k, line)
 				}
 			}
+			if _, measured := machineBusy(); measured && obj["cpu_us_per_call"] == nil {
+				t.Errorf("result without the machine's busy time per call: %s", line)
+			}
 		}
 	}
 	if !sawTable {
@@ -131,6 +134,9 @@ func TestCommandCxx(t *testing.T) {
 		var impl string
 		_ = json.Unmarshal(obj["impl"], &impl)
 		impls[impl]++
+		if obj["cpu_us_per_call"] == nil { // the C++ client reports it as the Go one does
+			t.Errorf("%s: no cpu_us_per_call: %s", impl, line)
+		}
 	}
 	for _, impl := range []string{"vatactor", "c++", "vatactor>c++", "c++>vatactor"} {
 		if impls[impl] != 4 {

@@ -259,6 +259,19 @@ type result struct {
 	foreign bool
 	// roundRates: calls/s of each round, in order.
 	roundRates []float64
+	// cpu is the machine's busy time over the rounds whose cpu was
+	// measured (cpu.go), cpuCalls their calls.
+	cpu      time.Duration
+	cpuCalls uint64
+}
+
+// cpuPerCall is the machine's busy time per call, and whether it was
+// measured.
+func (r *result) cpuPerCall() (time.Duration, bool) {
+	if r.cpuCalls == 0 {
+		return 0, false
+	}
+	return r.cpu / time.Duration(r.cpuCalls), true
 }
 
 // pairedCost is a feature's cost from the rounds of the scenario with it
@@ -345,6 +358,10 @@ func (r *result) add(run *opsRun, calls int) {
 	r.calls += n
 	r.lat.merge(&run.lat)
 	r.roundRates = append(r.roundRates, float64(n)/run.elapsed.Seconds())
+	if run.cpuKnown {
+		r.cpu += run.cpu
+		r.cpuCalls += n
+	}
 }
 
 // warmupOps is how many ops each of sc's workers does before the clock
@@ -376,6 +393,8 @@ type opsRun struct {
 	ops            uint64
 	lat            hist
 	mallocs, bytes uint64
+	cpu            time.Duration // the machine's busy time meanwhile (cpu.go)
+	cpuKnown       bool
 }
 
 // runOps runs workers goroutines on each of ops: each does warmup ops,
@@ -422,12 +441,14 @@ func runOps(ops []func(context.Context) error, workers, warmup int, d time.Durat
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
+	busy := openBusyWindow()
 	t0 := time.Now()
 	close(start)
 	time.Sleep(d)
 	stop.Store(true)
 	done.Wait()
 	run := &opsRun{elapsed: time.Since(t0)}
+	run.cpu, run.cpuKnown = busy.took()
 	runtime.ReadMemStats(&after)
 	run.mallocs = after.Mallocs - before.Mallocs
 	run.bytes = after.TotalAlloc - before.TotalAlloc

@@ -55,6 +55,7 @@ func (r *report) summary() summary {
 			if p := g.lat.quantile(0.5); p > 0 {
 				m["p50_ratio_vs_grpc"] = round(float64(ours.lat.quantile(0.5))/float64(p), 3)
 			}
+			setCPURatio(m, "cpu_ratio_vs_grpc", ours, g)
 			if sc.name == "echo" {
 				add("calls/s echo (vatactor/gRPC-Go)", m["speedup_vs_grpc"], "≥", 3)
 			}
@@ -65,6 +66,7 @@ func (r *report) summary() summary {
 			if p := cx.lat.quantile(0.5); p > 0 {
 				m["p50_ratio_vs_cxx"] = round(float64(ours.lat.quantile(0.5))/float64(p), 3)
 			}
+			setCPURatio(m, "cpu_ratio_vs_cxx", ours, cx)
 			switch sc.name {
 			case "echo", "inflight64", "conns100x8", "payload1MiB":
 				add("calls/s "+sc.name+" (vatactor/C++)", m["speedup_vs_cxx"], "≥", 1)
@@ -81,6 +83,7 @@ func (r *report) summary() summary {
 		if p := theirs.lat.quantile(0.5); p > 0 {
 			m["p50_ratio"] = round(float64(ours.lat.quantile(0.5))/float64(p), 3)
 		}
+		setCPURatio(m, "cpu_ratio", ours, theirs)
 		s.byScenario[sc.name] = m
 		add("allocs/call "+sc.name+" (vatactor/go-capnp)", m["alloc_ratio"], "≤", 0.5)
 		switch sc.name {
@@ -112,4 +115,14 @@ func (r *report) summary() summary {
 		add("idle peers that saw a reset, not EOF", float64(idle.PeersReset+idle.PeersOther), "≤", 0)
 	}
 	return s
+}
+
+// setCPURatio sets m[key] to the machine's busy time per call of ours
+// over theirs, where both were measured.
+func setCPURatio(m map[string]float64, key string, ours, theirs *result) {
+	o, ok := ours.cpuPerCall()
+	t, tok := theirs.cpuPerCall()
+	if ok && tok && t > 0 {
+		m[key] = round(float64(o)/float64(t), 3)
+	}
 }

@@ -7,9 +7,10 @@
 //   bench run HOST:PORT SCENARIO CONNS WORKERS WARMUP MILLIS
 //       CONNS connections, WORKERS calls in flight on each: each worker
 //       does WARMUP ops, then all repeat the op for MILLIS ms; print
-//       "ops N elapsed_ns T" and then one line with each op's latency in
-//       ns. SCENARIO: echo64, echo1MiB, put1MiB, get1MiB, pipeline3,
-//       stream10k, tree.
+//       "ops N elapsed_ns T cpu_ns C" (C: the machine's busy time over
+//       those MILLIS ms, from /proc/stat, where it can be read) and then
+//       one line with each op's latency in ns. SCENARIO: echo64,
+//       echo1MiB, put1MiB, get1MiB, pipeline3, stream10k, tree.
 
 #include "bench.capnp.h"
 #include <capnp/ez-rpc.h>
@@ -179,6 +180,18 @@ struct Worker {
   std::vector<int64_t> lat;
 };
 
+// The machine's busy time since boot in ns (user, nice, system, irq and
+// softirq of /proc/stat's "cpu" line, in ticks of 10 ms), or -1.
+static long long machineBusyNs() {
+  FILE* f = fopen("/proc/stat", "r");
+  if (f == nullptr) return -1;
+  unsigned long long user, nice, system, idle, iowait, irq, softirq;
+  int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu", &user, &nice, &system, &idle, &iowait, &irq, &softirq);
+  fclose(f);
+  if (n != 7) return -1;
+  return (long long)(user + nice + system + irq + softirq) * 10000000LL;
+}
+
 static kj::Promise<void> warm(Op& op, Bench::Client b, int n) {
   if (n == 0) return kj::READY_NOW;
   return op.run(b).then([&op, b, n]() mutable { return warm(op, b, n - 1); });
@@ -211,6 +224,7 @@ static int runClient(kj::StringPtr addr, kj::StringPtr scenario, int conns, int 
     kj::joinPromises(ps.releaseAsArray()).wait(ws);
   }
   std::vector<Worker> ws2(benches.size() * workers);
+  long long busy0 = machineBusyNs();
   auto start = now();
   auto end = start + millis * kj::MILLISECONDS;
   {
@@ -221,9 +235,12 @@ static int runClient(kj::StringPtr addr, kj::StringPtr scenario, int conns, int 
     kj::joinPromises(ps.releaseAsArray()).wait(ws);
   }
   auto elapsed = (now() - start) / kj::NANOSECONDS;
+  long long busy1 = machineBusyNs();
   uint64_t ops = 0;
   for (auto& w: ws2) ops += w.ops;
-  printf("ops %llu elapsed_ns %lld\n", (unsigned long long)ops, (long long)elapsed);
+  printf("ops %llu elapsed_ns %lld", (unsigned long long)ops, (long long)elapsed);
+  if (busy0 >= 0 && busy1 >= busy0) printf(" cpu_ns %lld", busy1 - busy0);
+  printf("\n");
   for (auto& w: ws2)
     for (auto l: w.lat) printf("%lld ", (long long)l);
   printf("\n");
