@@ -506,7 +506,7 @@ func (a *sendArena) Release() {
 // exchanged for one that starts offPageBy bytes into a page, once: the
 // pool then holds that one.
 const (
-	offPageFrom = 64 << 10 // the least buffer exchanged
+	offPageFrom = 2 * copyLimit // the least buffer exchanged: the smallest a segment written from where it is can be in
 	offPageBy   = 2 << 10
 	pageSize    = 4 << 10
 )
