@@ -35,3 +35,10 @@ func socketReset(c net.Conn) bool {
 	}
 	return state == tcpClose
 }
+
+// writevNow writes vec to fd once, without waiting (the socket is
+// non-blocking): what the socket took, and why it stopped, as writev(2).
+func writevNow(fd uintptr, vec [][]byte) (int, error) { return unix.Writev(int(fd), vec) }
+
+// haveWritevNow: writevNow is there.
+const haveWritevNow = true

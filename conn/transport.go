@@ -116,6 +116,7 @@ type streamTransport struct {
 	// bytes (Options.WriteTimeout; 0: none).
 	writeTimeout time.Duration
 	try          tryWrite              // trySend's write in progress
+	tryVec       net.Buffers           // trySendVec's pieces, kept between writes
 	tryFn        func(fd uintptr) bool // try.write, bound once
 	finSent      atomic.Bool           // CloseWrite was called (readEnd)
 	peerEnded    atomic.Bool           // the peer said it is ending (readEnd)
@@ -280,7 +281,7 @@ func (t *streamTransport) writeError(err error) error {
 // releaseBuffers drops the write buffers of an idle connection: the
 // writer goroutine as it exits, or the actor (sendQueue.trim) while no
 // writer runs.
-func (t *streamTransport) releaseBuffers() { t.buf, t.vec, t.sc = nil, nil, nil }
+func (t *streamTransport) releaseBuffers() { t.buf, t.vec, t.sc, t.tryVec = nil, nil, nil, nil }
 
 func (t *streamTransport) setWriteTimeout(d time.Duration) { t.writeTimeout = d }
 

@@ -27,8 +27,9 @@ func rawConn(c net.Conn) syscall.RawConn {
 // trySend writes frames without waiting for the socket, on the caller's
 // goroutine (which must be the only writer then): handled is false, and
 // nothing written, when it cannot (no raw socket, or a segment large
-// enough for the vectored write). Otherwise rest is a copy of what the
-// socket did not take, for the writer goroutine, and err a write error.
+// enough for the vectored write where that cannot be done at once,
+// trySendVec). Otherwise rest is a copy of what the socket did not take,
+// for the writer goroutine, and err a write error.
 func (t *streamTransport) trySend(frames []Frame) (handled bool, rest []byte, err error) {
 	if t.raw == nil {
 		return false, nil, nil
@@ -44,7 +45,7 @@ func (t *streamTransport) trySend(frames []Frame) (handled bool, rest []byte, er
 		}
 		if slices.ContainsFunc(segs, func(s []byte) bool { return len(s) > copyLimit }) {
 			putTryBuf(bp, buf)
-			return false, nil, nil
+			return t.trySendVec(frames)
 		}
 		buf = appendSegments(buf, segs)
 	}
@@ -66,6 +67,98 @@ func (t *streamTransport) trySend(frames []Frame) (handled bool, rest []byte, er
 		err = t.writeError(err)
 	}
 	return true, rest, err
+}
+
+// trySendVec is trySend for a batch with a large segment: one vectored
+// write (writev) without waiting, the large segments written from where
+// they are, as SendFrames writes them. A socket with room for the batch
+// (the common case: its send buffer grows to megabytes) takes it all
+// here, and the frames go out from the goroutine that made them, with no
+// hand-off to the writer goroutine; what it does not take is copied out
+// as rest, as trySend's own rest is. Where the system has no such write
+// (haveWritevNow), or the batch has more pieces than one writev takes,
+// the writer goroutine writes it (handled false).
+func (t *streamTransport) trySendVec(frames []Frame) (handled bool, rest []byte, err error) {
+	if !haveWritevNow {
+		return false, nil, nil
+	}
+	bp := tryBufs.Get().(*[]byte)
+	buf, vec, mark := (*bp)[:0], t.tryVec[:0], 0
+	for _, f := range frames {
+		if buf, vec, mark, err = appendFrameVec(buf, vec, mark, f, &t.sc); err != nil {
+			t.dropTryVec(vec)
+			putTryBuf(bp, buf)
+			return true, nil, err
+		}
+	}
+	if mark < len(buf) {
+		vec = append(vec, buf[mark:])
+	}
+	if len(vec) > maxTryVec {
+		t.dropTryVec(vec)
+		putTryBuf(bp, buf)
+		return false, nil, nil
+	}
+	left := [][]byte(vec)
+	var werr error
+	cerr := t.raw.Write(func(fd uintptr) bool {
+		for len(left) > 0 {
+			n, err := writevNow(fd, left)
+			if n > 0 {
+				left = consume(left, n)
+			}
+			switch {
+			case err == syscall.EINTR:
+				continue
+			case err == syscall.EAGAIN:
+				return true // the socket is full: the rest is the writer's
+			case err != nil:
+				werr = err
+				return true
+			case n == 0 && len(left) > 0:
+				werr = io.ErrShortWrite
+				return true
+			}
+		}
+		return true
+	})
+	if cerr == nil {
+		cerr = werr
+	}
+	if cerr == nil && len(left) > 0 {
+		for _, b := range left {
+			rest = append(rest, b...)
+		}
+	}
+	t.dropTryVec(vec)
+	putTryBuf(bp, buf)
+	if cerr != nil {
+		cerr = t.writeError(cerr)
+	}
+	return true, rest, cerr
+}
+
+// maxTryVec is the most pieces trySendVec writes at once (Linux's
+// IOV_MAX is 1024).
+const maxTryVec = 1024
+
+// dropTryVec keeps vec's storage for the next trySendVec, without its
+// references to the segments.
+func (t *streamTransport) dropTryVec(vec net.Buffers) {
+	clear(vec)
+	t.tryVec = vec[:0]
+}
+
+// consume drops the first n bytes from vec.
+func consume(vec [][]byte, n int) [][]byte {
+	for len(vec) > 0 && n >= len(vec[0]) {
+		n -= len(vec[0])
+		vec = vec[1:]
+	}
+	if len(vec) > 0 && n > 0 {
+		vec[0] = vec[0][n:]
+	}
+	return vec
 }
 
 // tryBufs are the buffers of the actor's inline writes (trySend), shared

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"slices"
 	"testing"
 
 	"capnproto.org/go/capnp/v3"
@@ -13,8 +14,7 @@ import (
 
 // TestTrySend: a write that must not wait takes what the socket accepts
 // and hands back the rest (a copy) when the peer is not reading; the
-// bytes arrive complete and in order once it reads. A frame with a large
-// segment is left to the writer goroutine.
+// bytes arrive complete and in order once it reads.
 func TestTrySend(t *testing.T) {
 	c, peer := tcpPair(t)
 	defer c.Close()
@@ -55,8 +55,67 @@ func TestTrySend(t *testing.T) {
 	if b := <-got; !bytes.Equal(b, want.Bytes()) {
 		t.Fatalf("read %d bytes, want the %d written, in order", len(b), want.Len())
 	}
-	if handled, _, _ := tr.trySend([]Frame{frame(2*copyLimit, 1)}); handled {
-		t.Fatal("trySend took a frame with a large segment")
+}
+
+// TestTrySendVec: frames with large segments are written at once too,
+// the segments from where they are (trySendVec), between small frames,
+// until the socket is full, and the rest comes back as a copy; the bytes
+// arrive complete and in order. Where the system has no such write, the
+// batch is left to the writer goroutine.
+func TestTrySendVec(t *testing.T) {
+	c, peer := tcpPair(t)
+	defer c.Close()
+	defer peer.Close()
+	tr := NewStreamTransport(c, Limits{}).(*streamTransport)
+	frame := func(n, b int) Frame {
+		msg, seg := capnp.NewSingleSegmentMessage(nil)
+		data, _ := capnp.NewData(seg, bytes.Repeat([]byte{byte(b)}, n))
+		_ = msg.SetRoot(data.ToPtr())
+		return Frame{Msg: msg}
+	}
+	if !haveWritevNow {
+		if handled, _, _ := tr.trySend([]Frame{frame(2*copyLimit, 1)}); handled {
+			t.Fatal("trySend took a frame with a large segment without a vectored write")
+		}
+		return
+	}
+	var want bytes.Buffer
+	var rest []byte
+	for i := 0; rest == nil && i < 10000; i++ { // until the socket is full
+		batch := []Frame{frame(100, i), frame(3*copyLimit+8*i, i+1), frame(200, i+2)}
+		for _, f := range batch {
+			b, _ := appendFrame(nil, f)
+			want.Write(b)
+		}
+		handled, r, err := tr.trySend(batch)
+		if !handled || err != nil {
+			t.Fatalf("trySend of a batch with a large segment: handled %v, %v", handled, err)
+		}
+		rest = r
+	}
+	if rest == nil {
+		t.Fatal("the socket never filled")
+	}
+	got := make(chan []byte)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(peer, int64(want.Len())))
+		got <- b
+	}()
+	if err := tr.writeRest(rest); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; !bytes.Equal(b, want.Bytes()) {
+		t.Fatalf("read %d bytes, want the %d written, in order", len(b), want.Len())
+	}
+}
+
+func TestConsume(t *testing.T) {
+	vec := [][]byte{[]byte("ab"), []byte("cde"), []byte("f")}
+	for n, want := range []string{"abcdef", "bcdef", "cdef", "def", "ef", "f", ""} {
+		v := consume(slices.Clone(vec), n)
+		if got := string(bytes.Join(v, nil)); got != want {
+			t.Errorf("consume(%d) = %q, want %q", n, got, want)
+		}
 	}
 }
 

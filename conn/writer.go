@@ -20,9 +20,10 @@ import (
 // handled every message waiting for it (pushQuiet, then kick), so what a
 // run of messages produces under load goes out in one write; with no
 // writer running, kick writes that batch on the actor's goroutine as far
-// as the socket takes it without waiting (Conn.writeInline). A writer
-// goroutine takes over what that cannot write (the socket is full, a
-// segment is large) and exits once it has written everything, where the
+// as the socket takes it without waiting (Conn.writeInline; a large
+// segment from where it is, where the system has a vectored write that
+// does not wait). A writer goroutine takes over what that cannot write
+// (the socket is full) and exits once it has written everything, where the
 // actor can write inline, or after writerIdleTimeout with nothing to
 // write, where it cannot; an idle connection has no writer goroutine.
 //
@@ -335,8 +336,9 @@ func (c *Conn) writeLoop() {
 // the end of a run of its messages when no writer goroutine runs (or on
 // the lazy frames' timer, flushLazy): what the socket accepts at once is
 // written here, without waking another goroutine; what it does not (its
-// buffer is full), or a batch it cannot write so (large segments), goes
-// to a writer goroutine.
+// buffer is full), or a batch it cannot write so (large segments, where
+// the system has no vectored write that does not wait), goes to a writer
+// goroutine.
 func (c *Conn) writeInline(batch []Frame, owner []*answer) {
 	q := &c.out
 	handled, rest, err := c.stream.trySend(batch)
