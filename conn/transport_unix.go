@@ -74,8 +74,10 @@ func (t *streamTransport) trySend(frames []Frame) (handled bool, rest []byte, er
 // they are, as SendFrames writes them. A socket with room for the batch
 // (the common case: its send buffer grows to megabytes) takes it all
 // here, and the frames go out from the goroutine that made them, with no
-// hand-off to the writer goroutine; what it does not take is copied out
-// as rest, as trySend's own rest is. Where the system has no such write
+// hand-off to the writer goroutine; what a socket that took part of it
+// did not take is copied out as rest, as trySend's own rest is, and a
+// batch a full socket took nothing of goes to the writer goroutine as it
+// is (handled false), uncopied. Where the system has no such write
 // (haveWritevNow), or the batch has more pieces than one writev takes,
 // the writer goroutine writes it (handled false).
 func (t *streamTransport) trySendVec(frames []Frame) (handled bool, rest []byte, err error) {
@@ -101,11 +103,12 @@ func (t *streamTransport) trySendVec(frames []Frame) (handled bool, rest []byte,
 	}
 	left := [][]byte(vec)
 	var werr error
+	wrote := false
 	cerr := t.raw.Write(func(fd uintptr) bool {
 		for len(left) > 0 {
 			n, err := writevNow(fd, left)
 			if n > 0 {
-				left = consume(left, n)
+				left, wrote = consume(left, n), true
 			}
 			switch {
 			case err == syscall.EINTR:
@@ -124,6 +127,13 @@ func (t *streamTransport) trySendVec(frames []Frame) (handled bool, rest []byte,
 	})
 	if cerr == nil {
 		cerr = werr
+	}
+	if cerr == nil && !wrote {
+		// The socket took nothing: the writer goroutine writes the
+		// batch as it is, uncopied.
+		t.dropTryVec(vec)
+		putTryBuf(bp, buf)
+		return false, nil, nil
 	}
 	if cerr == nil && len(left) > 0 {
 		for _, b := range left {
