@@ -110,16 +110,8 @@ func (t *streamTransport) trySendVec(frames []Frame) (handled bool, rest []byte,
 			if n > 0 {
 				left, wrote = consume(left, n), true
 			}
-			switch {
-			case err == syscall.EINTR:
-				continue
-			case err == syscall.EAGAIN:
-				return true // the socket is full: the rest is the writer's
-			case err != nil:
-				werr = err
-				return true
-			case n == 0 && len(left) > 0:
-				werr = io.ErrShortWrite
+			var again bool
+			if again, werr = tryWriteStep(n, err, len(left) > 0); !again {
 				return true
 			}
 		}
@@ -201,20 +193,29 @@ func (w *tryWrite) write(fd uintptr) (done bool) {
 		if n > 0 {
 			w.written += n
 		}
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			return true // the socket is full: the rest is the writer's
-		case err != nil:
-			w.err = err
-			return true
-		case n == 0:
-			w.err = io.ErrShortWrite
+		var again bool
+		if again, w.err = tryWriteStep(n, err, w.written < len(w.buf)); !again {
 			return true
 		}
 	}
 	return true
+}
+
+// tryWriteStep reads one write of a socket that must not wait, which
+// wrote n bytes (more: some are left): write again, or stop, the socket
+// full (werr nil) or failed.
+func tryWriteStep(n int, err error, more bool) (again bool, werr error) {
+	switch {
+	case err == syscall.EINTR:
+		return true, nil
+	case err == syscall.EAGAIN:
+		return false, nil // the socket is full: the rest is the writer's
+	case err != nil:
+		return false, err
+	case n == 0 && more:
+		return false, io.ErrShortWrite
+	}
+	return true, nil
 }
 
 // setUserTimeout sets TCP_USER_TIMEOUT where the OS has it (Linux): data
