@@ -84,12 +84,14 @@ func (t *streamTransport) trySendVec(frames []Frame) (handled bool, rest []byte,
 	if !haveWritevNow {
 		return false, nil, nil
 	}
+	// buf ends as the tail of what vec holds (appendFrameVec): the pool
+	// gets the buffer it gave, whole, once vec lets go of it.
 	bp := tryBufs.Get().(*[]byte)
 	buf, vec, mark := (*bp)[:0], t.tryVec[:0], 0
 	for _, f := range frames {
 		if buf, vec, mark, err = appendFrameVec(buf, vec, mark, f, &t.sc); err != nil {
 			t.dropTryVec(vec)
-			putTryBuf(bp, buf)
+			putTryBuf(bp, (*bp)[:0])
 			return true, nil, err
 		}
 	}
@@ -98,7 +100,7 @@ func (t *streamTransport) trySendVec(frames []Frame) (handled bool, rest []byte,
 	}
 	if len(vec) > maxTryVec {
 		t.dropTryVec(vec)
-		putTryBuf(bp, buf)
+		putTryBuf(bp, (*bp)[:0])
 		return false, nil, nil
 	}
 	left := [][]byte(vec)
@@ -124,7 +126,7 @@ func (t *streamTransport) trySendVec(frames []Frame) (handled bool, rest []byte,
 		// The socket took nothing: the writer goroutine writes the
 		// batch as it is, uncopied.
 		t.dropTryVec(vec)
-		putTryBuf(bp, buf)
+		putTryBuf(bp, (*bp)[:0])
 		return false, nil, nil
 	}
 	if cerr == nil && len(left) > 0 {
@@ -133,7 +135,7 @@ func (t *streamTransport) trySendVec(frames []Frame) (handled bool, rest []byte,
 		}
 	}
 	t.dropTryVec(vec)
-	putTryBuf(bp, buf)
+	putTryBuf(bp, (*bp)[:0])
 	if cerr != nil {
 		cerr = t.writeError(cerr)
 	}
