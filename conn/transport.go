@@ -118,6 +118,7 @@ type streamTransport struct {
 	try          tryWrite              // trySend's write in progress
 	tryVec       net.Buffers           // trySendVec's pieces, kept between writes
 	tryFn        func(fd uintptr) bool // try.write, bound once
+	tryVecFn     func(fd uintptr) bool // try.writeVec, bound once
 	finSent      atomic.Bool           // CloseWrite was called (readEnd)
 	peerEnded    atomic.Bool           // the peer said it is ending (readEnd)
 }

@@ -103,22 +103,13 @@ func (t *streamTransport) trySendVec(frames []Frame) (handled bool, rest []byte,
 		putTryBuf(bp, (*bp)[:0])
 		return false, nil, nil
 	}
-	left := [][]byte(vec)
-	var werr error
-	wrote := false
-	cerr := t.raw.Write(func(fd uintptr) bool {
-		for len(left) > 0 {
-			n, err := writevNow(fd, left)
-			if n > 0 {
-				left, wrote = consume(left, n), true
-			}
-			var again bool
-			if again, werr = tryWriteStep(n, err, len(left) > 0); !again {
-				return true
-			}
-		}
-		return true
-	})
+	t.try = tryWrite{vec: vec}
+	if t.tryVecFn == nil {
+		t.tryVecFn = t.try.writeVec // made once, as tryFn
+	}
+	cerr := t.raw.Write(t.tryVecFn)
+	left, wrote, werr := t.try.vec, t.try.written > 0, t.try.err
+	t.try = tryWrite{}
 	if cerr == nil {
 		cerr = werr
 	}
@@ -182,11 +173,27 @@ func putTryBuf(bp *[]byte, buf []byte) {
 }
 
 // tryWrite is one trySend's write on the raw socket, as far as it goes
-// without waiting.
+// without waiting: of buf, or (trySendVec) of vec, which it consumes.
 type tryWrite struct {
 	buf     []byte
+	vec     [][]byte
 	written int
 	err     error
+}
+
+func (w *tryWrite) writeVec(fd uintptr) (done bool) {
+	for len(w.vec) > 0 {
+		n, err := writevNow(fd, w.vec)
+		if n > 0 {
+			w.vec = consume(w.vec, n)
+			w.written += n
+		}
+		var again bool
+		if again, w.err = tryWriteStep(n, err, len(w.vec) > 0); !again {
+			return true
+		}
+	}
+	return true
 }
 
 func (w *tryWrite) write(fd uintptr) (done bool) {
