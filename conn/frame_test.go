@@ -290,17 +290,7 @@ func (c *captureConn) Write(p []byte) (int, error) { return c.out.Write(p) }
 // TestSendFramesVectored: large segments go out uncopied (writev) between
 // copied small frames, and everything reads back in order, intact.
 func TestSendFramesVectored(t *testing.T) {
-	payload := func(n int, b byte) *capnp.Message {
-		msg, seg := capnp.NewSingleSegmentMessage(nil)
-		data, err := capnp.NewData(seg, bytes.Repeat([]byte{b}, n))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := msg.SetRoot(data.ToPtr()); err != nil {
-			t.Fatal(err)
-		}
-		return msg
-	}
+	payload := func(n int, b byte) *capnp.Message { return dataMessage(t, n, b) }
 	frames := []Frame{
 		{Msg: payload(10, 'a')},
 		{Msg: payload(3*copyLimit, 'b')},
@@ -584,4 +574,18 @@ func TestBodyPool(t *testing.T) {
 		}
 	}
 	t.Error("a buffer put back never came out again")
+}
+
+// dataMessage is a message whose root is n bytes of b, as Data.
+func dataMessage(t testing.TB, n int, b byte) *capnp.Message {
+	t.Helper()
+	msg, seg := capnp.NewSingleSegmentMessage(nil)
+	data, err := capnp.NewData(seg, bytes.Repeat([]byte{b}, n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := msg.SetRoot(data.ToPtr()); err != nil {
+		t.Fatal(err)
+	}
+	return msg
 }

@@ -36,7 +36,7 @@ func (t *streamTransport) trySend(frames []Frame) (handled bool, rest []byte, er
 	}
 	bp := tryBufs.Get().(*[]byte)
 	buf := (*bp)[:0]
-	for _, f := range frames {
+	for i, f := range frames {
 		var table [8][]byte
 		segs, err := frameSegments(table[:0], f, &t.sc)
 		if err != nil {
@@ -44,8 +44,7 @@ func (t *streamTransport) trySend(frames []Frame) (handled bool, rest []byte, er
 			return true, nil, err
 		}
 		if slices.ContainsFunc(segs, func(s []byte) bool { return len(s) > copyLimit }) {
-			putTryBuf(bp, buf)
-			return t.trySendVec(frames)
+			return t.trySendVec(bp, buf, frames[i:])
 		}
 		buf = appendSegments(buf, segs)
 	}
@@ -69,29 +68,33 @@ func (t *streamTransport) trySend(frames []Frame) (handled bool, rest []byte, er
 	return true, rest, err
 }
 
-// trySendVec is trySend for a batch with a large segment: one vectored
-// write (writev) without waiting, the large segments written from where
-// they are, as SendFrames writes them. A socket with room for the batch
-// (the common case: its send buffer grows to megabytes) takes it all
-// here, and the frames go out from the goroutine that made them, with no
-// hand-off to the writer goroutine; what a socket that took part of it
-// did not take is copied out as rest, as trySend's own rest is, and a
-// batch a full socket took nothing of goes to the writer goroutine as it
-// is (handled false), uncopied. Where the system has no such write
-// (haveWritevNow), or the batch has more pieces than one writev takes,
-// the writer goroutine writes it (handled false).
-func (t *streamTransport) trySendVec(frames []Frame) (handled bool, rest []byte, err error) {
+// trySendVec is trySend for a batch with a large segment, from frames,
+// the first that has one, on: buf holds the frames before it, copied
+// into bp's buffer. One vectored write (writev) without waiting, the
+// large segments written from where they are, as SendFrames writes them.
+// A socket with room for the batch (the common case: its send buffer
+// grows to megabytes) takes it all here, and the frames go out from the
+// goroutine that made them, with no hand-off to the writer goroutine;
+// what a socket that took part of it did not take is copied out as rest,
+// as trySend's own rest is, and a batch a full socket took nothing of
+// goes to the writer goroutine as it is (handled false), uncopied. Where
+// the system has no such write (haveWritevNow), or the batch has more
+// pieces than one writev takes, the writer goroutine writes it (handled
+// false).
+func (t *streamTransport) trySendVec(bp *[]byte, buf []byte, frames []Frame) (handled bool, rest []byte, err error) {
+	vec, mark := t.tryVec[:0], 0
+	defer func() {
+		// buf ends as the tail of what vec holds (appendFrameVec): the
+		// pool gets the buffer it gave, whole, once vec lets go of it.
+		clear(vec)
+		t.tryVec = vec[:0]
+		putTryBuf(bp, (*bp)[:0])
+	}()
 	if !haveWritevNow {
 		return false, nil, nil
 	}
-	// buf ends as the tail of what vec holds (appendFrameVec): the pool
-	// gets the buffer it gave, whole, once vec lets go of it.
-	bp := tryBufs.Get().(*[]byte)
-	buf, vec, mark := (*bp)[:0], t.tryVec[:0], 0
 	for _, f := range frames {
 		if buf, vec, mark, err = appendFrameVec(buf, vec, mark, f, &t.sc); err != nil {
-			t.dropTryVec(vec)
-			putTryBuf(bp, (*bp)[:0])
 			return true, nil, err
 		}
 	}
@@ -99,50 +102,33 @@ func (t *streamTransport) trySendVec(frames []Frame) (handled bool, rest []byte,
 		vec = append(vec, buf[mark:])
 	}
 	if len(vec) > maxTryVec {
-		t.dropTryVec(vec)
-		putTryBuf(bp, (*bp)[:0])
 		return false, nil, nil
 	}
 	t.try = tryWrite{vec: vec}
 	if t.tryVecFn == nil {
 		t.tryVecFn = t.try.writeVec // made once, as tryFn
 	}
-	cerr := t.raw.Write(t.tryVecFn)
+	err = t.raw.Write(t.tryVecFn)
 	left, wrote, werr := t.try.vec, t.try.written > 0, t.try.err
 	t.try = tryWrite{}
-	if cerr == nil {
-		cerr = werr
+	if err == nil {
+		err = werr
 	}
-	if cerr == nil && !wrote {
-		// The socket took nothing: the writer goroutine writes the
-		// batch as it is, uncopied.
-		t.dropTryVec(vec)
-		putTryBuf(bp, (*bp)[:0])
-		return false, nil, nil
+	switch {
+	case err != nil:
+		return true, nil, t.writeError(err)
+	case !wrote:
+		return false, nil, nil // the socket took nothing: the writer writes the batch, uncopied
 	}
-	if cerr == nil && len(left) > 0 {
-		for _, b := range left {
-			rest = append(rest, b...)
-		}
+	for _, b := range left {
+		rest = append(rest, b...)
 	}
-	t.dropTryVec(vec)
-	putTryBuf(bp, (*bp)[:0])
-	if cerr != nil {
-		cerr = t.writeError(cerr)
-	}
-	return true, rest, cerr
+	return true, rest, nil
 }
 
 // maxTryVec is the most pieces trySendVec writes at once (Linux's
 // IOV_MAX is 1024).
 const maxTryVec = 1024
-
-// dropTryVec keeps vec's storage for the next trySendVec, without its
-// references to the segments.
-func (t *streamTransport) dropTryVec(vec net.Buffers) {
-	clear(vec)
-	t.tryVec = vec[:0]
-}
 
 // consume drops the first n bytes from vec.
 func consume(vec [][]byte, n int) [][]byte {

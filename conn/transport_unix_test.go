@@ -8,8 +8,6 @@ import (
 	"net"
 	"slices"
 	"testing"
-
-	"capnproto.org/go/capnp/v3"
 )
 
 // TestTrySend: a write that must not wait takes what the socket accepts
@@ -23,16 +21,10 @@ func TestTrySend(t *testing.T) {
 	if tr.raw == nil {
 		t.Fatal("a TCP connection without a raw socket")
 	}
-	frame := func(n, b int) Frame {
-		msg, seg := capnp.NewSingleSegmentMessage(nil)
-		data, _ := capnp.NewData(seg, bytes.Repeat([]byte{byte(b)}, n))
-		_ = msg.SetRoot(data.ToPtr())
-		return Frame{Msg: msg}
-	}
 	var want bytes.Buffer
 	var rest []byte
 	for i := 0; rest == nil && i < 10000; i++ { // until the socket is full
-		f := frame(8000, i)
+		f := dataFrame(t, 8000, i)
 		b, _ := appendFrame(nil, f)
 		want.Write(b)
 		handled, r, err := tr.trySend([]Frame{f})
@@ -69,14 +61,8 @@ func TestTrySendVec(t *testing.T) {
 	defer c.Close()
 	defer peer.Close()
 	tr := NewStreamTransport(c, Limits{}).(*streamTransport)
-	frame := func(n, b int) Frame {
-		msg, seg := capnp.NewSingleSegmentMessage(nil)
-		data, _ := capnp.NewData(seg, bytes.Repeat([]byte{byte(b)}, n))
-		_ = msg.SetRoot(data.ToPtr())
-		return Frame{Msg: msg}
-	}
 	if !haveWritevNow {
-		if handled, _, _ := tr.trySend([]Frame{frame(2*copyLimit, 1)}); handled {
+		if handled, _, _ := tr.trySend([]Frame{dataFrame(t, 2*copyLimit, 1)}); handled {
 			t.Fatal("trySend took a frame with a large segment without a vectored write")
 		}
 		return
@@ -85,7 +71,7 @@ func TestTrySendVec(t *testing.T) {
 	var rests [][]byte
 	full := false
 	for i := 0; !full && i < 10000; i++ { // until the socket takes nothing
-		batch := []Frame{frame(100, i), frame(3*copyLimit+8*i, i+1), frame(200, i+2)}
+		batch := []Frame{dataFrame(t, 100, i), dataFrame(t, 3*copyLimit+8*i, i+1), dataFrame(t, 200, i+2)}
 		handled, r, err := tr.trySend(batch)
 		if err != nil {
 			t.Fatalf("trySend of a batch with a large segment: %v", err)
@@ -120,6 +106,9 @@ func TestTrySendVec(t *testing.T) {
 		t.Fatalf("read %d bytes, want the %d written, in order", len(b), want.Len())
 	}
 }
+
+// dataFrame is a frame of dataMessage's.
+func dataFrame(t *testing.T, n, b int) Frame { return Frame{Msg: dataMessage(t, n, byte(b))} }
 
 func TestConsume(t *testing.T) {
 	vec := [][]byte{[]byte("ab"), []byte("cde"), []byte("f")}
