@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vatactor/vatactor/conn/core"
+	"github.com/vatactor/vatactor/tracing"
 )
 
 // An answer is one of the peer's Bootstraps or Calls as the shell holds
@@ -25,10 +26,11 @@ import (
 type answer struct {
 	c      *Conn
 	id     uint32
-	ctx    callCtx       // the callee's: carries span
-	span   trace.Span    // the server span; ended when the Return is queued
-	method capnp.Method  // named, for the span
-	start  time.Duration // for its duration (meterNow; 0: not measured)
+	ctx    callCtx            // the callee's: carries span
+	span   trace.Span         // the server span; ended when the Return is queued
+	method capnp.Method       // named when the span is
+	names  *tracing.CallNames // the span's names; nil: no span
+	start  time.Duration      // for its duration (meterNow; 0: not measured)
 
 	args         *capnp.Message // the Call, freed by releaseArgs (or when the answer is done)
 	in           inPayload      // its params' content, as the core names it
@@ -127,7 +129,7 @@ func (s *state) newAnswer(id uint32, m capnp.Method, bootstrap bool, sc *Sidecar
 	if sc != nil && sc.Timeout > 0 {
 		a.ctx.expireAt(time.Now().Add(sc.Timeout)) // the caller's deadline, from when its Call was read
 	}
-	a.ctx.parent, a.span, a.method = s.startAnswerSpan(context.Background(), m, bootstrap, sc)
+	s.startAnswerSpan(a, m, bootstrap, sc)
 	s.answers.Set(id, a)
 	return a
 }

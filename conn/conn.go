@@ -398,7 +398,7 @@ func (c *Conn) publishStats(st Stats) {
 func (c *Conn) Bootstrap(ctx context.Context) capnp.Client {
 	q := c.newQuestion(bootstrapMethod, callTarget{})
 	q.bootstrap = true
-	q.span, q.sidecar = c.startQuestionSpan(ctx, bootstrapMethod, true)
+	c.startQuestionSpan(ctx, q)
 	q.start = c.callStart(false)
 	q.watch(ctx)
 	if err := c.post(callOut{q: q}); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/vatactor/vatactor/conn/core"
 	"github.com/vatactor/vatactor/internal/mailbox"
 	"github.com/vatactor/vatactor/internal/peakmap"
+	"github.com/vatactor/vatactor/tracing"
 )
 
 // A question is one outgoing Bootstrap or Call of local code: its
@@ -37,11 +38,12 @@ type question struct {
 	rcall     rpccp.Call
 	bootstrap bool
 	stopWatch func() bool
-	span      trace.Span    // the client span; ended when the promise is settled
-	sidecar   *Sidecar      // carries span's context with the Call (nil: none)
-	flowBytes int64         // room taken in target.flow; given back when settled
-	start     time.Duration // for its duration (meterNow; 0: not measured)
-	deadline  time.Time     // the caller's (zero: none)
+	span      trace.Span         // the client span; ended when the promise is settled
+	names     *tracing.CallNames // span's names; set with it
+	sidecar   *Sidecar           // carries span's context with the Call (nil: none)
+	flowBytes int64              // room taken in target.flow; given back when settled
+	start     time.Duration      // for its duration (meterNow; 0: not measured)
+	deadline  time.Time          // the caller's (zero: none)
 
 	settled atomic.Bool // the promise has been (or is being) resolved
 	// meteredByConn: the connection actor measured the call's duration
@@ -334,7 +336,7 @@ func (c *Conn) sendCall(ctx context.Context, tgt callTarget, s capnp.Send) (*cap
 	}
 	q := c.newQuestion(s.Method, tgt)
 	q.msg, q.rcall, q.flowBytes = msg, call, flowBytes
-	q.span, q.sidecar = c.startQuestionSpan(ctx, s.Method, false)
+	c.startQuestionSpan(ctx, q)
 	q.start = c.callStart(false)
 	if dl, ok := ctx.Deadline(); ok {
 		// The callee learns the time left (peers not ours ignore it).

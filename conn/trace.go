@@ -332,28 +332,29 @@ func statsAttributes(st Stats) []attribute.KeyValue {
 	}
 }
 
-// startQuestionSpan starts the client span of a call on the caller's
-// goroutine, as a child of the caller's context, and returns the sidecar
-// that carries it to the peer (nil when there is no trace context).
-func (c *Conn) startQuestionSpan(ctx context.Context, m capnp.Method, bootstrap bool) (trace.Span, *Sidecar) {
+// startQuestionSpan starts q's client span on the caller's goroutine, as
+// a child of the caller's context, with q's names; the sidecar it sets
+// carries the span to the peer (nil when there is no trace context).
+func (c *Conn) startQuestionSpan(ctx context.Context, q *question) {
 	if c.untraced && !trace.SpanContextFromContext(ctx).IsValid() {
-		return noSpan, nil
+		q.span = noSpan
+		return
+	}
+	q.names = tracing.BootstrapNames
+	if !q.bootstrap {
+		q.names = tracing.Names(q.method)
 	}
 	// The span's attributes are all set when it ends, in one call: a
 	// sampler sees only what Start is given, so nothing is lost, and the
 	// SDK sizes the span's attribute slice once.
-	ctx, span := c.tracer.Start(ctx, callSpanName(m, bootstrap), clientStart...)
-	if span.IsRecording() {
-		tracing.RegisterMethods(m)
-	}
-	if !span.SpanContext().IsValid() {
-		return span, nil
+	ctx, q.span = c.tracer.Start(ctx, q.names.Span, clientStart...)
+	if !q.span.SpanContext().IsValid() {
+		return
 	}
 	var tp tracing.TraceParent
 	ts, _ := tracing.InjectInto(&tp, ctx)
-	sc := sidecarHolding(ourFeatures, &tp)
-	sc.TraceState = ts
-	return span, sc
+	q.sidecar = sidecarHolding(ourFeatures, &tp)
+	q.sidecar.TraceState = ts
 }
 
 // noSpan is the span of a call on an untraced connection: it records
@@ -368,7 +369,7 @@ func endQuestionSpan(q *question, err error, withID bool) {
 		return
 	}
 	buf := attrBufs.Get().(*[16]attribute.KeyValue)
-	attrs := append(append(buf[:0], tracing.MethodAttributes(q.method)...), q.c.peerAttrs...)
+	attrs := append(append(buf[:0], q.names.Attrs...), q.c.peerAttrs...)
 	if q.target.cap.Kind == core.CapQuestion {
 		attrs = append(attrs, tracing.AttrPipelined.Bool(true))
 	}
@@ -392,28 +393,32 @@ func putAttrBuf(buf *[16]attribute.KeyValue) {
 	attrBufs.Put(buf)
 }
 
-// startAnswerSpan starts the server span of an incoming call: a child of
-// the caller's question span when the call's sidecar carries it, else a
-// new trace linked to the connection span. It returns ctx carrying the
-// span, for the callee, and m with its names when they are known (the
-// span's attributes are set when it ends, endAnswerSpan).
-func (s *state) startAnswerSpan(ctx context.Context, m capnp.Method, bootstrap bool, sc *Sidecar) (context.Context, trace.Span, capnp.Method) {
+// startAnswerSpan starts a's server span for an incoming call of m: a
+// child of the caller's question span when the call's sidecar carries it,
+// else a new trace linked to the connection span. It sets a's method,
+// with its names when they are known, and a.ctx's parent, carrying the
+// span for the callee (the span's attributes are set when it ends,
+// endAnswerSpan).
+func (s *state) startAnswerSpan(a *answer, m capnp.Method, bootstrap bool, sc *Sidecar) {
+	a.ctx.parent, a.span, a.method = context.Background(), noSpan, m
 	if s.c.untraced && (sc == nil || sc.TraceParent == "") {
-		return ctx, noSpan, m
+		return
 	}
+	a.names = tracing.BootstrapNames
 	if !bootstrap {
-		m, _ = tracing.LookupMethod(m.InterfaceID, m.MethodID)
+		a.names = tracing.NamesByID(m.InterfaceID, m.MethodID)
+		a.method = a.names.Method
 	}
-	name := callSpanName(m, bootstrap)
 	if sc != nil && sc.TraceParent != "" {
 		// The caller's span, put in the callee's context, is our span's
 		// parent; the context Start returns is then the callee's.
-		if parent := tracing.Extract(ctx, sc.TraceParent, sc.TraceState); trace.SpanContextFromContext(parent).IsValid() {
-			cctx, span := s.c.tracer.Start(parent, name, serverStart...)
-			if !span.SpanContext().IsValid() {
-				return ctx, span, m
+		if parent := tracing.Extract(context.Background(), sc.TraceParent, sc.TraceState); trace.SpanContextFromContext(parent).IsValid() {
+			cctx, span := s.c.tracer.Start(parent, a.names.Span, serverStart...)
+			a.span = span
+			if span.SpanContext().IsValid() {
+				a.ctx.parent = cctx
 			}
-			return cctx, span, m
+			return
 		}
 	}
 	// No caller's span: a new trace, linked to the connection span.
@@ -421,11 +426,10 @@ func (s *state) startAnswerSpan(ctx context.Context, m capnp.Method, bootstrap b
 	if s.tr.span != nil {
 		opts = []trace.SpanStartOption{serverKind, trace.WithLinks(trace.LinkFromContext(s.tr.ctx))}
 	}
-	_, span := s.c.tracer.Start(context.Background(), name, opts...)
-	if !span.SpanContext().IsValid() {
-		return ctx, span, m
+	_, a.span = s.c.tracer.Start(context.Background(), a.names.Span, opts...)
+	if a.span.SpanContext().IsValid() {
+		a.ctx.parent = trace.ContextWithSpan(context.Background(), a.span)
 	}
-	return trace.ContextWithSpan(ctx, span), span, m
 }
 
 // Span kinds, made once; the start options of call spans, as slices made
@@ -438,15 +442,8 @@ var (
 	serverStart                       = []trace.SpanStartOption{serverKind}
 )
 
-// bootstrapMethod is how a Bootstrap is named on its spans.
-var bootstrapMethod = capnp.Method{InterfaceName: "Bootstrap", MethodName: "bootstrap"}
-
-func callSpanName(m capnp.Method, bootstrap bool) string {
-	if bootstrap {
-		return tracing.BootstrapSpan
-	}
-	return tracing.SpanName(m)
-}
+// bootstrapMethod is how a Bootstrap is named.
+var bootstrapMethod = tracing.BootstrapNames.Method
 
 // endAnswerSpan records an answer's outcome when its Return is queued;
 // notProcessed: the call was refused by our drain.
@@ -455,7 +452,7 @@ func endAnswerSpan(a *answer, err error, notProcessed bool) {
 		return
 	}
 	buf := attrBufs.Get().(*[16]attribute.KeyValue)
-	attrs := append(append(append(buf[:0], tracing.MethodAttributes(a.method)...), a.c.peerAttrs...), tracing.AttrAnswerID.Int(int(a.id)))
+	attrs := append(append(append(buf[:0], a.names.Attrs...), a.c.peerAttrs...), tracing.AttrAnswerID.Int(int(a.id)))
 	if notProcessed {
 		attrs = append(attrs, tracing.AttrNotProcessed.Bool(true))
 	}

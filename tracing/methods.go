@@ -19,9 +19,10 @@ type methodKey struct {
 	method uint16
 }
 
-var methods sync.Map // methodKey → capnp.Method
+var methods sync.Map // methodKey → *CallNames, of methods whose names are known
 
-// RegisterMethods makes the names of ms known to LookupMethod.
+// RegisterMethods makes the names of ms known to LookupMethod and
+// NamesByID; a method registered before keeps the names it has.
 func RegisterMethods(ms ...capnp.Method) {
 	for _, m := range ms {
 		if m.InterfaceName == "" || m.MethodName == "" {
@@ -29,7 +30,7 @@ func RegisterMethods(ms ...capnp.Method) {
 		}
 		k := methodKey{m.InterfaceID, m.MethodID}
 		if _, ok := methods.Load(k); !ok {
-			methods.Store(k, m)
+			methods.LoadOrStore(k, newNames(m))
 		}
 	}
 }
@@ -37,16 +38,35 @@ func RegisterMethods(ms ...capnp.Method) {
 // LookupMethod returns the method with the given ids, with its names when
 // they are known.
 func LookupMethod(iface uint64, method uint16) (capnp.Method, bool) {
-	k := methodKey{iface, method}
-	if m, ok := methods.Load(k); ok {
-		return m.(capnp.Method), true
-	}
-	if fromSchemas(iface) {
-		if m, ok := methods.Load(k); ok {
-			return m.(capnp.Method), true
-		}
+	if n := knownNames(iface, method); n != nil {
+		return n.Method, true
 	}
 	return capnp.Method{InterfaceID: iface, MethodID: method}, false
+}
+
+// NamesByID are the names of the method with the given ids, as an
+// incoming call names it: those registered, else those in capnp's
+// default schema registry, else names that say they are unknown.
+func NamesByID(iface uint64, method uint16) *CallNames {
+	if n := knownNames(iface, method); n != nil {
+		return n
+	}
+	return newNames(capnp.Method{InterfaceID: iface, MethodID: method})
+}
+
+// knownNames are the names registered for the ids, or found for them in
+// the schema registry; nil: none.
+func knownNames(iface uint64, method uint16) *CallNames {
+	k := methodKey{iface, method}
+	if n, ok := methods.Load(k); ok {
+		return n.(*CallNames)
+	}
+	if fromSchemas(iface) {
+		if n, ok := methods.Load(k); ok {
+			return n.(*CallNames)
+		}
+	}
+	return nil
 }
 
 var searched sync.Map // interface id → struct{}: registered schemas looked at once

@@ -8,7 +8,6 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"sync"
 
 	"capnproto.org/go/capnp/v3"
 	"capnproto.org/go/capnp/v3/exc"
@@ -129,7 +128,7 @@ var SystemName = semconv.RPCSystemNameKey.String("capnp")
 // choice, and a name per id would make a tracing backend list an
 // operation per id a peer sends (its ids stay on the span, in
 // rpc.method_original and capnp.interface.id/capnp.method.id).
-func SpanName(m capnp.Method) string { return namesOf(m).span }
+func SpanName(m capnp.Method) string { return Names(m).Span }
 
 // UnknownMethodSpan names the span of a call whose method's names are
 // unknown: the RPC system's name, as the conventions name an operation
@@ -140,8 +139,8 @@ const UnknownMethodSpan = "capnp"
 // as SpanName, or, for a method whose names are unknown, its ids
 // ("@0x97983392df35cc36/0").
 func MethodName(m capnp.Method) string {
-	if n := namesOf(m); n.span != UnknownMethodSpan {
-		return n.span
+	if m.InterfaceName != "" && m.MethodName != "" {
+		return spanName(m)
 	}
 	return idsName(m)
 }
@@ -150,41 +149,64 @@ func MethodName(m capnp.Method) string {
 // is the span's name ("Calculator.evaluate"). An unknown method is
 // rpc.method=_OTHER with its ids in rpc.method_original, as the semantic
 // conventions ask. The slice is shared: do not modify it.
-func MethodAttributes(m capnp.Method) []attribute.KeyValue { return namesOf(m).attrs }
+func MethodAttributes(m capnp.Method) []attribute.KeyValue { return Names(m).Attrs }
 
-// callNames are a method's span name and attributes, made once per named
-// method (an unnamed one, whose ids may come from any peer, is not kept).
-type callNames struct {
-	span  string
-	attrs []attribute.KeyValue
+// CallNames are how a method's calls are named on their spans: made once
+// for a method whose names are known (RegisterMethods, Names), and kept;
+// made anew each time for one whose names are not (its ids may come from
+// any peer). A connection finds them once per call, as the call's span
+// starts, and ends the span with them. Shared: do not modify.
+type CallNames struct {
+	Method capnp.Method         // with its names when they are known
+	Span   string               // the span's name, as SpanName
+	Attrs  []attribute.KeyValue // the attributes naming it, as MethodAttributes
 }
 
-var namesCache sync.Map // capnp.Method → *callNames
-
-func namesOf(m capnp.Method) *callNames {
-	known := m.InterfaceName != "" && m.MethodName != ""
-	if known {
-		if n, ok := namesCache.Load(m); ok {
-			return n.(*callNames)
-		}
+// Names are the names of m's calls. A method that has its names is
+// registered (RegisterMethods) as it is named: the server spans of
+// calls to it from other vats are named alike. One whose names are
+// empty is not looked up: NamesByID finds names for ids.
+func Names(m capnp.Method) *CallNames {
+	if m.InterfaceName == "" || m.MethodName == "" {
+		return newNames(m)
 	}
-	n := &callNames{span: UnknownMethodSpan}
+	k := methodKey{m.InterfaceID, m.MethodID}
+	if n, ok := methods.Load(k); ok {
+		if n := n.(*CallNames); n.Method.InterfaceName == m.InterfaceName && n.Method.MethodName == m.MethodName {
+			return n
+		}
+		return newNames(m) // the same ids under other names: as this caller names them, not kept
+	}
+	n, _ := methods.LoadOrStore(k, newNames(m))
+	return n.(*CallNames)
+}
+
+// BootstrapNames name the spans of a Bootstrap: BootstrapSpan, with
+// rpc.method "Bootstrap.bootstrap" (not registered: a Bootstrap has no
+// ids of its own).
+var BootstrapNames = func() *CallNames {
+	n := newNames(capnp.Method{InterfaceName: "Bootstrap", MethodName: "bootstrap"})
+	n.Span = BootstrapSpan
+	return n
+}()
+
+// newNames makes m's names.
+func newNames(m capnp.Method) *CallNames {
+	known := m.InterfaceName != "" && m.MethodName != ""
+	n := &CallNames{Method: m, Span: UnknownMethodSpan}
 	name := semconv.RPCMethod("_OTHER")
 	if known {
-		n.span = spanName(m)
-		name = semconv.RPCMethod(n.span) // the span's name, as the conventions ask
+		n.Span = spanName(m)
+		name = semconv.RPCMethod(n.Span) // the span's name, as the conventions ask
 	}
-	n.attrs = []attribute.KeyValue{
+	n.Attrs = []attribute.KeyValue{
 		SystemName,
 		name,
 		AttrInterfaceID.String(fmt.Sprintf("%#x", m.InterfaceID)),
 		AttrMethodID.Int(int(m.MethodID)),
 	}
 	if !known {
-		n.attrs = append(n.attrs, semconv.RPCMethodOriginal(idsName(m)))
-	}
-	if known {
-		namesCache.Store(m, n)
+		n.Attrs = append(n.Attrs, semconv.RPCMethodOriginal(idsName(m)))
 	}
 	return n
 }

@@ -66,6 +66,45 @@ func TestUnknownMethodsShareOneSpanName(t *testing.T) {
 	}
 }
 
+// TestNames: a named method's names are made once and found again by
+// its ids, as an incoming call names it; the same ids under other names
+// are named as their caller names them, and leave the registered names
+// alone.
+func TestNames(t *testing.T) {
+	m := capnp.Method{InterfaceID: 0x5eed0001, MethodID: 4, InterfaceName: "store.capnp:Store", MethodName: "put"}
+	n := tracing.Names(m)
+	if n.Span != "Store.put" || n.Method != m {
+		t.Fatalf("Names(%v) = %+v", m, n)
+	}
+	if again := tracing.Names(m); again != n {
+		t.Error("a named method's names were made twice")
+	}
+	if byID := tracing.NamesByID(m.InterfaceID, m.MethodID); byID != n {
+		t.Errorf("NamesByID = %+v, want the names Names made", byID)
+	}
+	other := m
+	other.MethodName = "store"
+	if got := tracing.Names(other); got.Span != "Store.store" {
+		t.Errorf("other names for the same ids: span %q", got.Span)
+	}
+	if got := tracing.NamesByID(m.InterfaceID, m.MethodID); got != n {
+		t.Errorf("after other names for the same ids, NamesByID = %+v", got)
+	}
+	unknown := tracing.NamesByID(0x5eed0002, 1)
+	if unknown.Span != tracing.UnknownMethodSpan || unknown.Method.InterfaceName != "" {
+		t.Errorf("unknown ids: %+v", unknown)
+	}
+	b := tracing.BootstrapNames
+	if b.Span != tracing.BootstrapSpan || tracing.MethodName(b.Method) != "Bootstrap.bootstrap" {
+		t.Errorf("BootstrapNames = %+v", b)
+	}
+	for _, kv := range b.Attrs {
+		if kv.Key == "rpc.method" && kv.Value.AsString() != "Bootstrap.bootstrap" {
+			t.Errorf("a Bootstrap's rpc.method = %q", kv.Value.AsString())
+		}
+	}
+}
+
 func TestStatusCode(t *testing.T) {
 	for _, c := range []struct {
 		err  error
