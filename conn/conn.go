@@ -330,16 +330,35 @@ func Spawn(spawner actor.SpawnerContext, root *actor.RootContext, t Transport, o
 		}
 	}
 	c.trace = opts.Logger.Enabled(context.Background(), slog.LevelDebug)
-	st := newState(c)
-	props := actor.PropsFromProducer(func() actor.Actor { return st },
+	c.pid.Store(spawnConn(spawner, newState(c)))
+	return c
+}
+
+// connProps spawn every connection actor of the process: their producers
+// take the actor, and make the mailbox, of the spawn under way
+// (spawnConn), which protoactor calls them in. A connection actor is
+// never restarted (a vat stops one that fails), so they are called once
+// per connection, and no connection keeps props of its own.
+var (
+	connSpawn    sync.Mutex
+	spawningConn *state // under connSpawn
+	connProps    = actor.PropsFromProducer(func() actor.Actor { return spawningConn },
 		actor.WithMailbox(func() actor.Mailbox {
+			c := spawningConn.c
 			c.mailbox = mailbox.Producer().(*mailbox.Mailbox)
 			c.mailbox.MayWait(c.childEndMayWait)
 			return c.mailbox
 		}),
 		actor.WithDispatcher(mailbox.Pool), actor.WithSupervisor(stopChildren))
-	c.pid.Store(spawner.Spawn(props))
-	return c
+)
+
+// spawnConn spawns st's connection actor as a child of spawner.
+func spawnConn(spawner actor.SpawnerContext, st *state) *actor.PID {
+	connSpawn.Lock()
+	defer connSpawn.Unlock()
+	spawningConn = st
+	defer func() { spawningConn = nil }()
+	return spawner.Spawn(connProps)
 }
 
 // PID is the connection actor's process id.

@@ -65,7 +65,8 @@ type state struct {
 	// readEndFed: the core has been told how reading ended.
 	readEndFed bool
 
-	// childProps spawn every question and export actor: made once, its
+	// childProps spawn every question and export actor: made once (for
+	// the first), its
 	// producers hand over spawning and its mailbox (see spawnChild).
 	childProps   *actor.Props
 	spawning     actor.Actor
@@ -182,21 +183,26 @@ func newState(c *Conn) *state {
 		s.fresh = nil
 	}
 	s.core = core.New(c.opts.coreConfig(boot), c.start)
-	s.childProps = actor.PropsFromProducer(func() actor.Actor {
-		a := s.spawning
-		s.spawning = nil
-		return a
-	}, actor.WithMailbox(func() actor.Mailbox {
-		m := s.spawningMbox
-		s.spawningMbox = nil
-		return mailbox.Init(m)
-	}), actor.WithDispatcher(mailbox.Pool))
 	return s
 }
 
 // spawnChild starts a (question or export) actor as a child of the
 // connection, with no allocation beyond protoactor's own for the process.
+// The props are made for the first child: an idle connection that has
+// never had one (a server's, whose bootstrap export is dormant) holds
+// none.
 func (s *state) spawnChild(a actor.Actor, mbox *mailbox.Mailbox) *actor.PID {
+	if s.childProps == nil {
+		s.childProps = actor.PropsFromProducer(func() actor.Actor {
+			a := s.spawning
+			s.spawning = nil
+			return a
+		}, actor.WithMailbox(func() actor.Mailbox {
+			m := s.spawningMbox
+			s.spawningMbox = nil
+			return mailbox.Init(m)
+		}), actor.WithDispatcher(mailbox.Pool))
+	}
 	s.spawning, s.spawningMbox = a, mbox
 	return s.ctx.Spawn(s.childProps)
 }
