@@ -2,7 +2,10 @@ package conn
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"runtime"
+	"sync"
 	"testing"
 
 	"capnproto.org/go/capnp/v3"
@@ -75,4 +78,57 @@ func liveHeap() int64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapAlloc)
+}
+
+// TestConnectionsSpawnedAtOnce: connection actors share one Props, whose
+// producers take the state of the spawn under way (spawnConn); spawned
+// at once from many goroutines and two actor systems, every connection
+// still gets its own actor and mailbox, and answers its own calls.
+func TestConnectionsSpawnedAtOnce(t *testing.T) {
+	const spawners, pairsEach = 8, 4
+	boot := capnp.Client(interop.NewEchoServer().Client(interop.PlainServer))
+	defer boot.Release()
+	var systems [2]*actor.ActorSystem
+	for i := range systems {
+		systems[i] = actor.NewActorSystem(actor.WithLoggerFactory(quietLogger))
+		defer systems[i].Shutdown()
+	}
+	type pair struct{ ours, theirs net.Conn }
+	sockets := make([][]pair, spawners)
+	for g := range sockets {
+		for range pairsEach {
+			ours, theirs := tcpPair(t)
+			sockets[g] = append(sockets[g], pair{ours, theirs})
+		}
+	}
+	all := make([]echoPairs, spawners)
+	var wg sync.WaitGroup
+	for g := range spawners {
+		wg.Go(func() {
+			sys := systems[g%len(systems)]
+			for _, s := range sockets[g] {
+				all[g].conns = append(all[g].conns,
+					Spawn(sys.Root, sys.Root, NewStreamTransport(s.theirs, Limits{}), Options{Bootstrap: boot, Peer: "client", Role: "server"}),
+					Spawn(sys.Root, sys.Root, NewStreamTransport(s.ours, Limits{}), Options{Peer: "server", Role: "client"}))
+				all[g].echoes = append(all[g].echoes, interop.Echo(all[g].conns[len(all[g].conns)-1].Bootstrap(context.Background())))
+			}
+		})
+	}
+	wg.Wait()
+	pids := map[string]bool{} // by system, as each system numbers its own
+	mailboxes := map[any]bool{}
+	for g := range all {
+		defer all[g].close()
+		for i, c := range all[g].conns {
+			pid := c.PID()
+			key := fmt.Sprintf("%d %v", g%len(systems), pid)
+			if pid == nil || pids[key] || c.mailbox == nil || mailboxes[c.mailbox] {
+				t.Fatalf("connection %d of spawner %d: PID %v, mailbox %p: not its own", i, g, pid, c.mailbox)
+			}
+			pids[key], mailboxes[c.mailbox] = true, true
+		}
+		for i := range all[g].echoes {
+			all[g].echo(t, i, fmt.Sprintf("spawner %d pair %d", g, i))
+		}
+	}
 }
