@@ -65,9 +65,9 @@ type state struct {
 	// readEndFed: the core has been told how reading ended.
 	readEndFed bool
 
-	// childProps spawn every question and export actor: made once (for
-	// the first), its
-	// producers hand over spawning and its mailbox (see spawnChild).
+	// childProps spawn every question and export actor: made for the
+	// first, its producers hand over spawning and its mailbox (see
+	// spawnChild).
 	childProps   *actor.Props
 	spawning     actor.Actor
 	spawningMbox *mailbox.Mailbox

@@ -503,10 +503,9 @@ func (a *sendArena) Release() {
 // a 1 MiB Return copied in about 530 µs from a page-aligned buffer, 150
 // µs from one 256 bytes into a page and 100 µs from one 2 KiB into it;
 // go-capnp's, whose data is a segment of its own after a 104-byte lead,
-// in 77–106 µs. The runtime starts every
-// large allocation on a page, so a large buffer that comes back so is
-// exchanged for one that starts offPageBy bytes into a page, once: the
-// pool then holds that one.
+// in 77–106 µs. The runtime starts every large allocation on a page, so
+// a large buffer that comes back so is exchanged for one that starts
+// offPageBy bytes into a page, once: the pool then holds that one.
 const (
 	offPageFrom = 2 * copyLimit // the least buffer exchanged: the smallest a segment written from where it is can be in
 	offPageBy   = 2 << 10

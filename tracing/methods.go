@@ -22,15 +22,12 @@ type methodKey struct {
 var methods sync.Map // methodKey → *CallNames, of methods whose names are known
 
 // RegisterMethods makes the names of ms known to LookupMethod and
-// NamesByID; a method registered before keeps the names it has.
+// NamesByID, as Names does; a method registered before keeps the names
+// it has.
 func RegisterMethods(ms ...capnp.Method) {
 	for _, m := range ms {
-		if m.InterfaceName == "" || m.MethodName == "" {
-			continue
-		}
-		k := methodKey{m.InterfaceID, m.MethodID}
-		if _, ok := methods.Load(k); !ok {
-			methods.LoadOrStore(k, newNames(m))
+		if m.InterfaceName != "" && m.MethodName != "" {
+			Names(m)
 		}
 	}
 }
